@@ -1,0 +1,609 @@
+"""The device's one configuration file: schema, defaults and validation.
+
+`load_config(path)` reads TOML, checks every key against the dataclasses below and raises one
+`ConfigError` listing every problem (file, key, value, what was expected). Unknown keys are errors, so
+a typo never passes silently. `config/wakertc.toml` documents each key with its default; the field
+docstrings here are the source it was written from.
+
+Relative paths in the file are relative to the file's own directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import stat
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+DEFAULT_PATH = Path("/etc/wakertc/wakertc.toml")
+ENV_VAR = "WAKERTC_CONFIG"
+
+PHASES_WITH_PATTERNS = (
+    "idle",
+    "wake",
+    "connecting",
+    "listening",
+    "thinking",
+    "speaking",
+    "muted",
+    "error",
+)
+
+
+@dataclass(frozen=True)
+class AudioConfig:
+    """Microphone and speaker."""
+
+    backend: Literal["pyaudio", "file"] = "pyaudio"
+    """`pyaudio` for real devices; `file` reads `input_file` and writes `output_file` in real time."""
+    input_device: str | int = ""
+    """Capture device: an index, or a substring of its name (`wakertc devices`); "" = default."""
+    output_device: str | int = ""
+    """Playback device, chosen the same way."""
+    input_rate: int = 0
+    """Capture rate in Hz; 0 = the device's default. Converted to 16 kHz internally."""
+    input_channels: int = 0
+    """Channels to open on the capture device; 0 = mono if the device offers it, else its default."""
+    input_channel: int = 0
+    """Which captured channel to use (0-based), e.g. one microphone of a ReSpeaker HAT."""
+    output_rate: int = 0
+    """Playback rate in Hz; 0 = the device's default."""
+    output_channels: int = 0
+    """Playback channels; 0 = the device's default (at most 2). Mono is copied to each."""
+    output_volume: float = 1.0
+    """Playback gain, 0.0 (silent) to 2.0."""
+    input_file: Path | None = None
+    """`file` backend: WAV file to read as the microphone (then silence after its end)."""
+    output_file: Path | None = None
+    """`file` backend: WAV file to which played audio is written."""
+
+
+@dataclass(frozen=True)
+class WakeWordConfig:
+    """One wake word."""
+
+    name: str = "hey_jarvis"
+    """Name reported on detection; also picks the model `<models_dir>/<name>_v0.1.tflite`."""
+    model: Path | None = None
+    """Path of a custom openWakeWord `.tflite` model; unset = derived from `name`."""
+    threshold: float = 0.5
+    """Score (0..1) at or above which the word counts as spoken. Lower = more sensitive."""
+    refractory_s: float = 2.0
+    """After a detection, ignore this word for this many seconds."""
+
+    def model_path(self, models_dir: Path) -> Path:
+        """The model file this word runs."""
+        return self.model if self.model is not None else models_dir / f"{self.name}_v0.1.tflite"
+
+
+@dataclass(frozen=True)
+class WakeConfig:
+    """Wake-word detection."""
+
+    models_dir: Path = Path("/var/lib/wakertc/models")
+    """Directory with `melspectrogram.tflite`, `embedding_model.tflite` and the word models."""
+    words: tuple[WakeWordConfig, ...] = (WakeWordConfig(),)
+    """The wake words, as `[[wake.words]]` tables; several may run at once."""
+    preroll_ms: int = 300
+    """Audio kept from just before the detection and sent into the session, so no words are lost."""
+
+
+@dataclass(frozen=True)
+class ButtonConfig:
+    """A push button: short press starts or ends a conversation, long press mutes the microphone."""
+
+    pin: str | int = ""
+    """GPIO pin (BCM number or gpiozero name like "GPIO17"); "" = no button."""
+    pull_up: bool = True
+    """True when the button connects the pin to ground."""
+    long_press_s: float = 1.0
+    """Hold at least this long to toggle mute."""
+    bounce_s: float = 0.05
+    """Debounce time."""
+
+
+@dataclass(frozen=True)
+class LedPattern:
+    """How the LEDs show one phase."""
+
+    effect: Literal["off", "solid", "blink", "pulse"] = "solid"
+    """`pulse` fades in and out (needs a PWM or RGB LED; a plain LED blinks instead)."""
+    color: str = "#ffffff"
+    """RGB LED colour as `#rrggbb` (brightness for single/PWM LEDs is taken from it)."""
+    period_s: float = 1.0
+    """Length of one blink or pulse cycle."""
+
+
+DEFAULT_PATTERNS: Mapping[str, LedPattern] = types.MappingProxyType(
+    {
+        "idle": LedPattern("off"),
+        "wake": LedPattern("solid", "#ffffff"),
+        "connecting": LedPattern("blink", "#0040ff", 0.4),
+        "listening": LedPattern("solid", "#0040ff"),
+        "thinking": LedPattern("pulse", "#8000ff", 1.0),
+        "speaking": LedPattern("pulse", "#00ff40", 0.6),
+        "muted": LedPattern("solid", "#ff0000"),
+        "error": LedPattern("blink", "#ff0000", 0.2),
+    }
+)
+
+
+@dataclass(frozen=True)
+class LedsConfig:
+    """Status LEDs."""
+
+    kind: Literal["none", "single", "pwm", "rgb"] = "none"
+    """`single` on/off LED, `pwm` dimmable LED, `rgb` three-pin LED."""
+    pins: tuple[str | int, ...] = ()
+    """One pin for single/pwm, three (red, green, blue) for rgb."""
+    active_high: bool = True
+    """False for LEDs wired to light when the pin is low (common-anode RGB)."""
+    brightness: float = 1.0
+    """Overall brightness 0..1 (PWM and RGB)."""
+    patterns: Mapping[str, LedPattern] = field(default_factory=lambda: DEFAULT_PATTERNS)
+    """Per-phase overrides, as `[leds.patterns.<phase>]`; unlisted phases keep their defaults."""
+
+
+@dataclass(frozen=True)
+class SoundsConfig:
+    """Audible cues. Unset paths use the bundled chimes."""
+
+    enabled: bool = True
+    """Play cues at all."""
+    volume: float = 0.6
+    """Cue gain 0..1, on top of `audio.output_volume`."""
+    wake: Path | None = None
+    """Played when the wake word is heard or the button starts a conversation."""
+    done: Path | None = None
+    """Played when a conversation ends."""
+    error: Path | None = None
+    """Played when something fails."""
+    mute: Path | None = None
+    """Played when the microphone is muted."""
+    unmute: Path | None = None
+    """Played when the microphone is unmuted."""
+
+
+@dataclass(frozen=True)
+class HookConfig:
+    """A command run on every phase change, with a JSON description of it on stdin."""
+
+    command: tuple[str, ...] = ()
+    """The command and its arguments, e.g. ["/usr/local/bin/on-phase"]; empty = no hook."""
+    timeout_s: float = 5.0
+    """Kill the hook if it runs longer than this."""
+
+
+@dataclass(frozen=True)
+class CompanionConfig:
+    """The owner's companion server, which mints ephemeral keys for this device."""
+
+    url: str = "http://127.0.0.1:8780"
+    """Base URL of the companion server (`https://...` for TLS)."""
+    token_file: Path = Path("/etc/wakertc/device-token")
+    """File holding this device's token (from `wakertc companion add-device`); mode 0600."""
+    token: str = ""
+    """The token inline instead of `token_file`; then this file must not be readable by others."""
+    ca_file: Path | None = None
+    """CA certificate to trust for a self-signed companion; unset = the system's CAs."""
+    timeout_s: float = 5.0
+    """Give up on one request to the companion after this long."""
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """The Realtime session the device opens after the wake word."""
+
+    url: str = "https://api.openai.com"
+    """Realtime API base URL; `/v1/realtime/calls` is appended."""
+    mode: Literal["conversation", "transcription"] = "conversation"
+    """`transcription` writes what is said to the log and the hook instead of answering."""
+    ice_servers: tuple[str, ...] = ()
+    """STUN/TURN URLs; empty is right for OpenAI, whose answers carry host candidates."""
+    connect_timeout_s: float = 10.0
+    """Give up connecting (offer, ICE, DTLS, first session.updated) after this long."""
+    idle_timeout_s: float = 8.0
+    """End the conversation after this long with nobody speaking since the last reply."""
+    max_session_s: float = 300.0
+    """End any conversation after this long."""
+    turn_detection: Literal["server_vad", "semantic_vad", "none"] = "server_vad"
+    """How the server finds the end of the user's turn."""
+    vad_threshold: float = 0.5
+    """server_vad: speech probability threshold 0..1 (raise it in noisy rooms)."""
+    prefix_padding_ms: int = 300
+    """server_vad: audio kept before detected speech."""
+    silence_duration_ms: int = 500
+    """server_vad: silence that ends a turn."""
+    eagerness: Literal["low", "medium", "high", "auto"] = "auto"
+    """semantic_vad: how soon to answer."""
+    noise_reduction: Literal["near_field", "far_field", "off"] = "far_field"
+    """Server-side input noise reduction: near_field for headsets, far_field for room mics."""
+    echo_cancellation: bool = True
+    """Cancel the device's own voice from the microphone (WebRTC AEC3) when available."""
+    half_duplex: bool = False
+    """Mute the microphone path while the device speaks (fallback when AEC is unavailable)."""
+    transcription_model: str = "gpt-4o-transcribe"
+    """transcription mode: the model used."""
+    transcription_language: str = ""
+    """transcription mode: ISO-639-1 language hint; "" = detect."""
+
+
+@dataclass(frozen=True)
+class ToolConfig:
+    """A function the model may call; its action runs on the device."""
+
+    name: str = ""
+    """Function name the model sees."""
+    description: str = ""
+    """What the function does, for the model."""
+    parameters: Mapping[str, Any] = field(
+        default_factory=lambda: types.MappingProxyType({"type": "object", "properties": {}})
+    )
+    """JSON schema of the arguments."""
+    command: tuple[str, ...] = ()
+    """Run this command with the arguments as JSON on stdin; its stdout is the result."""
+    url: str = ""
+    """Or: send the arguments as JSON to this URL; the response body is the result."""
+    method: Literal["GET", "POST", "PUT"] = "POST"
+    """HTTP method for `url` (GET sends the arguments as query parameters)."""
+    timeout_s: float = 10.0
+    """Give up on the action after this long and tell the model it failed."""
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """Logging."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    """Least severe level written."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole device configuration."""
+
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    wake: WakeConfig = field(default_factory=WakeConfig)
+    button: ButtonConfig = field(default_factory=ButtonConfig)
+    leds: LedsConfig = field(default_factory=LedsConfig)
+    sounds: SoundsConfig = field(default_factory=SoundsConfig)
+    hook: HookConfig = field(default_factory=HookConfig)
+    companion: CompanionConfig = field(default_factory=CompanionConfig)
+    session: SessionConfig = field(default_factory=SessionConfig)
+    tools: tuple[ToolConfig, ...] = ()
+    log: LogConfig = field(default_factory=LogConfig)
+    source: Path | None = field(default=None, compare=False)
+    """The file this was loaded from (not a key in the file)."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a config file."""
+
+    key: str
+    value: Any
+    expected: str
+
+    def render(self, source: Path | str) -> str:
+        """`FILE: KEY = VALUE: expected ...`, the line users see."""
+        value = "(missing)" if self.value is _MISSING else _short_repr(self.value)
+        return f"{source}: {self.key} = {value}: {self.expected}"
+
+
+class ConfigError(Exception):
+    """The config file is missing, unreadable or invalid; `problems` lists every issue found."""
+
+    def __init__(self, source: Path | str, problems: list[Problem]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__("\n".join(p.render(source) for p in problems))
+
+
+_MISSING = object()
+
+
+def config_path(cli_path: str | os.PathLike[str] | None = None) -> Path:
+    """The config file to use: `--config`, else `$WAKERTC_CONFIG`, else the default."""
+    if cli_path:
+        return Path(cli_path)
+    env = os.environ.get(ENV_VAR)
+    return Path(env) if env else DEFAULT_PATH
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate the config file at `path`; raise `ConfigError` listing every problem."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(path, [Problem("(file)", str(path), "file not found")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(path, [Problem("(file)", str(path), f"unreadable: {exc}")]) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, [Problem("(file)", str(path), f"not valid TOML: {exc}")]) from exc
+    return config_from_dict(data, path)
+
+
+def config_from_dict(data: Mapping[str, Any], source: Path) -> Config:
+    """Validate already-parsed TOML `data` that came from `source`."""
+    problems: list[Problem] = []
+    base = source.parent
+    config = _convert(data, Config, "", base, problems)
+    if not problems:
+        assert isinstance(config, Config)
+        config = dataclasses.replace(config, source=source)
+        problems.extend(_check_semantics(config, source))
+    if problems:
+        raise ConfigError(source, problems)
+    assert isinstance(config, Config)
+    return config
+
+
+def read_token(config: CompanionConfig) -> str:
+    """The device token, from the config or its file (whose permissions were checked on load)."""
+    if config.token:
+        return config.token
+    return config.token_file.read_text(encoding="utf-8").strip()
+
+
+def _check_semantics(config: Config, source: Path) -> list[Problem]:
+    """Checks that span several keys or touch the file system."""
+    problems: list[Problem] = []
+    audio = config.audio
+    if audio.backend == "file" and audio.input_file is None:
+        problems.append(Problem("audio.input_file", _MISSING, "a WAV file (backend is 'file')"))
+    if audio.input_channels and audio.input_channel >= audio.input_channels:
+        problems.append(
+            Problem(
+                "audio.input_channel",
+                audio.input_channel,
+                f"a channel index below audio.input_channels ({audio.input_channels})",
+            )
+        )
+    for name, value, low, high in (
+        ("audio.output_volume", audio.output_volume, 0.0, 2.0),
+        ("leds.brightness", config.leds.brightness, 0.0, 1.0),
+        ("sounds.volume", config.sounds.volume, 0.0, 1.0),
+        ("session.vad_threshold", config.session.vad_threshold, 0.0, 1.0),
+    ):
+        if not low <= value <= high:
+            problems.append(Problem(name, value, f"a number from {low} to {high}"))
+    for name, value in (
+        ("audio.input_rate", audio.input_rate),
+        ("audio.output_rate", audio.output_rate),
+        ("audio.input_channels", audio.input_channels),
+        ("audio.output_channels", audio.output_channels),
+        ("audio.input_channel", audio.input_channel),
+        ("wake.preroll_ms", config.wake.preroll_ms),
+        ("session.prefix_padding_ms", config.session.prefix_padding_ms),
+        ("session.silence_duration_ms", config.session.silence_duration_ms),
+    ):
+        if value < 0:
+            problems.append(Problem(name, value, "zero or a positive integer"))
+    for name, value in (
+        ("button.long_press_s", config.button.long_press_s),
+        ("hook.timeout_s", config.hook.timeout_s),
+        ("companion.timeout_s", config.companion.timeout_s),
+        ("session.connect_timeout_s", config.session.connect_timeout_s),
+        ("session.idle_timeout_s", config.session.idle_timeout_s),
+        ("session.max_session_s", config.session.max_session_s),
+    ):
+        if value <= 0:
+            problems.append(Problem(name, value, "a positive number of seconds"))
+
+    if not config.wake.words:
+        problems.append(Problem("wake.words", [], "at least one wake word"))
+    seen: set[str] = set()
+    for i, word in enumerate(config.wake.words):
+        key = f"wake.words[{i}]"
+        if word.name in seen:
+            problems.append(Problem(f"{key}.name", word.name, "a name not used by another word"))
+        seen.add(word.name)
+        if not 0.0 < word.threshold <= 1.0:
+            problems.append(Problem(f"{key}.threshold", word.threshold, "a score in (0, 1]"))
+        if word.refractory_s < 0:
+            problems.append(Problem(f"{key}.refractory_s", word.refractory_s, "seconds >= 0"))
+
+    leds = config.leds
+    wanted = {"none": 0, "single": 1, "pwm": 1, "rgb": 3}[leds.kind]
+    if len(leds.pins) != wanted:
+        problems.append(
+            Problem("leds.pins", list(leds.pins), f"{wanted} pin(s) for kind '{leds.kind}'")
+        )
+    for phase, pattern in leds.patterns.items():
+        key = f"leds.patterns.{phase}"
+        if phase not in PHASES_WITH_PATTERNS:
+            problems.append(Problem(key, phase, f"one of {', '.join(PHASES_WITH_PATTERNS)}"))
+        if not _is_hex_colour(pattern.color):
+            problems.append(Problem(f"{key}.color", pattern.color, "a colour like '#ff8800'"))
+        if pattern.period_s <= 0:
+            problems.append(Problem(f"{key}.period_s", pattern.period_s, "seconds > 0"))
+
+    names: set[str] = set()
+    for i, tool in enumerate(config.tools):
+        key = f"tools[{i}]"
+        if not tool.name or not tool.name.replace("_", "").replace("-", "").isalnum():
+            problems.append(Problem(f"{key}.name", tool.name, "a name of letters, digits, _ or -"))
+        if tool.name in names or tool.name == "end_conversation":
+            problems.append(Problem(f"{key}.name", tool.name, "a name not already in use"))
+        names.add(tool.name)
+        if bool(tool.command) == bool(tool.url):
+            problems.append(Problem(key, tool.name, "exactly one of 'command' or 'url'"))
+        if tool.parameters.get("type") != "object":
+            problems.append(
+                Problem(f"{key}.parameters", dict(tool.parameters), "a JSON schema of type object")
+            )
+
+    companion = config.companion
+    if not companion.url.startswith(("http://", "https://")):
+        problems.append(Problem("companion.url", companion.url, "an http:// or https:// URL"))
+    if not config.session.url.startswith(("http://", "https://")):
+        problems.append(Problem("session.url", config.session.url, "an http:// or https:// URL"))
+    if companion.token:
+        if _readable_by_others(source):
+            problems.append(
+                Problem(
+                    "companion.token",
+                    "(hidden)",
+                    f"no token in a file readable by others: chmod 600 {source}, "
+                    "or move the token to companion.token_file",
+                )
+            )
+    else:
+        problems.extend(_check_token_file(companion.token_file))
+    if companion.ca_file is not None and not companion.ca_file.is_file():
+        problems.append(Problem("companion.ca_file", str(companion.ca_file), "an existing file"))
+    return problems
+
+
+def _check_token_file(path: Path) -> list[Problem]:
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return [
+            Problem(
+                "companion.token_file",
+                str(path),
+                "an existing file (create one with `wakertc companion add-device`)",
+            )
+        ]
+    except OSError as exc:
+        return [Problem("companion.token_file", str(path), f"a readable file ({exc.strerror})")]
+    if mode & stat.S_IROTH:
+        return [
+            Problem(
+                "companion.token_file",
+                str(path),
+                f"a file not readable by others (chmod 600 {path})",
+            )
+        ]
+    return []
+
+
+def _readable_by_others(path: Path) -> bool:
+    try:
+        return bool(path.stat().st_mode & stat.S_IROTH)
+    except OSError:
+        return False
+
+
+def _is_hex_colour(text: str) -> bool:
+    return len(text) == 7 and text[0] == "#" and all(c in "0123456789abcdefABCDEF" for c in text[1:])
+
+
+def _short_repr(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if tp is bool:
+        return "true or false"
+    if tp is int:
+        return "an integer"
+    if tp is float:
+        return "a number"
+    if tp is str:
+        return "a string"
+    if tp is Path:
+        return "a file path (string)"
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp) if a is not type(None))
+    if origin is tuple:
+        return f"a list of {_describe(typing.get_args(tp)[0])}"
+    if dataclasses.is_dataclass(tp) or origin in (Mapping, dict):
+        return "a table"
+    return str(tp)
+
+
+def _convert(value: Any, tp: Any, key: str, base: Path, problems: list[Problem]) -> Any:
+    """Check `value` against type `tp`, returning the converted value (or None after a problem)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(tp) if a is not type(None)]
+        for option in options:
+            attempt: list[Problem] = []
+            result = _convert(value, option, key, base, attempt)
+            if not attempt:
+                return result
+        problems.append(Problem(key, value, _describe(tp)))
+        return None
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        problems.append(Problem(key, value, _describe(tp)))
+        return None
+    if origin is tuple:
+        item_type = typing.get_args(tp)[0]
+        if not isinstance(value, list):
+            problems.append(Problem(key, value, _describe(tp)))
+            return None
+        return tuple(
+            _convert(item, item_type, f"{key}[{i}]", base, problems) for i, item in enumerate(value)
+        )
+    if origin in (Mapping, dict):
+        _, value_type = typing.get_args(tp)
+        if not isinstance(value, dict):
+            problems.append(Problem(key, value, "a table"))
+            return None
+        if value_type is Any:
+            return types.MappingProxyType(dict(value))
+        return types.MappingProxyType(
+            {k: _convert(v, value_type, f"{key}.{k}", base, problems) for k, v in value.items()}
+        )
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        return _convert_dataclass(value, tp, key, base, problems)
+    if tp is Any:
+        return value
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif tp is int or tp is str:
+        if isinstance(value, tp) and not isinstance(value, bool):
+            return value
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is Path:
+        if isinstance(value, str) and value:
+            path = Path(value).expanduser()
+            return path if path.is_absolute() else base / path
+    problems.append(Problem(key, value, _describe(tp)))
+    return None
+
+
+def _convert_dataclass(
+    value: Any, tp: type[Any], key: str, base: Path, problems: list[Problem]
+) -> Any:
+    if not isinstance(value, dict):
+        problems.append(Problem(key or "(top level)", value, "a table"))
+        return None
+    hints = typing.get_type_hints(tp)
+    fields = {f.name: f for f in dataclasses.fields(tp) if f.name != "source"}
+    for unknown in sorted(set(value) - set(fields)):
+        known = ", ".join(sorted(fields))
+        problems.append(Problem(_join(key, unknown), value[unknown], f"a known key ({known})"))
+    kwargs: dict[str, Any] = {}
+    for name in fields:
+        if name in value:
+            kwargs[name] = _convert(value[name], hints[name], _join(key, name), base, problems)
+    if tp is LedsConfig and isinstance(kwargs.get("patterns"), Mapping):
+        # Overrides are merged over the defaults, so a user can change one phase's look alone.
+        kwargs["patterns"] = types.MappingProxyType({**DEFAULT_PATTERNS, **kwargs["patterns"]})
+    try:
+        return tp(**kwargs)
+    except TypeError:  # only reachable after a problem was recorded for a field
+        return None
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
