@@ -607,3 +607,28 @@ def _convert_dataclass(
 
 def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
+
+
+def summary(config: Config) -> str:
+    """A few human-readable lines saying what this config will do."""
+    audio = config.audio
+    if audio.backend == "file":
+        audio_line = f"file: {audio.input_file} -> {audio.output_file or '(discarded)'}"
+    else:
+        audio_line = (
+            f"pyaudio: in {audio.input_device or 'default'!s}, out {audio.output_device or 'default'!s}"
+        )
+    words = ", ".join(f"{w.name} (threshold {w.threshold})" for w in config.wake.words)
+    token = "inline" if config.companion.token else str(config.companion.token_file)
+    leds = config.leds.kind if config.leds.kind == "none" else f"{config.leds.kind} {config.leds.pins}"
+    tools = ", ".join(t.name for t in config.tools) or "none"
+    return "\n".join(
+        [
+            f"{config.source}: OK",
+            f"  audio:     {audio_line}",
+            f"  wake:      {words}; models in {config.wake.models_dir}",
+            f"  button:    {config.button.pin or 'none'}; leds: {leds}",
+            f"  companion: {config.companion.url} (token {token})",
+            f"  session:   {config.session.mode} via {config.session.url}; tools: {tools}",
+        ]
+    )

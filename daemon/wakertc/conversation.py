@@ -1,0 +1,466 @@
+"""One conversation: from the wake word to the hang-up.
+
+`Conversation.run()` gets a key, opens the call, configures the session and then lets the server's
+events drive the phase (listening, thinking, speaking) until something ends it: the idle timeout, the
+model calling `end_conversation`, the button, the maximum length, or a failure. It returns the reason
+the conversation ended, or raises `SessionFailed` saying what went wrong.
+
+Malformed or unexpected events are logged and ignored: nothing the server sends can crash the daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import numpy as np
+
+from .audio import AudioBackend
+from .config import Config, SessionConfig
+from .keys import CompanionError, KeyKeeper
+from .state import Phase, PhaseMachine
+from .tools import END_CONVERSATION, ToolRunner
+from .webrtc import CallError, CallRejected, MicTrack, RealtimeCall
+
+log = logging.getLogger(__name__)
+
+# After a barge-in, audio still in flight from the cancelled reply is dropped for at most this long.
+DISCARD_AFTER_CANCEL_S = 0.5
+# Half-duplex: keep the microphone closed this long after the speaker stops (room reverb).
+HALF_DUPLEX_TAIL_S = 0.3
+CONVERSATION_PHASES = (Phase.CONNECTING, Phase.LISTENING, Phase.THINKING, Phase.SPEAKING)
+
+
+class SessionFailed(Exception):
+    """The conversation could not start or was cut off; the message says why, for the log."""
+
+
+def session_update(config: SessionConfig, tools: ToolRunner) -> dict[str, Any]:
+    """The `session.update` event carrying the device-side settings."""
+    turn_detection: dict[str, Any] | None
+    if config.turn_detection == "server_vad":
+        turn_detection = {
+            "type": "server_vad",
+            "threshold": config.vad_threshold,
+            "prefix_padding_ms": config.prefix_padding_ms,
+            "silence_duration_ms": config.silence_duration_ms,
+            "create_response": True,
+            "interrupt_response": True,
+        }
+    elif config.turn_detection == "semantic_vad":
+        turn_detection = {"type": "semantic_vad", "eagerness": config.eagerness}
+    else:
+        turn_detection = None
+    audio_input: dict[str, Any] = {
+        "noise_reduction": (
+            None if config.noise_reduction == "off" else {"type": config.noise_reduction}
+        ),
+        "turn_detection": turn_detection,
+    }
+    if config.mode == "transcription":
+        transcription: dict[str, Any] = {"model": config.transcription_model}
+        if config.transcription_language:
+            transcription["language"] = config.transcription_language
+        audio_input["transcription"] = transcription
+        session: dict[str, Any] = {"type": "transcription", "audio": {"input": audio_input}}
+    else:
+        session = {
+            "type": "realtime",
+            "audio": {"input": audio_input},
+            "tools": tools.definitions(),
+            "tool_choice": "auto",
+        }
+    return {"type": "session.update", "session": session}
+
+
+class Conversation:
+    """Runs one session against the Realtime API and maps its events onto phases."""
+
+    def __init__(
+        self,
+        *,
+        config: Config,
+        phases: PhaseMachine,
+        keys: KeyKeeper,
+        http: httpx.AsyncClient,
+        audio: AudioBackend,
+        tools: ToolRunner,
+        woke_at: float,
+        on_transcript: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self._config = config
+        self._session = config.session
+        self._phases = phases
+        self._keys = keys
+        self._http = http
+        self._audio = audio
+        self._tools = tools
+        self._woke_at = woke_at
+        self._on_transcript = on_transcript
+        self.mic = MicTrack()
+        self._call: RealtimeCall | None = None
+        self._live = asyncio.Event()
+        self._ended: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._discard_audio_until = 0.0
+        self._speaker_quiet_since = 0.0
+        self._ending_after_reply: str | None = None
+        self._response_audio = False
+        self._transcript: list[str] = []
+        self._stage = "starting"
+        self.wake_to_live_s: float | None = None
+        self.setup_error: str | None = None
+        self.handlers: dict[str, Callable[[dict[str, Any]], None]] = {
+            "session.updated": self._session_updated,
+            "error": self._error,
+            "input_audio_buffer.speech_started": self._speech_started,
+            "input_audio_buffer.speech_stopped": self._speech_stopped,
+            "response.created": self._response_created,
+            "output_audio_buffer.started": self._speaking_started,
+            "output_audio_buffer.stopped": self._speaking_stopped,
+            "output_audio_buffer.cleared": self._speaking_cleared,
+            "response.output_audio_transcript.delta": self._transcript_delta,
+            "response.output_audio_transcript.done": self._transcript_done,
+            "response.function_call_arguments.done": self._function_call,
+            "response.done": self._response_done,
+            "conversation.item.input_audio_transcription.completed": self._user_transcript,
+        }
+
+    # -- the daemon's side -------------------------------------------------------------------
+
+    async def run(self) -> str:
+        """Connect, converse, hang up; returns why it ended or raises SessionFailed."""
+        loop = asyncio.get_running_loop()
+        self._phases.transition(Phase.CONNECTING, "opening a session")
+        try:
+            try:
+                async with asyncio.timeout(self._session.connect_timeout_s):
+                    await self._connect()
+            except TimeoutError:
+                raise SessionFailed(
+                    f"timed out after {self._session.connect_timeout_s:g} s while {self._stage}"
+                ) from None
+            self.wake_to_live_s = time.monotonic() - self._woke_at
+            log.info("session live %.0f ms after the wake word", self.wake_to_live_s * 1000)
+            self._phases.transition(Phase.LISTENING, "session live")
+            self._arm("idle", self._session.idle_timeout_s, "idle timeout")
+            self._timers["max"] = loop.call_later(
+                self._session.max_session_s, self.end, "maximum session length"
+            )
+            reason = await self._ended
+            log.info("conversation ended: %s", reason)
+            return reason
+        finally:
+            for timer in self._timers.values():
+                timer.cancel()
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            self._audio.clear_playback()
+            if self._call is not None:
+                await self._call.close()
+            else:
+                self.mic.stop()
+
+    def push_mic(self, samples: np.ndarray) -> None:
+        """Send microphone audio (already echo-cancelled) into the session."""
+        if self._session.half_duplex and not self._mic_open():
+            samples = np.zeros_like(samples)
+        self.mic.push(samples)
+
+    def on_button(self) -> None:
+        """Short press: interrupt a reply, end the turn (no VAD), or end the conversation."""
+        phase = self._phases.phase
+        if phase is Phase.SPEAKING:
+            self.barge_in("button")
+        elif phase is Phase.LISTENING and self._session.turn_detection == "none" and self._live.is_set():
+            self._send({"type": "input_audio_buffer.commit"})
+            self._send({"type": "response.create"})
+            self._phases.transition(Phase.THINKING, "button ended the turn")
+        else:
+            self.end("button")
+
+    def on_wake_word(self) -> None:
+        """The wake word during a conversation interrupts the reply; otherwise it is ignored."""
+        if self._phases.phase is Phase.SPEAKING:
+            self.barge_in("wake word")
+
+    def barge_in(self, why: str) -> None:
+        """Stop the reply at once: cancel it upstream and silence the speaker."""
+        log.info("interrupting the reply (%s)", why)
+        self._send({"type": "response.cancel"})
+        self._send({"type": "output_audio_buffer.clear"})
+        self._audio.clear_playback()
+        self._discard_audio_until = time.monotonic() + DISCARD_AFTER_CANCEL_S
+        self._speaker_quiet_since = time.monotonic()
+        self._phases.transition(Phase.LISTENING, f"interrupted by {why}")
+        self._arm("idle", self._session.idle_timeout_s, "idle timeout")
+
+    def end(self, reason: str) -> None:
+        """Finish the conversation normally."""
+        if not self._ended.done():
+            self._ended.set_result(reason)
+
+    def fail(self, message: str) -> None:
+        """Finish the conversation with an error."""
+        if not self._ended.done():
+            self._ended.set_exception(SessionFailed(message))
+
+    @property
+    def live(self) -> bool:
+        """True once the session has been configured."""
+        return self._live.is_set()
+
+    # -- set-up ------------------------------------------------------------------------------
+
+    async def _connect(self) -> None:
+        for attempt in range(3):
+            self._stage = "getting a session key from the companion"
+            key = await self._get_key()
+            self._stage = "connecting to the Realtime API"
+            call = RealtimeCall(
+                base_url=self._session.url,
+                http=self._http,
+                ice_servers=self._session.ice_servers,
+                mic=self.mic,
+                on_event=self.handle_event,
+                on_audio=self._play,
+                on_lost=self._lost,
+            )
+            self._call = call
+            try:
+                await call.connect(key.value)
+                break
+            except CallRejected as exc:
+                await call.close(hang_up=False)
+                self._call = None
+                self.mic = self._fresh_mic()
+                if exc.status == 401 and attempt == 0:
+                    log.warning("%s; fetching a new key", exc)
+                    self._keys.discard(key)
+                    continue
+                if exc.status >= 500 and attempt < 2:
+                    log.warning("%s; retrying", exc)
+                    await asyncio.sleep(0.5 * 2**attempt)
+                    continue
+                raise SessionFailed(str(exc)) from exc
+            except CallError as exc:
+                await call.close(hang_up=False)
+                raise SessionFailed(str(exc)) from exc
+        self._stage = "waiting for the session to be configured"
+        self._send(session_update(self._session, self._tools))
+        ready = asyncio.ensure_future(self._live.wait())
+        done, _ = await asyncio.wait({ready, self._ended}, return_when=asyncio.FIRST_COMPLETED)
+        if ready not in done:
+            ready.cancel()
+            self._ended.result()  # raises the failure that ended us during set-up
+            raise SessionFailed("ended before the session was live")
+
+    async def _get_key(self) -> Any:
+        delay = 0.5
+        while True:
+            try:
+                return await self._keys.get()
+            except CompanionError as exc:
+                if not exc.retryable:
+                    raise SessionFailed(str(exc)) from exc
+                log.warning("%s; retrying in %.1f s", exc, delay)
+                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+                delay = min(delay * 2, 4.0)
+
+    def _fresh_mic(self) -> MicTrack:
+        """A new track carrying over the audio the failed attempt had queued."""
+        old = self.mic
+        mic = MicTrack()
+        for frame in old._frames:
+            mic.push(frame)
+        return mic
+
+    # -- events ------------------------------------------------------------------------------
+
+    def handle_event(self, raw: str) -> None:
+        """Handle one message from the event channel; never raises."""
+        try:
+            event = json.loads(raw)
+        except (ValueError, TypeError):
+            log.warning("ignored a malformed event (%d characters)", len(raw))
+            return
+        if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+            log.warning("ignored an event without a type")
+            return
+        handler = self.handlers.get(event["type"])
+        if handler is None:
+            log.debug("event %s", event["type"])
+            return
+        try:
+            handler(event)
+        except Exception:
+            log.exception("could not handle a %s event; ignored", event["type"])
+
+    def _session_updated(self, event: dict[str, Any]) -> None:
+        self._live.set()
+
+    def _error(self, event: dict[str, Any]) -> None:
+        error = event.get("error")
+        details = error if isinstance(error, dict) else {}
+        message = str(details.get("message", "no message"))[:300]
+        code = details.get("code") or details.get("type") or "error"
+        if not self._live.is_set():
+            self.fail(f"the Realtime API refused the session ({code}: {message})")
+        elif code == "response_cancel_not_active":
+            log.debug("nothing to cancel")
+        else:
+            log.warning("Realtime API error %s: %s", code, message)
+
+    def _speech_started(self, event: dict[str, Any]) -> None:
+        self._disarm("idle")
+        if self._phases.phase is Phase.SPEAKING:
+            # The server interrupted its own reply for the user; stop what is still queued here.
+            self._audio.clear_playback()
+            self._discard_audio_until = time.monotonic() + DISCARD_AFTER_CANCEL_S
+        self._phases.transition(Phase.LISTENING, "user speaking")
+
+    def _speech_stopped(self, event: dict[str, Any]) -> None:
+        self._phases.transition(Phase.THINKING, "user stopped speaking")
+
+    def _response_created(self, event: dict[str, Any]) -> None:
+        self._disarm("idle")
+        self._response_audio = False
+        if self._phases.phase is not Phase.SPEAKING:
+            self._phases.transition(Phase.THINKING, "reply started")
+
+    def _speaking_started(self, event: dict[str, Any]) -> None:
+        self._disarm("idle")
+        self._response_audio = True
+        self._phases.transition(Phase.SPEAKING, "reply audio")
+
+    def _speaking_stopped(self, event: dict[str, Any]) -> None:
+        self._speaker_quiet_since = time.monotonic()
+        if self._ending_after_reply is not None:
+            self._spawn(self._end_when_played(self._ending_after_reply), "end-after-reply")
+            return
+        if self._phases.phase is Phase.SPEAKING:
+            self._phases.transition(Phase.LISTENING, "reply finished")
+        self._arm("idle", self._session.idle_timeout_s, "idle timeout")
+
+    def _speaking_cleared(self, event: dict[str, Any]) -> None:
+        self._discard_audio_until = 0.0
+        self._speaker_quiet_since = time.monotonic()
+
+    def _transcript_delta(self, event: dict[str, Any]) -> None:
+        delta = event.get("delta")
+        if isinstance(delta, str):
+            self._transcript.append(delta)
+
+    def _transcript_done(self, event: dict[str, Any]) -> None:
+        text = event.get("transcript")
+        if not isinstance(text, str):
+            text = "".join(self._transcript)
+        self._transcript.clear()
+        log.info("assistant: %s", text)
+
+    def _user_transcript(self, event: dict[str, Any]) -> None:
+        text = event.get("transcript")
+        if not isinstance(text, str):
+            return
+        log.info("user: %s", text)
+        if self._on_transcript is not None:
+            self._on_transcript(text, str(event.get("item_id", "")))
+        if self._session.mode == "transcription":
+            self._phases.transition(Phase.LISTENING, "transcript received")
+            self._arm("idle", self._session.idle_timeout_s, "idle timeout")
+
+    def _function_call(self, event: dict[str, Any]) -> None:
+        name, call_id = event.get("name"), event.get("call_id")
+        if not isinstance(name, str) or not isinstance(call_id, str):
+            log.warning("ignored a function call without a name or call_id")
+            return
+        arguments = event.get("arguments")
+        arguments = arguments if isinstance(arguments, str) else "{}"
+        if name == END_CONVERSATION:
+            log.info("the model ended the conversation")
+            self._send_output(call_id, json.dumps({"ok": True}))
+            self._ending_after_reply = "model called end_conversation"
+            if self._phases.phase is not Phase.SPEAKING:
+                self._spawn(self._end_when_played(self._ending_after_reply), "end-after-reply")
+            return
+        self._spawn(self._run_tool(name, call_id, arguments), f"tool-{name}")
+
+    def _response_done(self, event: dict[str, Any]) -> None:
+        response = event.get("response")
+        status = response.get("status") if isinstance(response, dict) else None
+        if status == "failed":
+            log.warning("the reply failed: %s", _short(response.get("status_details")))
+        if not self._response_audio and self._phases.phase is Phase.THINKING:
+            # A reply without audio (text or a tool call): nothing will be played.
+            if self._ending_after_reply is None and not self._tasks:
+                self._phases.transition(Phase.LISTENING, "reply without audio")
+                self._arm("idle", self._session.idle_timeout_s, "idle timeout")
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    async def _run_tool(self, name: str, call_id: str, arguments: str) -> None:
+        log.info("the model called %s", name)
+        output = await self._tools.run(name, arguments)
+        self._send_output(call_id, output)
+        self._send({"type": "response.create"})
+
+    async def _end_when_played(self, reason: str) -> None:
+        deadline = time.monotonic() + 10.0
+        while self._audio.playback_queued_s > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        self.end(reason)
+
+    def _send_output(self, call_id: str, output: str) -> None:
+        self._send(
+            {
+                "type": "conversation.item.create",
+                "item": {"type": "function_call_output", "call_id": call_id, "output": output},
+            }
+        )
+
+    def _send(self, event: dict[str, Any]) -> None:
+        if self._call is None or not self._call.send(event):
+            log.debug("could not send %s: channel not open", event["type"])
+
+    def _play(self, samples: np.ndarray) -> None:
+        if time.monotonic() < self._discard_audio_until:
+            return
+        self._audio.play(samples)
+
+    def _mic_open(self) -> bool:
+        if self._phases.phase is Phase.SPEAKING or self._audio.playback_queued_s > 0:
+            return False
+        return time.monotonic() - self._speaker_quiet_since > HALF_DUPLEX_TAIL_S
+
+    def _lost(self, why: str) -> None:
+        if self._live.is_set():
+            self.fail(f"connection lost: {why}")
+        else:
+            self.fail(f"connection failed: {why}")
+
+    def _arm(self, name: str, seconds: float, reason: str) -> None:
+        self._disarm(name)
+        self._timers[name] = asyncio.get_running_loop().call_later(seconds, self.end, reason)
+
+    def _disarm(self, name: str) -> None:
+        timer = self._timers.pop(name, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=f"conversation-{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else value
+    return text[:200]

@@ -1,0 +1,334 @@
+"""The device daemon: wires audio, wake word, button, LEDs and conversations together.
+
+Data flow (all on the event loop thread; audio threads hand frames over in `audio.py`)::
+
+    microphone --frame--> [mute gate] --> [echo canceller, in conversations] --> preroll ring
+                                     |--> wake-word detector --> start / barge in
+                                     '--> conversation's mic track (while one is open)
+
+The phase lives in one `PhaseMachine`; LEDs, cues, the user hook and systemd STATUS listen to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import numpy as np
+
+from .audio import CAPTURE_RATE, AudioBackend, AudioDeviceError, open_backend
+from .config import Config, ConfigError, config_path, load_config, read_token
+from .keys import CompanionClient, KeyKeeper
+from .state import Phase, PhaseMachine
+from .wakeword import Detection, WakeWordDetector, WakeWordError
+
+log = logging.getLogger(__name__)
+
+# Failures at start-up that the user must fix; reported in one line, no traceback.
+STARTUP_ERRORS = (WakeWordError, AudioDeviceError, OSError)
+
+# How long the error pattern and cue are shown before listening again.
+ERROR_DISPLAY_S = 2.0
+# Reopening a lost audio device: first retry after this, doubling up to the maximum.
+AUDIO_RETRY_S = (1.0, 30.0)
+
+
+@dataclass
+class Edges:
+    """What the daemon talks to; tests and the demo pass their own."""
+
+    audio: AudioBackend | None = None
+    pin_factory: Any = None
+    companion_transport: httpx.AsyncBaseTransport | None = None
+    listeners: list[Any] = field(default_factory=list)
+
+
+class Daemon:
+    """The always-on device process."""
+
+    def __init__(self, config: Config, edges: Edges | None = None) -> None:
+        self.config = config
+        self.edges = edges or Edges()
+        self.phases = PhaseMachine()
+        self.conversations = 0
+        self.last_wake_to_live_s: float | None = None
+        self.last_detection: Detection | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._audio: AudioBackend | None = None
+        self._conversation: Any = None
+        self._conversation_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._stopped = asyncio.Event()
+        self._muted = False
+        preroll_frames = max(1, config.wake.preroll_ms * CAPTURE_RATE // 1000 // 320)
+        self._preroll: collections.deque[np.ndarray] = collections.deque(maxlen=preroll_frames)
+        self._aec: Any = None
+        self._aec_loaded = False
+
+    # -- life cycle --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Start everything, listen until `stop()`, then shut down cleanly."""
+        from .button import make_button
+        from .hooks import PhaseHook
+        from .leds import StatusLeds
+        from .notify import Systemd
+        from .sounds import Cues
+        from .tools import ToolRunner
+
+        loop = self._loop = asyncio.get_running_loop()
+        config = self.config
+        self.detector = WakeWordDetector(config.wake)
+        self._audio = self.edges.audio or open_backend(config.audio)
+        self.systemd = Systemd(loop)
+        self.leds = StatusLeds(config.leds, self.edges.pin_factory)
+        self.cues = Cues(config.sounds, self._play_cue)
+        self.hook = PhaseHook(config.hook, loop)
+        for listener in (self.leds, self.cues, self.hook, self.systemd, *self.edges.listeners):
+            self.phases.add_listener(listener)
+        self.button = make_button(
+            config.button, self.edges.pin_factory, loop, self.on_short_press, self.on_long_press
+        )
+        self.tools = ToolRunner(config.tools)
+        companion = CompanionClient(
+            config.companion,
+            read_token(config.companion),
+            transport=self.edges.companion_transport,
+        )
+        self.keys = KeyKeeper(companion)
+        self.http = httpx.AsyncClient(timeout=httpx.Timeout(config.session.connect_timeout_s))
+        try:
+            self._audio.on_error = self._audio_failed
+            self._audio.start(loop, self._on_frame)
+            self._spawn(self.keys.run(), "key-keeper")
+            self.phases.transition(Phase.IDLE, "listening for the wake word")
+            self.systemd.ready()
+            self.systemd.start_watchdog()
+            await self._stopped.wait()
+        finally:
+            await self._shutdown(companion)
+
+    def stop(self) -> None:
+        """Ask the daemon to shut down (signal-safe when called via the loop)."""
+        self._stopped.set()
+
+    async def _shutdown(self, companion: CompanionClient) -> None:
+        self.systemd.stopping()
+        self.phases.transition(Phase.STOPPING, "shutting down")
+        if self._conversation_task is not None:
+            self._conversation_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(self._conversation_task, 2.0)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.button is not None:
+            self.button.close()
+        self.leds.close()
+        if self._audio is not None:
+            self._audio.close()
+        await self.hook.aclose()
+        await companion.aclose()
+        await self.http.aclose()
+        self.systemd.stop()
+        log.info("stopped")
+
+    # -- audio -------------------------------------------------------------------------------
+
+    def _on_frame(self, frame: np.ndarray) -> None:
+        """One 20 ms microphone frame, on the loop thread."""
+        if self._muted:
+            return  # privacy: nothing is analysed while muted
+        conversation = self._conversation
+        if conversation is not None and self._aec is not None:
+            frame = self._aec.capture(frame)
+        self._preroll.append(frame)
+        if conversation is not None:
+            conversation.push_mic(frame)
+        for detection in self.detector.process(frame):
+            self._on_detection(detection)
+
+    def _play_cue(self, samples: np.ndarray) -> None:
+        if self._audio is not None:
+            self._audio.play(samples)
+
+    def _audio_failed(self, error: Exception) -> None:
+        if self._stopped.is_set():
+            return
+        log.error("audio device failed: %s", error)
+        if not any(t.get_name() == "audio-reopen" for t in self._tasks):
+            self._spawn(self._reopen_audio(), "audio-reopen")
+
+    async def _reopen_audio(self) -> None:
+        if self._conversation is not None:
+            self._conversation.fail("the audio device failed")
+        self.phases.transition(Phase.ERROR, "audio device lost")
+        delay, longest = AUDIO_RETRY_S
+        while True:
+            assert self._audio is not None
+            self._audio.close()
+            await asyncio.sleep(delay)
+            try:
+                self._audio = self.edges.audio if self.edges.audio else open_backend(self.config.audio)
+                self._audio.on_error = self._audio_failed
+                assert self._loop is not None
+                self._audio.start(self._loop, self._on_frame)
+            except Exception as exc:
+                log.warning("audio device still unavailable: %s (next try in %.0f s)", exc, delay)
+                delay = min(delay * 2, longest)
+                continue
+            log.info("audio device back")
+            self.detector.reset()
+            self.phases.transition(Phase.MUTED if self._muted else Phase.IDLE, "audio device back")
+            return
+
+    # -- wake word and button ----------------------------------------------------------------
+
+    def _on_detection(self, detection: Detection) -> None:
+        log.info("wake word %s (score %.2f)", detection.word, detection.score)
+        self.last_detection = detection
+        if self._conversation is not None:
+            self._conversation.on_wake_word()
+        elif self.phases.phase in (Phase.IDLE, Phase.ERROR):
+            self.start_conversation(f"wake word {detection.word}", detection=detection)
+
+    def on_short_press(self) -> None:
+        """Short press: start a conversation, or let the open one handle it."""
+        if self._muted:
+            log.info("button pressed while muted; hold it to unmute")
+        elif self._conversation is not None:
+            self._conversation.on_button()
+        elif self._conversation_task is None:
+            self.start_conversation("button")
+
+    def on_long_press(self) -> None:
+        """Long press: toggle microphone mute."""
+        self._muted = not self._muted
+        if self._muted:
+            if self._conversation is not None:
+                self._conversation.end("microphone muted")
+            self._preroll.clear()
+            self.phases.transition(Phase.MUTED, "microphone muted by the button")
+        else:
+            self.detector.reset()
+            if self._conversation_task is None:
+                self.phases.transition(Phase.IDLE, "microphone unmuted")
+
+    def start_conversation(self, reason: str, detection: Detection | None = None) -> None:
+        """Open a conversation now (wake word or button)."""
+        if self._conversation_task is not None:
+            return
+        self._conversation_task = self._spawn(self._converse(reason, time.monotonic()), "converse")
+
+    async def _converse(self, reason: str, woke_at: float) -> None:
+        from .conversation import Conversation, SessionFailed
+
+        self.phases.transition(Phase.WAKE, reason)
+        self._load_aec()
+        conversation = Conversation(
+            config=self.config,
+            phases=self.phases,
+            keys=self.keys,
+            http=self.http,
+            audio=self._require_audio(),
+            tools=self.tools,
+            woke_at=woke_at,
+            on_transcript=self._on_transcript,
+        )
+        for frame in self._preroll:
+            conversation.push_mic(frame)
+        self._conversation = conversation
+        self._set_render_reference(True)
+        try:
+            try:
+                ending = await conversation.run()
+                self.conversations += 1
+                self.last_wake_to_live_s = conversation.wake_to_live_s
+                if not self._muted:
+                    self.phases.transition(Phase.IDLE, f"conversation over ({ending})")
+            except SessionFailed as exc:
+                self.last_wake_to_live_s = conversation.wake_to_live_s
+                log.error("conversation failed: %s", exc)
+                self._conversation = None
+                self.phases.transition(Phase.ERROR, str(exc))
+                await asyncio.sleep(ERROR_DISPLAY_S)
+                if not self._muted and self.phases.phase is Phase.ERROR:
+                    self.phases.transition(Phase.IDLE, "listening again")
+        finally:
+            self._set_render_reference(False)
+            self._conversation = None
+            self._conversation_task = None
+            self._preroll.clear()
+            self.detector.reset()
+
+    def _on_transcript(self, text: str, item_id: str) -> None:
+        self.hook.send({"event": "transcript", "text": text, "item_id": item_id})
+
+    # -- echo cancellation -------------------------------------------------------------------
+
+    def _load_aec(self) -> None:
+        if self._aec_loaded:
+            return
+        self._aec_loaded = True
+        from .aec import make_echo_canceller
+
+        self._aec = make_echo_canceller(self.config.session.echo_cancellation)
+
+    def _set_render_reference(self, on: bool) -> None:
+        audio = self._audio
+        if audio is not None and self._aec is not None:
+            audio.on_render = self._aec.render if on else None
+
+    def _require_audio(self) -> AudioBackend:
+        assert self._audio is not None
+        return self._audio
+
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("task %s crashed", task.get_name(), exc_info=task.exception())
+
+
+def run_daemon(path: str | None) -> int:
+    """`wakertc run`: load the config, run until SIGTERM/SIGINT; the process exit status."""
+    from .logs import setup_logging
+
+    source = config_path(path)
+    try:
+        config = load_config(source)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    setup_logging(config.log.level)
+    daemon = Daemon(config)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, daemon.stop)
+        await daemon.run()
+
+    try:
+        asyncio.run(main())
+    except STARTUP_ERRORS as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    except Exception:
+        log.exception("the daemon failed")
+        return 1
+    return 0
+

@@ -1,0 +1,253 @@
+"""One WebRTC call to the Realtime API: offer/answer over HTTP, the event channel, audio both ways.
+
+`RealtimeCall` knows nothing of conversations: it connects, delivers each data-channel message and
+each received audio frame to the callbacks it was given, and reports when the peer is gone.
+`conversation.py` decides what the events mean.
+
+Exceptions::
+
+    CallError                 the call could not be set up or was lost
+     +-- CallRejected         the API answered the offer with an error status (`status` is set)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import fractions
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import numpy as np
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
+from aiortc.mediastreams import MediaStreamError
+from av import AudioFrame, AudioResampler
+
+from .audio import CAPTURE_RATE, PLAYBACK_RATE
+
+log = logging.getLogger(__name__)
+
+# Cap on audio waiting to be sent (the sender only starts pulling once DTLS is up).
+MAX_QUEUED_S = 15.0
+
+
+class CallError(Exception):
+    """The call could not be set up, or it was lost."""
+
+
+class CallRejected(CallError):
+    """The Realtime API answered the offer with an error status."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class MicTrack(MediaStreamTrack):
+    """The microphone as an outgoing WebRTC track, fed 16 kHz mono frames by the daemon.
+
+    Frames pushed before the call is up (the words right after the wake word) wait in the queue and
+    go out first, so nothing said in one breath with the wake word is lost.
+    """
+
+    kind = "audio"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._frames: collections.deque[np.ndarray] = collections.deque()
+        self._available = asyncio.Event()
+        self._pts = 0
+        self._max_samples = int(MAX_QUEUED_S * CAPTURE_RATE)
+        self._queued_samples = 0
+        self.sent_samples = 0
+
+    def push(self, samples: np.ndarray) -> None:
+        """Queue int16 mono 16 kHz audio to send (called on the loop thread)."""
+        self._frames.append(samples)
+        self._queued_samples += len(samples)
+        while self._queued_samples > self._max_samples:
+            self._queued_samples -= len(self._frames.popleft())
+        self._available.set()
+
+    @property
+    def queued_s(self) -> float:
+        """Seconds of audio waiting to be sent."""
+        return self._queued_samples / CAPTURE_RATE
+
+    async def recv(self) -> AudioFrame:
+        """Next frame for the encoder; waits for the microphone when nothing is queued."""
+        while not self._frames:
+            if self.readyState != "live":
+                raise MediaStreamError
+            self._available.clear()
+            await self._available.wait()
+        samples = self._frames.popleft()
+        self._queued_samples -= len(samples)
+        frame = AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = CAPTURE_RATE
+        frame.pts = self._pts
+        frame.time_base = fractions.Fraction(1, CAPTURE_RATE)
+        self._pts += len(samples)
+        self.sent_samples += len(samples)
+        return frame
+
+    def stop(self) -> None:
+        """End the track; a pending `recv` raises MediaStreamError."""
+        super().stop()
+        self._available.set()
+
+
+class RealtimeCall:
+    """A peer connection to the Realtime API with its `oai-events` channel and audio tracks."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        http: httpx.AsyncClient,
+        ice_servers: tuple[str, ...],
+        mic: MicTrack,
+        on_event: Callable[[str], None],
+        on_audio: Callable[[np.ndarray], None],
+        on_lost: Callable[[str], None],
+    ) -> None:
+        self._calls_url = base_url.rstrip("/") + "/v1/realtime/calls"
+        self._http = http
+        self._mic = mic
+        self._on_event = on_event
+        self._on_audio = on_audio
+        self._on_lost = on_lost
+        servers = [RTCIceServer(urls=url) for url in ice_servers]
+        self._pc = RTCPeerConnection(RTCConfiguration(iceServers=servers))
+        self._channel = self._pc.createDataChannel("oai-events")
+        self._channel_open = asyncio.Event()
+        self._pc.addTrack(mic)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+        self.call_id: str | None = None
+        self._key: str | None = None
+
+        @self._channel.on("open")
+        def _open() -> None:
+            self._channel_open.set()
+
+        @self._channel.on("message")
+        def _message(message: Any) -> None:
+            if isinstance(message, bytes):
+                message = message.decode("utf-8", "replace")
+            self._on_event(message)
+
+        @self._channel.on("close")
+        def _channel_closed() -> None:
+            self._lost("event channel closed")
+
+        @self._pc.on("track")
+        def _track(track: MediaStreamTrack) -> None:
+            if track.kind == "audio":
+                self._spawn(self._pump_audio(track), "remote-audio")
+
+        @self._pc.on("connectionstatechange")
+        def _state() -> None:
+            state = self._pc.connectionState
+            log.debug("peer connection %s", state)
+            if state in ("failed", "closed"):
+                self._lost(f"peer connection {state}")
+
+    async def connect(self, key: str) -> None:
+        """Offer, POST it, apply the answer and wait for the event channel to open."""
+        self._key = key
+        started = time.monotonic()
+        await self._pc.setLocalDescription(await self._pc.createOffer())
+        offer = self._pc.localDescription.sdp
+        try:
+            response = await self._http.post(
+                self._calls_url,
+                content=offer.encode(),
+                headers={"Authorization": f"Bearer {key}", "Content-Type": "application/sdp"},
+            )
+        except httpx.TimeoutException as exc:
+            raise CallError("the Realtime API did not answer the offer in time") from exc
+        except httpx.HTTPError as exc:
+            raise CallError(f"could not reach the Realtime API: {exc or type(exc).__name__}") from exc
+        if response.status_code != 201:
+            raise CallRejected(
+                f"the Realtime API refused the call ({response.status_code}: "
+                f"{_error_message(response)})",
+                response.status_code,
+            )
+        location = response.headers.get("Location", "")
+        self.call_id = location.rstrip("/").rsplit("/", 1)[-1] or None
+        try:
+            await self._pc.setRemoteDescription(
+                RTCSessionDescription(sdp=response.text, type="answer")
+            )
+        except ValueError as exc:
+            raise CallError(f"the Realtime API sent an unusable answer: {exc}") from exc
+        await self._channel_open.wait()
+        log.info(
+            "call %s connected in %.0f ms", self.call_id, (time.monotonic() - started) * 1000
+        )
+
+    def send(self, event: dict[str, Any]) -> bool:
+        """Send one client event; False when the channel is not open."""
+        if self._channel.readyState != "open":
+            return False
+        self._channel.send(json.dumps(event))
+        return True
+
+    async def close(self, *, hang_up: bool = True) -> None:
+        """Hang up (best effort) and close the peer connection; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if hang_up and self.call_id and self._key:
+            try:
+                await self._http.post(
+                    f"{self._calls_url}/{self.call_id}/hangup",
+                    headers={"Authorization": f"Bearer {self._key}"},
+                    timeout=2.0,
+                )
+            except httpx.HTTPError as exc:
+                log.debug("hang-up request failed: %s", exc)
+        self._mic.stop()
+        await self._pc.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _lost(self, why: str) -> None:
+        if not self._closed:
+            self._on_lost(why)
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=f"call-{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _pump_audio(self, track: MediaStreamTrack) -> None:
+        """Received audio -> 24 kHz mono -> `on_audio`, until the track ends."""
+        resampler = AudioResampler(format="s16", layout="mono", rate=PLAYBACK_RATE)
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            for out in resampler.resample(frame):
+                self._on_audio(out.to_ndarray().reshape(-1))
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        return str(response.json()["error"]["message"])[:200]
+    except (ValueError, KeyError, TypeError):
+        return response.reason_phrase or "no details"
