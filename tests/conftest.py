@@ -42,3 +42,24 @@ def write_config(tmp_path: Path, token_file: Path) -> Callable[..., Path]:
         return path
 
     return write
+
+
+@pytest.fixture
+async def serve():
+    """Serve an aiohttp application on a free loopback port; returns its base URL."""
+    from aiohttp import web
+
+    runners: list[web.AppRunner] = []
+
+    async def start(app: web.Application) -> str:
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        runners.append(runner)
+        port = runner.addresses[0][1]
+        return f"http://127.0.0.1:{port}"
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()

@@ -93,7 +93,10 @@ command = ["date"]
         ("[audio]\noutput_volume = 5.0\n", r"audio\.output_volume = 5\.0: a number from 0\.0 to 2"),
         ("[audio]\ninput_rate = -1\n", r"audio\.input_rate = -1: zero or a positive integer"),
         ('[audio]\nbackend = "file"\n', r"audio\.input_file = \(missing\): a WAV file"),
-        ("[audio]\ninput_channels = 2\ninput_channel = 2\n", r"audio\.input_channel = 2: a channel"),
+        (
+            "[audio]\ninput_channels = 2\ninput_channel = 2\n",
+            r"audio\.input_channel = 2: a channel",
+        ),
         ("[[wake.words]]\nthreshold = 1.5\n", r"wake\.words\[0\]\.threshold = 1\.5: a score"),
         ("[wake]\nwords = []\n", r"wake\.words = \[\]: at least one wake word"),
         ("[[wake.words]]\nname='a'\n[[wake.words]]\nname='a'\n", r"wake\.words\[1\]\.name = 'a'"),

@@ -1,9 +1,10 @@
 """Acoustic echo cancellation: keep the device from hearing its own voice.
 
-WebRTC's AEC3 (through livekit's `AudioProcessingModule`) subtracts what the speaker played from what
-the microphone captured. The playback thread feeds the reference (`render`), the loop thread cleans
-the capture (`capture`); both in 10 ms frames at 16 kHz. It runs only during conversations, when the
-speaker can talk: idle listening for the wake word stays as cheap as a bare wake-word loop.
+WebRTC's AEC3 (through livekit's `AudioProcessingModule`) subtracts what the speaker played
+from what the microphone captured. The playback thread feeds the reference (`render`), the loop
+thread cleans the capture (`capture`); both in 10 ms frames at 16 kHz. It runs only during
+conversations, when the speaker can talk: idle listening for the wake word stays as cheap as a
+bare wake-word loop.
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ class EchoCanceller:
 
     def render(self, samples: np.ndarray) -> None:
         """Feed what was just handed to the speaker (any thread)."""
-        samples = np.concatenate([self._render_rest, samples]) if self._render_rest.size else samples
+        samples = (
+            np.concatenate([self._render_rest, samples]) if self._render_rest.size else samples
+        )
         whole = len(samples) - len(samples) % CHUNK
         with self._lock:
             for start in range(0, whole, CHUNK):

@@ -26,7 +26,7 @@ def _run(argv: list[str]) -> int:
 def _check_config(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="wakertc check-config",
-        description="Validate a config file: exit 0 with a summary, or 2 with one line per problem.",
+        description="Validate a config file: exit 0 and a summary, or 2 and a line per problem.",
     )
     parser.add_argument("path", nargs="?", help="config file (default $WAKERTC_CONFIG or /etc/...)")
     parser.add_argument("--config", dest="config_opt", help=argparse.SUPPRESS)
@@ -47,7 +47,9 @@ def _lazy(module: str, func: str) -> Callable[[list[str]], int]:
     def call(argv: list[str]) -> int:
         import importlib
 
-        entry: Callable[[list[str]], int] = getattr(importlib.import_module(module, __package__), func)
+        entry: Callable[[list[str]], int] = getattr(
+            importlib.import_module(module, __package__), func
+        )
         return entry(argv)
 
     return call

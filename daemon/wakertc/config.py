@@ -1,9 +1,9 @@
 """The device's one configuration file: schema, defaults and validation.
 
 `load_config(path)` reads TOML, checks every key against the dataclasses below and raises one
-`ConfigError` listing every problem (file, key, value, what was expected). Unknown keys are errors, so
-a typo never passes silently. `config/wakertc.toml` documents each key with its default; the field
-docstrings here are the source it was written from.
+`ConfigError` listing every problem (file, key, value, what was expected). Unknown keys are
+errors, so a typo never passes silently. `config/wakertc.toml` documents each key with its
+default; the field docstrings here are the source it was written from.
 
 Relative paths in the file are relative to the file's own directory.
 """
@@ -41,7 +41,7 @@ class AudioConfig:
     """Microphone and speaker."""
 
     backend: Literal["pyaudio", "file"] = "pyaudio"
-    """`pyaudio` for real devices; `file` reads `input_file` and writes `output_file` in real time."""
+    """`pyaudio` for real devices; `file` reads `input_file`, writes `output_file`, in real time."""
     input_device: str | int = ""
     """Capture device: an index, or a substring of its name (`wakertc devices`); "" = default."""
     output_device: str | int = ""
@@ -49,7 +49,7 @@ class AudioConfig:
     input_rate: int = 0
     """Capture rate in Hz; 0 = the device's default. Converted to 16 kHz internally."""
     input_channels: int = 0
-    """Channels to open on the capture device; 0 = mono if the device offers it, else its default."""
+    """Channels to open on the capture device; 0 = mono if offered, else the device default."""
     input_channel: int = 0
     """Which captured channel to use (0-based), e.g. one microphone of a ReSpeaker HAT."""
     output_rate: int = 0
@@ -494,7 +494,9 @@ def _readable_by_others(path: Path) -> bool:
 
 
 def _is_hex_colour(text: str) -> bool:
-    return len(text) == 7 and text[0] == "#" and all(c in "0123456789abcdefABCDEF" for c in text[1:])
+    return (
+        len(text) == 7 and text[0] == "#" and all(c in "0123456789abcdefABCDEF" for c in text[1:])
+    )
 
 
 def _short_repr(value: Any) -> str:
@@ -573,10 +575,9 @@ def _convert(value: Any, tp: Any, key: str, base: Path, problems: list[Problem])
     elif tp is bool:
         if isinstance(value, bool):
             return value
-    elif tp is Path:
-        if isinstance(value, str) and value:
-            path = Path(value).expanduser()
-            return path if path.is_absolute() else base / path
+    elif tp is Path and isinstance(value, str) and value:
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else base / path
     problems.append(Problem(key, value, _describe(tp)))
     return None
 
@@ -615,12 +616,13 @@ def summary(config: Config) -> str:
     if audio.backend == "file":
         audio_line = f"file: {audio.input_file} -> {audio.output_file or '(discarded)'}"
     else:
-        audio_line = (
-            f"pyaudio: in {audio.input_device or 'default'!s}, out {audio.output_device or 'default'!s}"
-        )
+        inp, out = audio.input_device or "default", audio.output_device or "default"
+        audio_line = f"pyaudio: in {inp}, out {out}"
     words = ", ".join(f"{w.name} (threshold {w.threshold})" for w in config.wake.words)
     token = "inline" if config.companion.token else str(config.companion.token_file)
-    leds = config.leds.kind if config.leds.kind == "none" else f"{config.leds.kind} {config.leds.pins}"
+    leds = (
+        config.leds.kind if config.leds.kind == "none" else f"{config.leds.kind} {config.leds.pins}"
+    )
     tools = ", ".join(t.name for t in config.tools) or "none"
     return "\n".join(
         [

@@ -1,11 +1,12 @@
 """One conversation: from the wake word to the hang-up.
 
-`Conversation.run()` gets a key, opens the call, configures the session and then lets the server's
-events drive the phase (listening, thinking, speaking) until something ends it: the idle timeout, the
-model calling `end_conversation`, the button, the maximum length, or a failure. It returns the reason
-the conversation ended, or raises `SessionFailed` saying what went wrong.
+`Conversation.run()` gets a key, opens the call, configures the session and then lets the
+server's events drive the phase (listening, thinking, speaking) until something ends it: the idle
+timeout, the model calling `end_conversation`, the button, the maximum length, or a failure. It
+returns the reason the conversation ended, or raises `SessionFailed` saying what went wrong.
 
-Malformed or unexpected events are logged and ignored: nothing the server sends can crash the daemon.
+Malformed or unexpected events are logged and ignored: nothing the server sends can crash the
+daemon.
 """
 
 from __future__ import annotations
@@ -180,7 +181,11 @@ class Conversation:
         phase = self._phases.phase
         if phase is Phase.SPEAKING:
             self.barge_in("button")
-        elif phase is Phase.LISTENING and self._session.turn_detection == "none" and self._live.is_set():
+        elif (
+            phase is Phase.LISTENING
+            and self._session.turn_detection == "none"
+            and self._live.is_set()
+        ):
             self._send({"type": "input_audio_buffer.commit"})
             self._send({"type": "response.create"})
             self._phases.transition(Phase.THINKING, "button ended the turn")
@@ -398,11 +403,15 @@ class Conversation:
         status = response.get("status") if isinstance(response, dict) else None
         if status == "failed":
             log.warning("the reply failed: %s", _short(response.get("status_details")))
-        if not self._response_audio and self._phases.phase is Phase.THINKING:
-            # A reply without audio (text or a tool call): nothing will be played.
-            if self._ending_after_reply is None and not self._tasks:
-                self._phases.transition(Phase.LISTENING, "reply without audio")
-                self._arm("idle", self._session.idle_timeout_s, "idle timeout")
+        # A reply without audio (text, or a tool call still running): nothing will be played.
+        if (
+            not self._response_audio
+            and self._phases.phase is Phase.THINKING
+            and self._ending_after_reply is None
+            and not self._tasks
+        ):
+            self._phases.transition(Phase.LISTENING, "reply without audio")
+            self._arm("idle", self._session.idle_timeout_s, "idle timeout")
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -413,8 +422,9 @@ class Conversation:
         self._send({"type": "response.create"})
 
     async def _end_when_played(self, reason: str) -> None:
+        # The speaker's queue has no completion event; poll it briefly so the goodbye is heard.
         deadline = time.monotonic() + 10.0
-        while self._audio.playback_queued_s > 0 and time.monotonic() < deadline:
+        while self._audio.playback_queued_s > 0 and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         self.end(reason)
 

@@ -177,7 +177,9 @@ class Daemon:
             self._audio.close()
             await asyncio.sleep(delay)
             try:
-                self._audio = self.edges.audio if self.edges.audio else open_backend(self.config.audio)
+                self._audio = (
+                    self.edges.audio if self.edges.audio else open_backend(self.config.audio)
+                )
                 self._audio.on_error = self._audio_failed
                 assert self._loop is not None
                 self._audio.start(self._loop, self._on_frame)
@@ -331,4 +333,3 @@ def run_daemon(path: str | None) -> int:
         log.exception("the daemon failed")
         return 1
     return 0
-

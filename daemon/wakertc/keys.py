@@ -15,6 +15,7 @@ Exceptions::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -185,7 +186,9 @@ class KeyKeeper:
                     wait = exc.retry_after_s if isinstance(exc, CompanionBusy) else delay
                     if not exc.retryable:
                         wait = self._retry_max_s
-                    log.warning("could not renew the session key: %s (retrying in %.0f s)", exc, wait)
+                    log.warning(
+                        "could not renew the session key: %s (retrying in %.0f s)", exc, wait
+                    )
                     delay = min(delay * 2, self._retry_max_s)
                     await self._sleep_or_change(wait * random.uniform(0.8, 1.2))
                     continue
@@ -209,10 +212,8 @@ class KeyKeeper:
 
     async def _sleep_or_change(self, seconds: float) -> None:
         self._changed.clear()
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._changed.wait(), seconds)
-        except TimeoutError:
-            pass
 
 
 def _retry_after(header: str | None) -> float:

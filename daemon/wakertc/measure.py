@@ -101,7 +101,7 @@ def received_ratio(
     floor = max(0.05 * float(np.percentile(got, 95)), 1e-4) if got.size else 1.0
     first = int(start_s / ENVELOPE_HOP_S)
     last = min(int(end_s / ENVELOPE_HOP_S), len(speech))
-    shift = int(round(alignment.offset_s / ENVELOPE_HOP_S))
+    shift = round(alignment.offset_s / ENVELOPE_HOP_S)
     total = present = 0
     for i in range(first, last):
         if not speech[i]:

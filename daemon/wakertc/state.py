@@ -85,5 +85,7 @@ class PhaseMachine:
             try:
                 listener(change)
             except Exception:
-                log.exception("phase listener %r failed on %s -> %s", listener, old.value, new.value)
+                log.exception(
+                    "phase listener %r failed on %s -> %s", listener, old.value, new.value
+                )
         return True

@@ -178,7 +178,9 @@ class RealtimeCall:
         except httpx.TimeoutException as exc:
             raise CallError("the Realtime API did not answer the offer in time") from exc
         except httpx.HTTPError as exc:
-            raise CallError(f"could not reach the Realtime API: {exc or type(exc).__name__}") from exc
+            raise CallError(
+                f"could not reach the Realtime API: {exc or type(exc).__name__}"
+            ) from exc
         if response.status_code != 201:
             raise CallRejected(
                 f"the Realtime API refused the call ({response.status_code}: "
@@ -194,9 +196,7 @@ class RealtimeCall:
         except ValueError as exc:
             raise CallError(f"the Realtime API sent an unusable answer: {exc}") from exc
         await self._channel_open.wait()
-        log.info(
-            "call %s connected in %.0f ms", self.call_id, (time.monotonic() - started) * 1000
-        )
+        log.info("call %s connected in %.0f ms", self.call_id, (time.monotonic() - started) * 1000)
 
     def send(self, event: dict[str, Any]) -> bool:
         """Send one client event; False when the channel is not open."""

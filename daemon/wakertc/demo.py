@@ -1,0 +1,404 @@
+"""`wakertc demo`: the whole chain on this machine, no hardware, no OpenAI account.
+
+It starts the Realtime emulator and the companion server on loopback, then runs the real daemon on
+the file audio backend with gpiozero's mock pins: the input WAV (by default espeak-ng saying
+"hey jarvis, what is the weather like today" in one breath) is the microphone, the reply is written
+to a WAV, and every phase change is printed with the LEDs drawn in the terminal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import wave
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import load_config
+from .measure import read_wav, received_ratio, write_wav
+from .state import Phase, Transition
+
+log = logging.getLogger(__name__)
+
+WAKE_TEXT = "hey jarvis"
+QUESTION_TEXT = "what is the weather like today"
+REPLY_TEXT = "It is sunny and mild today, with a high of twenty one degrees."
+RATE = 16000
+DEMO_API_KEY = "sk-demo-emulator-key-not-secret"
+LEAD_SILENCE_S = 0.5
+TAIL_SILENCE_S = 1.0
+
+
+@dataclass
+class DemoInput:
+    """The microphone recording and where the speech after the wake word lies in it."""
+
+    path: Path
+    question_start_s: float | None
+    question_end_s: float | None
+    duration_s: float
+
+
+@dataclass
+class DemoResult:
+    """What `--json` prints."""
+
+    ok: bool = False
+    states: list[str] = field(default_factory=list)
+    final_state: str = ""
+    wake_word: str | None = None
+    wake_to_live_ms: float | None = None
+    utterance_received_ratio: float | None = None
+    reply_audio_s: float = 0.0
+    errors: list[str] = field(default_factory=list)
+    recovered: bool = False
+
+    def as_json(self) -> dict[str, Any]:
+        """The JSON object the issue specifies (plus `recovered` for fault runs)."""
+        return {
+            "ok": self.ok,
+            "states": self.states,
+            "final_state": self.final_state,
+            "wake_word": self.wake_word,
+            "wake_to_live_ms": self.wake_to_live_ms,
+            "utterance_received_ratio": self.utterance_received_ratio,
+            "reply_audio_s": self.reply_audio_s,
+            "errors": self.errors,
+            "recovered": self.recovered,
+        }
+
+
+def espeak(text: str, voice: str = "en-us", wpm: int = 150) -> np.ndarray:
+    """`text` spoken by espeak-ng, float32 mono at 16 kHz, leading/trailing silence trimmed."""
+    binary = shutil.which("espeak-ng")
+    if binary is None:
+        raise RuntimeError("espeak-ng is not installed (scripts/bootstrap.sh installs it)")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "speech.wav"
+        subprocess.run(
+            [binary, "-v", voice, "-s", str(wpm), "-w", str(path), text],
+            check=True,
+            capture_output=True,
+        )
+        samples = read_wav(path, RATE)
+    loud = np.flatnonzero(np.abs(samples) > 0.02)
+    return samples[loud[0] : loud[-1] + 1] if loud.size else samples
+
+
+def make_default_input(path: Path) -> DemoInput:
+    """Wake word and question said with no pause, so we know where the question starts."""
+    wake = espeak(WAKE_TEXT)
+    question = espeak(QUESTION_TEXT)
+    lead = np.zeros(int(LEAD_SILENCE_S * RATE), np.float32)
+    tail = np.zeros(int(TAIL_SILENCE_S * RATE), np.float32)
+    samples = np.concatenate([lead, wake, question, tail])
+    write_wav(path, samples, RATE)
+    start = (len(lead) + len(wake)) / RATE
+    return DemoInput(path, start, start + len(question) / RATE, len(samples) / RATE)
+
+
+def describe_input(path: Path) -> DemoInput:
+    """A user's WAV: the question's position is estimated later from the detection time."""
+    with wave.open(str(path), "rb") as wav:
+        duration = wav.getnframes() / wav.getframerate()
+    return DemoInput(path, None, None, duration)
+
+
+class TerminalView:
+    """Prints each phase change with the RGB LED's colour as the mock pins show it."""
+
+    def __init__(self, pins: list[Any], started: float, *, stream: Any = sys.stdout) -> None:
+        self._pins = pins
+        self._started = started
+        self._stream = stream
+        self._colour = stream.isatty() and os.environ.get("NO_COLOR") is None
+
+    def __call__(self, change: Transition) -> None:
+        # gpiozero's pattern threads start right after the listener; give them a moment.
+        asyncio.get_running_loop().call_later(0.05, self._draw, change)
+
+    def _draw(self, change: Transition) -> None:
+        levels = [float(pin.state) for pin in self._pins]
+        rgb = [round(level * 255) for level in levels]
+        lit = any(level > 0 for level in levels)
+        if self._colour:
+            dot = f"\x1b[38;2;{rgb[0]};{rgb[1]};{rgb[2]}m{'●' if lit else '○'}\x1b[0m"
+        else:
+            dot = "●" if lit else "○"
+        led = f"LED {dot} #{rgb[0]:02x}{rgb[1]:02x}{rgb[2]:02x}"
+        elapsed = change.at - self._started
+        print(
+            f"[{elapsed:6.2f} s] {led}  {change.old.value:>10} -> {change.new.value:<10} "
+            f"{change.reason}",
+            file=self._stream,
+            flush=True,
+        )
+
+
+class ErrorLog(logging.Handler):
+    """Collects error-level log lines for the JSON summary."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+async def run_demo(
+    *,
+    input_wav: Path | None,
+    output_wav: Path,
+    faults: list[str],
+    models_dir: Path,
+    workdir: Path,
+    reply: str = "speech",
+    timeout_s: float = 60.0,
+    stream: Any = sys.stdout,
+) -> DemoResult:
+    """Run emulator, companion and daemon together; return what happened."""
+    from gpiozero.pins.mock import MockFactory, MockPWMPin
+
+    from .companion import Companion, add_device, load_companion_config
+    from .daemon import Daemon, Edges
+    from .emulator import Emulator, EmulatorOptions
+
+    demo_input = describe_input(input_wav) if input_wav else make_default_input(workdir / "in.wav")
+    record_dir = workdir / "recording"
+    result = DemoResult()
+    errors = ErrorLog()
+    logging.getLogger().addHandler(errors)
+    options = EmulatorOptions(
+        host="127.0.0.1",
+        port=0,
+        api_key=DEMO_API_KEY,
+        reply=reply,
+        reply_text=REPLY_TEXT,
+        record_dir=record_dir,
+        faults=tuple(faults),
+    )
+    async with contextlib.AsyncExitStack() as stack:
+        emulator = Emulator(options)
+        emulator_url = await emulator.start()
+        stack.push_async_callback(emulator.stop)
+        companion_config_path = _write_companion_config(workdir, emulator_url)
+        os.environ["WAKERTC_DEMO_API_KEY"] = DEMO_API_KEY
+        token = add_device(companion_config_path, "demo-device")
+        companion = Companion(load_companion_config(companion_config_path))
+        companion_url = await companion.start()
+        stack.push_async_callback(companion.stop)
+        token_file = workdir / "device-token"
+        token_file.write_text(token + "\n")
+        token_file.chmod(0o600)
+        config_path = _write_device_config(
+            workdir,
+            demo_input.path,
+            output_wav,
+            models_dir,
+            companion_url,
+            emulator_url,
+            token_file,
+        )
+        config = load_config(config_path)
+
+        factory = MockFactory(pin_class=MockPWMPin)
+        started = time.time()
+        view = TerminalView([factory.pin(n) for n in (5, 6, 13)], started, stream=stream)
+        daemon = Daemon(config, Edges(pin_factory=factory, listeners=[view]))
+        transitions: list[Transition] = []
+        done = asyncio.Event()
+
+        def watch(change: Transition) -> None:
+            transitions.append(change)
+            fed = time.time() - started >= demo_input.duration_s
+            if change.new is Phase.IDLE and change.old is not Phase.STARTING and fed:
+                done.set()
+
+        daemon.phases.add_listener(watch)
+        runner = asyncio.create_task(daemon.run(), name="demo-daemon")
+        try:
+            async with asyncio.timeout(timeout_s):
+                await asyncio.sleep(demo_input.duration_s)
+                while not done.is_set():
+                    if daemon.phases.phase is Phase.IDLE and any(
+                        t.old is not Phase.STARTING and t.new is Phase.IDLE for t in transitions
+                    ):
+                        break
+                    try:
+                        await asyncio.wait_for(done.wait(), 0.25)
+                    except TimeoutError:
+                        continue
+        except TimeoutError:
+            errors.lines.append(f"demo timed out after {timeout_s:g} s")
+        final = daemon.phases.phase
+        daemon.stop()
+        await runner
+
+    logging.getLogger().removeHandler(errors)
+    result.states = [transitions[0].old.value] + [t.new.value for t in transitions]
+    if result.states and result.states[-1] == Phase.STOPPING.value:
+        result.states.pop()
+    result.final_state = final.value
+    result.wake_word = daemon.last_detection.word if daemon.last_detection else None
+    if daemon.last_wake_to_live_s is not None:
+        result.wake_to_live_ms = round(daemon.last_wake_to_live_s * 1000, 1)
+    result.errors = errors.lines
+    completed = any(t.new is Phase.IDLE and "conversation over" in t.reason for t in transitions)
+    result.ok = completed and final is Phase.IDLE
+    result.recovered = final is Phase.IDLE and any(
+        t.new is Phase.IDLE and t.old is not Phase.STARTING for t in transitions
+    )
+    result.reply_audio_s = _duration(output_wav)
+    result.utterance_received_ratio = _utterance_ratio(demo_input, record_dir, daemon)
+    return result
+
+
+def _utterance_ratio(demo_input: DemoInput, record_dir: Path, daemon: Any) -> float | None:
+    recordings = sorted(record_dir.glob("*/input.wav"))
+    if not recordings:
+        return None
+    sent = read_wav(demo_input.path, RATE)
+    received = read_wav(recordings[0], RATE)
+    start, end = demo_input.question_start_s, demo_input.question_end_s
+    if start is None or end is None:
+        if daemon.last_detection is None:
+            return None
+        start, end = daemon.last_detection.t, demo_input.duration_s
+    return round(received_ratio(sent, received, RATE, start, end), 3)
+
+
+def _duration(path: Path) -> float:
+    try:
+        with wave.open(str(path), "rb") as wav:
+            return round(wav.getnframes() / wav.getframerate(), 2)
+    except (OSError, wave.Error, EOFError):
+        return 0.0
+
+
+def _write_companion_config(workdir: Path, emulator_url: str) -> Path:
+    path = workdir / "companion.toml"
+    path.write_text(
+        f"""
+[server]
+host = "127.0.0.1"
+port = 0
+
+[upstream]
+url = "{emulator_url}"
+api_key_env = "WAKERTC_DEMO_API_KEY"
+
+[devices]
+file = "{workdir / "devices.json"}"
+"""
+    )
+    path.chmod(0o600)
+    return path
+
+
+def _write_device_config(
+    workdir: Path,
+    input_wav: Path,
+    output_wav: Path,
+    models_dir: Path,
+    companion_url: str,
+    emulator_url: str,
+    token_file: Path,
+) -> Path:
+    path = workdir / "wakertc.toml"
+    path.write_text(
+        f"""
+[audio]
+backend = "file"
+input_file = "{input_wav}"
+output_file = "{output_wav}"
+
+[wake]
+models_dir = "{models_dir}"
+
+[button]
+pin = 17
+
+[leds]
+kind = "rgb"
+pins = [5, 6, 13]
+
+[companion]
+url = "{companion_url}"
+token_file = "{token_file}"
+
+[session]
+url = "{emulator_url}"
+connect_timeout_s = 6.0
+idle_timeout_s = 2.0
+"""
+    )
+    path.chmod(0o600)
+    return path
+
+
+@contextlib.contextmanager
+def _workdir(keep: Path | None) -> Iterator[Path]:
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+        yield keep
+        return
+    with tempfile.TemporaryDirectory(prefix="wakertc-demo-") as tmp:
+        yield Path(tmp)
+
+
+def main(argv: list[str]) -> int:
+    """`wakertc demo`: exit 0 when a conversation completed (or, with --fault, recovered)."""
+    parser = argparse.ArgumentParser(prog="wakertc demo", description=__doc__)
+    parser.add_argument("--wav", type=Path, help="microphone input (default: synthesized speech)")
+    parser.add_argument("--out", type=Path, default=Path("demo-reply.wav"), help="reply WAV")
+    parser.add_argument("--fault", action="append", default=[], help="emulator fault (repeatable)")
+    parser.add_argument("--json", action="store_true", help="end with one JSON summary line")
+    parser.add_argument("--reply", choices=["speech", "echo", "tone"], default="speech")
+    parser.add_argument("--models-dir", type=Path, default=Path("models"))
+    parser.add_argument("--workdir", type=Path, help="keep configs and recordings here")
+    parser.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument("-v", "--verbose", action="store_true", help="show the daemon's log")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.wav is not None and not args.wav.is_file():
+        parser.error(f"--wav {args.wav}: no such file")
+    with _workdir(args.workdir) as workdir:
+        result = asyncio.run(
+            run_demo(
+                input_wav=args.wav,
+                output_wav=args.out.resolve(),
+                faults=args.fault,
+                models_dir=args.models_dir.resolve(),
+                workdir=workdir,
+                reply=args.reply,
+                timeout_s=args.timeout,
+            )
+        )
+    if args.json:
+        print(json.dumps(result.as_json()))
+    else:
+        print(
+            f"{'conversation completed' if result.ok else 'no complete conversation'}; "
+            f"wake-to-live {result.wake_to_live_ms} ms, utterance received "
+            f"{result.utterance_received_ratio}, reply {result.reply_audio_s} s -> {args.out}"
+        )
+    if result.ok:
+        return 0
+    return 0 if args.fault and result.recovered else 1
