@@ -14,6 +14,7 @@ import threading
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from .audio import CAPTURE_RATE
 
@@ -38,7 +39,7 @@ class EchoCanceller:
         self._lock = threading.Lock()
         self._render_rest = np.zeros(0, dtype=np.int16)
 
-    def render(self, samples: np.ndarray) -> None:
+    def render(self, samples: NDArray[np.int16]) -> None:
         """Feed what was just handed to the speaker (any thread)."""
         samples = (
             np.concatenate([self._render_rest, samples]) if self._render_rest.size else samples
@@ -50,7 +51,7 @@ class EchoCanceller:
                 self._apm.process_reverse_stream(frame)
         self._render_rest = samples[whole:].copy()
 
-    def capture(self, samples: np.ndarray) -> np.ndarray:
+    def capture(self, samples: NDArray[np.int16]) -> NDArray[np.int16]:
         """Return `samples` (a multiple of 10 ms) with the speaker's echo removed."""
         out = np.empty_like(samples)
         with self._lock:
@@ -61,7 +62,7 @@ class EchoCanceller:
                 out[start : start + CHUNK] = np.frombuffer(frame.data, dtype=np.int16)
         return out
 
-    def _frame(self, samples: np.ndarray) -> Any:
+    def _frame(self, samples: NDArray[np.int16]) -> Any:
         return self._frame_type(bytearray(samples.tobytes()), CAPTURE_RATE, 1, len(samples))
 
 

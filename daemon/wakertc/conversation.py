@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+from numpy.typing import NDArray
 
 from .audio import AudioBackend
 from .config import Config, SessionConfig
@@ -170,7 +171,7 @@ class Conversation:
             else:
                 self.mic.stop()
 
-    def push_mic(self, samples: np.ndarray) -> None:
+    def push_mic(self, samples: NDArray[np.int16]) -> None:
         """Send microphone audio (already echo-cancelled) into the session."""
         if self._session.half_duplex and not self._mic_open():
             samples = np.zeros_like(samples)
@@ -440,7 +441,7 @@ class Conversation:
         if self._call is None or not self._call.send(event):
             log.debug("could not send %s: channel not open", event["type"])
 
-    def _play(self, samples: np.ndarray) -> None:
+    def _play(self, samples: NDArray[np.int16]) -> None:
         if time.monotonic() < self._discard_audio_until:
             return
         self._audio.play(samples)

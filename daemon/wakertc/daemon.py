@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+from numpy.typing import NDArray
 
 from .audio import CAPTURE_RATE, AudioBackend, AudioDeviceError, open_backend
 from .config import Config, ConfigError, config_path, load_config, read_token
@@ -69,7 +70,7 @@ class Daemon:
         self._stopped = asyncio.Event()
         self._muted = False
         preroll_frames = max(1, config.wake.preroll_ms * CAPTURE_RATE // 1000 // 320)
-        self._preroll: collections.deque[np.ndarray] = collections.deque(maxlen=preroll_frames)
+        self._preroll: collections.deque[NDArray[np.int16]] = collections.deque(maxlen=preroll_frames)
         self._aec: Any = None
         self._aec_loaded = False
 
@@ -143,7 +144,7 @@ class Daemon:
 
     # -- audio -------------------------------------------------------------------------------
 
-    def _on_frame(self, frame: np.ndarray) -> None:
+    def _on_frame(self, frame: NDArray[np.int16]) -> None:
         """One 20 ms microphone frame, on the loop thread."""
         if self._muted:
             return  # privacy: nothing is analysed while muted
@@ -156,7 +157,7 @@ class Daemon:
         for detection in self.detector.process(frame):
             self._on_detection(detection)
 
-    def _play_cue(self, samples: np.ndarray) -> None:
+    def _play_cue(self, samples: NDArray[np.int16]) -> None:
         if self._audio is not None:
             self._audio.play(samples)
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from .config import load_config
 from .measure import read_wav, received_ratio, write_wav
@@ -81,7 +82,7 @@ class DemoResult:
         }
 
 
-def espeak(text: str, voice: str = "en-us", wpm: int = 150) -> np.ndarray:
+def espeak(text: str, voice: str = "en-us", wpm: int = 150) -> NDArray[Any]:
     """`text` spoken by espeak-ng, float32 mono at 16 kHz, leading/trailing silence trimmed."""
     binary = shutil.which("espeak-ng")
     if binary is None:

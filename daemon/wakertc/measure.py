@@ -10,14 +10,16 @@ from __future__ import annotations
 import wave
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soxr
+from numpy.typing import NDArray
 
 ENVELOPE_HOP_S = 0.01
 
 
-def read_wav(path: Path, rate: int = 16000) -> np.ndarray:
+def read_wav(path: Path, rate: int = 16000) -> NDArray[Any]:
     """A WAV file as float32 mono at `rate` (channels averaged)."""
     with wave.open(str(path), "rb") as wav:
         if wav.getsampwidth() != 2:
@@ -26,11 +28,11 @@ def read_wav(path: Path, rate: int = 16000) -> np.ndarray:
         data = np.frombuffer(wav.readframes(wav.getnframes()), dtype=np.int16)
     samples = data.reshape(-1, channels).mean(axis=1).astype(np.float32) / 32768.0
     if source_rate != rate and samples.size:
-        samples = soxr.resample(samples, source_rate, rate).astype(np.float32)
+        samples = np.asarray(soxr.resample(samples, source_rate, rate), dtype=np.float32)
     return samples
 
 
-def write_wav(path: Path, samples: np.ndarray, rate: int) -> None:
+def write_wav(path: Path, samples: NDArray[Any], rate: int) -> None:
     """Write int16 (or float in -1..1) mono samples as a 16-bit WAV file."""
     if samples.dtype != np.int16:
         samples = (np.clip(samples, -1.0, 1.0) * 32767).astype(np.int16)
@@ -41,7 +43,7 @@ def write_wav(path: Path, samples: np.ndarray, rate: int) -> None:
         wav.writeframes(samples.tobytes())
 
 
-def envelope(samples: np.ndarray, rate: int, hop_s: float = ENVELOPE_HOP_S) -> np.ndarray:
+def envelope(samples: NDArray[Any], rate: int, hop_s: float = ENVELOPE_HOP_S) -> NDArray[Any]:
     """RMS loudness per `hop_s` window."""
     hop = max(1, int(rate * hop_s))
     usable = len(samples) - len(samples) % hop
@@ -49,7 +51,7 @@ def envelope(samples: np.ndarray, rate: int, hop_s: float = ENVELOPE_HOP_S) -> n
     return np.asarray(np.sqrt((frames**2).mean(axis=1)))
 
 
-def voiced(samples: np.ndarray, rate: int, hop_s: float = ENVELOPE_HOP_S) -> np.ndarray:
+def voiced(samples: NDArray[Any], rate: int, hop_s: float = ENVELOPE_HOP_S) -> NDArray[Any]:
     """Per window, True where there is speech (louder than a fraction of the loud parts)."""
     env = envelope(samples, rate, hop_s)
     if not env.size:
@@ -65,7 +67,7 @@ class Alignment:
     correlation: float
 
 
-def align(sent: np.ndarray, received: np.ndarray, rate: int) -> Alignment:
+def align(sent: NDArray[Any], received: NDArray[Any], rate: int) -> Alignment:
     """Best offset of `received` within `sent`, by normalised envelope cross-correlation."""
     a = envelope(sent, rate)
     b = envelope(received, rate)
@@ -86,7 +88,7 @@ def align(sent: np.ndarray, received: np.ndarray, rate: int) -> Alignment:
 
 
 def received_ratio(
-    sent: np.ndarray, received: np.ndarray, rate: int, start_s: float, end_s: float
+    sent: NDArray[Any], received: NDArray[Any], rate: int, start_s: float, end_s: float
 ) -> float:
     """Fraction of the speech in `sent[start_s:end_s]` found in `received`.
 

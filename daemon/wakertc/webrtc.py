@@ -32,6 +32,7 @@ from aiortc import (
 )
 from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame, AudioResampler
+from numpy.typing import NDArray
 
 from .audio import CAPTURE_RATE, PLAYBACK_RATE
 
@@ -64,14 +65,14 @@ class MicTrack(MediaStreamTrack):
 
     def __init__(self) -> None:
         super().__init__()
-        self._frames: collections.deque[np.ndarray] = collections.deque()
+        self._frames: collections.deque[NDArray[np.int16]] = collections.deque()
         self._available = asyncio.Event()
         self._pts = 0
         self._max_samples = int(MAX_QUEUED_S * CAPTURE_RATE)
         self._queued_samples = 0
         self.sent_samples = 0
 
-    def push(self, samples: np.ndarray) -> None:
+    def push(self, samples: NDArray[np.int16]) -> None:
         """Queue int16 mono 16 kHz audio to send (called on the loop thread)."""
         self._frames.append(samples)
         self._queued_samples += len(samples)
@@ -118,7 +119,7 @@ class RealtimeCall:
         ice_servers: tuple[str, ...],
         mic: MicTrack,
         on_event: Callable[[str], None],
-        on_audio: Callable[[np.ndarray], None],
+        on_audio: Callable[[NDArray[np.int16]], None],
         on_lost: Callable[[str], None],
     ) -> None:
         self._calls_url = base_url.rstrip("/") + "/v1/realtime/calls"
@@ -242,8 +243,10 @@ class RealtimeCall:
                 frame = await track.recv()
             except MediaStreamError:
                 return
+            if not isinstance(frame, AudioFrame):
+                continue
             for out in resampler.resample(frame):
-                self._on_audio(out.to_ndarray().reshape(-1))
+                self._on_audio(out.to_ndarray().reshape(-1).astype(np.int16, copy=False))
 
 
 def _error_message(response: httpx.Response) -> str:
