@@ -1,0 +1,388 @@
+"""Wake-word detection: openWakeWord models run directly on the TFLite interpreter.
+
+The stock `openwakeword` package imports scikit-learn, SciPy and onnxruntime even for TFLite
+inference (~1.4 s and ~110 MB here), which a Raspberry Pi cannot afford. This module runs the same
+three-stage pipeline with only NumPy and `tflite_runtime`, reproducing openWakeWord 0.6.0's
+streaming behaviour exactly (`openwakeword/utils.py` `AudioFeatures`, `openwakeword/model.py`
+`Model.predict`); `tests/test_wakeword.py` checks the scores against the stock package.
+
+Per 80 ms chunk (1280 samples at 16 kHz):
+
+1. melspectrogram model over the chunk plus the 480 samples before it -> 8 frames of 32 bins
+   (5 for the first chunk after start or reset, which has no history), transformed `x/10 + 2`;
+2. embedding model over the last 76 mel frames (the buffer starts as 76 rows of ones) -> one
+   96-value feature;
+3. each wake-word model over its last N features (16 for the official models) -> one score.
+
+All words share stages 1 and 2. The feature history starts as the embeddings of 4 s of seeded
+random noise, as openWakeWord's does (it uses unseeded noise; a fixed seed keeps ours repeatable),
+and scores are forced to 0 for the first 5 chunks, while that noise still fills the window.
+
+Errors: `WakeWordError` for any model that cannot be loaded (missing, not TFLite, wrong shape);
+`ValueError` for audio that is not int16 mono.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from .config import WakeConfig, WakeWordConfig
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+CHUNK_SAMPLES = 1280
+"""Samples per model step (80 ms); input of any length is buffered into chunks of this size."""
+
+# The melspectrogram model uses 400-sample windows with a 160-sample hop, so each chunk is
+# computed with the 3 hops before it to produce 8 frames that continue the previous chunk's.
+_MEL_CONTEXT = 3 * 160
+_MEL_BINS = 32
+_MEL_WINDOW = 76
+_MEL_STRIDE = 8
+_FEATURE_SIZE = 96
+_WARMUP_CHUNKS = 5
+
+FEATURE_NOISE_SEED = 0
+"""Seed of the 4 s of noise whose embeddings fill the feature history at start (see module doc)."""
+_NOISE_SAMPLES = 4 * SAMPLE_RATE
+
+BOOTSTRAP_HINT = "run scripts/bootstrap.sh to fetch the default models, or set wake.models_dir"
+
+SampleArray = npt.NDArray[np.int16]
+FloatArray = npt.NDArray[np.float32]
+
+
+class WakeWordError(Exception):
+    """A wake-word model could not be loaded; the message names the file and what to do."""
+
+
+@dataclass(frozen=True)
+class Detection:
+    """A wake word heard in the audio."""
+
+    word: str
+    score: float
+    t: float
+    """Seconds of audio fed since start or `reset()`, at the end of the chunk that fired."""
+
+
+def _load(path: Path, what: str, missing_hint: str) -> Any:
+    """A TFLite interpreter for `path` (not yet allocated); `WakeWordError` if it is no model."""
+    from tflite_runtime.interpreter import Interpreter
+
+    if not path.is_file():
+        raise WakeWordError(f"{path}: {what} not found; {missing_hint}")
+    try:
+        return Interpreter(model_path=str(path), num_threads=1)
+    except (ValueError, RuntimeError) as exc:
+        raise WakeWordError(
+            f"{path}: {what} is not a TensorFlow Lite model ({exc}); "
+            "point the config at an openWakeWord .tflite file"
+        ) from exc
+
+
+def _shapes(interpreter: Any) -> tuple[list[int], list[int]]:
+    return (
+        [int(n) for n in interpreter.get_input_details()[0]["shape"]],
+        [int(n) for n in interpreter.get_output_details()[0]["shape"]],
+    )
+
+
+def _allocate(interpreter: Any, path: Path, what: str) -> None:
+    try:
+        interpreter.allocate_tensors()
+    except RuntimeError as exc:
+        raise WakeWordError(f"{path}: {what} could not be prepared ({exc})") from exc
+
+
+class _FeatureFrontEnd:
+    """Stages 1 and 2, shared by all words: audio chunks in, a history of embeddings out."""
+
+    def __init__(self, models_dir: Path, history: int) -> None:
+        self._mel_path = models_dir / "melspectrogram.tflite"
+        self._emb_path = models_dir / "embedding_model.tflite"
+        self._mel = _load(self._mel_path, "melspectrogram model", BOOTSTRAP_HINT)
+        self._emb = _load(self._emb_path, "embedding model", BOOTSTRAP_HINT)
+        mel_in, _ = _shapes(self._mel)
+        emb_in, _ = _shapes(self._emb)
+        if len(mel_in) != 2 or emb_in[1:] != [_MEL_WINDOW, _MEL_BINS, 1]:
+            raise WakeWordError(
+                f"{self._mel_path.parent}: melspectrogram/embedding models have unexpected shapes "
+                f"({mel_in}, {emb_in}); {BOOTSTRAP_HINT}"
+            )
+        _allocate(self._emb, self._emb_path, "embedding model")
+        self._mel_in = self._mel.get_input_details()[0]["index"]
+        self._mel_out = self._mel.get_output_details()[0]["index"]
+        self._emb_in = self._emb.get_input_details()[0]["index"]
+        self._emb_out = self._emb.get_output_details()[0]["index"]
+        self._mel_size = 0
+        self._initial = self._noise_features(history)
+        self.features = self._initial.copy()
+        """The last `history` embeddings, oldest first."""
+        self._mel_frames = np.ones((_MEL_WINDOW, _MEL_BINS), dtype=np.float32)
+        self._context = np.zeros(0, dtype=np.float32)
+
+    def reset(self) -> None:
+        """Forget all audio: back to the state right after construction."""
+        np.copyto(self.features, self._initial)
+        self._mel_frames.fill(1.0)
+        self._context = np.zeros(0, dtype=np.float32)
+
+    def push(self, chunk: SampleArray) -> None:
+        """Add one 1280-sample chunk: append its embedding to `features`."""
+        audio = np.concatenate((self._context, chunk.astype(np.float32)))
+        self._context = audio[-_MEL_CONTEXT:]
+        frames = self._melspectrogram(audio)
+        n = len(frames)
+        self._mel_frames[:-n] = self._mel_frames[n:]
+        self._mel_frames[-n:] = frames
+        self.features[:-1] = self.features[1:]
+        self.features[-1] = self._embed(self._mel_frames)
+
+    def _melspectrogram(self, audio: FloatArray) -> FloatArray:
+        # Resizing reallocates, so it happens only when the length changes: the first chunk after
+        # a reset is shorter (no context yet), exactly as in openWakeWord.
+        if self._mel_size != len(audio):
+            self._mel.resize_tensor_input(self._mel_in, [1, len(audio)], strict=True)
+            _allocate(self._mel, self._mel_path, "melspectrogram model")
+            self._mel_size = len(audio)
+        self._mel.set_tensor(self._mel_in, audio[None, :])
+        self._mel.invoke()
+        spec: FloatArray = self._mel.get_tensor(self._mel_out).reshape(-1, _MEL_BINS)
+        return spec / 10 + 2  # openWakeWord's fixed transform, in float32 like theirs
+
+    def _noise_features(self, history: int) -> FloatArray:
+        """Embeddings of seeded noise, with the same values as openWakeWord's `_get_embeddings`."""
+        noise = np.random.RandomState(FEATURE_NOISE_SEED).randint(-1000, 1000, _NOISE_SAMPLES)
+        # A throwaway interpreter sized for 4 s: resizing the streaming one would keep its larger
+        # arena for the life of the process. For the same reason the embeddings are computed one
+        # window at a time (a batch of 41 costs ~26 MB; the results are bitwise the same).
+        mel = _load(self._mel_path, "melspectrogram model", BOOTSTRAP_HINT)
+        mel.resize_tensor_input(self._mel_in, [1, _NOISE_SAMPLES], strict=True)
+        _allocate(mel, self._mel_path, "melspectrogram model")
+        mel.set_tensor(self._mel_in, noise.astype(np.int16).astype(np.float32)[None, :])
+        mel.invoke()
+        spec = mel.get_tensor(self._mel_out).reshape(-1, _MEL_BINS) / 10 + 2
+        del mel
+        noise_features = np.stack(
+            [
+                self._embed(spec[i : i + _MEL_WINDOW])
+                for i in range(0, len(spec) - _MEL_WINDOW + 1, _MEL_STRIDE)
+            ]
+        )
+        features = np.zeros((history, _FEATURE_SIZE), dtype=np.float32)
+        # A model wider than the noise history (none of the official ones) sees zeros first;
+        # openWakeWord itself would fail on such a model.
+        kept = noise_features[-history:]
+        features[history - len(kept) :] = kept
+        return features
+
+    def _embed(self, mel_window: FloatArray) -> FloatArray:
+        self._emb.set_tensor(self._emb_in, mel_window[None, :, :, None])
+        self._emb.invoke()
+        embedding: FloatArray = self._emb.get_tensor(self._emb_out).reshape(_FEATURE_SIZE)
+        return embedding
+
+
+class _Word:
+    """Stage 3 for one wake word: its model, threshold and refractory state."""
+
+    def __init__(self, config: WakeWordConfig, index: int, models_dir: Path) -> None:
+        self.config = config
+        self.path = config.model_path(models_dir)
+        what = f"wake-word model for '{config.name}'"
+        hint = BOOTSTRAP_HINT if config.model is None else f"check wake.words[{index}].model"
+        self.interpreter = _load(self.path, what, hint)
+        shape_in, shape_out = _shapes(self.interpreter)
+        if len(shape_in) != 3 or shape_in[0] != 1 or shape_in[2] != _FEATURE_SIZE:
+            raise WakeWordError(
+                f"{self.path}: {what} takes input of shape {shape_in}, expected [1, N, "
+                f"{_FEATURE_SIZE}]; is this an openWakeWord wake-word model "
+                "(not the melspectrogram or embedding model)?"
+            )
+        if shape_out != [1, 1]:
+            raise WakeWordError(
+                f"{self.path}: {what} has output shape {shape_out}, expected [1, 1] "
+                "(one score; multi-class models are not supported)"
+            )
+        _allocate(self.interpreter, self.path, what)
+        self.window = shape_in[1]
+        self._in = self.interpreter.get_input_details()[0]["index"]
+        self._out = self.interpreter.get_output_details()[0]["index"]
+        self.last_fired: float | None = None
+
+    def score(self, features: FloatArray) -> float:
+        """This word's score for the newest `window` features."""
+        self.interpreter.set_tensor(self._in, features[None, -self.window :])
+        self.interpreter.invoke()
+        return float(self.interpreter.get_tensor(self._out)[0, 0])
+
+
+class WakeWordDetector:
+    """Streams 16 kHz int16 mono audio through the configured wake-word models."""
+
+    def __init__(self, config: WakeConfig) -> None:
+        if not config.words:
+            raise WakeWordError("no wake words configured (wake.words is empty)")
+        self.config = config
+        self._words = [_Word(w, i, config.models_dir) for i, w in enumerate(config.words)]
+        self._front = _FeatureFrontEnd(config.models_dir, max(w.window for w in self._words))
+        self._pending = np.zeros(0, dtype=np.int16)
+        self._chunks = 0
+        self.last_scores: dict[str, float] = {w.config.name: 0.0 for w in self._words}
+        """Each word's score for the most recent chunk (for debugging and tuning)."""
+        log.info(
+            "wake words: %s (models in %s)",
+            ", ".join(f"{w.config.name} >= {w.config.threshold}" for w in self._words),
+            config.models_dir,
+        )
+
+    @property
+    def seconds(self) -> float:
+        """Seconds of audio processed (whole chunks) since start or `reset()`."""
+        return self._chunks * CHUNK_SAMPLES / SAMPLE_RATE
+
+    def reset(self) -> None:
+        """Forget all audio heard so far, so that nothing from before can fire."""
+        self._front.reset()
+        self._pending = np.zeros(0, dtype=np.int16)
+        self._chunks = 0
+        for word in self._words:
+            word.last_fired = None
+            self.last_scores[word.config.name] = 0.0
+
+    def process(self, samples: npt.NDArray[Any]) -> list[Detection]:
+        """Feed int16 mono samples of any length; return the detections they complete."""
+        if samples.dtype != np.int16 or samples.ndim != 1:
+            raise ValueError(
+                f"wake-word audio must be a 1-D int16 array, got {samples.dtype} {samples.shape}"
+            )
+        if len(self._pending):
+            samples = np.concatenate((self._pending, samples))
+        usable = len(samples) - len(samples) % CHUNK_SAMPLES
+        self._pending = samples[usable:].copy()
+        detections: list[Detection] = []
+        for start in range(0, usable, CHUNK_SAMPLES):
+            detections.extend(self._step(samples[start : start + CHUNK_SAMPLES]))
+        return detections
+
+    def _step(self, chunk: SampleArray) -> list[Detection]:
+        self._front.push(chunk)
+        self._chunks += 1
+        if self._chunks <= _WARMUP_CHUNKS:
+            return []  # openWakeWord reports 0 while the start-up noise fills the window
+        t = self.seconds
+        detections = []
+        for word in self._words:
+            cfg = word.config
+            score = word.score(self._front.features)
+            self.last_scores[cfg.name] = score
+            if score < cfg.threshold / 2:
+                continue
+            log.debug(
+                "%s: score %.3f at %.2f s (threshold %.2f)", cfg.name, score, t, cfg.threshold
+            )
+            # The tolerance keeps float rounding of t from shortening the refractory period.
+            if score >= cfg.threshold and (
+                word.last_fired is None or t - word.last_fired >= cfg.refractory_s - 1e-9
+            ):
+                word.last_fired = t
+                detections.append(Detection(cfg.name, score, t))
+                log.info("wake word %s (score %.3f at %.2f s)", cfg.name, score, t)
+        return detections
+
+
+def read_audio(path: Path) -> SampleArray:
+    """Any audio file PyAV can decode (every WAV encoding) as 16 kHz mono int16; else ValueError."""
+    import av
+    import soxr
+
+    blocks: list[npt.NDArray[Any]] = []
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                raise ValueError(f"{path}: cannot read audio: the file has no audio stream")
+            stream = container.streams.audio[0]
+            rate = int(stream.rate)
+            # Only the sample format changes here (to planar float); the rate is soxr's job below.
+            converter = av.AudioResampler(format="fltp")
+            for frame in container.decode(stream):
+                blocks.extend(c.to_ndarray() for c in converter.resample(frame))
+            blocks.extend(c.to_ndarray() for c in converter.resample(None))
+    except (av.FFmpegError, OSError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise ValueError(f"{path}: cannot read audio: {reason}") from exc
+    if not blocks:
+        return np.zeros(0, dtype=np.int16)
+    mono = np.concatenate(blocks, axis=1).mean(axis=0, dtype=np.float32)
+    if rate != SAMPLE_RATE:
+        mono = soxr.resample(mono, rate, SAMPLE_RATE)
+    samples: SampleArray = (np.clip(mono, -1.0, 1.0) * 32767).astype(np.int16)
+    return samples
+
+
+def detect_main(argv: list[str]) -> int:
+    """`wakertc detect FILE.wav`: print each detection in the file as a JSON line."""
+    parser = argparse.ArgumentParser(
+        prog="wakertc detect",
+        description="Run the configured wake words over an audio file (any rate, any channels) "
+        'and print each detection as a JSON line {"word", "score", "t"}; per-word best scores '
+        "go to stderr, to help choose thresholds.",
+    )
+    parser.add_argument("file", type=Path, help="audio file, e.g. a WAV recording")
+    parser.add_argument("--config", help="config file (default $WAKERTC_CONFIG or /etc/wakertc)")
+    parser.add_argument("--threshold", type=float, help="use this threshold for every word")
+    parser.add_argument("--models-dir", type=Path, help="directory with the .tflite models")
+    args = parser.parse_args(argv)
+    from .config import ConfigError, config_path, load_config
+
+    path = config_path(args.config)
+    try:
+        wake = load_config(path).wake if args.config or path.is_file() else WakeConfig()
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if args.models_dir is not None:
+        wake = dataclasses.replace(wake, models_dir=args.models_dir)
+    if args.threshold is not None:
+        if not 0.0 < args.threshold <= 1.0:
+            print(f"--threshold {args.threshold}: expected a score in (0, 1]", file=sys.stderr)
+            return 2
+        words = tuple(dataclasses.replace(w, threshold=args.threshold) for w in wake.words)
+        wake = dataclasses.replace(wake, words=words)
+    try:
+        samples = read_audio(args.file)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    try:
+        detector = WakeWordDetector(wake)
+    except WakeWordError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    best = {w.name: (0.0, 0.0) for w in wake.words}
+    for start in range(0, len(samples), CHUNK_SAMPLES):
+        for detection in detector.process(samples[start : start + CHUNK_SAMPLES]):
+            line = {"word": detection.word, "score": round(detection.score, 4), "t": detection.t}
+            print(json.dumps(line), flush=True)
+        for name, score in detector.last_scores.items():
+            if score > best[name][0]:
+                best[name] = (score, detector.seconds)
+    for word in wake.words:
+        score, t = best[word.name]
+        print(
+            f"{word.name}: best score {score:.4f} at {t:.2f} s (threshold {word.threshold})",
+            file=sys.stderr,
+        )
+    return 0
