@@ -1,0 +1,225 @@
+"""scripts/install-pi.sh into a staging root: users, files, modes, idempotence, kept config.
+
+The script runs for real (as root) with `--root DIR --files-only`: it creates users with
+`useradd --prefix` in a copy of this machine's /etc/passwd, writes every file and unit it would
+write on a Pi, and skips only apt, the virtualenv and systemctl.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = Path("scripts/install-pi.sh")
+TOKEN = "wkt-0123456789abcdef0123456789abcdef"
+API_KEY = "sk-proj-installtest0123456789abcdef"
+
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="install-pi.sh needs root (chown, useradd)"),
+    pytest.mark.skipif(shutil.which("useradd") is None, reason="useradd (passwd package) missing"),
+]
+
+
+@dataclass
+class Staging:
+    src: Path  # a copy of the source tree the script is run from
+    root: Path  # the staging prefix
+
+    def run(
+        self, *args: str, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["bash", str(self.src / SCRIPT), "--root", str(self.root), "--files-only", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, **(env or {})},
+            check=False,
+        )
+
+    def ok(self, *args: str, env: dict[str, str] | None = None) -> str:
+        result = self.run(*args, env=env)
+        assert result.returncode == 0, result.stderr
+        return result.stdout + result.stderr
+
+    def path(self, absolute: str) -> Path:
+        return self.root / absolute.lstrip("/")
+
+    def ids(self, database: str) -> dict[str, int]:
+        rows = self.path(f"/etc/{database}").read_text().splitlines()
+        return {r.split(":")[0]: int(r.split(":")[2]) for r in rows}
+
+    def members(self, group: str) -> set[str]:
+        for row in self.path("/etc/group").read_text().splitlines():
+            name, _, _, members = row.split(":")
+            if name == group:
+                return set(filter(None, members.split(",")))
+        raise KeyError(group)
+
+
+def _copy_source(dest: Path) -> None:
+    for item in ("pyproject.toml", "README.md", "daemon", "scripts", "config", "systemd", "models"):
+        source = ROOT / item
+        if source.is_dir():
+            shutil.copytree(source, dest / item, ignore=shutil.ignore_patterns("__pycache__"))
+        elif source.exists():
+            shutil.copy2(source, dest / item)
+    # Placeholders only in this copy, until the real files land in the repository.
+    (dest / "config").mkdir(exist_ok=True)
+    for name in ("wakertc.toml", "companion.toml"):
+        if not (dest / "config" / name).exists():
+            (dest / "config" / name).write_text(f"# placeholder {name}\n")
+
+
+@pytest.fixture
+def staging(tmp_path: Path) -> Staging:
+    src, root = tmp_path / "src", tmp_path / "root"
+    src.mkdir()
+    _copy_source(src)
+    (root / "etc").mkdir(parents=True)
+    for name in ("passwd", "group", "shadow", "gshadow"):
+        shutil.copy2(Path("/etc") / name, root / "etc" / name)
+    return Staging(src, root)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.lstat().st_mode)
+
+
+def _tree(root: Path) -> dict[str, tuple[int, int, int, bytes]]:
+    """Every path under `root` with its mode, owner, group and (for files) content."""
+    snapshot = {}
+    for path in sorted(root.rglob("*")):
+        st = path.lstat()
+        content = path.read_bytes() if path.is_file() and not path.is_symlink() else b""
+        if path.is_symlink():
+            content = os.readlink(path).encode()
+        snapshot[str(path.relative_to(root))] = (st.st_mode, st.st_uid, st.st_gid, content)
+    return snapshot
+
+
+def test_fresh_install_creates_users_files_and_modes(staging: Staging, tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    key_file = tmp_path / "key"
+    key_file.write_text(API_KEY)
+    output = staging.ok(
+        "--companion", "--token-file", str(token_file), "--api-key-file", str(key_file)
+    )
+    assert TOKEN not in output and API_KEY not in output
+
+    users, groups = staging.ids("passwd"), staging.ids("group")
+    assert {"wakertc", "wakertc-companion"} <= users.keys()
+    assert "wakertc" in staging.members("audio") and "wakertc" in staging.members("gpio")
+    assert "wakertc-companion" not in staging.members("audio")
+    passwd = staging.path("/etc/passwd").read_text()
+    assert "wakertc:x:" in passwd and ":/var/lib/wakertc:/usr/sbin/nologin" in passwd
+
+    config = staging.path("/etc/wakertc/wakertc.toml")
+    assert _mode(config) == 0o640
+    assert (config.stat().st_uid, config.stat().st_gid) == (0, groups["wakertc"])
+    assert config.read_bytes() == (staging.src / "config/wakertc.toml").read_bytes()
+
+    token = staging.path("/etc/wakertc/device-token")
+    assert token.read_text() == TOKEN + "\n"
+    assert _mode(token) == 0o600
+    assert (token.stat().st_uid, token.stat().st_gid) == (users["wakertc"], groups["wakertc"])
+
+    companion = staging.path("/etc/wakertc/companion.toml")
+    assert _mode(companion) == 0o640
+    assert companion.stat().st_gid == groups["wakertc-companion"]
+    api_key = staging.path("/etc/wakertc/openai-api-key")
+    assert api_key.read_text() == API_KEY + "\n"
+    assert _mode(api_key) == 0o600 and api_key.stat().st_uid == 0  # read by systemd, as root
+    assert _mode(staging.path("/var/lib/wakertc-companion")) == 0o700
+
+    assert _mode(staging.path("/etc/wakertc")) == 0o755
+    assert not [
+        p
+        for p in staging.path("/etc/wakertc").iterdir()
+        if ".toml" not in p.name and p.name not in {"device-token", "openai-api-key"}
+    ]  # no temp files left behind
+
+    state = staging.path("/var/lib/wakertc")
+    assert _mode(state) == 0o750 and state.stat().st_uid == users["wakertc"]
+    assert (state / "models/hey_jarvis_v0.1.tflite").stat().st_uid == users["wakertc"]
+
+    code = staging.path("/opt/wakertc/src")
+    assert (code / "pyproject.toml").is_file() and (code / "daemon/wakertc/notify.py").is_file()
+    assert not list(code.rglob("__pycache__"))
+    assert not [p for p in code.rglob("*") if _mode(p) & 0o022]  # nothing writable but by root
+    assert code.stat().st_uid == 0
+
+    for unit in ("wakertc.service", "wakertc-companion.service"):
+        installed = staging.path(f"/etc/systemd/system/{unit}")
+        assert installed.read_bytes() == (ROOT / "systemd" / unit).read_bytes()
+        assert _mode(installed) == 0o644
+        wants = staging.path(f"/etc/systemd/system/multi-user.target.wants/{unit}")
+        assert os.readlink(wants) == f"/etc/systemd/system/{unit}"
+
+
+def test_rerun_upgrades_in_place_and_keeps_config_and_secrets(staging: Staging) -> None:
+    staging.ok("--companion", env={"WAKERTC_DEVICE_TOKEN": TOKEN})
+    config = staging.path("/etc/wakertc/wakertc.toml")
+    edited = config.read_text() + '\n[companion]\nurl = "http://kitchen-hub:8780"\n'
+    config.write_text(edited)
+    companion = staging.path("/etc/wakertc/companion.toml")
+    companion.write_text("# my companion settings\n")
+    # The upgrade brings new code.
+    (staging.src / "daemon/wakertc/notify.py").write_text("# new version\n")
+
+    before = _tree(staging.root)
+    output = staging.ok("--companion")
+    assert "keeping" in output
+    assert config.read_text() == edited and _mode(config) == 0o640
+    assert companion.read_text() == "# my companion settings\n"
+    token = staging.path("/etc/wakertc/device-token")
+    assert token.read_text() == TOKEN + "\n" and _mode(token) == 0o600
+    assert (
+        staging.path("/opt/wakertc/src/daemon/wakertc/notify.py").read_text() == "# new version\n"
+    )
+
+    after = _tree(staging.root)
+    changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
+    # Only the refreshed code changed: no duplicate users or groups, no new files, same modes.
+    assert changed == {"opt/wakertc/src/daemon/wakertc/notify.py"}, changed
+
+    # A third run is a no-op; a new token replaces the old one, still 0600.
+    staging.ok("--companion")
+    assert _tree(staging.root) == after
+    staging.ok(env={"WAKERTC_DEVICE_TOKEN": "wkt-rotated-token-0000000000"})
+    assert token.read_text() == "wkt-rotated-token-0000000000\n" and _mode(token) == 0o600
+
+
+def test_without_a_passwd_file_users_are_skipped(tmp_path: Path) -> None:
+    src, root = tmp_path / "src", tmp_path / "bare"
+    src.mkdir()
+    _copy_source(src)
+    staging = Staging(src, root)
+    output = staging.ok(env={"WAKERTC_DEVICE_TOKEN": TOKEN})
+    assert "skipping users" in output
+    assert not staging.path("/etc/passwd").exists()
+    config = staging.path("/etc/wakertc/wakertc.toml")
+    assert _mode(config) == 0o640 and config.stat().st_uid == 0
+    assert _mode(staging.path("/etc/wakertc/device-token")) == 0o600
+
+
+def test_bad_input_changes_nothing(staging: Staging, tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    result = staging.run("--token-file", str(empty))
+    assert result.returncode != 0 and "is empty" in result.stderr
+    result = staging.run("--token-file", str(empty), env={"WAKERTC_DEVICE_TOKEN": TOKEN})
+    assert result.returncode != 0 and "not both" in result.stderr
+    result = staging.run("--bogus")
+    assert result.returncode != 0 and "unknown argument" in result.stderr
+    assert not staging.path("/etc/wakertc").exists()
+    assert not staging.path("/opt").exists()
+    assert "wakertc" not in staging.ids("passwd")
