@@ -108,6 +108,7 @@ class Conversation:
         self.mic = MicTrack()
         self._call: RealtimeCall | None = None
         self._live = asyncio.Event()
+        self._settled = asyncio.Event()
         self._ended: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -149,13 +150,14 @@ class Conversation:
                 raise SessionFailed(
                     f"timed out after {self._session.connect_timeout_s:g} s while {self._stage}"
                 ) from None
-            self.wake_to_live_s = time.monotonic() - self._woke_at
-            log.info("session live %.0f ms after the wake word", self.wake_to_live_s * 1000)
-            self._phases.transition(Phase.LISTENING, "session live")
-            self._arm("idle", self._session.idle_timeout_s, "idle timeout")
-            self._timers["max"] = loop.call_later(
-                self._session.max_session_s, self.end, "maximum session length"
-            )
+            if not self._ended.done():
+                self.wake_to_live_s = time.monotonic() - self._woke_at
+                log.info("session live %.0f ms after the wake word", self.wake_to_live_s * 1000)
+                self._phases.transition(Phase.LISTENING, "session live")
+                self._arm("idle", self._session.idle_timeout_s, "idle timeout")
+                self._timers["max"] = loop.call_later(
+                    self._session.max_session_s, self.end, "maximum session length"
+                )
             reason = await self._ended
             log.info("conversation ended: %s", reason)
             return reason
@@ -213,11 +215,13 @@ class Conversation:
         """Finish the conversation normally."""
         if not self._ended.done():
             self._ended.set_result(reason)
+        self._settled.set()
 
     def fail(self, message: str) -> None:
         """Finish the conversation with an error."""
         if not self._ended.done():
             self._ended.set_exception(SessionFailed(message))
+        self._settled.set()
 
     @property
     def live(self) -> bool:
@@ -262,12 +266,7 @@ class Conversation:
                 raise SessionFailed(str(exc)) from exc
         self._stage = "waiting for the session to be configured"
         self._send(session_update(self._session, self._tools))
-        ready = asyncio.ensure_future(self._live.wait())
-        done, _ = await asyncio.wait({ready, self._ended}, return_when=asyncio.FIRST_COMPLETED)
-        if ready not in done:
-            ready.cancel()
-            self._ended.result()  # raises the failure that ended us during set-up
-            raise SessionFailed("ended before the session was live")
+        await self._settled.wait()  # session.updated, or ended/failed meanwhile
 
     async def _get_key(self) -> Any:
         delay = 0.5
@@ -312,6 +311,7 @@ class Conversation:
 
     def _session_updated(self, event: dict[str, Any]) -> None:
         self._live.set()
+        self._settled.set()
 
     def _error(self, event: dict[str, Any]) -> None:
         error = event.get("error")
@@ -401,8 +401,7 @@ class Conversation:
 
     def _response_done(self, event: dict[str, Any]) -> None:
         response = event.get("response")
-        status = response.get("status") if isinstance(response, dict) else None
-        if status == "failed":
+        if isinstance(response, dict) and response.get("status") == "failed":
             log.warning("the reply failed: %s", _short(response.get("status_details")))
         # A reply without audio (text, or a tool call still running): nothing will be played.
         if (

@@ -26,7 +26,8 @@ def read_wav(path: Path, rate: int = 16000) -> NDArray[Any]:
             raise ValueError(f"{path}: only 16-bit PCM WAV files are supported")
         channels, source_rate = wav.getnchannels(), wav.getframerate()
         data = np.frombuffer(wav.readframes(wav.getnframes()), dtype=np.int16)
-    samples = data.reshape(-1, channels).mean(axis=1).astype(np.float32) / 32768.0
+    samples: NDArray[np.float32] = data.reshape(-1, channels).mean(axis=1).astype(np.float32)
+    samples /= 32768.0
     if source_rate != rate and samples.size:
         samples = np.asarray(soxr.resample(samples, source_rate, rate), dtype=np.float32)
     return samples
