@@ -9,6 +9,7 @@ import re
 import sys
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -113,9 +114,25 @@ def test_journal_decision() -> None:
     assert not use_journal({"JOURNAL_STREAM": ours}, io.StringIO())  # no file descriptor
 
 
-def test_setup_picks_journal_under_systemd(restore_root: None) -> None:
-    handler = setup_logging("info", stream=sys.stderr, environ={"INVOCATION_ID": "0123abcd"})
+def test_journal_decision_can_be_forced() -> None:
+    stream = io.StringIO()
+    assert use_journal({"WAKERTC_LOG_TARGET": "journal"}, stream)
+    assert not use_journal({"WAKERTC_LOG_TARGET": "stderr", "INVOCATION_ID": "0123abcd"}, stream)
+
+
+def test_setup_picks_journal_only_when_journald_listens(restore_root: None, tmp_path: Path) -> None:
+    systemd_env = {"INVOCATION_ID": "0123abcd"}
+    socket_path = tmp_path / "journal.socket"
+    fallback = setup_logging(
+        "info", stream=io.StringIO(), environ=systemd_env, journal_socket=socket_path
+    )
+    assert isinstance(fallback, logging.StreamHandler)
+    socket_path.touch()
+    handler = setup_logging(
+        "info", stream=sys.stderr, environ=systemd_env, journal_socket=socket_path
+    )
     assert type(handler).__name__ == "JournalHandler"
+    assert fallback not in logging.getLogger().handlers  # replaced, not stacked
 
 
 def test_journal_entries_carry_identifier_fields_and_no_secrets() -> None:

@@ -18,11 +18,15 @@ import re
 import sys
 import threading
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, TextIO
 
 REDACTED = "[redacted]"
 SYSLOG_IDENTIFIER = "wakertc"
 STDERR_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+# `journal` or `stderr` overrides the detection below (e.g. in a unit drop-in, or in tests).
+TARGET_ENV = "WAKERTC_LOG_TARGET"
+JOURNAL_SOCKET = Path("/run/systemd/journal/socket")
 
 # `ek_...` ephemeral keys minted for a session; `sk-...` standard and project API keys.
 _PATTERNS = (r"ek_[A-Za-z0-9_-]+", r"sk-[A-Za-z0-9_-]{10,}")
@@ -82,6 +86,9 @@ class RedactSecrets(logging.Filter):
 
 def use_journal(environ: Mapping[str, str], stream: TextIO) -> bool:
     """True when running as a systemd service whose stderr would end up in the journal anyway."""
+    forced = environ.get(TARGET_ENV, "")
+    if forced in {"journal", "stderr"}:
+        return forced == "journal"
     journal_stream = environ.get("JOURNAL_STREAM", "")
     if journal_stream:
         # systemd.exec(5): only trust it when it names the very stream we would write to; a
@@ -117,14 +124,20 @@ def stderr_handler(stream: TextIO) -> logging.Handler:
 
 
 def setup_logging(
-    level: str, *, stream: TextIO = sys.stderr, environ: Mapping[str, str] | None = None
+    level: str,
+    *,
+    stream: TextIO = sys.stderr,
+    environ: Mapping[str, str] | None = None,
+    journal_socket: Path = JOURNAL_SOCKET,
 ) -> logging.Handler:
     """Configure the root logger for the daemon; returns the handler it installed."""
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         raise ValueError(f"unknown log level {level!r} (expected debug, info, warning or error)")
     env = os.environ if environ is None else environ
-    handler = journal_handler() if use_journal(env, stream) else None
+    # Without journald's socket (a container, a chroot) every record would be an error: use stderr.
+    journal = use_journal(env, stream) and journal_socket.exists()
+    handler = journal_handler() if journal else None
     if handler is None:
         handler = stderr_handler(stream)
     handler.addFilter(RedactSecrets())
