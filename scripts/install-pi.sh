@@ -154,6 +154,8 @@ if ((files_only)); then
     log "--files-only: skipping Debian packages, virtualenv and model download"
 else
     WAKERTC_VENV=$opt/venv WAKERTC_MODELS=$state/models "$opt/src/scripts/bootstrap.sh"
+    # The service cannot write bytecode next to root-owned code; compile it once here instead.
+    "$opt/venv/bin/python" -m compileall -q "$opt/src/daemon"
     case $(uname -m) in
         # gpiozero's preferred pin driver on Bookworm (and the only one on a Pi 5).
         aarch64 | armv7l | armv6l)
