@@ -38,17 +38,23 @@ _secrets_lock = threading.Lock()
 _pattern = re.compile("|".join(_PATTERNS))
 
 
-def register_secret(value: str) -> None:
-    """Redact `value` (e.g. the device token) from every later log record."""
+def register_secret(value: str) -> bool:
+    """Redact `value` (e.g. the device token) from every later log record; False if too short."""
     global _pattern
     value = value.strip()
     if len(value) < _MIN_SECRET_LEN:
-        raise ValueError(f"refusing to register a secret shorter than {_MIN_SECRET_LEN} characters")
+        # Redacting "abc" everywhere would mangle ordinary log lines; a token this short is weak
+        # anyway, and saying so is more useful than refusing to start.
+        logging.getLogger(__name__).warning(
+            "a secret of %d characters is too short to redact from logs", len(value)
+        )
+        return False
     with _secrets_lock:
         _secrets.add(value)
         # Longest first, so a secret containing another is replaced whole.
         literals = [re.escape(s) for s in sorted(_secrets, key=len, reverse=True)]
         _pattern = re.compile("|".join([*literals, *_PATTERNS]))
+    return True
 
 
 def redact(text: str) -> str:
