@@ -1,0 +1,940 @@
+"""Microphone and speaker: one small interface, a PyAudio backend and a WAV-file backend.
+
+Everything past this module sees one format: capture is int16 mono at `CAPTURE_RATE` in frames
+of `FRAME_SAMPLES` (20 ms); playback takes int16 mono at `PLAYBACK_RATE`. Devices run at whatever
+rate and channel count they have; `soxr` streaming resamplers (state kept across chunks) convert
+both ways.
+
+Threads. Capture runs in PortAudio's callback thread (or the file backend's pacing thread); it only
+converts and hands each frame to asyncio with `loop.call_soon_threadsafe`, the one hand-off place.
+Playback runs in its own thread that pulls 20 ms blocks from a queue and writes them to the device,
+silence included: the output stream stays open while the daemon runs so that `on_render` (the echo
+canceller's reference) is continuous and aligned with what the speaker plays, and so no
+open/close pops or start-up latency are paid at the start of each reply.
+
+Latency, measured here: each soxr conversion (HQ) adds ~21 ms on average; PortAudio's default
+low-latency buffers (40 ms for PulseAudio) come on top. Opening a device at 16 kHz (capture) avoids
+the capture conversion entirely.
+
+Errors: `AudioDeviceError` for a device that cannot be found, opened or kept running (a message
+naming the device, what was asked and what exists); failures after `start` go to `on_error`.
+"""
+
+from __future__ import annotations
+
+import abc
+import argparse
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+import os
+import sys
+import tempfile
+import threading
+import time
+import wave
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+import soxr
+
+from .config import AudioConfig
+
+log = logging.getLogger(__name__)
+
+CAPTURE_RATE = 16000
+FRAME_SAMPLES = 320  # 20 ms at CAPTURE_RATE
+PLAYBACK_RATE = 24000
+RENDER_CHUNK = 160  # on_render delivers multiples of 10 ms at CAPTURE_RATE (what AEC3 consumes)
+
+_BLOCK_S = 0.02  # playback threads pull this much at a time
+_BLOCK = int(PLAYBACK_RATE * _BLOCK_S)
+_FADE = int(PLAYBACK_RATE * 0.005)  # 5 ms ramps at every start, stop and clear: no clicks
+_QUALITY = "HQ"
+_STALL_S = 2.0  # no capture callback for this long = the input device is gone
+
+Int16Array = npt.NDArray[np.int16]
+Float32Array = npt.NDArray[np.float32]
+FrameCallback = Callable[[Int16Array], None]
+
+
+class AudioDeviceError(Exception):
+    """An audio device (or WAV file standing in for one) cannot be found, opened or kept running."""
+
+
+class AudioBackend(abc.ABC):
+    """A microphone and a speaker, as the daemon and the session code use them."""
+
+    on_render: Callable[[Int16Array], None] | None
+    """Called from the playback thread with exactly what goes to the speaker, as int16 mono at
+    CAPTURE_RATE in multiples of 10 ms, silence included: the echo canceller's reference."""
+    on_error: Callable[[Exception], None] | None
+    """Called on the loop thread when a device fails after `start`."""
+
+    @abc.abstractmethod
+    def start(self, loop: asyncio.AbstractEventLoop, on_frame: FrameCallback) -> None:
+        """Begin capture and playback; each 20 ms frame goes to `on_frame` on `loop`'s thread."""
+
+    @abc.abstractmethod
+    def play(self, samples: Int16Array) -> None:
+        """Queue int16 mono samples at PLAYBACK_RATE; thread-safe, never blocks."""
+
+    @abc.abstractmethod
+    def clear_playback(self) -> None:
+        """Drop everything queued (barge-in), with a few-ms fade so the speaker does not click."""
+
+    @property
+    @abc.abstractmethod
+    def playback_queued_s(self) -> float:
+        """Seconds of audio accepted by `play` and not yet handed to the device."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Stop threads and streams; idempotent, returns within a second."""
+
+
+# --- conversion ---------------------------------------------------------------------------------
+
+
+class _Chunker:
+    """Re-cuts a stream of samples into whole chunks of a fixed size."""
+
+    def __init__(self, size: int, dtype: type[np.generic]) -> None:
+        self._size = size
+        self._rest = np.zeros(0, dtype)
+
+    def push(self, samples: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        """Append samples; return every complete chunk so far, concatenated."""
+        buf = np.concatenate((self._rest, samples)) if len(self._rest) else samples
+        whole = len(buf) // self._size * self._size
+        self._rest = buf[whole:].copy()
+        return buf[:whole]
+
+    def flush(self) -> npt.NDArray[Any]:
+        """The partial last chunk, zero-padded to full size (empty if none)."""
+        if not len(self._rest):
+            return self._rest
+        out = np.zeros(self._size, self._rest.dtype)
+        out[: len(self._rest)] = self._rest
+        self._rest = self._rest[:0]
+        return out
+
+
+class CaptureConverter:
+    """Interleaved int16 audio at any rate and channel count -> 20 ms frames of 16 kHz mono."""
+
+    def __init__(self, rate: int, channels: int = 1, channel: int = 0) -> None:
+        if not 0 <= channel < channels:
+            raise ValueError(f"channel {channel} does not exist in {channels}-channel audio")
+        self.rate, self.channels, self.channel = rate, channels, channel
+        self._resampler = (
+            None
+            if rate == CAPTURE_RATE
+            else soxr.ResampleStream(rate, CAPTURE_RATE, 1, dtype="int16", quality=_QUALITY)
+        )
+        self._framer = _Chunker(FRAME_SAMPLES, np.int16)
+
+    def push(self, interleaved: Int16Array) -> list[Int16Array]:
+        """Convert one chunk; returns the complete frames it finished (possibly none)."""
+        mono = interleaved
+        if self.channels > 1:
+            mono = np.ascontiguousarray(interleaved.reshape(-1, self.channels)[:, self.channel])
+        if self._resampler is not None:
+            mono = self._resampler.resample_chunk(mono)
+        return list(self._framer.push(mono).reshape(-1, FRAME_SAMPLES))
+
+    def flush(self) -> list[Int16Array]:
+        """End of the stream: the resampler's tail and the last frame, zero-padded."""
+        tail: list[Int16Array] = []
+        if self._resampler is not None:
+            tail = list(
+                self._framer.push(
+                    self._resampler.resample_chunk(np.zeros(0, np.int16), last=True)
+                ).reshape(-1, FRAME_SAMPLES)
+            )
+        last = self._framer.flush()
+        return [*tail, last] if len(last) else tail
+
+
+def _to_int16(x: Float32Array) -> Int16Array:
+    out: Int16Array = np.clip(np.rint(x * 32768.0), -32768, 32767).astype(np.int16)
+    return out
+
+
+# --- WAV files ----------------------------------------------------------------------------------
+
+
+def _read_wav_raw(path: Path) -> tuple[Int16Array, int, int]:
+    """Whole file as interleaved int16, its rate and channel count."""
+    try:
+        with wave.open(str(path), "rb") as wav:
+            rate, channels, width = wav.getframerate(), wav.getnchannels(), wav.getsampwidth()
+            raw = wav.readframes(wav.getnframes())
+    except (OSError, EOFError, wave.Error) as exc:
+        raise AudioDeviceError(
+            f"cannot read WAV file {path}: {exc} (16/24/32-bit integer PCM expected; "
+            "convert others with `sox IN -b 16 OUT.wav`)"
+        ) from exc
+    return _pcm_to_int16(raw, width), rate, channels
+
+
+def _pcm_to_int16(raw: bytes, width: int) -> Int16Array:
+    if width == 2:
+        return np.frombuffer(raw, "<i2").astype(np.int16)
+    if width == 1:  # 8-bit WAV is unsigned
+        return ((np.frombuffer(raw, np.uint8).astype(np.int16) - 128) << 8).astype(np.int16)
+    if width == 3:  # keep the two most significant bytes of each little-endian 24-bit sample
+        b = np.frombuffer(raw, np.uint8).reshape(-1, 3)
+        return np.ascontiguousarray(b[:, 1:]).view("<i2").reshape(-1).astype(np.int16)
+    if width == 4:
+        return (np.frombuffer(raw, "<i4") >> 16).astype(np.int16)
+    raise AudioDeviceError(f"unsupported WAV sample width {width} bytes")
+
+
+def read_wav(path: Path, rate: int, channel: int = 0) -> Int16Array:
+    """A whole WAV file as int16 mono at `rate` (e.g. a chime at PLAYBACK_RATE)."""
+    data, file_rate, channels = _read_wav_raw(path)
+    if not 0 <= channel < channels:
+        raise AudioDeviceError(f"{path} has {channels} channel(s); channel {channel} asked")
+    mono = np.ascontiguousarray(data.reshape(-1, channels)[:, channel])
+    if file_rate == rate or not len(mono):
+        return mono
+    return np.asarray(soxr.resample(mono, file_rate, rate, quality=_QUALITY), np.int16)
+
+
+def iter_wav_frames(path: Path, channel: int = 0) -> Iterator[Int16Array]:
+    """A WAV file as capture frames, converted exactly as a device's audio would be (not paced)."""
+    data, rate, channels = _read_wav_raw(path)
+    try:
+        converter = CaptureConverter(rate, channels, channel)
+    except ValueError as exc:
+        raise AudioDeviceError(f"{path}: {exc}") from exc
+    step = rate // 50 * channels
+    for start in range(0, len(data), step):
+        yield from converter.push(data[start : start + step])
+    yield from converter.flush()
+
+
+def write_wav(path: Path, samples: Int16Array, rate: int) -> None:
+    """Write int16 mono samples as a WAV file."""
+    with wave.open(str(path), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(rate)
+        wav.writeframes(np.asarray(samples, "<i2").tobytes())
+
+
+# --- playback queue, shared by both backends ----------------------------------------------------
+
+
+class _PlaybackQueue:
+    """Audio waiting to be played, pulled in blocks by one playback thread.
+
+    Every edge is ramped: a start fades in, running dry fades out (or ramps from the last sample
+    to zero), and `clear` keeps only the next 5 ms, played faded out. A short prebuffer absorbs
+    network jitter: playback starts once `prebuffer_s` is queued or has waited that long.
+    """
+
+    def __init__(self, volume: float, prebuffer_s: float) -> None:
+        self._gain = volume / 32768.0
+        self._prebuffer = int(PLAYBACK_RATE * prebuffer_s)
+        self._prebuffer_s = prebuffer_s
+        self._lock = threading.Lock()
+        self._chunks: collections.deque[Float32Array] = collections.deque()
+        self._queued = 0
+        self._waiting_since = 0.0
+        self._fade_head: Float32Array | None = None  # set by clear(): the last bit to play
+        self._playing = False  # the last block ended in queued audio, not in silence
+        self._last = 0.0
+
+    @property
+    def queued_s(self) -> float:
+        return self._queued / PLAYBACK_RATE
+
+    def put(self, samples: Int16Array) -> None:
+        if not isinstance(samples, np.ndarray) or samples.dtype != np.int16 or samples.ndim != 1:
+            shape = getattr(samples, "shape", None)
+            dtype = getattr(samples, "dtype", type(samples).__name__)
+            raise ValueError(
+                f"play() takes a 1-D int16 array at {PLAYBACK_RATE} Hz; got {dtype} {shape}"
+            )
+        if not len(samples):
+            return
+        scaled = samples.astype(np.float32) * np.float32(self._gain)
+        with self._lock:
+            if not self._queued:
+                self._waiting_since = time.monotonic()
+            self._chunks.append(scaled)
+            self._queued += len(scaled)
+
+    def clear(self) -> None:
+        with self._lock:
+            if self._playing:
+                # the continuation of what is sounding now, faded, so the cut is click-free
+                self._fade_head = np.zeros(min(_FADE, self._queued), np.float32)
+                self._take(self._fade_head)
+            self._chunks.clear()
+            self._queued = 0
+
+    def pull(self, n: int) -> tuple[Float32Array, bool]:
+        """The next `n` samples (zeros when idle) and whether any queued audio is in them."""
+        out = np.zeros(n, np.float32)
+        with self._lock:
+            if self._fade_head is not None:
+                head, self._fade_head = self._fade_head, None
+                out[: len(head)] = head
+                return self._edges(out, len(head), starting=False, ran_dry=True)
+            starting = not self._playing
+            if starting:
+                waited = time.monotonic() - self._waiting_since
+                if not self._queued or (
+                    self._queued < self._prebuffer and waited < self._prebuffer_s
+                ):
+                    return out, False
+            took = self._take(out[: min(n, self._queued)])
+            return self._edges(out, took, starting=starting, ran_dry=took < n)
+
+    def _edges(
+        self, out: Float32Array, took: int, *, starting: bool, ran_dry: bool
+    ) -> tuple[Float32Array, bool]:
+        if starting:
+            m = min(_FADE, took)
+            out[:m] *= np.linspace(0.0, 1.0, m, endpoint=False, dtype=np.float32)
+        ramped = False
+        if ran_dry and took:
+            m = min(_FADE, took)
+            out[took - m : took] *= np.linspace(1.0, 0.0, m, dtype=np.float32)
+        elif ran_dry and self._last:
+            # the previous block ended exactly where the audio did: continue from its last sample
+            out[:_FADE] = np.linspace(self._last, 0.0, _FADE, dtype=np.float32)
+            ramped = True
+        self._playing = not ran_dry
+        self._last = float(out[-1])
+        return out, bool(took) or ramped
+
+    def _take(self, dest: Float32Array) -> int:
+        filled = 0
+        while filled < len(dest):
+            chunk = self._chunks[0]
+            k = min(len(chunk), len(dest) - filled)
+            dest[filled : filled + k] = chunk[:k]
+            if k == len(chunk):
+                self._chunks.popleft()
+            else:
+                self._chunks[0] = chunk[k:]
+            filled += k
+        self._queued -= filled
+        return filled
+
+
+class _RenderTap:
+    """Feeds `on_render`: what was played, converted to 16 kHz, in 10 ms multiples."""
+
+    def __init__(self, backend: AudioBackend) -> None:
+        self._backend = backend
+        self._resampler = soxr.ResampleStream(PLAYBACK_RATE, CAPTURE_RATE, 1, quality=_QUALITY)
+        self._chunker = _Chunker(RENDER_CHUNK, np.float32)
+
+    def push(self, block: Float32Array) -> None:
+        callback = self._backend.on_render
+        if callback is None:
+            return
+        ready = self._chunker.push(self._resampler.resample_chunk(block))
+        if len(ready):
+            try:
+                callback(_to_int16(ready))
+            except Exception:
+                log.exception("on_render callback failed")
+
+
+class _LoopHandoff:
+    """The one place where worker threads hand things to the event loop."""
+
+    def __init__(self, backend: AudioBackend, what: str) -> None:
+        self._backend = backend
+        self._what = what
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def call(self, func: Callable[..., object], *args: object) -> bool:
+        """Schedule `func(*args)` on the loop; False once the loop is gone."""
+        if self.loop is None:
+            return False
+        try:
+            self.loop.call_soon_threadsafe(func, *args)
+        except RuntimeError:  # loop closed: the daemon is shutting down
+            return False
+        return True
+
+    def error(self, exc: Exception) -> None:
+        """Report a failure from a worker thread: logged here, `on_error` on the loop."""
+        log.error("%s: %s", self._what, exc)
+        self.call(self._deliver, exc)
+
+    def _deliver(self, exc: Exception) -> None:
+        if self._backend.on_error is not None:
+            self._backend.on_error(exc)
+
+
+# --- file backend -------------------------------------------------------------------------------
+
+
+class FileBackend(AudioBackend):
+    """Reads a WAV file as the microphone and writes what is played to a WAV file, in real time.
+
+    Capture delivers frame n at t0 + (n+1) * 20 ms on a monotonic clock (no drift), then silence
+    once the file ends; playback consumes the queue at real-time speed, so `playback_queued_s`
+    behaves as with a device. The output file holds only played audio, not idle silence, while
+    `on_render` still sees the silence in between.
+    """
+
+    def __init__(
+        self,
+        input_file: Path | None,
+        output_file: Path | None = None,
+        *,
+        input_channel: int = 0,
+        output_volume: float = 1.0,
+        prebuffer_s: float = 0.02,
+    ) -> None:
+        self.on_render = None
+        self.on_error = None
+        self.input_file, self.output_file = input_file, output_file
+        self._queue = _PlaybackQueue(output_volume, prebuffer_s)
+        self._render = _RenderTap(self)
+        self._handoff = _LoopHandoff(self, "file audio")
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._input_finished = False
+        self._input_done = asyncio.Event()
+        self._closed = False
+        self._reader: wave.Wave_read | None = None
+        self._writer: wave.Wave_write | None = None
+        if input_file is not None:
+            self._reader = self._open_input(input_file, input_channel)
+        if output_file is not None:
+            try:
+                # held open for the backend's lifetime, closed in close()
+                self._writer = wave.open(str(output_file), "wb")  # noqa: SIM115
+            except OSError as exc:
+                self.close()
+                raise AudioDeviceError(f"cannot write output_file {output_file}: {exc}") from exc
+            self._writer.setnchannels(1)
+            self._writer.setsampwidth(2)
+            self._writer.setframerate(PLAYBACK_RATE)
+
+    def _open_input(self, path: Path, channel: int) -> wave.Wave_read:
+        try:
+            reader = wave.open(str(path), "rb")  # noqa: SIM115 (read as capture runs)
+        except (OSError, EOFError, wave.Error) as exc:
+            raise AudioDeviceError(f"cannot read input_file {path}: {exc}") from exc
+        try:
+            _pcm_to_int16(b"", reader.getsampwidth())
+            self._converter = CaptureConverter(
+                reader.getframerate(), reader.getnchannels(), channel
+            )
+        except (AudioDeviceError, ValueError) as exc:
+            reader.close()
+            raise AudioDeviceError(f"input_file {path}: {exc}") from exc
+        return reader
+
+    @property
+    def input_finished(self) -> bool:
+        """True once every frame of the input file has been passed to `on_frame`."""
+        return self._input_finished
+
+    async def wait_input_finished(self) -> None:
+        """Return once every frame of the input file has been passed to `on_frame`."""
+        await self._input_done.wait()
+
+    def start(self, loop: asyncio.AbstractEventLoop, on_frame: FrameCallback) -> None:
+        """Start the capture and playback pacing threads."""
+        if self._threads or self._closed:
+            raise RuntimeError("FileBackend.start() called twice or after close()")
+        self._handoff.loop = loop
+        self._threads = [
+            threading.Thread(target=self._capture, args=(on_frame,), name="wakertc-file-capture"),
+            threading.Thread(target=self._playback, name="wakertc-file-playback"),
+        ]
+        for thread in self._threads:
+            thread.daemon = True
+            thread.start()
+
+    def play(self, samples: Int16Array) -> None:
+        """Queue int16 mono samples at PLAYBACK_RATE."""
+        self._queue.put(samples)
+
+    def clear_playback(self) -> None:
+        """Drop everything queued, fading out over 5 ms."""
+        self._queue.clear()
+
+    @property
+    def playback_queued_s(self) -> float:
+        """Seconds still queued."""
+        return self._queue.queued_s
+
+    def close(self) -> None:
+        """Stop both threads and finish the output file."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        deadline = time.monotonic() + 0.9
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if self._reader is not None:
+            self._reader.close()
+        if self._writer is not None and not any(t.is_alive() for t in self._threads):
+            self._writer.close()
+
+    def _next_file_frames(self) -> list[Int16Array]:
+        assert self._reader is not None
+        raw = self._reader.readframes(self._reader.getframerate() // 10)
+        if raw:
+            return self._converter.push(_pcm_to_int16(raw, self._reader.getsampwidth()))
+        self._reader.close()
+        self._reader = None
+        return self._converter.flush()
+
+    def _capture(self, on_frame: FrameCallback) -> None:
+        pending: collections.deque[Int16Array] = collections.deque()
+        silence = np.zeros(FRAME_SAMPLES, np.int16)
+        finish_sent = False
+        t0 = time.monotonic()
+        n = 0
+        try:
+            while True:
+                while not pending and self._reader is not None:
+                    pending.extend(self._next_file_frames())
+                if not pending and not finish_sent:
+                    # queued behind the last file frame's on_frame call, so it runs after it
+                    finish_sent = self._handoff.call(self._finish_input)
+                n += 1
+                if self._stop.wait(max(0.0, t0 + n * _BLOCK_S - time.monotonic())):
+                    return
+                frame = pending.popleft() if pending else silence.copy()
+                if not self._handoff.call(on_frame, frame):
+                    return
+        except Exception as exc:
+            self._handoff.error(AudioDeviceError(f"reading {self.input_file} failed: {exc}"))
+
+    def _finish_input(self) -> None:
+        self._input_finished = True
+        self._input_done.set()
+
+    def _playback(self) -> None:
+        t0 = time.monotonic()
+        n = 0
+        try:
+            while True:
+                n += 1
+                if self._stop.wait(max(0.0, t0 + n * _BLOCK_S - time.monotonic())):
+                    return
+                block, audible = self._queue.pull(_BLOCK)
+                self._render.push(block)
+                if audible and self._writer is not None:
+                    self._writer.writeframes(_to_int16(block).astype("<i2").tobytes())
+        except Exception as exc:
+            self._handoff.error(AudioDeviceError(f"writing {self.output_file} failed: {exc}"))
+
+
+# --- PortAudio devices --------------------------------------------------------------------------
+
+Kind = Literal["input", "output"]
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """One PortAudio device, as `wakertc devices` lists it."""
+
+    index: int
+    name: str
+    host_api: str
+    max_input_channels: int
+    max_output_channels: int
+    default_rate: float
+    default_input: bool = False
+    default_output: bool = False
+
+    def channels(self, kind: Kind) -> int:
+        """How many channels it offers for `kind`."""
+        return self.max_input_channels if kind == "input" else self.max_output_channels
+
+    def describe(self, kind: Kind) -> str:
+        """`[3] USB Audio (2 ch, 48000 Hz)`, the form used in listings and errors."""
+        return f"[{self.index}] {self.name} ({self.channels(kind)} ch, {self.default_rate:.0f} Hz)"
+
+
+@contextlib.contextmanager
+def _native_stderr_to_debug_log(what: str) -> Iterator[None]:
+    """Route C-level stderr to the debug log for a moment.
+
+    PortAudio probing ALSA and JACK prints dozens of harmless lines straight to fd 2 (missing
+    cards, no JACK server); under systemd they would bury the journal. Only used around
+    PortAudio start-up and stream opening.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            text = sink.read().decode(errors="replace").strip()
+            if text:
+                log.debug("%s: native library messages:\n%s", what, text)
+
+
+def _portaudio() -> Any:
+    """A started PyAudio instance (call `terminate()` when done)."""
+    try:
+        import pyaudio
+    except ImportError as exc:
+        raise AudioDeviceError(f"PyAudio is not available ({exc}); install portaudio19") from exc
+    with _native_stderr_to_debug_log("PortAudio start-up"):
+        return pyaudio.PyAudio()
+
+
+def _enumerate(pa: Any) -> list[DeviceInfo]:
+    def default_index(getter: Callable[[], dict[str, Any]]) -> int:
+        try:
+            return int(getter()["index"])
+        except OSError:  # PortAudio's way of saying "there is none"
+            return -1
+
+    default_in = default_index(pa.get_default_input_device_info)
+    default_out = default_index(pa.get_default_output_device_info)
+    devices = []
+    for i in range(pa.get_device_count()):
+        info = pa.get_device_info_by_index(i)
+        devices.append(
+            DeviceInfo(
+                index=i,
+                name=str(info["name"]),
+                host_api=str(pa.get_host_api_info_by_index(info["hostApi"])["name"]),
+                max_input_channels=int(info["maxInputChannels"]),
+                max_output_channels=int(info["maxOutputChannels"]),
+                default_rate=float(info["defaultSampleRate"]),
+                default_input=i == default_in,
+                default_output=i == default_out,
+            )
+        )
+    return devices
+
+
+def list_devices() -> list[DeviceInfo]:
+    """Every PortAudio device, inputs and outputs alike."""
+    pa = _portaudio()
+    try:
+        return _enumerate(pa)
+    finally:
+        pa.terminate()
+
+
+def _find_device(devices: list[DeviceInfo], spec: str | int, kind: Kind) -> DeviceInfo:
+    """The device `spec` (index, name substring, or "" for the default) names, or a clear error."""
+    candidates = [d for d in devices if d.channels(kind) > 0]
+    listing = "; ".join(d.describe(kind) for d in candidates) or "none"
+    hint = f"available {kind}s: {listing}. Set audio.{kind}_device to an index or a unique part of a name (see `wakertc devices`)"  # noqa: E501
+    if spec == "":
+        found = [d for d in candidates if getattr(d, f"default_{kind}")]
+        if not found:
+            raise AudioDeviceError(f"there is no default {kind} device; {hint}")
+        return found[0]
+    if isinstance(spec, int):
+        found = [d for d in candidates if d.index == spec]
+        if not found:
+            raise AudioDeviceError(f"{kind} device {spec}: no {kind} device has that index; {hint}")
+        return found[0]
+    needle = spec.lower()
+    found = [d for d in candidates if needle in d.name.lower()]
+    exact = [d for d in found if d.name.lower() == needle]
+    if len(exact) == 1 or len(found) == 1:
+        return (exact or found)[0]
+    if not found:
+        raise AudioDeviceError(f"{kind} device {spec!r}: no {kind} device name contains it; {hint}")
+    names = ", ".join(d.describe(kind) for d in found)
+    raise AudioDeviceError(f"{kind} device {spec!r} is ambiguous: it matches {names}; {hint}")
+
+
+def _check_format(pa: Any, device: DeviceInfo, kind: Kind, rate: int, channels: int) -> None:
+    import pyaudio
+
+    arguments: dict[str, Any] = {
+        f"{kind}_device": device.index,
+        f"{kind}_channels": channels,
+        f"{kind}_format": pyaudio.paInt16,
+    }
+    try:
+        pa.is_format_supported(rate, **arguments)
+    except ValueError as exc:
+        reason = exc.args[0] if exc.args else exc
+        raise AudioDeviceError(
+            f"{kind} device {device.describe(kind)} cannot {('record', 'play')[kind == 'output']} "
+            f"{rate} Hz x {channels} ch int16 ({reason}); set audio.{kind}_rate / "
+            f"audio.{kind}_channels to what it supports"
+        ) from exc
+
+
+def _supports(pa: Any, device: DeviceInfo, kind: Kind, rate: int, channels: int) -> bool:
+    try:
+        _check_format(pa, device, kind, rate, channels)
+    except AudioDeviceError:
+        return False
+    return True
+
+
+class PyAudioBackend(AudioBackend):
+    """Real devices through PortAudio.
+
+    Capture uses PortAudio's callback thread (the callback only converts and hands frames to the
+    loop). Playback has its own thread doing blocking writes of 20 ms blocks, silence when idle;
+    PortAudio's buffer (its default low latency, ~40 ms) paces it. The playback thread also
+    watches capture: no callback for 2 s means the input device is gone, reported to `on_error`.
+    """
+
+    def __init__(self, config: AudioConfig, *, prebuffer_s: float = 0.02) -> None:
+        self.on_render = None
+        self.on_error = None
+        self._pa = _portaudio()
+        try:
+            devices = _enumerate(self._pa)
+            self.input_device = _find_device(devices, config.input_device, "input")
+            self.output_device = _find_device(devices, config.output_device, "output")
+            self.input_rate, self.input_channels = self._capture_format(config)
+            self.output_rate, self.output_channels = self._playback_format(config)
+            self._converter = CaptureConverter(
+                self.input_rate, self.input_channels, config.input_channel
+            )
+        except BaseException:
+            self._pa.terminate()
+            raise
+        self._queue = _PlaybackQueue(config.output_volume, prebuffer_s)
+        self._render = _RenderTap(self)
+        self._handoff = _LoopHandoff(self, "audio device")
+        self._out_resampler = (
+            None
+            if self.output_rate == PLAYBACK_RATE
+            else soxr.ResampleStream(PLAYBACK_RATE, self.output_rate, 1, quality=_QUALITY)
+        )
+        self._stop = threading.Event()
+        self._in_stream: Any = None
+        self._out_stream: Any = None
+        self._thread: threading.Thread | None = None
+        self._on_frame: FrameCallback | None = None
+        self._last_capture = 0.0
+        self._closed = False
+
+    def _capture_format(self, config: AudioConfig) -> tuple[int, int]:
+        dev = self.input_device
+        rate = config.input_rate or round(dev.default_rate)
+        channels = config.input_channels
+        if not channels:  # mono if offered, else the smallest count that works
+            options = sorted({1, 2, dev.max_input_channels})
+            channels = next((c for c in options if _supports(self._pa, dev, "input", rate, c)), 1)
+        if not 0 <= config.input_channel < channels:
+            raise AudioDeviceError(
+                f"audio.input_channel = {config.input_channel}, but input device "
+                f"{dev.describe('input')} is opened with {channels} channel(s) "
+                f"(channels are numbered from 0)"
+            )
+        _check_format(self._pa, dev, "input", rate, channels)
+        return rate, channels
+
+    def _playback_format(self, config: AudioConfig) -> tuple[int, int]:
+        dev = self.output_device
+        rate = config.output_rate or round(dev.default_rate)
+        channels = config.output_channels or min(dev.max_output_channels, 2)
+        if not config.output_channels and not _supports(self._pa, dev, "output", rate, channels):
+            channels = 1
+        _check_format(self._pa, dev, "output", rate, channels)
+        return rate, channels
+
+    def start(self, loop: asyncio.AbstractEventLoop, on_frame: FrameCallback) -> None:
+        """Open both streams and start capture and the playback thread."""
+        import pyaudio
+
+        if self._thread is not None or self._closed:
+            raise RuntimeError("PyAudioBackend.start() called twice or after close()")
+        self._handoff.loop = loop
+        self._on_frame = on_frame
+        self._last_capture = time.monotonic()
+        try:
+            with _native_stderr_to_debug_log("opening audio streams"):
+                self._out_stream = self._pa.open(
+                    format=pyaudio.paInt16,
+                    channels=self.output_channels,
+                    rate=self.output_rate,
+                    output=True,
+                    output_device_index=self.output_device.index,
+                    frames_per_buffer=round(self.output_rate * _BLOCK_S),
+                )
+                self._in_stream = self._pa.open(
+                    format=pyaudio.paInt16,
+                    channels=self.input_channels,
+                    rate=self.input_rate,
+                    input=True,
+                    input_device_index=self.input_device.index,
+                    frames_per_buffer=round(self.input_rate * _BLOCK_S),
+                    stream_callback=self._on_capture,
+                )
+        except OSError as exc:
+            self.close()
+            raise AudioDeviceError(
+                f"cannot open input {self.input_device.describe('input')} at {self.input_rate} Hz "
+                f"x {self.input_channels} ch or output {self.output_device.describe('output')} at "
+                f"{self.output_rate} Hz x {self.output_channels} ch: {exc}"
+            ) from exc
+        log.info(
+            "audio: capture %s at %d Hz x %d ch (channel %d), playback %s at %d Hz x %d ch, "
+            "latency in %.0f ms / out %.0f ms",
+            self.input_device.name,
+            self.input_rate,
+            self.input_channels,
+            self._converter.channel,
+            self.output_device.name,
+            self.output_rate,
+            self.output_channels,
+            self._in_stream.get_input_latency() * 1000,
+            self._out_stream.get_output_latency() * 1000,
+        )
+        self._thread = threading.Thread(target=self._playback, name="wakertc-playback", daemon=True)
+        self._thread.start()
+
+    def _on_capture(
+        self, data: bytes | None, frame_count: int, time_info: Any, status: int
+    ) -> tuple[None, int]:
+        import pyaudio
+
+        self._last_capture = time.monotonic()
+        if status & pyaudio.paInputOverflow:
+            log.debug("capture overflow: the loop or the machine fell behind")
+        if data is None or self._stop.is_set() or self._on_frame is None:
+            return None, pyaudio.paComplete
+        try:
+            for frame in self._converter.push(np.frombuffer(data, np.int16)):
+                if not self._handoff.call(self._on_frame, frame):
+                    return None, pyaudio.paComplete
+        except Exception as exc:
+            self._handoff.error(AudioDeviceError(f"capture conversion failed: {exc}"))
+            return None, pyaudio.paAbort
+        return None, pyaudio.paContinue
+
+    def play(self, samples: Int16Array) -> None:
+        """Queue int16 mono samples at PLAYBACK_RATE."""
+        self._queue.put(samples)
+
+    def clear_playback(self) -> None:
+        """Drop everything queued, fading out over 5 ms."""
+        self._queue.clear()
+
+    @property
+    def playback_queued_s(self) -> float:
+        """Seconds queued and not yet written to the device (its own ~40 ms buffer excluded)."""
+        return self._queue.queued_s
+
+    def _playback(self) -> None:
+        stall_reported = False
+        try:
+            while not self._stop.is_set():
+                block, _ = self._queue.pull(_BLOCK)
+                self._render.push(block)
+                out = (
+                    block
+                    if self._out_resampler is None
+                    else self._out_resampler.resample_chunk(block)
+                )
+                if len(out):
+                    self._out_stream.write(
+                        np.repeat(_to_int16(out), self.output_channels).tobytes()
+                    )
+                stalled = time.monotonic() - self._last_capture > _STALL_S
+                if stalled and not stall_reported:
+                    self._handoff.error(
+                        AudioDeviceError(
+                            f"capture from {self.input_device.describe('input')} stalled: no audio "
+                            f"for {_STALL_S:.0f} s"
+                        )
+                    )
+                stall_reported = stalled
+        except Exception as exc:
+            if not self._stop.is_set():
+                self._handoff.error(
+                    AudioDeviceError(
+                        f"playback on {self.output_device.describe('output')} failed: {exc}"
+                    )
+                )
+
+    def close(self) -> None:
+        """Stop capture, then the playback thread, then PortAudio."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        # Pa_CloseStream on a running stream discards its buffers (no drain wait): prompt.
+        if self._in_stream is not None:
+            self._in_stream.close()
+        if self._thread is not None:
+            self._thread.join(0.5)
+            if self._thread.is_alive():
+                log.warning("playback thread did not stop within 0.5 s; leaving it behind")
+                return
+        if self._out_stream is not None:
+            self._out_stream.close()
+        self._pa.terminate()
+
+
+# --- entry points -------------------------------------------------------------------------------
+
+
+def open_backend(config: AudioConfig) -> AudioBackend:
+    """The backend `config.backend` names, devices resolved and checked (or AudioDeviceError)."""
+    if config.backend == "file":
+        return FileBackend(
+            config.input_file,
+            config.output_file,
+            input_channel=config.input_channel,
+            output_volume=config.output_volume,
+        )
+    return PyAudioBackend(config)
+
+
+def devices_main(argv: list[str]) -> int:
+    """`wakertc devices`: list inputs and outputs with index, name, channels and default rate."""
+    parser = argparse.ArgumentParser(
+        prog="wakertc devices",
+        description="List audio inputs and outputs; set audio.input_device / audio.output_device "
+        "to an index or a unique part of a name.",
+    )
+    parser.add_argument("--json", action="store_true", help="one JSON object per device")
+    args = parser.parse_args(argv)
+    try:
+        devices = list_devices()
+    except AudioDeviceError as exc:
+        print(f"wakertc devices: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        for device in devices:
+            print(json.dumps(asdict(device)))
+        return 0
+    for kind, title in (("input", "Inputs"), ("output", "Outputs")):
+        print(f"{title}:")
+        shown = [d for d in devices if d.channels(kind) > 0]  # type: ignore[arg-type]
+        for d in shown:
+            mark = "*" if getattr(d, f"default_{kind}") else " "
+            print(
+                f" {mark}{d.index:3d}  {d.name}  ({d.channels(kind)} ch, "  # type: ignore[arg-type]
+                f"{d.default_rate:.0f} Hz, {d.host_api})"
+            )
+        if not shown:
+            print("  (none)")
+    print("* = default")
+    return 0
