@@ -156,13 +156,7 @@ else
     WAKERTC_VENV=$opt/venv WAKERTC_MODELS=$state/models "$opt/src/scripts/bootstrap.sh"
     # The service cannot write bytecode next to root-owned code; compile it once here instead.
     "$opt/venv/bin/python" -m compileall -q "$opt/src/daemon"
-    case $(uname -m) in
-        # gpiozero's preferred pin driver on Bookworm (and the only one on a Pi 5).
-        aarch64 | armv7l | armv6l)
-            "$opt/venv/bin/pip" install -q "lgpio>=0.2.2" ||
-                log "warning: could not install lgpio; gpiozero falls back to its other pin drivers"
-            ;;
-    esac
+    # lgpio, gpiozero's pin driver on Bookworm, comes with the package on ARM (pyproject.toml).
     mkdir -p "$R/usr/local/bin"
     ln -sfn /opt/wakertc/venv/bin/wakertc "$R/usr/local/bin/wakertc"
 fi

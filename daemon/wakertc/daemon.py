@@ -28,6 +28,7 @@ from numpy.typing import NDArray
 from .audio import CAPTURE_RATE, AudioBackend, AudioDeviceError, open_backend
 from .config import Config, ConfigError, config_path, load_config, read_token
 from .keys import CompanionClient, KeyKeeper
+from .logs import register_secret
 from .state import Phase, PhaseMachine
 from .wakeword import Detection, WakeWordDetector, WakeWordError
 
@@ -99,10 +100,10 @@ class Daemon:
             config.button, self.edges.pin_factory, loop, self.on_short_press, self.on_long_press
         )
         self.tools = ToolRunner(config.tools)
+        token = read_token(config.companion)
+        register_secret(token)  # defence in depth: redacted should any log line ever carry it
         companion = CompanionClient(
-            config.companion,
-            read_token(config.companion),
-            transport=self.edges.companion_transport,
+            config.companion, token, transport=self.edges.companion_transport
         )
         self.keys = KeyKeeper(companion)
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(config.session.connect_timeout_s))

@@ -78,7 +78,8 @@ class PhaseMachine:
         if new is old:
             return False
         self._phase = new
-        log.info("phase %s -> %s (%s)", old.value, new.value, reason)
+        # PHASE becomes a journald field: `journalctl -u wakertc PHASE=error`.
+        log.info("phase %s -> %s (%s)", old.value, new.value, reason, extra={"PHASE": new.value})
         change = Transition(old, new, reason, details=details)
         for listener in list(self._listeners):
             # A listener's bug must not stop the others or the daemon: log it and carry on.
