@@ -38,7 +38,7 @@ import wave
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -415,15 +415,18 @@ class FileBackend(AudioBackend):
         self._closed = False
         self._reader: wave.Wave_read | None = None
         self._writer: wave.Wave_write | None = None
+        self._out_file: BinaryIO | None = None
         if input_file is not None:
             self._reader = self._open_input(input_file, input_channel)
         if output_file is not None:
             try:
-                # held open for the backend's lifetime, closed in close()
-                self._writer = wave.open(str(output_file), "wb")  # noqa: SIM115
+                # Held open for the backend's lifetime, closed in close(). Opened here rather
+                # than by wave.open(path), whose half-built writer errors again in __del__.
+                self._out_file = open(output_file, "wb")  # noqa: SIM115
             except OSError as exc:
                 self.close()
                 raise AudioDeviceError(f"cannot write output_file {output_file}: {exc}") from exc
+            self._writer = wave.open(self._out_file, "wb")  # noqa: SIM115
             self._writer.setnchannels(1)
             self._writer.setsampwidth(2)
             self._writer.setframerate(PLAYBACK_RATE)
@@ -489,8 +492,13 @@ class FileBackend(AudioBackend):
             thread.join(max(0.0, deadline - time.monotonic()))
         if self._reader is not None:
             self._reader.close()
-        if self._writer is not None and not any(t.is_alive() for t in self._threads):
+        if any(t.is_alive() for t in self._threads):
+            log.warning("file audio threads did not stop within 0.9 s; output file left open")
+            return
+        if self._writer is not None:
             self._writer.close()
+        if self._out_file is not None:
+            self._out_file.close()
 
     def _next_file_frames(self) -> list[Int16Array]:
         assert self._reader is not None
