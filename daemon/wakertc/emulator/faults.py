@@ -1,0 +1,100 @@
+"""Fault knobs (`--fault NAME[=VALUE]`): ways the emulator misbehaves on purpose.
+
+Each fault mirrors a failure the device must survive against the real API: a key server that errs
+or stalls, a call that is refused or never answered, a peer that vanishes, a channel that stays mute
+or talks nonsense, and a network path that silently dies (ICE consent stops).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+# Default delay of `mint-slow`: long enough to trip a client's timeout.
+MINT_SLOW_DEFAULT_S = 10.0
+
+FAULT_HELP = {
+    "mint-500": "key minting answers 500 server_error",
+    "mint-429": "key minting answers 429 rate_limit_exceeded",
+    "mint-slow[=S]": f"key minting answers after S seconds (default {MINT_SLOW_DEFAULT_S:g})",
+    "calls-401": "call setup answers 401 invalid_api_key",
+    "calls-500": "call setup answers 500 server_error",
+    "calls-hang": "call setup never answers",
+    "drop-after=S": "close the peer connection S seconds after the event channel opens",
+    "silent": "connect, but never send an event",
+    "bad-event": "send malformed JSON and unknown event types between real events",
+    "consent-stop[=S]": "S seconds (default 0) after session.created, stop answering ICE checks",
+}
+
+
+class FaultError(ValueError):
+    """A fault name or value that the emulator does not understand."""
+
+
+@dataclass(frozen=True)
+class Faults:
+    """The parsed set of faults; the defaults mean a well-behaved emulator."""
+
+    mint_500: bool = False
+    mint_429: bool = False
+    mint_slow_s: float | None = None
+    calls_401: bool = False
+    calls_500: bool = False
+    calls_hang: bool = False
+    drop_after_s: float | None = None
+    silent: bool = False
+    bad_event: bool = False
+    consent_stop_s: float | None = None
+
+    @classmethod
+    def parse(cls, specs: Iterable[str]) -> Faults:
+        """Build from `NAME` / `NAME=VALUE` strings; raises FaultError naming the bad one."""
+        values: dict[str, object] = {}
+        for spec in specs:
+            name, sep, raw = spec.strip().partition("=")
+            flag = _FLAGS.get(name)
+            if flag is not None:
+                if sep:
+                    raise FaultError(f"fault {name!r} takes no value (got {spec!r})")
+                values[flag] = True
+                continue
+            timed = _TIMED.get(name)
+            if timed is None:
+                known = ", ".join(FAULT_HELP)
+                raise FaultError(f"unknown fault {spec!r} (known: {known})")
+            field, default = timed
+            if not sep and default is None:
+                raise FaultError(f"fault {name!r} needs a value in seconds, e.g. {name}=2")
+            values[field] = _seconds(name, raw) if sep else default
+        return cls(**values)  # type: ignore[arg-type]
+
+    @property
+    def active(self) -> list[str]:
+        """Names of the faults that are on, for the start-up log line."""
+        return [name for name, value in vars(self).items() if value not in (False, None)]
+
+
+_FLAGS = {
+    "mint-500": "mint_500",
+    "mint-429": "mint_429",
+    "calls-401": "calls_401",
+    "calls-500": "calls_500",
+    "calls-hang": "calls_hang",
+    "silent": "silent",
+    "bad-event": "bad_event",
+}
+_TIMED: dict[str, tuple[str, float | None]] = {
+    "mint-slow": ("mint_slow_s", MINT_SLOW_DEFAULT_S),
+    "drop-after": ("drop_after_s", None),
+    "consent-stop": ("consent_stop_s", 0.0),
+}
+
+
+def _seconds(name: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise FaultError(f"fault {name!r}: expected seconds, got {raw!r}") from None
+    if not 0 <= value <= 86400:
+        raise FaultError(f"fault {name!r}: seconds must be within 0..86400, got {raw!r}")
+    return value

@@ -1,0 +1,253 @@
+"""Shared pieces for the emulator and companion tests: a device-like aiortc client, real speech,
+and SDK-based shape checks. Everything here is real: aiortc peers, espeak-ng, HTTP over loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import fractions
+import json
+import re
+import subprocess
+import typing
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+from av import AudioFrame, AudioResampler
+
+from wakertc.emulator.replies import wav_to_48k_mono
+
+RATE = 48000
+FRAME = 960
+EVENT_TIMEOUT = 10.0
+
+
+def espeak(text: str, tmp: Path, *, voice: str = "en-us", wpm: int = 150) -> np.ndarray:
+    """Real speech from espeak-ng, as 48 kHz mono int16."""
+    out = tmp / f"espeak-{abs(hash(text))}.wav"
+    subprocess.run(
+        ["espeak-ng", "-v", voice, "-s", str(wpm), "-w", str(out), text],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+    return wav_to_48k_mono(out.read_bytes())
+
+
+def envelope(samples: np.ndarray, window: int = 480) -> np.ndarray:
+    """RMS envelope in 10 ms windows."""
+    n = len(samples) // window
+    frames = samples[: n * window].astype(np.float64).reshape(n, window)
+    return np.sqrt(np.mean(frames**2, axis=1))
+
+
+def envelope_correlation(sent: np.ndarray, received: np.ndarray) -> float:
+    """Peak normalised cross-correlation of the two envelopes over all lags."""
+    a, b = envelope(sent), envelope(received)
+    a = (a - a.mean()) / (a.std() or 1.0)
+    b = (b - b.mean()) / (b.std() or 1.0)
+    full = np.correlate(b, a, mode="full")
+    # Normalise by the overlap at each lag so a partial overlap cannot score above 1.
+    overlap = np.correlate(np.ones_like(b), np.ones_like(a), mode="full")
+    valid = overlap >= 0.8 * min(len(a), len(b))
+    return float((full[valid] / overlap[valid]).max())
+
+
+class MicTrack(MediaStreamTrack):
+    """A paced 48 kHz mono microphone: queued audio first, silence otherwise."""
+
+    kind = "audio"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._queue: collections.deque[np.ndarray] = collections.deque()
+        self._pending = np.zeros(0, dtype=np.int16)
+        self._start: float | None = None
+        self._pts = 0
+        self._drained = asyncio.Event()
+        self._drained.set()
+
+    def play(self, samples: np.ndarray) -> None:
+        """Queue audio to send after what is already queued."""
+        self._queue.append(samples.astype(np.int16))
+        self._drained.clear()
+
+    async def wait_played(self) -> None:
+        """Until everything queued has been sent."""
+        await self._drained.wait()
+
+    async def recv(self) -> AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        loop = asyncio.get_running_loop()
+        if self._start is None:
+            self._start = loop.time()
+        else:
+            wait = self._start + self._pts / RATE - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+        while len(self._pending) < FRAME and self._queue:
+            self._pending = np.concatenate((self._pending, self._queue.popleft()))
+        chunk = self._pending[:FRAME]
+        self._pending = self._pending[FRAME:]
+        if len(chunk) < FRAME:
+            chunk = np.concatenate((chunk, np.zeros(FRAME - len(chunk), dtype=np.int16)))
+        if not len(self._pending) and not self._queue:
+            self._drained.set()
+        frame = AudioFrame.from_ndarray(chunk.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = RATE
+        frame.pts = self._pts
+        frame.time_base = fractions.Fraction(1, RATE)
+        self._pts += FRAME
+        return frame
+
+
+class RealtimeClient:
+    """A device-like WebRTC client: `oai-events` channel + one sendrecv Opus track."""
+
+    def __init__(self) -> None:
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.mic = MicTrack()
+        self.pc.addTrack(self.mic)
+        self.channel = self.pc.createDataChannel("oai-events")
+        self.opened = asyncio.Event()
+        self.channel_closed = asyncio.Event()
+        self.events: list[dict[str, Any]] = []
+        self.raw: list[str] = []
+        self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        # Received audio as (loop time, 48 kHz mono samples) per frame.
+        self.audio: list[tuple[float, np.ndarray]] = []
+        self.call_id: str | None = None
+        self.answer_sdp = ""
+        self.offer_sdp = ""
+        self._tasks: list[asyncio.Task[None]] = []
+        self.channel.on("open", self.opened.set)
+        self.channel.on("close", self.channel_closed.set)
+        self.channel.on("message", self._on_message)
+        self.pc.on("track", self._on_track)
+
+    def _on_message(self, message: str | bytes) -> None:
+        text = message.decode() if isinstance(message, bytes) else message
+        self.raw.append(text)
+        try:
+            event = json.loads(text)
+        except ValueError:
+            return
+        if isinstance(event, dict):
+            self.events.append(event)
+            self._queue.put_nowait(event)
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        self._tasks.append(asyncio.get_running_loop().create_task(self._pump(track)))
+
+    async def _pump(self, track: MediaStreamTrack) -> None:
+        resampler = AudioResampler(format="s16", layout="mono", rate=RATE)
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            for out in resampler.resample(frame):
+                self.audio.append((loop.time(), out.to_ndarray().reshape(-1).copy()))
+
+    async def offer(self) -> str:
+        """Create and apply the local offer; returns its SDP."""
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        self.offer_sdp = self.pc.localDescription.sdp
+        return self.offer_sdp
+
+    async def connect(self, base_url: str, key: str, path: str = "/v1/realtime/calls") -> None:
+        """The device's flow: offer, POST it, check 201, apply the answer, wait for the channel."""
+        offer = await self.offer()
+        async with httpx.AsyncClient(timeout=10) as http:
+            response = await http.post(
+                base_url + path,
+                content=offer.encode(),
+                headers={"Authorization": f"Bearer {key}", "Content-Type": "application/sdp"},
+            )
+        assert response.status_code == 201, response.text
+        assert response.headers["content-type"].startswith("application/sdp")
+        self.call_id = response.headers["location"].rsplit("/", 1)[-1]
+        await self.accept(response.text)
+
+    async def accept(self, answer: str) -> None:
+        """Apply an answer SDP and wait for the event channel to open."""
+        self.answer_sdp = answer
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        await asyncio.wait_for(self.opened.wait(), EVENT_TIMEOUT)
+
+    def send(self, event: dict[str, Any]) -> None:
+        """Send one client event."""
+        self.channel.send(json.dumps(event))
+
+    async def next_event(self, timeout: float = EVENT_TIMEOUT) -> dict[str, Any]:
+        """The next event received."""
+        return await asyncio.wait_for(self._queue.get(), timeout)
+
+    async def wait_for(self, type_: str, timeout: float = EVENT_TIMEOUT) -> dict[str, Any]:
+        """Skip events until one of `type_` arrives."""
+        async with asyncio.timeout(timeout):
+            while True:
+                event = await self._queue.get()
+                if event.get("type") == type_:
+                    return event
+
+    def types(self) -> list[str]:
+        """Types of all events received so far, in order."""
+        return [e["type"] for e in self.events]
+
+    def audio_between(self, start: float, end: float) -> np.ndarray:
+        """Received audio from frames that arrived between two loop times."""
+        chunks = [samples for t, samples in self.audio if start <= t <= end]
+        return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
+
+    async def close(self) -> None:
+        """Close the peer connection."""
+        self.mic.stop()
+        await self.pc.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def ice_credentials(sdp: str) -> tuple[str, str]:
+    """(ufrag, pwd) from an SDP."""
+    ufrag = re.search(r"a=ice-ufrag:(\S+)", sdp)
+    pwd = re.search(r"a=ice-pwd:(\S+)", sdp)
+    assert ufrag and pwd
+    return ufrag.group(1), pwd.group(1)
+
+
+def host_candidates(sdp: str) -> list[tuple[str, int]]:
+    """UDP host candidates (address, port) from an SDP."""
+    found = re.findall(r"a=candidate:\S+ 1 udp \d+ (\S+) (\d+) typ host", sdp)
+    return [(addr, int(port)) for addr, port in found if ":" not in addr]
+
+
+_server_adapter: Any = None
+
+
+def validate_server_event(event: dict[str, Any]) -> None:
+    """Raise unless `event` validates as the SDK's `RealtimeServerEvent` (and has that type)."""
+    global _server_adapter
+    from openai.types.realtime import RealtimeServerEvent
+    from pydantic import TypeAdapter
+
+    if _server_adapter is None:
+        _server_adapter = TypeAdapter(RealtimeServerEvent)
+    model = _server_adapter.validate_python(event)
+    assert model.type == event["type"]
+
+
+def server_event_types() -> set[str]:
+    """Every event type name in the SDK's server event union."""
+    from openai.types.realtime import RealtimeServerEvent
+
+    members = typing.get_args(typing.get_args(RealtimeServerEvent)[0])
+    return {typing.get_args(m.model_fields["type"].annotation)[0] for m in members}
