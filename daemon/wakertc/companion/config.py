@@ -1,0 +1,407 @@
+"""The companion's config file (TOML), validated up front into frozen dataclasses.
+
+Every problem is reported as one `CompanionConfigError` whose message names the file, the key and
+what was expected. Relative paths in the file are relative to the file's own directory. The
+standard API key is never in this file: it comes from an environment variable or a key file,
+read by `read_api_key` only when the server starts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+VOICES = ("alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar")
+DEFAULT_PORT = 8780
+DEFAULT_INSTRUCTIONS = (
+    "You are a friendly voice assistant on a small speaker. Keep answers short and spoken-style."
+)
+
+
+class CompanionConfigError(ValueError):
+    """The config file is unusable; the message says where and why."""
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Where and how the companion listens."""
+
+    host: str = "127.0.0.1"
+    """Address to listen on (0.0.0.0 for all interfaces)."""
+    port: int = DEFAULT_PORT
+    """TCP port (0 picks a free one)."""
+    tls_cert: Path | None = None
+    """PEM certificate (chain); with `tls_key`, the server speaks HTTPS."""
+    tls_key: Path | None = None
+    """PEM private key for `tls_cert`."""
+    browser_session: bool = False
+    """Serve `GET /session` for browser pages: anyone who reaches the server can mint keys."""
+    browser_origin: str = ""
+    """`Access-Control-Allow-Origin` for `GET /session` ("" = no CORS header)."""
+
+
+@dataclass(frozen=True)
+class UpstreamSettings:
+    """The Realtime API the companion mints keys from."""
+
+    url: str = "https://api.openai.com"
+    """Base URL; `/v1/realtime/client_secrets` is appended."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """Environment variable holding the standard API key."""
+    api_key_file: Path | None = None
+    """File holding the standard API key instead (takes precedence over the variable)."""
+    timeout_s: float = 10.0
+    """Give up on one mint request after this long (the device then gets 504)."""
+
+
+@dataclass(frozen=True)
+class SessionPolicy:
+    """The session every device gets; devices cannot ask for more."""
+
+    type: str = "realtime"
+    """`realtime` (conversation) or `transcription`."""
+    model: str = "gpt-realtime"
+    """Realtime model (realtime sessions)."""
+    instructions: str = DEFAULT_INSTRUCTIONS
+    """System instructions (realtime sessions)."""
+    voice: str = "marin"
+    """Output voice (realtime sessions)."""
+    key_lifetime_s: int = 600
+    """Lifetime of each minted key, 10..7200 s (a started session outlives it)."""
+    turn_detection: dict[str, Any] | None = field(
+        default_factory=lambda: {
+            "type": "server_vad",
+            "threshold": 0.5,
+            "prefix_padding_ms": 300,
+            "silence_duration_ms": 500,
+            "create_response": True,
+            "interrupt_response": True,
+        }
+    )
+    """The `turn_detection` object sent upstream, or None for manual turns."""
+    noise_reduction: str | None = "far_field"
+    """`near_field`, `far_field`, or None (off)."""
+    transcription_model: str = ""
+    """Input transcription model ("" = none; transcription sessions use gpt-4o-transcribe)."""
+    language: str = ""
+    """ISO-639-1 hint for transcription ("" = auto)."""
+    tools: tuple[dict[str, Any], ...] = ()
+    """Function tools declared in the session."""
+
+    def session_object(self) -> dict[str, Any]:
+        """The GA `session` object for `POST /v1/realtime/client_secrets`."""
+        audio_in: dict[str, Any] = {
+            "turn_detection": self.turn_detection,
+            "noise_reduction": {"type": self.noise_reduction} if self.noise_reduction else None,
+        }
+        model = self.transcription_model or (
+            "gpt-4o-transcribe" if self.type == "transcription" else ""
+        )
+        if model:
+            transcription = {"model": model}
+            if self.language:
+                transcription["language"] = self.language
+            audio_in["transcription"] = transcription
+        if self.type == "transcription":
+            return {"type": "transcription", "audio": {"input": audio_in}}
+        session: dict[str, Any] = {
+            "type": "realtime",
+            "model": self.model,
+            "instructions": self.instructions,
+            "audio": {"input": audio_in, "output": {"voice": self.voice}},
+        }
+        if self.tools:
+            session["tools"] = [dict(tool) for tool in self.tools]
+        return session
+
+
+@dataclass(frozen=True)
+class LimitSettings:
+    """How many keys may be minted."""
+
+    per_device_per_minute: int = 10
+    """Per device token (burst up to this many, then this rate)."""
+    global_per_minute: int = 60
+    """For all devices together."""
+
+
+@dataclass(frozen=True)
+class CompanionConfig:
+    """The whole companion configuration."""
+
+    path: Path
+    """The file this came from (relative paths were resolved against its directory)."""
+    devices_file: Path
+    """Where device token hashes are stored (JSON, mode 0600)."""
+    server: ServerSettings = ServerSettings()
+    upstream: UpstreamSettings = UpstreamSettings()
+    session: SessionPolicy = SessionPolicy()
+    limits: LimitSettings = LimitSettings()
+
+
+def load_companion_config(path: str | os.PathLike[str]) -> CompanionConfig:
+    """Read and validate the config file; raises CompanionConfigError."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CompanionConfigError(f"{path}: file not found") from None
+    except OSError as exc:
+        raise CompanionConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise CompanionConfigError(f"{path}: not valid TOML: {exc}") from None
+    return _Reader(path, data).config()
+
+
+def read_api_key(config: CompanionConfig) -> str:
+    """The standard API key, from the key file or the environment (never logged)."""
+    upstream = config.upstream
+    if upstream.api_key_file is not None:
+        try:
+            key = upstream.api_key_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise CompanionConfigError(
+                f"{config.path}: upstream.api_key_file: cannot read {upstream.api_key_file}: "
+                f"{exc.strerror or exc}"
+            ) from None
+        if not key:
+            raise CompanionConfigError(
+                f"{config.path}: upstream.api_key_file: {upstream.api_key_file} is empty"
+            )
+        return key
+    key = os.environ.get(upstream.api_key_env, "").strip()
+    if not key:
+        raise CompanionConfigError(
+            f"{config.path}: upstream.api_key_env: environment variable "
+            f"{upstream.api_key_env} is not set (or set upstream.api_key_file)"
+        )
+    return key
+
+
+class _Reader:
+    """Walks the parsed TOML, checking each key against what it may hold."""
+
+    def __init__(self, path: Path, data: dict[str, Any]) -> None:
+        self.path = path
+        self.data = data
+        self.base = path.parent
+
+    def config(self) -> CompanionConfig:
+        self._only(self.data, "", {"server", "upstream", "session", "devices", "limits"})
+        devices = self._table("devices")
+        self._only(devices, "devices.", {"file"})
+        return CompanionConfig(
+            path=self.path,
+            devices_file=self._required_path(devices, "devices.file", "devices.json"),
+            server=self._server(),
+            upstream=self._upstream(),
+            session=self._session(),
+            limits=self._limits(),
+        )
+
+    def _server(self) -> ServerSettings:
+        table = self._table("server")
+        keys = {"host", "port", "tls_cert", "tls_key", "browser_session", "browser_origin"}
+        self._only(table, "server.", keys)
+        cert = self._path(table, "server.tls_cert", "")
+        key = self._path(table, "server.tls_key", "")
+        if (cert is None) != (key is None):
+            raise self._error("server.tls_cert", "tls_cert and tls_key set together (or neither)")
+        port = self._int(table, "server.port", DEFAULT_PORT, 0, 65535)
+        return ServerSettings(
+            host=self._str(table, "server.host", "127.0.0.1", nonempty=True),
+            port=port,
+            tls_cert=cert,
+            tls_key=key,
+            browser_session=self._bool(table, "server.browser_session", False),
+            browser_origin=self._str(table, "server.browser_origin", ""),
+        )
+
+    def _upstream(self) -> UpstreamSettings:
+        table = self._table("upstream")
+        self._only(
+            table, "upstream.", {"url", "api_key_env", "api_key_file", "timeout_s", "api_key"}
+        )
+        if "api_key" in table:
+            raise self._error(
+                "upstream.api_key",
+                "no key in the config file; use api_key_env or api_key_file",
+            )
+        url = self._str(table, "upstream.url", "https://api.openai.com", nonempty=True)
+        parsed = urlparse(url)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise self._error("upstream.url", f"an http(s) URL, got {url!r}")
+        return UpstreamSettings(
+            url=url.rstrip("/"),
+            api_key_env=self._str(table, "upstream.api_key_env", "OPENAI_API_KEY", nonempty=True),
+            api_key_file=self._path(table, "upstream.api_key_file", ""),
+            timeout_s=self._float(table, "upstream.timeout_s", 10.0, 0.1, 300.0),
+        )
+
+    def _session(self) -> SessionPolicy:
+        table = self._table("session")
+        keys = {
+            "type", "model", "instructions", "voice", "key_lifetime_s", "turn_detection",
+            "noise_reduction", "transcription_model", "language", "tools",
+        }  # fmt: skip
+        self._only(table, "session.", keys)
+        kind = self._choice(table, "session.type", "realtime", ("realtime", "transcription"))
+        noise = self._choice(
+            table, "session.noise_reduction", "far_field", ("near_field", "far_field", "off")
+        )
+        return SessionPolicy(
+            type=kind,
+            model=self._str(table, "session.model", "gpt-realtime", nonempty=True),
+            instructions=self._str(table, "session.instructions", DEFAULT_INSTRUCTIONS),
+            voice=self._choice(table, "session.voice", "marin", VOICES),
+            key_lifetime_s=self._int(table, "session.key_lifetime_s", 600, 10, 7200),
+            turn_detection=self._turn_detection(table.get("turn_detection", {})),
+            noise_reduction=None if noise == "off" else noise,
+            transcription_model=self._str(table, "session.transcription_model", ""),
+            language=self._str(table, "session.language", ""),
+            tools=self._tools(table.get("tools", [])),
+        )
+
+    def _turn_detection(self, table: Any) -> dict[str, Any] | None:
+        where = "session.turn_detection"
+        if not isinstance(table, dict):
+            raise self._error(where, "a table")
+        keys = {
+            "type", "threshold", "prefix_padding_ms", "silence_duration_ms", "idle_timeout_ms",
+            "create_response", "interrupt_response", "eagerness",
+        }  # fmt: skip
+        self._only(table, f"{where}.", keys)
+        kind = self._choice(
+            table, f"{where}.type", "server_vad", ("server_vad", "semantic_vad", "none")
+        )
+        if kind == "none":
+            return None
+        result: dict[str, Any] = {
+            "type": kind,
+            "create_response": self._bool(table, f"{where}.create_response", True),
+            "interrupt_response": self._bool(table, f"{where}.interrupt_response", True),
+        }
+        if kind == "semantic_vad":
+            result["eagerness"] = self._choice(
+                table, f"{where}.eagerness", "auto", ("low", "medium", "high", "auto")
+            )
+            return result
+        result["threshold"] = self._float(table, f"{where}.threshold", 0.5, 0.0, 1.0)
+        result["prefix_padding_ms"] = self._int(table, f"{where}.prefix_padding_ms", 300, 0, 10_000)
+        result["silence_duration_ms"] = self._int(
+            table, f"{where}.silence_duration_ms", 500, 0, 10_000
+        )
+        idle = self._int(table, f"{where}.idle_timeout_ms", 0, 0, 3_600_000)
+        if idle:
+            result["idle_timeout_ms"] = idle
+        return result
+
+    def _tools(self, tools: Any) -> tuple[dict[str, Any], ...]:
+        if not isinstance(tools, list):
+            raise self._error("session.tools", "an array of tables ([[session.tools]])")
+        result = []
+        for index, tool in enumerate(tools):
+            where = f"session.tools[{index}]"
+            if not isinstance(tool, dict):
+                raise self._error(where, "a table with name, description, parameters")
+            self._only(tool, f"{where}.", {"name", "description", "parameters"})
+            name = self._str(tool, f"{where}.name", "", nonempty=True)
+            parameters = tool.get("parameters", {"type": "object", "properties": {}})
+            if isinstance(parameters, str):
+                try:
+                    parameters = json.loads(parameters)
+                except ValueError:
+                    raise self._error(f"{where}.parameters", "a table or a JSON string") from None
+            if not isinstance(parameters, dict):
+                raise self._error(f"{where}.parameters", "a JSON schema table")
+            result.append(
+                {
+                    "type": "function",
+                    "name": name,
+                    "description": self._str(tool, f"{where}.description", ""),
+                    "parameters": parameters,
+                }
+            )
+        return tuple(result)
+
+    def _limits(self) -> LimitSettings:
+        table = self._table("limits")
+        self._only(table, "limits.", {"per_device_per_minute", "global_per_minute"})
+        return LimitSettings(
+            per_device_per_minute=self._int(table, "limits.per_device_per_minute", 10, 1, 10_000),
+            global_per_minute=self._int(table, "limits.global_per_minute", 60, 1, 100_000),
+        )
+
+    # -- typed getters ---------------------------------------------------------------------------
+
+    def _error(self, key: str, expected: str) -> CompanionConfigError:
+        return CompanionConfigError(f"{self.path}: {key}: expected {expected}")
+
+    def _table(self, name: str) -> dict[str, Any]:
+        value = self.data.get(name, {})
+        if not isinstance(value, dict):
+            raise self._error(name, "a table")
+        return value
+
+    def _only(self, table: dict[str, Any], prefix: str, allowed: set[str]) -> None:
+        for key in table:
+            if key not in allowed:
+                raise CompanionConfigError(
+                    f"{self.path}: {prefix}{key}: unknown key (known: {', '.join(sorted(allowed))})"
+                )
+
+    def _str(self, table: dict[str, Any], key: str, default: str, *, nonempty: bool = False) -> str:
+        value = table.get(key.rsplit(".", 1)[-1], default)
+        if not isinstance(value, str) or (nonempty and not value.strip()):
+            raise self._error(key, "a non-empty string" if nonempty else "a string")
+        return value
+
+    def _choice(
+        self, table: dict[str, Any], key: str, default: str, allowed: tuple[str, ...]
+    ) -> str:
+        value = table.get(key.rsplit(".", 1)[-1], default)
+        if value not in allowed:
+            raise self._error(key, f"one of {', '.join(allowed)} (got {value!r})")
+        return str(value)
+
+    def _bool(self, table: dict[str, Any], key: str, default: bool) -> bool:
+        value = table.get(key.rsplit(".", 1)[-1], default)
+        if not isinstance(value, bool):
+            raise self._error(key, f"true or false (got {value!r})")
+        return value
+
+    def _int(self, table: dict[str, Any], key: str, default: int, low: int, high: int) -> int:
+        value = table.get(key.rsplit(".", 1)[-1], default)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise self._error(key, f"an integer {low}..{high} (got {value!r})")
+        return value
+
+    def _float(
+        self, table: dict[str, Any], key: str, default: float, low: float, high: float
+    ) -> float:
+        value = table.get(key.rsplit(".", 1)[-1], default)
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not low <= value <= high
+        ):
+            raise self._error(key, f"a number {low:g}..{high:g} (got {value!r})")
+        return float(value)
+
+    def _required_path(self, table: dict[str, Any], key: str, default: str) -> Path:
+        path = self._path(table, key, default)
+        if path is None:
+            raise self._error(key, "a file path")
+        return path
+
+    def _path(self, table: dict[str, Any], key: str, default: str) -> Path | None:
+        value = self._str(table, key, default)
+        if not value:
+            return None
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else self.base / path

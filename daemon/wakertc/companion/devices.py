@@ -1,0 +1,124 @@
+"""Device tokens: named, shown once, stored only as SHA-256 hashes.
+
+The devices file is JSON (`{"devices": {"NAME": {"sha256": "...", "added_at": <unix s>}}}`),
+written atomically with mode 0600. The running server re-reads it when its mtime changes, so
+`add-device` / `remove-device` take effect without a restart. Tokens are compared with
+`hmac.compare_digest` against every stored hash, so timing reveals neither which device nor how
+much of a hash matched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import os
+import re
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+TOKEN_PREFIX = "wkd_"  # noqa: S105 (a prefix, not a secret)
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+class DeviceError(ValueError):
+    """A device name or devices file problem (message names the file or the device)."""
+
+
+def token_hash(token: str) -> str:
+    """Hex SHA-256 of a token, as stored."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+class DeviceStore:
+    """The devices file: add, remove, list, and look up a token."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._devices: dict[str, dict[str, Any]] = {}
+        self._stamp: tuple[int, int] | None = None
+
+    def names(self) -> list[str]:
+        """Registered device names, sorted."""
+        self._refresh()
+        return sorted(self._devices)
+
+    def add(self, name: str) -> str:
+        """Register `name` and return its new token (the only time it is ever visible)."""
+        if not NAME_PATTERN.fullmatch(name):
+            raise DeviceError(
+                f"device name {name!r}: use 1-64 letters, digits, '.', '_' or '-' "
+                "(starting with a letter or digit)"
+            )
+        self._refresh()
+        if name in self._devices:
+            raise DeviceError(f"device {name!r} already exists in {self.path}; remove it first")
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        self._devices[name] = {"sha256": token_hash(token), "added_at": int(time.time())}
+        self._save()
+        return token
+
+    def remove(self, name: str) -> None:
+        """Revoke a device's token."""
+        self._refresh()
+        if name not in self._devices:
+            raise DeviceError(f"no device {name!r} in {self.path}")
+        del self._devices[name]
+        self._save()
+
+    def identify(self, token: str) -> str | None:
+        """The name of the device holding `token`, or None."""
+        self._refresh()
+        digest = token_hash(token).encode()
+        found = None
+        for name, record in self._devices.items():
+            # No early exit: every stored hash is compared, whatever matches.
+            if hmac.compare_digest(digest, str(record.get("sha256", "")).encode()):
+                found = name
+        return found
+
+    def _refresh(self) -> None:
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            self._devices, self._stamp = {}, None
+            return
+        except OSError as exc:
+            raise DeviceError(f"{self.path}: cannot read devices file: {exc.strerror}") from None
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        if stamp == self._stamp:
+            return
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise DeviceError(
+                f"{self.path}: devices file is unreadable or not JSON: {exc}"
+            ) from None
+        devices = data.get("devices") if isinstance(data, dict) else None
+        if not isinstance(devices, dict) or not all(isinstance(v, dict) for v in devices.values()):
+            raise DeviceError(f'{self.path}: expected {{"devices": {{NAME: {{"sha256": ...}}}}}}')
+        self._devices = devices
+        self._stamp = stamp
+        log.debug("loaded %d devices from %s", len(devices), self.path)
+
+    def _save(self) -> None:
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        payload = json.dumps({"devices": self._devices}, indent=2, sort_keys=True) + "\n"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                out.write(payload)
+                out.flush()
+                os.fsync(out.fileno())
+            os.chmod(tmp, 0o600)  # O_CREAT's mode is masked by the umask; be explicit
+            os.replace(tmp, self.path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        self._stamp = None  # re-read our own write next time, like anyone else's
