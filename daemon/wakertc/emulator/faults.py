@@ -71,7 +71,9 @@ class Faults:
     @property
     def active(self) -> list[str]:
         """Names of the faults that are on, for the start-up log line."""
-        return [name for name, value in vars(self).items() if value not in (False, None)]
+        return [
+            name for name, value in vars(self).items() if value is not False and value is not None
+        ]
 
 
 _FLAGS = {

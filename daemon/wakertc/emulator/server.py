@@ -21,6 +21,8 @@ import hmac
 import json
 import logging
 import secrets
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +39,6 @@ from .session import (
     beta_view,
     create_session,
     key_seconds,
-    now_s,
     session_from_beta,
 )
 from .validation import ClientEventValidator
@@ -57,8 +58,9 @@ class _Key:
 class Emulator:
     """A local stand-in for the OpenAI Realtime API; `async with Emulator(options) as emu`."""
 
-    def __init__(self, options: EmulatorOptions) -> None:
+    def __init__(self, options: EmulatorOptions, *, clock: Callable[[], float] = time.time) -> None:
         self.options = options
+        self._clock = clock  # wall clock for key expiry; tests pass a fake one
         self.faults = Faults.parse(options.faults)  # FaultError: bad --fault
         script: tuple[ScriptTurn, ...] = ()
         if options.script is not None:
@@ -129,6 +131,9 @@ class Emulator:
             await self._new_call.wait_for(lambda: len(self.calls) > count)
             return list(self.calls.values())[-1]
 
+    def _now(self) -> int:
+        return int(self._clock())
+
     async def _validator_ready(self) -> None:
         if self._validator_task is not None:
             await asyncio.shield(self._validator_task)
@@ -147,7 +152,7 @@ class Emulator:
             return body
         try:
             seconds = key_seconds(body.get("expires_after"))
-            expires_at = now_s() + seconds
+            expires_at = self._now() + seconds
             session = create_session(body.get("session"), expires_at=expires_at)
         except SessionError as exc:
             return api_error(400, exc.message, code=exc.code, param=exc.param)
@@ -165,7 +170,7 @@ class Emulator:
         body = await _json_body(request)
         if isinstance(body, web.Response):
             return body
-        expires_at = now_s() + BETA_KEY_SECONDS
+        expires_at = self._now() + BETA_KEY_SECONDS
         try:
             session = create_session(session_from_beta(body), expires_at=expires_at)
         except SessionError as exc:
@@ -176,7 +181,7 @@ class Emulator:
         return web.json_response(beta_view(session, value, expires_at))
 
     def _mint(self, session: dict[str, Any], expires_at: int) -> str:
-        now = now_s()
+        now = self._now()
         for stale in [k for k, v in self._keys.items() if v.expires_at <= now]:
             del self._keys[stale]
         value = "ek_" + secrets.token_hex(16)
@@ -217,7 +222,7 @@ class Emulator:
         token = _bearer(request)
         standard = self._is_standard(token)
         key = self._keys.get(token or "")
-        if not standard and (key is None or key.expires_at <= now_s()):
+        if not standard and (key is None or key.expires_at <= self._now()):
             return _invalid_key() if token else _missing_key()
         try:
             offer, session_part = await _read_offer(request)
