@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import fractions
 import json
 import re
@@ -20,11 +21,51 @@ from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSes
 from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame, AudioResampler
 
+from wakertc.emulator import Emulator, EmulatorOptions
 from wakertc.emulator.replies import wav_to_48k_mono
 
 RATE = 48000
 FRAME = 960
 EVENT_TIMEOUT = 10.0
+KEY = "sk-test-standard-key"
+
+
+@contextlib.asynccontextmanager
+async def running_emulator(**options: Any) -> typing.AsyncIterator[Emulator]:
+    """A real emulator on a free loopback port, accepting `KEY` unless told otherwise."""
+    extra = {"clock": options.pop("clock")} if "clock" in options else {}
+    settings: dict[str, Any] = {"port": 0, "api_key": KEY, **options}
+    async with Emulator(EmulatorOptions(**settings), **extra) as emulator:
+        yield emulator
+
+
+async def mint(base_url: str, session: dict[str, Any] | None = None, **body: Any) -> str:
+    """An ephemeral key from the emulator (GA client_secrets) using the standard key."""
+    payload = {"session": session or {"type": "realtime"}, **body}
+    async with httpx.AsyncClient(timeout=10) as http:
+        response = await http.post(
+            base_url + "/v1/realtime/client_secrets",
+            json=payload,
+            headers={"Authorization": f"Bearer {KEY}"},
+        )
+    assert response.status_code == 200, response.text
+    return str(response.json()["value"])
+
+
+async def connected_client(base_url: str, session: dict[str, Any] | None = None) -> RealtimeClient:
+    """A client with a fresh key, connected, with `session.created` already consumed."""
+    client = RealtimeClient()
+    await client.connect(base_url, await mint(base_url, session))
+    created = await client.next_event()
+    assert created["type"] == "session.created"
+    return client
+
+
+def assert_all_valid(events: list[dict[str, Any]]) -> None:
+    """Every server event validates against the SDK's `RealtimeServerEvent`."""
+    assert events
+    for event in events:
+        validate_server_event(event)
 
 
 def espeak(text: str, tmp: Path, *, voice: str = "en-us", wpm: int = 150) -> np.ndarray:
