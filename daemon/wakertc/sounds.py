@@ -19,13 +19,14 @@ import numpy as np
 import soxr
 from numpy.typing import NDArray
 
+from .audio import PLAYBACK_RATE
 from .config import SoundsConfig
 from .state import Phase, Transition
 
 log = logging.getLogger(__name__)
 
-RATE = 24000
-"""Cue sample rate; the same as `audio.PLAYBACK_RATE`, so cues need no conversion when played."""
+RATE = PLAYBACK_RATE
+"""Cue sample rate: the playback path's, so cues need no conversion when played."""
 
 NAMES = ("wake", "done", "error", "mute", "unmute")
 
