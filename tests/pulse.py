@@ -1,34 +1,40 @@
 """A private PulseAudio server with null sinks: real, real-time audio devices without hardware.
 
-    from pulse import pulse_rig  # noqa: F401  (the fixture, imported into the test module)
+    from pulse import PulseRig, pulse_rig  # noqa: F401  (the fixture, imported into the module)
 
-    def test_something(pulse_rig):
+    async def test_something(pulse_rig: PulseRig, tmp_path):  # noqa: F811
         backend = PyAudioBackend(pulse_rig.audio_config(input_channel=1))
         with pulse_rig.record_speaker(tmp_path / "out.wav"):
             pulse_rig.play_into_mic(wav).wait()
 
-What the rig is (all measured here with PortAudio 19.6 / PulseAudio 16):
-- sink `mic` (48 kHz stereo): whatever is played into it (`play_into_mic`, i.e. `paplay
-  --device=mic`) comes out of its monitor source `mic.monitor`, the microphone;
-- sink `speaker` (44.1 kHz mono): what the program plays; `record_speaker` records its monitor.
-- Both null sinks are loaded with `norewinds=1`: with rewinds, a low-latency client (PortAudio
-  asks for 40 ms) underruns, the null sink rewinds on each underrun and loses time, and playback
-  crawls at ~40 % of real time (1.2 s consumed in 3 s, measured); without, it is real time.
-- PortAudio (through ALSA's `pulse` plugin) lists only `pulse` and `default`, which follow the
-  server's defaults. The rig writes an ALSA config defining two named devices, `wakertc_mic`
-  (-> `mic.monitor`) and `wakertc_speaker` (-> `speaker`), so tests select real devices by name
-  (`rig.input_device`, `rig.output_device`); it also sets the server defaults to `speaker` and
-  `mic.monitor`, so `pulse`/`default` (an empty device name in the config) reach the rig too.
-  Each ALSA pulse device reports 32 channels and 44.1 kHz by default; pass the rig's rates and
-  channel counts explicitly (`audio_config()` does) to exercise the conversions.
-- The variables that point clients at it (`rig.env_vars`): `PULSE_SERVER` (libpulse: PyAudio's
-  ALSA plugin, paplay, parecord), `XDG_CONFIG_HOME` (ALSA reads `$XDG_CONFIG_HOME/alsa/asoundrc`;
-  ALSA re-reads its config when that changes, so setting it in-process after PyAudio was used
-  still works), `PULSE_RUNTIME_PATH` and `XDG_RUNTIME_DIR`. The fixture sets them in `os.environ`
-  for the test; `rig.env` is a complete environment for subprocesses (e.g. the daemon).
+For a subprocess (the daemon itself), pass `env=pulse_rig.env` and a config with
+`input_device = "wakertc_mic"`, `output_device = "wakertc_speaker"` (or leave both empty: the
+server's defaults are the rig's mic and speaker too).
 
-The fixture skips, saying why, only when the server cannot start (no `pulseaudio` binary, or it
-fails). Running as root makes PulseAudio warn; that is harmless.
+What the rig is (measured here with PortAudio 19.6 and PulseAudio 16):
+- sink `mic` (48 kHz stereo): what `play_into_mic` plays (`paplay --device=mic`) comes out of its
+  monitor source `mic.monitor`, the microphone.
+- sink `speaker` (44.1 kHz mono): where the program plays; `record_speaker` records its monitor
+  (`parecord --device=speaker.monitor`).
+- Both null sinks are loaded with `norewinds=1`. With rewinds, a low-latency client such as
+  PortAudio (40 ms) underruns, the sink rewinds at each underrun and loses time: playback crawled
+  at ~40 % of real time (1.2 s consumed in 3 s). Without, it is real time.
+- PortAudio, through ALSA's `pulse` plugin, lists only `pulse` and `default` by itself. The rig
+  writes an ALSA config with named devices: `wakertc_mic` (-> `mic.monitor`, `rig.input_device`),
+  `wakertc_speaker` (-> `speaker`, `rig.output_device`) and `wakertc_loopback` (->
+  `speaker.monitor`, `rig.loopback_device`: captures what the program plays, e.g. to time a
+  click's round trip; ~65-80 ms with no conversions, PulseAudio's buffering included). It also
+  makes `speaker` and `mic.monitor` the server's defaults, so `pulse`/`default` reach the rig.
+  Every ALSA pulse device claims 32 channels at 44.1 kHz; `audio_config()` asks for the sinks'
+  real formats (48 kHz x 2 in, 44.1 kHz x 1 out) so the conversions are exercised.
+- What points clients at it (`rig.env_vars`): `PULSE_SERVER` (libpulse: PyAudio's ALSA plugin,
+  paplay, parecord, pactl) and `XDG_CONFIG_HOME` (ALSA reads `$XDG_CONFIG_HOME/alsa/asoundrc`, and
+  re-reads its config when that changes, so setting it after PyAudio was first used works);
+  `PULSE_RUNTIME_PATH` and `XDG_RUNTIME_DIR` are set too. The fixture puts them in `os.environ` for
+  the test's duration; `rig.env` is a complete environment for subprocesses.
+
+Each test gets a fresh server (it starts in ~20 ms). The fixture skips, saying why, only when the
+server cannot start (no `pulseaudio`, or it fails). As root PulseAudio warns; that is harmless.
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ from wakertc.config import AudioConfig
 MIC_RATE, MIC_CHANNELS = 48000, 2
 SPEAKER_RATE, SPEAKER_CHANNELS = 44100, 1
 INPUT_DEVICE, OUTPUT_DEVICE = "wakertc_mic", "wakertc_speaker"
+LOOPBACK_DEVICE = "wakertc_loopback"  # captures what the speaker plays (latency measurements)
 
 
 class PulseUnavailable(Exception):
@@ -91,6 +98,7 @@ class PulseRig:
     env_vars: dict[str, str]
     input_device: str = INPUT_DEVICE
     output_device: str = OUTPUT_DEVICE
+    loopback_device: str = LOOPBACK_DEVICE
     mic_rate: int = MIC_RATE
     mic_channels: int = MIC_CHANNELS
     speaker_rate: int = SPEAKER_RATE
@@ -169,6 +177,11 @@ pcm.{output} {{
     device "speaker"
     server "unix:{socket}"
 }}
+pcm.{loopback} {{
+    type pulse
+    device "speaker.monitor"
+    server "unix:{socket}"
+}}
 """
 
 
@@ -182,7 +195,9 @@ def running_pulse() -> Iterator[PulseRig]:
     socket = root / "native"
     (root / "config" / "alsa").mkdir(parents=True)
     (root / "config" / "alsa" / "asoundrc").write_text(
-        _ASOUNDRC.format(input=INPUT_DEVICE, output=OUTPUT_DEVICE, socket=socket)
+        _ASOUNDRC.format(
+            input=INPUT_DEVICE, output=OUTPUT_DEVICE, loopback=LOOPBACK_DEVICE, socket=socket
+        )
     )
     (root / "home").mkdir()
     env_vars = {

@@ -239,32 +239,36 @@ async def test_clear_playback_drops_the_rest_at_once_without_a_click(tmp_path: P
     out_path = tmp_path / "out.wav"
     backend = FileBackend(None, out_path)
     backend.start(asyncio.get_running_loop(), lambda f: None)
+    level = 12000  # DC: a cut at any point would be a full-height step
     try:
-        backend.play(tone(1000, 2.0, PLAYBACK_RATE))
+        backend.play(np.full(2 * PLAYBACK_RATE, level, np.int16))
         await wait_for(lambda: backend.playback_queued_s <= 1.7, 1)
         backend.clear_playback()
         assert backend.playback_queued_s == 0
-        backend.play(tone(1000, 0.1, PLAYBACK_RATE))  # audio after the clear still plays
+        backend.play(np.full(PLAYBACK_RATE // 10, level, np.int16))  # later audio still plays
         await wait_for(lambda: backend.playback_queued_s == 0, 1)
         await asyncio.sleep(0.05)
     finally:
         backend.close()
     out, _, _ = read_wav_file(out_path)
     assert 0.4 < len(out) / PLAYBACK_RATE < 0.5  # ~0.3 s before the clear + 0.1 s after
-    # a 1 kHz sine at 16000 moves at most ~4200 per sample; a cut to silence would jump further
-    assert np.abs(np.diff(out.astype(np.int32))).max() < 4500
+    steps = np.abs(np.diff(np.concatenate(([0], out, [0])).astype(np.int32)))
+    assert steps.max() <= level / FADE * 1.1  # only 5 ms ramps
+    assert (out == 0).sum() > FADE  # it did go silent between the two
 
 
 async def test_underrun_and_restart_are_ramped_and_idle_time_is_not_written(tmp_path: Path):
     out_path = tmp_path / "out.wav"
     backend = FileBackend(None, out_path)
     backend.start(asyncio.get_running_loop(), lambda f: None)
-    burst = np.full(PLAYBACK_RATE // 10, 12000, np.int16)  # DC makes any step audible
+    level = 12000
     try:
-        backend.play(burst)
+        # ends inside a block (fade-out of its own tail) ...
+        backend.play(np.full(PLAYBACK_RATE // 10 + 170, level, np.int16))
         await wait_for(lambda: backend.playback_queued_s == 0, 1)
         await asyncio.sleep(0.3)
-        backend.play(burst)
+        # ... and exactly at a block's end (a ramp down from the last sample in the next block)
+        backend.play(np.full(PLAYBACK_RATE // 10, level, np.int16))
         await wait_for(lambda: backend.playback_queued_s == 0, 1)
         await asyncio.sleep(0.05)
     finally:
@@ -272,7 +276,7 @@ async def test_underrun_and_restart_are_ramped_and_idle_time_is_not_written(tmp_
     out, _, _ = read_wav_file(out_path)
     assert 0.2 <= len(out) / PLAYBACK_RATE < 0.3  # two bursts, not the 0.3 s between them
     steps = np.abs(np.diff(np.concatenate(([0], out, [0])).astype(np.int32)))
-    assert steps.max() <= 12000 / FADE * 1.1  # only 5 ms ramps, no jumps
+    assert steps.max() <= level / FADE * 1.1  # only 5 ms ramps, no jumps
 
 
 async def test_output_volume_scales_playback(tmp_path: Path):
