@@ -24,7 +24,11 @@ CHUNK = CAPTURE_RATE // 100  # 10 ms, what the module processes at a time
 
 
 class EchoCanceller:
-    """AEC3 + noise suppression + high-pass on 16 kHz mono int16 audio."""
+    """AEC3 + high-pass on 16 kHz mono int16 audio.
+
+    No noise suppression here: the Realtime API's own `noise_reduction` does that server-side,
+    and suppressing twice only costs words.
+    """
 
     def __init__(self, stream_delay_ms: int = 60) -> None:
         # Imported here: the module costs ~35 MB and 0.4 s, and the daemon only needs it once a
@@ -32,9 +36,7 @@ class EchoCanceller:
         from livekit.rtc import AudioFrame, AudioProcessingModule
 
         self._frame_type: Any = AudioFrame
-        self._apm = AudioProcessingModule(
-            echo_cancellation=True, noise_suppression=True, high_pass_filter=True
-        )
+        self._apm = AudioProcessingModule(echo_cancellation=True, high_pass_filter=True)
         self._delay_ms = stream_delay_ms
         self._lock = threading.Lock()
         self._render_rest = np.zeros(0, dtype=np.int16)

@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 DISCARD_AFTER_CANCEL_S = 0.5
 # Half-duplex: keep the microphone closed this long after the speaker stops (room reverb).
 HALF_DUPLEX_TAIL_S = 0.3
-CONVERSATION_PHASES = (Phase.CONNECTING, Phase.LISTENING, Phase.THINKING, Phase.SPEAKING)
+# Received audio quieter than this peak (about -54 dBFS) outside a reply is not played.
+SILENCE_PEAK = 64
 
 
 class SessionFailed(Exception):
@@ -443,6 +444,10 @@ class Conversation:
     def _play(self, samples: NDArray[np.int16]) -> None:
         if time.monotonic() < self._discard_audio_until:
             return
+        # The remote track carries silence between replies; queueing it would keep the speaker
+        # "busy" (and a half-duplex microphone closed) forever. Inside a reply, pauses play as sent.
+        if self._phases.phase is not Phase.SPEAKING and _is_silent(samples):
+            return
         self._audio.play(samples)
 
     def _mic_open(self) -> bool:
@@ -469,6 +474,10 @@ class Conversation:
         task = asyncio.get_running_loop().create_task(coro, name=f"conversation-{name}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _is_silent(samples: NDArray[np.int16]) -> bool:
+    return not samples.size or int(np.abs(samples).max()) < SILENCE_PEAK
 
 
 def _short(value: Any) -> str:

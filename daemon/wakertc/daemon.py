@@ -27,15 +27,18 @@ from numpy.typing import NDArray
 
 from .audio import CAPTURE_RATE, AudioBackend, AudioDeviceError, open_backend
 from .config import Config, ConfigError, config_path, load_config, read_token
+from .button import ButtonError
 from .keys import CompanionClient, KeyKeeper
+from .leds import LedError
 from .logs import register_secret
-from .state import Phase, PhaseMachine
+from .sounds import CueError
+from .state import Phase, PhaseMachine, Transition
 from .wakeword import Detection, WakeWordDetector, WakeWordError
 
 log = logging.getLogger(__name__)
 
 # Failures at start-up that the user must fix; reported in one line, no traceback.
-STARTUP_ERRORS = (WakeWordError, AudioDeviceError, OSError)
+STARTUP_ERRORS = (WakeWordError, AudioDeviceError, LedError, ButtonError, CueError, OSError)
 
 # How long the error pattern and cue are shown before listening again.
 ERROR_DISPLAY_S = 2.0
@@ -71,9 +74,11 @@ class Daemon:
         self._stopped = asyncio.Event()
         self._muted = False
         preroll_frames = max(1, config.wake.preroll_ms * CAPTURE_RATE // 1000 // 320)
-        self._preroll: collections.deque[NDArray[np.int16]] = collections.deque(maxlen=preroll_frames)
+        self._preroll: collections.deque[NDArray[np.int16]] = collections.deque(
+            maxlen=preroll_frames
+        )
         self._aec: Any = None
-        self._aec_loaded = False
+        self._aec_active = False
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -96,6 +101,7 @@ class Daemon:
         self.hook = PhaseHook(config.hook, loop)
         for listener in (self.leds, self.cues, self.hook, self.systemd, *self.edges.listeners):
             self.phases.add_listener(listener)
+        self.phases.add_listener(self._echo_cancel_when_speaking)
         self.button = make_button(
             config.button, self.edges.pin_factory, loop, self.on_short_press, self.on_long_press
         )
@@ -114,6 +120,9 @@ class Daemon:
             self.phases.transition(Phase.IDLE, "listening for the wake word")
             self.systemd.ready()
             self.systemd.start_watchdog()
+            if config.session.echo_cancellation:
+                # Off the critical path: the first conversation should not wait for the import.
+                self._spawn(asyncio.to_thread(self._load_aec), "aec-load")
             await self._stopped.wait()
         finally:
             await self._shutdown(companion)
@@ -150,7 +159,7 @@ class Daemon:
         if self._muted:
             return  # privacy: nothing is analysed while muted
         conversation = self._conversation
-        if conversation is not None and self._aec is not None:
+        if self._aec_active:
             frame = self._aec.capture(frame)
         self._preroll.append(frame)
         if conversation is not None:
@@ -236,7 +245,6 @@ class Daemon:
         from .conversation import Conversation, SessionFailed
 
         self.phases.transition(Phase.WAKE, reason)
-        self._load_aec()
         conversation = Conversation(
             config=self.config,
             phases=self.phases,
@@ -250,7 +258,6 @@ class Daemon:
         for frame in self._preroll:
             conversation.push_mic(frame)
         self._conversation = conversation
-        self._set_render_reference(True)
         try:
             try:
                 ending = await conversation.run()
@@ -267,7 +274,7 @@ class Daemon:
                 if not self._muted and self.phases.phase is Phase.ERROR:
                     self.phases.transition(Phase.IDLE, "listening again")
         finally:
-            self._set_render_reference(False)
+            self._set_echo_cancelling(False)
             self._conversation = None
             self._conversation_task = None
             self._preroll.clear()
@@ -279,17 +286,22 @@ class Daemon:
     # -- echo cancellation -------------------------------------------------------------------
 
     def _load_aec(self) -> None:
-        if self._aec_loaded:
-            return
-        self._aec_loaded = True
         from .aec import make_echo_canceller
 
         self._aec = make_echo_canceller(self.config.session.echo_cancellation)
 
-    def _set_render_reference(self, on: bool) -> None:
-        audio = self._audio
-        if audio is not None and self._aec is not None:
-            audio.on_render = self._aec.render if on else None
+    def _echo_cancel_when_speaking(self, change: Transition) -> None:
+        # The canceller runs from the first reply of a conversation to its end. Not earlier: its
+        # suppressor would also duck the user's first words under the wake chime, and there is no
+        # model voice to remove before the first reply.
+        if change.new is Phase.SPEAKING:
+            self._set_echo_cancelling(True)
+
+    def _set_echo_cancelling(self, on: bool) -> None:
+        if self._aec is None or on == self._aec_active or self._audio is None:
+            return
+        self._audio.on_render = self._aec.render if on else None
+        self._aec_active = on
 
     def _require_audio(self) -> AudioBackend:
         assert self._audio is not None

@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 import wave
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .config import load_config
+from .config import LedPattern, load_config
 from .measure import read_wav, received_ratio, write_wav
 from .state import Phase, Transition
 
@@ -119,27 +119,26 @@ def describe_input(path: Path) -> DemoInput:
 
 
 class TerminalView:
-    """Prints each phase change with the RGB LED's colour as the mock pins show it."""
+    """Prints each phase change with the LED pattern it shows (colour, effect)."""
 
-    def __init__(self, pins: list[Any], started: float, *, stream: Any = sys.stdout) -> None:
-        self._pins = pins
+    def __init__(
+        self, patterns: Mapping[str, LedPattern], started: float, *, stream: Any = sys.stdout
+    ) -> None:
+        self._patterns = patterns
         self._started = started
         self._stream = stream
         self._colour = stream.isatty() and os.environ.get("NO_COLOR") is None
 
     def __call__(self, change: Transition) -> None:
-        # gpiozero's pattern threads start right after the listener; give them a moment.
-        asyncio.get_running_loop().call_later(0.05, self._draw, change)
-
-    def _draw(self, change: Transition) -> None:
-        levels = [float(pin.state) for pin in self._pins]
-        rgb = [round(level * 255) for level in levels]
-        lit = any(level > 0 for level in levels)
-        if self._colour:
-            dot = f"\x1b[38;2;{rgb[0]};{rgb[1]};{rgb[2]}m{'●' if lit else '○'}\x1b[0m"
+        pattern = self._patterns.get(change.new.value, LedPattern("off"))
+        lit = pattern.effect != "off"
+        colour = pattern.color if lit else "#000000"
+        if self._colour and lit:
+            r, g, b = (int(colour[i : i + 2], 16) for i in (1, 3, 5))
+            dot = f"\x1b[38;2;{r};{g};{b}m●\x1b[0m"
         else:
             dot = "●" if lit else "○"
-        led = f"LED {dot} #{rgb[0]:02x}{rgb[1]:02x}{rgb[2]:02x}"
+        led = f"LED {dot} {colour} {pattern.effect:<5}"
         elapsed = change.at - self._started
         print(
             f"[{elapsed:6.2f} s] {led}  {change.old.value:>10} -> {change.new.value:<10} "
@@ -174,7 +173,7 @@ async def run_demo(
     """Run emulator, companion and daemon together; return what happened."""
     from gpiozero.pins.mock import MockFactory, MockPWMPin
 
-    from .companion import Companion, add_device, load_companion_config
+    from .companion import Companion, DeviceStore, load_companion_config
     from .daemon import Daemon, Edges
     from .emulator import Emulator, EmulatorOptions
 
@@ -197,9 +196,9 @@ async def run_demo(
         emulator_url = await emulator.start()
         stack.push_async_callback(emulator.stop)
         companion_config_path = _write_companion_config(workdir, emulator_url)
-        os.environ["WAKERTC_DEMO_API_KEY"] = DEMO_API_KEY
-        token = add_device(companion_config_path, "demo-device")
-        companion = Companion(load_companion_config(companion_config_path))
+        companion_config = load_companion_config(companion_config_path)
+        token = DeviceStore(companion_config.devices_file).add("demo-device")
+        companion = Companion(companion_config, api_key=DEMO_API_KEY)
         companion_url = await companion.start()
         stack.push_async_callback(companion.stop)
         token_file = workdir / "device-token"
@@ -218,7 +217,7 @@ async def run_demo(
 
         factory = MockFactory(pin_class=MockPWMPin)
         started = time.time()
-        view = TerminalView([factory.pin(n) for n in (5, 6, 13)], started, stream=stream)
+        view = TerminalView(config.leds.patterns, started, stream=stream)
         daemon = Daemon(config, Edges(pin_factory=factory, listeners=[view]))
         transitions: list[Transition] = []
         done = asyncio.Event()
@@ -300,7 +299,6 @@ port = 0
 
 [upstream]
 url = "{emulator_url}"
-api_key_env = "WAKERTC_DEMO_API_KEY"
 
 [devices]
 file = "{workdir / "devices.json"}"

@@ -45,11 +45,16 @@ class Transition:
     def as_json(self) -> dict[str, Any]:
         """The description handed to user hooks: plain JSON types only."""
         return {
+            "event": "phase",
             "old": self.old.value,
             "new": self.new.value,
             "reason": self.reason,
             "time": self.at,
-            **{k: v for k, v in self.details.items() if k not in {"old", "new", "reason", "time"}},
+            **{
+                k: v
+                for k, v in self.details.items()
+                if k not in {"event", "old", "new", "reason", "time"}
+            },
         }
 
 
