@@ -26,8 +26,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .audio import CAPTURE_RATE, AudioBackend, AudioDeviceError, open_backend
-from .config import Config, ConfigError, config_path, load_config, read_token
 from .button import ButtonError
+from .config import Config, ConfigError, config_path, load_config, read_token
 from .keys import CompanionClient, KeyKeeper
 from .leds import LedError
 from .logs import register_secret
