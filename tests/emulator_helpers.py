@@ -113,10 +113,12 @@ class MicTrack(MediaStreamTrack):
         self._drained = asyncio.Event()
         self._drained.set()
 
-    def play(self, samples: np.ndarray) -> None:
-        """Queue audio to send after what is already queued."""
+    def play(self, samples: np.ndarray) -> int:
+        """Queue audio after what is already queued; returns its stream position in samples."""
+        position = self._pts + len(self._pending) + sum(len(q) for q in self._queue)
         self._queue.append(samples.astype(np.int16))
         self._drained.clear()
+        return position
 
     async def wait_played(self) -> None:
         """Until everything queued has been sent."""
@@ -159,6 +161,7 @@ class RealtimeClient:
         self.opened = asyncio.Event()
         self.channel_closed = asyncio.Event()
         self.events: list[dict[str, Any]] = []
+        self.arrivals: list[float] = []  # loop time each event arrived
         self.raw: list[str] = []
         self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         # Received audio as (loop time, 48 kHz mono samples) per frame.
@@ -181,6 +184,7 @@ class RealtimeClient:
             return
         if isinstance(event, dict):
             self.events.append(event)
+            self.arrivals.append(asyncio.get_running_loop().time())
             self._queue.put_nowait(event)
 
     def _on_track(self, track: MediaStreamTrack) -> None:
@@ -238,6 +242,10 @@ class RealtimeClient:
                 event = await self._queue.get()
                 if event.get("type") == type_:
                     return event
+
+    def arrival(self, event: dict[str, Any]) -> float:
+        """Loop time at which `event` arrived."""
+        return self.arrivals[next(i for i, e in enumerate(self.events) if e is event)]
 
     def types(self) -> list[str]:
         """Types of all events received so far, in order."""
