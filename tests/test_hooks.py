@@ -118,7 +118,7 @@ async def test_each_change_arrives_as_json_in_order(
     ]
     assert got[1]["reason"] == "to wake" and got[1]["word"] == "hey_jarvis"
     assert got[-1]["path"] == "/tmp/x"
-    assert set(got[0]) == {"old", "new", "reason", "time"}
+    assert set(got[0]) == {"event", "old", "new", "reason", "time"}
     assert hook.runs == 6
 
 
