@@ -482,3 +482,24 @@ async def test_audio_server_going_away_is_reported_on_the_loop(pulse_rig: PulseR
     assert isinstance(exc, AudioDeviceError) and pulse_rig.output_device in str(exc)
     assert thread == threading.get_ident()
     assert closed_in < 1.0
+
+
+@pytest.mark.pulse
+async def test_a_capture_device_that_stops_delivering_is_reported(pulse_rig: PulseRig):  # noqa: F811
+    backend = PyAudioBackend(pulse_rig.audio_config())
+    loop = asyncio.get_running_loop()
+    failed: asyncio.Future[Exception] = loop.create_future()
+    backend.on_error = lambda exc: failed.done() or failed.set_result(exc)
+    frames: list[np.ndarray] = []
+    backend.start(loop, frames.append)
+    try:
+        await wait_for(lambda: len(frames) >= 5, 2)
+        pulse_rig.pactl("suspend-sink", "mic", "1")  # its monitor, our microphone, goes quiet
+        t0 = time.monotonic()
+        exc = await asyncio.wait_for(failed, 5)
+        noticed = time.monotonic() - t0
+    finally:
+        backend.close()
+    assert isinstance(exc, AudioDeviceError)
+    assert "stalled" in str(exc) and pulse_rig.input_device in str(exc)
+    assert 1.8 < noticed < 3.0

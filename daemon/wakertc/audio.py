@@ -348,17 +348,21 @@ class _RenderTap:
         self._backend = backend
         self._resampler = soxr.ResampleStream(PLAYBACK_RATE, CAPTURE_RATE, 1, quality=_QUALITY)
         self._chunker = _Chunker(RENDER_CHUNK, np.float32)
+        self._failures = 0
 
     def push(self, block: Float32Array) -> None:
-        callback = self._backend.on_render
-        if callback is None:
-            return
+        # Converted even with no listener, so one attached later (the daemon toggles AEC) gets
+        # current audio, not a stale resampler tail.
         ready = self._chunker.push(self._resampler.resample_chunk(block))
-        if len(ready):
-            try:
-                callback(_to_int16(ready))
-            except Exception:
-                log.exception("on_render callback failed")
+        callback = self._backend.on_render
+        if callback is None or not len(ready):
+            return
+        try:
+            callback(_to_int16(ready))
+        except Exception:
+            self._failures += 1
+            if self._failures == 1:  # it would repeat 50 times a second
+                log.exception("on_render callback failed (further failures not logged)")
 
 
 class _LoopHandoff:
@@ -581,6 +585,10 @@ class DeviceInfo:
         """How many channels it offers for `kind`."""
         return self.max_input_channels if kind == "input" else self.max_output_channels
 
+    def is_default(self, kind: Kind) -> bool:
+        """Whether it is the system's default for `kind`."""
+        return self.default_input if kind == "input" else self.default_output
+
     def describe(self, kind: Kind) -> str:
         """`[3] USB Audio (2 ch, 48000 Hz)`, the form used in listings and errors."""
         return f"[{self.index}] {self.name} ({self.channels(kind)} ch, {self.default_rate:.0f} Hz)"
@@ -609,12 +617,18 @@ def _native_stderr_to_debug_log(what: str) -> Iterator[None]:
                 log.debug("%s: native library messages:\n%s", what, text)
 
 
-def _portaudio() -> Any:
-    """A started PyAudio instance (call `terminate()` when done)."""
+def _pyaudio() -> Any:
+    """The pyaudio module, imported only when real devices are used."""
     try:
         import pyaudio
     except ImportError as exc:
         raise AudioDeviceError(f"PyAudio is not available ({exc}); install portaudio19") from exc
+    return pyaudio
+
+
+def _portaudio() -> Any:
+    """A started PyAudio instance (call `terminate()` when done)."""
+    pyaudio = _pyaudio()
     with _native_stderr_to_debug_log("PortAudio start-up"):
         return pyaudio.PyAudio()
 
@@ -661,7 +675,7 @@ def _find_device(devices: list[DeviceInfo], spec: str | int, kind: Kind) -> Devi
     listing = "; ".join(d.describe(kind) for d in candidates) or "none"
     hint = f"available {kind}s: {listing}. Set audio.{kind}_device to an index or a unique part of a name (see `wakertc devices`)"  # noqa: E501
     if spec == "":
-        found = [d for d in candidates if getattr(d, f"default_{kind}")]
+        found = [d for d in candidates if d.is_default(kind)]
         if not found:
             raise AudioDeviceError(f"there is no default {kind} device; {hint}")
         return found[0]
@@ -682,12 +696,10 @@ def _find_device(devices: list[DeviceInfo], spec: str | int, kind: Kind) -> Devi
 
 
 def _check_format(pa: Any, device: DeviceInfo, kind: Kind, rate: int, channels: int) -> None:
-    import pyaudio
-
     arguments: dict[str, Any] = {
         f"{kind}_device": device.index,
         f"{kind}_channels": channels,
-        f"{kind}_format": pyaudio.paInt16,
+        f"{kind}_format": _pyaudio().paInt16,
     }
     try:
         pa.is_format_supported(rate, **arguments)
@@ -720,6 +732,7 @@ class PyAudioBackend(AudioBackend):
     def __init__(self, config: AudioConfig, *, prebuffer_s: float = 0.02) -> None:
         self.on_render = None
         self.on_error = None
+        self._pyaudio = _pyaudio()
         self._pa = _portaudio()
         try:
             devices = _enumerate(self._pa)
@@ -776,8 +789,7 @@ class PyAudioBackend(AudioBackend):
 
     def start(self, loop: asyncio.AbstractEventLoop, on_frame: FrameCallback) -> None:
         """Open both streams and start capture and the playback thread."""
-        import pyaudio
-
+        pyaudio = self._pyaudio
         if self._thread is not None or self._closed:
             raise RuntimeError("PyAudioBackend.start() called twice or after close()")
         self._handoff.loop = loop
@@ -828,8 +840,7 @@ class PyAudioBackend(AudioBackend):
     def _on_capture(
         self, data: bytes | None, frame_count: int, time_info: Any, status: int
     ) -> tuple[None, int]:
-        import pyaudio
-
+        pyaudio = self._pyaudio
         self._last_capture = time.monotonic()
         if status & pyaudio.paInputOverflow:
             log.debug("capture overflow: the loop or the machine fell behind")
@@ -876,8 +887,8 @@ class PyAudioBackend(AudioBackend):
                 if stalled and not stall_reported:
                     self._handoff.error(
                         AudioDeviceError(
-                            f"capture from {self.input_device.describe('input')} stalled: no audio "
-                            f"for {_STALL_S:.0f} s"
+                            f"capture from [{self.input_device.index}] {self.input_device.name} "
+                            f"stalled: no audio for {_STALL_S:.0f} s"
                         )
                     )
                 stall_reported = stalled
@@ -885,7 +896,8 @@ class PyAudioBackend(AudioBackend):
             if not self._stop.is_set():
                 self._handoff.error(
                     AudioDeviceError(
-                        f"playback on {self.output_device.describe('output')} failed: {exc}"
+                        f"playback on [{self.output_device.index}] {self.output_device.name} "
+                        f"failed: {exc}"
                     )
                 )
 
@@ -941,13 +953,14 @@ def devices_main(argv: list[str]) -> int:
         for device in devices:
             print(json.dumps(asdict(device)))
         return 0
-    for kind, title in (("input", "Inputs"), ("output", "Outputs")):
+    sections: tuple[tuple[Kind, str], ...] = (("input", "Inputs"), ("output", "Outputs"))
+    for kind, title in sections:
         print(f"{title}:")
-        shown = [d for d in devices if d.channels(kind) > 0]  # type: ignore[arg-type]
+        shown = [d for d in devices if d.channels(kind) > 0]
         for d in shown:
-            mark = "*" if getattr(d, f"default_{kind}") else " "
+            mark = "*" if d.is_default(kind) else " "
             print(
-                f" {mark}{d.index:3d}  {d.name}  ({d.channels(kind)} ch, "  # type: ignore[arg-type]
+                f" {mark}{d.index:3d}  {d.name}  ({d.channels(kind)} ch, "
                 f"{d.default_rate:.0f} Hz, {d.host_api})"
             )
         if not shown:
