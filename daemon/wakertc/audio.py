@@ -966,4 +966,10 @@ def devices_main(argv: list[str]) -> int:
         if not shown:
             print("  (none)")
     print("* = default")
+    if not devices:
+        print(
+            "no audio devices found: is the sound card's driver loaded (`aplay -l`), and is this "
+            "user in the `audio` group?",
+            file=sys.stderr,
+        )
     return 0
