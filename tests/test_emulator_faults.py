@@ -1,0 +1,239 @@
+"""Every `--fault` knob, against real HTTP and real WebRTC on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+
+import aioice.ice
+import httpx
+import pytest
+from aioice import stun
+
+from emulator_helpers import (
+    KEY,
+    RealtimeClient,
+    assert_all_valid,
+    connected_client,
+    host_candidates,
+    ice_credentials,
+    mint,
+    running_emulator,
+)
+
+AUTH = {"Authorization": f"Bearer {KEY}"}
+MINT_ROUTES = [
+    ("/v1/realtime/client_secrets", {"session": {"type": "realtime"}}),
+    ("/v1/realtime/sessions", {"model": "gpt-realtime"}),
+]
+
+
+@pytest.mark.parametrize(("route", "body"), MINT_ROUTES)
+async def test_mint_500(route: str, body: dict) -> None:
+    async with running_emulator(faults=("mint-500",)) as emu, httpx.AsyncClient() as http:
+        response = await http.post(emu.url + route, json=body, headers=AUTH)
+        assert response.status_code == 500
+        assert response.json()["error"]["type"] == "server_error"
+
+
+@pytest.mark.parametrize(("route", "body"), MINT_ROUTES)
+async def test_mint_429(route: str, body: dict) -> None:
+    async with running_emulator(faults=("mint-429",)) as emu, httpx.AsyncClient() as http:
+        response = await http.post(emu.url + route, json=body, headers=AUTH)
+        assert response.status_code == 429
+        assert response.headers["Retry-After"] == "1"
+        assert response.json()["error"]["code"] == "rate_limit_exceeded"
+
+
+async def test_mint_slow_answers_late() -> None:
+    async with running_emulator(faults=("mint-slow=0.6",)) as emu, httpx.AsyncClient() as http:
+        url = emu.url + "/v1/realtime/client_secrets"
+        with pytest.raises(httpx.ReadTimeout):
+            await http.post(url, json={}, headers=AUTH, timeout=0.2)
+        began = time.monotonic()
+        response = await http.post(url, json={}, headers=AUTH, timeout=5)
+        assert response.status_code == 200
+        assert time.monotonic() - began >= 0.6
+
+
+def test_mint_slow_defaults_to_ten_seconds() -> None:
+    from wakertc.emulator import Faults
+
+    assert Faults.parse(["mint-slow"]).mint_slow_s == 10.0
+
+
+@pytest.mark.parametrize(
+    ("fault", "status", "code"), [("calls-401", 401, "invalid_api_key"), ("calls-500", 500, None)]
+)
+async def test_calls_refused(fault: str, status: int, code: str | None) -> None:
+    async with running_emulator(faults=(fault,)) as emu:
+        key = await mint(emu.url)  # minting still works
+        client = RealtimeClient()
+        offer = await client.offer()
+        async with httpx.AsyncClient() as http:
+            response = await http.post(
+                emu.url + "/v1/realtime/calls",
+                content=offer.encode(),
+                headers={"Authorization": f"Bearer {key}", "Content-Type": "application/sdp"},
+            )
+        assert response.status_code == status
+        assert response.json()["error"]["code"] == code
+        assert not emu.calls
+        await client.close()
+
+
+async def test_calls_hang_never_answers_and_does_not_block_stop() -> None:
+    emu_cm = running_emulator(faults=("calls-hang",))
+    emu = await emu_cm.__aenter__()
+    client = RealtimeClient()
+    offer = await client.offer()
+    async with httpx.AsyncClient() as http:
+        with pytest.raises(httpx.ReadTimeout):
+            await http.post(
+                emu.url + "/v1/realtime/calls",
+                content=offer.encode(),
+                headers={**AUTH, "Content-Type": "application/sdp"},
+                timeout=0.5,
+            )
+        pending = asyncio.create_task(
+            http.post(
+                emu.url + "/v1/realtime/calls",
+                content=offer.encode(),
+                headers={**AUTH, "Content-Type": "application/sdp"},
+                timeout=30,
+            )
+        )
+        await asyncio.sleep(0.3)
+        assert not pending.done()
+        began = time.monotonic()
+        await emu_cm.__aexit__(None, None, None)
+        assert time.monotonic() - began < 3
+        response = await asyncio.wait_for(pending, 5)
+        assert response.status_code == 503
+    await client.close()
+
+
+async def test_drop_after_closes_the_peer_mid_session() -> None:
+    async with running_emulator(faults=("drop-after=0.5",)) as emu:
+        client = await connected_client(emu.url)
+        began = time.monotonic()
+        await asyncio.wait_for(client.channel_closed.wait(), 5)
+        assert 0.4 <= time.monotonic() - began < 3
+        call = emu.calls[client.call_id or ""]
+        await asyncio.wait_for(call.wait_closed(), 3)
+        assert call.close_reason == "drop-after=0.5 fault"
+        await client.close()
+
+
+async def test_silent_connects_but_never_sends_an_event() -> None:
+    async with running_emulator(faults=("silent",)) as emu:
+        client = RealtimeClient()
+        await client.connect(emu.url, await mint(emu.url))
+        client.send({"type": "session.update", "session": {"type": "realtime"}})
+        client.send({"type": "response.create"})
+        await asyncio.sleep(1.0)
+        assert client.raw == []
+        call = emu.calls[client.call_id or ""]
+        assert call.received_samples > 0  # the media path is up
+        assert [e["event"]["type"] for e in call.events if e["dir"] == "in"] == [
+            "session.update",
+            "response.create",
+        ]
+        await client.close()
+
+
+async def test_bad_event_mixes_junk_between_real_events() -> None:
+    async with running_emulator(faults=("bad-event",)) as emu:
+        client = RealtimeClient()
+        await client.connect(emu.url, await mint(emu.url))
+        client.send(
+            {"type": "session.update", "session": {"type": "realtime", "instructions": "x"}}
+        )
+        updated = await client.wait_for("session.updated")
+        assert updated["session"]["instructions"] == "x"
+        await asyncio.sleep(0.2)
+        unparseable = []
+        for text in client.raw:
+            try:
+                json.loads(text)
+            except ValueError:
+                unparseable.append(text)
+        unknown = [e for e in client.events if e["type"] == "emulator.unknown_event"]
+        assert unparseable and unknown
+        real = [e for e in client.events if e["type"] != "emulator.unknown_event"]
+        assert [e["type"] for e in real] == ["session.created", "session.updated"]
+        assert_all_valid(real)
+        # Junk sits between the real events, not only after them.
+        assert client.raw.index(json.dumps(real[1])) > 1
+        await client.close()
+
+
+async def stun_probe(
+    address: tuple[str, int], username: str, password: str, timeout: float
+) -> bool:
+    """Send an authenticated ICE binding request; True if a success response comes back."""
+    loop = asyncio.get_running_loop()
+    answered: asyncio.Future[bool] = loop.create_future()
+
+    class Probe(asyncio.DatagramProtocol):
+        def datagram_received(self, data: bytes, addr: tuple) -> None:
+            message = stun.parse_message(data)
+            if not answered.done():
+                answered.set_result(message.message_class == stun.Class.RESPONSE)
+
+    transport, _ = await loop.create_datagram_endpoint(Probe, local_addr=("0.0.0.0", 0))
+    request = stun.Message(message_method=stun.Method.BINDING, message_class=stun.Class.REQUEST)
+    request.attributes["USERNAME"] = username
+    request.attributes["PRIORITY"] = 1853824767
+    request.attributes["ICE-CONTROLLING"] = secrets.randbits(64)
+    request.add_message_integrity(password.encode())
+    request.add_fingerprint()
+    transport.sendto(bytes(request), address)
+    try:
+        return await asyncio.wait_for(answered, timeout)
+    except TimeoutError:
+        return False
+    finally:
+        transport.close()
+
+
+async def test_consent_stop_silences_ice_without_closing() -> None:
+    async with running_emulator(faults=("consent-stop=1.0",)) as emu:
+        client = await connected_client(emu.url)
+        server_ufrag, server_pwd = ice_credentials(client.answer_sdp)
+        client_ufrag, _ = ice_credentials(client.offer_sdp)
+        address = host_candidates(client.answer_sdp)[0]
+        username = f"{server_ufrag}:{client_ufrag}"
+        assert await stun_probe(address, username, server_pwd, 1.0), "ICE answered before the fault"
+        await asyncio.sleep(1.3)
+        assert not await stun_probe(address, username, server_pwd, 1.0), "ICE still answers"
+        # Nothing told the client: no DTLS close, no SCTP abort.
+        assert client.pc.connectionState == "connected"
+        assert not client.channel_closed.is_set()
+        await client.close()
+
+
+async def test_consent_stop_fails_the_clients_consent_checks(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # RFC 7675 checks run every ~5 s and give up after 6 misses (~30 s); speed up the client's
+    # own library timer so the test sees the failure in seconds. The emulator is untouched.
+    monkeypatch.setattr(aioice.ice, "CONSENT_INTERVAL", 0.1)
+    caplog.set_level(logging.INFO, logger="aioice.ice")
+    async with running_emulator(faults=("consent-stop",)) as emu:
+        client = await connected_client(emu.url)
+        gone = asyncio.Event()
+
+        def state_changed() -> None:
+            if client.pc.connectionState in ("failed", "closed"):
+                gone.set()
+
+        client.pc.on("connectionstatechange", state_changed)
+        began = time.monotonic()
+        await asyncio.wait_for(gone.wait(), 10)
+        assert time.monotonic() - began > 0.5
+        assert "Consent to send expired" in caplog.text
+        await client.close()
