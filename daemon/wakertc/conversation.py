@@ -119,6 +119,7 @@ class Conversation:
         self._response_audio = False
         self._transcript: list[str] = []
         self._stage = "starting"
+        self._last_problem: str | None = None
         self.wake_to_live_s: float | None = None
         self.setup_error: str | None = None
         self.handlers: dict[str, Callable[[dict[str, Any]], None]] = {
@@ -148,8 +149,10 @@ class Conversation:
                 async with asyncio.timeout(self._session.connect_timeout_s):
                     await self._connect()
             except TimeoutError:
+                last = f" (last error: {self._last_problem})" if self._last_problem else ""
                 raise SessionFailed(
-                    f"timed out after {self._session.connect_timeout_s:g} s while {self._stage}"
+                    f"timed out after {self._session.connect_timeout_s:g} s "
+                    f"while {self._stage}{last}"
                 ) from None
             if not self._ended.done():
                 self.wake_to_live_s = time.monotonic() - self._woke_at
@@ -277,6 +280,7 @@ class Conversation:
             except CompanionError as exc:
                 if not exc.retryable:
                     raise SessionFailed(str(exc)) from exc
+                self._last_problem = str(exc)
                 log.warning("%s; retrying in %.1f s", exc, delay)
                 await asyncio.sleep(delay * random.uniform(0.8, 1.2))
                 delay = min(delay * 2, 4.0)

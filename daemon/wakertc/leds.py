@@ -90,7 +90,9 @@ def _open(config: LedsConfig, pin_factory: gpiozero.Factory | None) -> Any:
         (pin,) = pins
         return device(pin, active_high=config.active_high, pin_factory=pin_factory)
     except (gpiozero.GPIOZeroError, OSError, ValueError) as exc:
-        raise LedError(f"leds.pins = {pins} (kind {config.kind!r}): {exc}") from exc
+        raise LedError(
+            f"leds.pins = {pins} (kind {config.kind!r}): {str(exc) or type(exc).__name__}"
+        ) from exc
 
 
 def _value(kind: str, rgb: tuple[float, ...], intensity: float) -> Any:

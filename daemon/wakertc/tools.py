@@ -109,7 +109,7 @@ class ToolRunner:
                 else:
                     response = await client.request(tool.method, tool.url, json=args)
             except httpx.HTTPError as exc:
-                raise ToolFailed(f"request failed: {exc or type(exc).__name__}") from exc
+                raise ToolFailed(f"request failed: {str(exc) or type(exc).__name__}") from exc
         if response.status_code >= 400:
             raise ToolFailed(f"HTTP {response.status_code}: {response.text[:200]}")
         return response.text

@@ -180,7 +180,7 @@ class RealtimeCall:
             raise CallError("the Realtime API did not answer the offer in time") from exc
         except httpx.HTTPError as exc:
             raise CallError(
-                f"could not reach the Realtime API: {exc or type(exc).__name__}"
+                f"could not reach the Realtime API: {str(exc) or type(exc).__name__}"
             ) from exc
         if response.status_code != 201:
             raise CallRejected(
