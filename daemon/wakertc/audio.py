@@ -764,7 +764,7 @@ class PyAudioBackend(AudioBackend):
 
     def _capture_format(self, config: AudioConfig) -> tuple[int, int]:
         dev = self.input_device
-        rate = config.input_rate or round(dev.default_rate)
+        rate = config.input_rate or self._preferred_capture_rate(dev)
         channels = config.input_channels
         if not channels:  # mono if offered, else the smallest count that works
             options = sorted({1, 2, dev.max_input_channels})
@@ -777,6 +777,12 @@ class PyAudioBackend(AudioBackend):
             )
         _check_format(self._pa, dev, "input", rate, channels)
         return rate, channels
+
+    def _preferred_capture_rate(self, dev: DeviceInfo) -> int:
+        # 16 kHz straight from the device saves a resampling stage (~20 ms of latency, CPU).
+        if any(_supports(self._pa, dev, "input", CAPTURE_RATE, c) for c in (1, 2)):
+            return CAPTURE_RATE
+        return round(dev.default_rate)
 
     def _playback_format(self, config: AudioConfig) -> tuple[int, int]:
         dev = self.output_device

@@ -47,7 +47,7 @@ class AudioConfig:
     output_device: str | int = ""
     """Playback device, chosen the same way."""
     input_rate: int = 0
-    """Capture rate in Hz; 0 = the device's default. Converted to 16 kHz internally."""
+    """Capture rate in Hz; 0 = 16 kHz if the device takes it, else its default (soxr converts)."""
     input_channels: int = 0
     """Channels to open on the capture device; 0 = mono if offered, else the device default."""
     input_channel: int = 0

@@ -94,7 +94,8 @@ class Daemon:
         loop = self._loop = asyncio.get_running_loop()
         config = self.config
         self.detector = WakeWordDetector(config.wake)
-        self._audio = self.edges.audio or open_backend(config.audio)
+        # Opening devices makes PortAudio probe them (50-300 ms): keep the loop free meanwhile.
+        self._audio = self.edges.audio or await asyncio.to_thread(open_backend, config.audio)
         self.systemd = Systemd(loop)
         self.leds = StatusLeds(config.leds, self.edges.pin_factory)
         self.cues = Cues(config.sounds, self._play_cue)
