@@ -300,3 +300,116 @@ def server_event_types() -> set[str]:
 
     members = typing.get_args(typing.get_args(RealtimeServerEvent)[0])
     return {typing.get_args(m.model_fields["type"].annotation)[0] for m in members}
+
+
+async def spawn_server(
+    module: str, *args: str, env: dict[str, str] | None = None, timeout: float = 10.0
+) -> tuple[asyncio.subprocess.Process, str, float, list[str]]:
+    """Start `wakertc.<module>.main` in a child; wait for its ready line.
+
+    Returns the process, the URL from `listening on URL`, the seconds it took, and the stderr
+    lines read so far.
+    """
+    import os
+    import sys
+    import time
+
+    code = f"import sys; from wakertc.{module} import main; sys.exit(main(sys.argv[1:]))"
+    began = time.monotonic()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        code,
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+    )
+    assert proc.stderr is not None
+    lines: list[str] = []
+    async with asyncio.timeout(timeout):
+        while True:
+            raw = await proc.stderr.readline()
+            if not raw:
+                await proc.wait()
+                raise AssertionError(f"exited {proc.returncode} before ready: {''.join(lines)}")
+            line = raw.decode()
+            lines.append(line)
+            found = re.search(r"listening on (https?://\S+)", line)
+            if found:
+                return proc, found.group(1), time.monotonic() - began, lines
+
+
+async def stop_server(proc: asyncio.subprocess.Process, sig: int) -> tuple[int, float, str]:
+    """Signal a child started by `spawn_server`; returns (exit code, seconds, rest of stderr)."""
+    import time
+
+    assert proc.stderr is not None
+    began = time.monotonic()
+    proc.send_signal(sig)
+    rest = await asyncio.wait_for(proc.stderr.read(), 10)
+    code = await asyncio.wait_for(proc.wait(), 10)
+    return code, time.monotonic() - began, rest.decode()
+
+
+async def run_command(
+    module: str, *args: str, env: dict[str, str] | None = None
+) -> tuple[int, str, str]:
+    """Run `wakertc.<module>.main` to completion; returns (exit code, stdout, stderr)."""
+    import os
+    import sys
+
+    code = f"import sys; from wakertc.{module} import main; sys.exit(main(sys.argv[1:]))"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        code,
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+def self_signed_cert(directory: Path, host: str = "127.0.0.1") -> tuple[Path, Path]:
+    """A self-signed certificate for `host` (an IP SAN), written as PEM; returns (cert, key)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(host))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    key_path.chmod(0o600)
+    return cert_path, key_path
