@@ -94,8 +94,6 @@ class Daemon:
         loop = self._loop = asyncio.get_running_loop()
         config = self.config
         self.detector = WakeWordDetector(config.wake)
-        # Opening devices makes PortAudio probe them (50-300 ms): keep the loop free meanwhile.
-        self._audio = self.edges.audio or await asyncio.to_thread(open_backend, config.audio)
         self.systemd = Systemd(loop)
         self.leds = StatusLeds(config.leds, self.edges.pin_factory)
         self.cues = Cues(config.sounds, self._play_cue)
@@ -114,9 +112,12 @@ class Daemon:
         )
         self.keys = KeyKeeper(companion)
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(config.session.connect_timeout_s))
+        # Opening devices makes PortAudio probe them (50-300 ms): keep the loop free meanwhile.
+        audio = self.edges.audio or await asyncio.to_thread(open_backend, config.audio)
+        self._audio = audio
         try:
-            self._audio.on_error = self._audio_failed
-            self._audio.start(loop, self._on_frame)
+            audio.on_error = self._audio_failed
+            audio.start(loop, self._on_frame)
             self._spawn(self.keys.run(), "key-keeper")
             self.phases.transition(Phase.IDLE, "listening for the wake word")
             self.systemd.ready()

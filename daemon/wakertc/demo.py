@@ -23,7 +23,7 @@ import wave
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -166,7 +166,7 @@ async def run_demo(
     faults: list[str],
     models_dir: Path,
     workdir: Path,
-    reply: str = "speech",
+    reply: Literal["echo", "tone", "speech"] = "speech",
     timeout_s: float = 60.0,
     stream: Any = sys.stdout,
 ) -> DemoResult:
