@@ -113,7 +113,9 @@ class Daemon:
         self.keys = KeyKeeper(companion)
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(config.session.connect_timeout_s))
         # Opening devices makes PortAudio probe them (50-300 ms): keep the loop free meanwhile.
-        audio = self.edges.audio or await asyncio.to_thread(open_backend, config.audio)
+        audio = self.edges.audio
+        if audio is None:
+            audio = await asyncio.to_thread(open_backend, config.audio)
         self._audio = audio
         try:
             audio.on_error = self._audio_failed
