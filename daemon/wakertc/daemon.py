@@ -141,7 +141,7 @@ class Daemon:
         if self._conversation_task is not None:
             self._conversation_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(self._conversation_task, 2.0)
+                await asyncio.wait_for(self._conversation_task, 1.5)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

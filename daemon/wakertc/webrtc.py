@@ -216,7 +216,7 @@ class RealtimeCall:
                 await self._http.post(
                     f"{self._calls_url}/{self.call_id}/hangup",
                     headers={"Authorization": f"Bearer {self._key}"},
-                    timeout=2.0,
+                    timeout=1.0,  # never hold up a shutdown or the next wake
                 )
             except httpx.HTTPError as exc:
                 log.debug("hang-up request failed: %s", exc)
