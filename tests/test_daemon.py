@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from notify_server import NotifyServer
 from speech import synth, write_wav
 
