@@ -413,3 +413,38 @@ def self_signed_cert(directory: Path, host: str = "127.0.0.1") -> tuple[Path, Pa
     )
     key_path.chmod(0o600)
     return cert_path, key_path
+
+
+def companion_config_file(directory: Path, upstream_url: str, extra: str = "") -> Path:
+    """A companion config using `upstream_url` and the standard key `KEY` from a key file.
+
+    `extra` is TOML appended inside the file; it may add keys to [server], [upstream],
+    [session] or [limits] by restating those tables' keys (see the tests).
+    """
+    key_file = directory / "openai-key"
+    key_file.write_text(KEY + "\n")
+    key_file.chmod(0o600)
+    sections = _parse_sections(extra)
+    server = sections.pop("server", "")
+    upstream = sections.pop("upstream", "")
+    text = (
+        f"[server]\nport = 0\n{server}\n"
+        f'[upstream]\nurl = "{upstream_url}"\napi_key_file = "openai-key"\n{upstream}\n'
+        + "".join(f"[{name}]\n{body}\n" for name, body in sections.items())
+    )
+    path = directory / "companion.toml"
+    path.write_text(text)
+    return path
+
+
+def _parse_sections(extra: str) -> dict[str, str]:
+    sections: dict[str, str] = {}
+    current = None
+    for line in extra.strip().splitlines():
+        header = re.fullmatch(r"\[([a-z_.]+)\]", line.strip())
+        if header:
+            current = header.group(1)
+            sections.setdefault(current, "")
+        elif current is not None:
+            sections[current] += line + "\n"
+    return sections

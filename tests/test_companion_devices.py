@@ -1,0 +1,88 @@
+"""Device tokens (stored as hashes only) and the rate limiter."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+import pytest
+
+from wakertc.companion import DeviceError, DeviceStore
+from wakertc.companion.devices import token_hash
+from wakertc.companion.ratelimit import RateLimiter, TokenBucket
+
+
+def test_tokens_are_shown_once_and_stored_as_hashes(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "devices.json"
+    store = DeviceStore(path)
+    token = store.add("kitchen")
+    assert token.startswith("wkd_") and len(token) > 40
+    raw = path.read_text()
+    assert token not in raw
+    data = json.loads(raw)
+    assert data["devices"]["kitchen"]["sha256"] == token_hash(token)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert store.identify(token) == "kitchen"
+    assert store.identify(token + "x") is None
+    assert store.identify("") is None
+    other = store.add("hall")
+    assert other != token
+    assert store.identify(other) == "hall"
+    assert store.names() == ["hall", "kitchen"]
+
+
+def test_remove_revokes_and_other_processes_see_changes(tmp_path: Path) -> None:
+    path = tmp_path / "devices.json"
+    server_view = DeviceStore(path)
+    assert server_view.names() == []
+    token = DeviceStore(path).add("kitchen")  # e.g. `add-device` in another process
+    assert server_view.identify(token) == "kitchen"
+    DeviceStore(path).remove("kitchen")
+    assert server_view.identify(token) is None
+    with pytest.raises(DeviceError, match="no device 'kitchen'"):
+        server_view.remove("kitchen")
+
+
+@pytest.mark.parametrize("name", ["", "-x", "a b", "x" * 65, "../etc"])
+def test_bad_names(tmp_path: Path, name: str) -> None:
+    with pytest.raises(DeviceError, match="device name"):
+        DeviceStore(tmp_path / "d.json").add(name)
+
+
+def test_duplicate_and_corrupt(tmp_path: Path) -> None:
+    path = tmp_path / "d.json"
+    store = DeviceStore(path)
+    store.add("kitchen")
+    with pytest.raises(DeviceError, match="already exists"):
+        store.add("kitchen")
+    path.write_text("{broken")
+    with pytest.raises(DeviceError, match="not JSON"):
+        DeviceStore(path).names()
+    path.write_text('{"devices": []}')
+    with pytest.raises(DeviceError, match="expected"):
+        DeviceStore(path).names()
+
+
+def test_bucket_bursts_then_refills() -> None:
+    now = [0.0]
+    bucket = TokenBucket(6, clock=lambda: now[0])  # one token every 10 s
+    assert [bucket.take() for _ in range(6)] == [0.0] * 6
+    assert bucket.take() == pytest.approx(10.0)
+    now[0] += 5
+    assert bucket.take() == pytest.approx(5.0)
+    now[0] += 5
+    assert bucket.take() == 0.0
+
+
+def test_limiter_per_device_and_global() -> None:
+    now = [0.0]
+    limiter = RateLimiter(per_device_per_minute=2, global_per_minute=3, clock=lambda: now[0])
+    assert limiter.check("a") == 0 and limiter.check("a") == 0
+    assert limiter.check("a") == 30  # a's bucket: 2/min, next token in 30 s
+    assert limiter.check("b") == 0  # b has its own bucket ...
+    assert limiter.check("c") == 20  # ... but the global 3/min is spent
+    assert limiter.check("c") == 20  # refusal by the global bucket did not cost c its token
+    now[0] += 20
+    assert limiter.check("c") == 0

@@ -1,0 +1,218 @@
+"""The companion's HTTP API against a real emulator as upstream: minting, auth, limits, upstream
+failures, the browser route, HTTPS and what gets logged."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import socket
+import ssl
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from emulator_helpers import KEY, companion_config_file, running_emulator, self_signed_cert
+from wakertc.companion import Companion, DeviceStore, load_companion_config
+
+
+@contextlib.asynccontextmanager
+async def running_companion(
+    tmp_path: Path, upstream: str, extra: str = "", clock: Callable[[], float] | None = None
+) -> AsyncIterator[tuple[Companion, str]]:
+    """A companion with one device, `kitchen`; yields it and the device's token."""
+    config = load_companion_config(companion_config_file(tmp_path, upstream, extra))
+    token = DeviceStore(config.devices_file).add("kitchen")
+    kwargs: dict[str, Any] = {"clock": clock} if clock else {}
+    async with Companion(config, **kwargs) as companion:
+        yield companion, token
+
+
+async def session(url: str, token: str | None, **kwargs: Any) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with httpx.AsyncClient(timeout=10, **kwargs) as http:
+        return await http.post(url + "/v1/session", headers=headers, json={})
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def test_device_gets_a_key_with_the_owners_policy(tmp_path: Path) -> None:
+    extra = '[session]\nvoice = "coral"\ninstructions = "Owner says hi."\nkey_lifetime_s = 120\n'
+    async with (
+        running_emulator() as emu,
+        running_companion(tmp_path, emu.url, extra) as (companion, token),
+    ):
+        assert companion.url.startswith("http://127.0.0.1:")
+        response = await session(companion.url, token)
+        assert response.status_code == 200
+        assert response.headers["Cache-Control"] == "no-store"
+        body = response.json()
+        assert set(body) == {"value", "expires_at", "session", "client_secret"}
+        assert body["value"].startswith("ek_")
+        assert body["client_secret"] == {"value": body["value"], "expires_at": body["expires_at"]}
+        assert abs(body["expires_at"] - (time.time() + 120)) < 3
+        assert body["session"]["audio"]["output"]["voice"] == "coral"
+        assert body["session"]["instructions"] == "Owner says hi."
+        assert body["session"]["audio"]["input"]["noise_reduction"] == {"type": "far_field"}
+        async with httpx.AsyncClient() as http:
+            assert (await http.get(companion.url + "/healthz")).json() == {"status": "ok"}
+
+
+async def test_unknown_missing_and_revoked_tokens_get_401(tmp_path: Path) -> None:
+    async with (
+        running_emulator() as emu,
+        running_companion(tmp_path, emu.url) as (companion, token),
+    ):
+        for bad in (None, "wkd_not-a-device", token[:-1]):
+            response = await session(companion.url, bad)
+            assert response.status_code == 401
+            assert response.headers["WWW-Authenticate"] == "Bearer"
+            error = response.json()["error"]
+            assert (
+                error["code"] == "invalid_device_token" and error["type"] == "invalid_request_error"
+            )
+        # Devices added and removed while the server runs take effect without a restart.
+        store = DeviceStore(companion.config.devices_file)
+        hall = store.add("hall")
+        assert (await session(companion.url, hall)).status_code == 200
+        store.remove("kitchen")
+        assert (await session(companion.url, token)).status_code == 401
+
+
+async def test_rate_limits_answer_429_with_retry_after(tmp_path: Path) -> None:
+    now = [1000.0]
+    extra = "[limits]\nper_device_per_minute = 2\nglobal_per_minute = 3\n"
+    async with (
+        running_emulator() as emu,
+        running_companion(tmp_path, emu.url, extra, clock=lambda: now[0]) as (companion, token),
+    ):
+        assert [(await session(companion.url, token)).status_code for _ in range(2)] == [200, 200]
+        limited = await session(companion.url, token)
+        assert limited.status_code == 429
+        assert limited.headers["Retry-After"] == "30"
+        assert limited.json()["error"]["code"] == "rate_limit_exceeded"
+        other = DeviceStore(companion.config.devices_file).add("hall")
+        assert (await session(companion.url, other)).status_code == 200  # its own budget
+        third = DeviceStore(companion.config.devices_file).add("attic")
+        global_limited = await session(companion.url, third)  # but the global 3/min is spent
+        assert global_limited.status_code == 429
+        assert int(global_limited.headers["Retry-After"]) >= 1
+        now[0] += 30
+        assert (await session(companion.url, token)).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("fault", "status", "needle"),
+    [
+        ("mint-500", 502, "status 500"),
+        ("mint-429", 502, "status 429"),
+        ("mint-slow=2", 504, "did not answer within 0.3 s"),
+    ],
+)
+async def test_upstream_failures_map_to_502_and_504(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, fault: str, status: int, needle: str
+) -> None:
+    caplog.set_level(logging.INFO, logger="wakertc.companion")
+    extra = "[upstream]\ntimeout_s = 0.3\n"
+    async with (
+        running_emulator(faults=(fault,)) as emu,
+        running_companion(tmp_path, emu.url, extra) as (companion, token),
+    ):
+        began = time.monotonic()
+        response = await session(companion.url, token)
+        assert response.status_code == status
+        error = response.json()["error"]
+        assert needle in error["message"]
+        assert error["type"] == "upstream_error"
+        if status == 504:
+            assert time.monotonic() - began < 1.5
+        mint_lines = [r.getMessage() for r in caplog.records if "mint for device" in r.getMessage()]
+        assert len(mint_lines) == 1
+        assert mint_lines[0].startswith("mint for device kitchen: upstream")
+
+
+async def test_upstream_unreachable_or_refusing_our_key(tmp_path: Path) -> None:
+    async with running_companion(tmp_path, f"http://127.0.0.1:{free_port()}") as (companion, token):
+        response = await session(companion.url, token)
+        assert response.status_code == 502
+        assert "unreachable" in response.json()["error"]["message"]
+    async with (
+        running_emulator(api_key="sk-a-different-key") as emu,
+        running_companion(
+            tmp_path / "x" if (tmp_path / "x").mkdir() is None else tmp_path, emu.url
+        ) as (companion, token),
+    ):
+        response = await session(companion.url, token)
+        assert response.status_code == 502
+        message = response.json()["error"]["message"]
+        assert "status 401" in message and "invalid_api_key" in message
+
+
+async def test_browser_route_is_off_unless_enabled(tmp_path: Path) -> None:
+    async with running_emulator() as emu:
+        async with (
+            running_companion(tmp_path, emu.url) as (companion, _),
+            httpx.AsyncClient() as http,
+        ):
+            assert (await http.get(companion.url + "/session")).status_code == 404
+        extra = '[server]\nbrowser_session = true\nbrowser_origin = "https://page.example"\n'
+        enabled = tmp_path / "enabled"
+        enabled.mkdir()
+        async with (
+            running_companion(enabled, emu.url, extra) as (companion, _),
+            httpx.AsyncClient() as http,
+        ):
+            response = await http.get(companion.url + "/session")
+            assert response.status_code == 200
+            assert response.headers["Access-Control-Allow-Origin"] == "https://page.example"
+            assert response.json()["client_secret"]["value"].startswith("ek_")
+
+
+async def test_https_with_a_self_signed_certificate(tmp_path: Path) -> None:
+    cert, key = self_signed_cert(tmp_path)
+    extra = f'[server]\ntls_cert = "{cert}"\ntls_key = "{key}"\n'
+    async with (
+        running_emulator() as emu,
+        running_companion(tmp_path, emu.url, extra) as (companion, token),
+    ):
+        assert companion.url.startswith("https://127.0.0.1:")
+        trusted = ssl.create_default_context(cafile=str(cert))
+        response = await session(companion.url, token, verify=trusted)
+        assert response.status_code == 200
+        with pytest.raises(httpx.ConnectError):
+            await session(companion.url, token)  # not trusted by the system CAs
+        plain = companion.url.replace("https://", "http://")
+        with pytest.raises(httpx.HTTPError):
+            await session(plain, token)
+
+
+async def test_one_log_line_per_mint_and_no_secrets(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    extra = "[limits]\nper_device_per_minute = 1\n"
+    async with (
+        running_emulator() as emu,
+        running_companion(tmp_path, emu.url, extra) as (companion, token),
+    ):
+        minted = (await session(companion.url, token)).json()["value"]
+        await session(companion.url, token)  # rate limited
+        await session(companion.url, "wkd_wrong")
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("wakertc.companion")]
+    mints = [line for line in lines if line.startswith("mint")]
+    assert mints[1:] == [
+        "mint for device kitchen: rate limited (retry in 60 s)",
+        "mint refused: unknown device token (from 127.0.0.1)",
+    ]
+    assert re.fullmatch(r"mint for device kitchen: ok \(valid 6\d\d s, \d+ ms\)", mints[0])
+    everything = "\n".join(r.getMessage() for r in caplog.records) + caplog.text
+    for secret in (token, KEY, minted, "wkd_wrong"):
+        assert secret not in everything
