@@ -144,11 +144,11 @@ async def test_upstream_unreachable_or_refusing_our_key(tmp_path: Path) -> None:
         response = await session(companion.url, token)
         assert response.status_code == 502
         assert "unreachable" in response.json()["error"]["message"]
+    second = tmp_path / "second"
+    second.mkdir()
     async with (
         running_emulator(api_key="sk-a-different-key") as emu,
-        running_companion(
-            tmp_path / "x" if (tmp_path / "x").mkdir() is None else tmp_path, emu.url
-        ) as (companion, token),
+        running_companion(second, emu.url) as (companion, token),
     ):
         response = await session(companion.url, token)
         assert response.status_code == 502
