@@ -23,7 +23,7 @@ import wave
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -31,6 +31,10 @@ from numpy.typing import NDArray
 from .config import LedPattern, load_config
 from .measure import read_wav, received_ratio, write_wav
 from .state import Phase, Transition
+
+if TYPE_CHECKING:
+    from .companion import Companion
+    from .emulator import Emulator, EmulatorOptions
 
 log = logging.getLogger(__name__)
 
@@ -173,9 +177,8 @@ async def run_demo(
     """Run emulator, companion and daemon together; return what happened."""
     from gpiozero.pins.mock import MockFactory, MockPWMPin
 
-    from .companion import Companion, DeviceStore, load_companion_config
     from .daemon import Daemon, Edges
-    from .emulator import Emulator, EmulatorOptions
+    from .emulator import EmulatorOptions
 
     demo_input = describe_input(input_wav) if input_wav else make_default_input(workdir / "in.wav")
     record_dir = workdir / "recording"
@@ -192,26 +195,15 @@ async def run_demo(
         faults=tuple(faults),
     )
     async with contextlib.AsyncExitStack() as stack:
-        emulator = Emulator(options)
-        emulator_url = await emulator.start()
-        stack.push_async_callback(emulator.stop)
-        companion_config_path = _write_companion_config(workdir, emulator_url)
-        companion_config = load_companion_config(companion_config_path)
-        token = DeviceStore(companion_config.devices_file).add("demo-device")
-        companion = Companion(companion_config, api_key=DEMO_API_KEY)
-        companion_url = await companion.start()
-        stack.push_async_callback(companion.stop)
-        token_file = workdir / "device-token"
-        token_file.write_text(token + "\n")
-        token_file.chmod(0o600)
-        config_path = _write_device_config(
+        services = await start_services(stack, workdir, options)
+        config_path = write_device_config(
             workdir,
             demo_input.path,
             output_wav,
             models_dir,
-            companion_url,
-            emulator_url,
-            token_file,
+            services.companion.url,
+            services.emulator.url,
+            services.token_file,
         )
         config = load_config(config_path)
 
@@ -289,7 +281,47 @@ def _duration(path: Path) -> float:
         return 0.0
 
 
-def _write_companion_config(workdir: Path, emulator_url: str) -> Path:
+@dataclass
+class Services:
+    """The emulator and the companion, running on loopback, and the device's token file."""
+
+    emulator: Emulator
+    companion: Companion
+    token_file: Path
+
+
+async def start_services(
+    stack: contextlib.AsyncExitStack,
+    workdir: Path,
+    options: EmulatorOptions,
+    *,
+    companion_extra: str = "",
+) -> Services:
+    """Start the emulator and a companion minting from it (both stopped by `stack`).
+
+    A device is registered with the companion and its token written to `workdir/device-token`.
+    `companion_extra` is TOML appended to the companion's config (e.g. a `[session]` policy).
+    """
+    from .companion import Companion, DeviceStore, load_companion_config
+    from .emulator import Emulator
+
+    emulator = Emulator(options)
+    emulator_url = await emulator.start()
+    stack.push_async_callback(emulator.stop)
+    companion_config_path = write_companion_config(workdir, emulator_url, extra=companion_extra)
+    companion_config = load_companion_config(companion_config_path)
+    token = DeviceStore(companion_config.devices_file).add("demo-device")
+    companion = Companion(companion_config, api_key=options.api_key)
+    await companion.start()
+    stack.push_async_callback(companion.stop)
+    token_file = workdir / "device-token"
+    token_file.write_text(token + "\n")
+    token_file.chmod(0o600)
+    return Services(emulator, companion, token_file)
+
+
+def write_companion_config(workdir: Path, emulator_url: str, *, extra: str = "") -> Path:
+    """A companion config minting from the emulator at `emulator_url`; returns its path."""
     path = workdir / "companion.toml"
     path.write_text(
         f"""
@@ -303,12 +335,13 @@ url = "{emulator_url}"
 [devices]
 file = "{workdir / "devices.json"}"
 """
+        + extra
     )
     path.chmod(0o600)
     return path
 
 
-def _write_device_config(
+def write_device_config(
     workdir: Path,
     input_wav: Path,
     output_wav: Path,
@@ -317,6 +350,7 @@ def _write_device_config(
     emulator_url: str,
     token_file: Path,
 ) -> Path:
+    """The demo's device config: file audio, mock-GPIO LED and button, loopback services."""
     path = workdir / "wakertc.toml"
     path.write_text(
         f"""
