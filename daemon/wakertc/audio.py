@@ -260,6 +260,7 @@ class _PlaybackQueue:
         self._fade_head: Float32Array | None = None  # set by clear(): the last bit to play
         self._playing = False  # the last block ended in queued audio, not in silence
         self._last = 0.0
+        self._audio_queued = threading.Event()
 
     @property
     def queued_s(self) -> float:
@@ -280,6 +281,20 @@ class _PlaybackQueue:
                 self._waiting_since = time.monotonic()
             self._chunks.append(scaled)
             self._queued += len(scaled)
+        self._audio_queued.set()
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and nothing still sounding (the last block ended in silence)."""
+        return not self._queued and not self._playing and self._fade_head is None and not self._last
+
+    def wait_for_audio(self, stop: threading.Event) -> None:
+        """Block until `put` queues audio or `stop` is set."""
+        while not stop.is_set():
+            if self._audio_queued.wait(0.25):
+                self._audio_queued.clear()
+                if self._queued:
+                    return
 
     def clear(self) -> None:
         with self._lock:
@@ -346,16 +361,20 @@ class _RenderTap:
 
     def __init__(self, backend: AudioBackend) -> None:
         self._backend = backend
-        self._resampler = soxr.ResampleStream(PLAYBACK_RATE, CAPTURE_RATE, 1, quality=_QUALITY)
+        self._resampler: Any = None  # made when a listener attaches: no stale tail, no idle cost
         self._chunker = _Chunker(RENDER_CHUNK, np.float32)
         self._failures = 0
 
     def push(self, block: Float32Array) -> None:
-        # Converted even with no listener, so one attached later (the daemon toggles AEC) gets
-        # current audio, not a stale resampler tail.
-        ready = self._chunker.push(self._resampler.resample_chunk(block))
         callback = self._backend.on_render
-        if callback is None or not len(ready):
+        if callback is None:
+            self._resampler = None
+            return
+        if self._resampler is None:
+            self._resampler = soxr.ResampleStream(PLAYBACK_RATE, CAPTURE_RATE, 1, quality=_QUALITY)
+            self._chunker = _Chunker(RENDER_CHUNK, np.float32)
+        ready = self._chunker.push(self._resampler.resample_chunk(block))
+        if not len(ready):
             return
         try:
             callback(_to_int16(ready))
@@ -552,6 +571,11 @@ class FileBackend(AudioBackend):
         n = 0
         try:
             while True:
+                if self._queue.idle and self.on_render is None:
+                    # Nothing to play and nobody listening: sleep until play() instead of
+                    # ticking 50 times a second while the daemon waits for its wake word.
+                    self._queue.wait_for_audio(self._stop)
+                    t0, n = time.monotonic() - _BLOCK_S, 0
                 n += 1
                 if self._stop.wait(max(0.0, t0 + n * _BLOCK_S - time.monotonic())):
                     return
