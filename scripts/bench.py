@@ -1,0 +1,508 @@
+#!/usr/bin/env python3
+"""wakertc benchmarks: each figure beside a reference measured in the same run.
+
+    .venv/bin/python scripts/bench.py [--quick] [--json] [--sessions N]
+
+Progress goes to stderr; with --json one JSON object goes to stdout. Figures:
+
+- `start_to_ready_s`: spawn of `wakertc run` (file backend) to READY=1 on a real NOTIFY_SOCKET,
+  median of several starts; reference: spawn to a constructed stock `openwakeword.Model`.
+- `idle_rss_mb`: VmRSS of that daemon after listening to a noise floor for a while; reference:
+  the stock package's predict-loop process. Then `rss_after_first_conversation_mb` and
+  `rss_after_n_conversations_mb`, the same daemon after real "hey jarvis, what time is it"
+  conversations (reference: its idle RSS).
+- `idle_cpu_s_per_min`: the daemon's utime+stime per minute of listening, over the same wall-clock
+  window as the stock `Model.predict` loop fed the same audio in real time (the reference).
+- `wake_to_live_ms`: wake (here `Daemon.start_conversation()`, as the button does) to
+  `session.updated` against the emulator and companion on loopback, in this process; reference:
+  two bare aiortc peers on loopback connecting and round-tripping a data-channel message. The
+  runs alternate, so both see the same machine load. `wake_to_live_wake_word_ms`: the same, from
+  real wake-word detections in the `wakertc run` process (its "session live" log lines).
+- `utterance_received_ratio`: `wakertc.demo.run_demo` (the wake phrase and a question in one
+  breath); the share of the question the emulator recorded. Reference: all of it (1.0).
+
+Figures are medians or percentiles because this machine is shared: other processes compete for its
+two cores, so single samples are noisy. `--quick` (< 60 s) uses fewer samples than the full run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import logging
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+try:
+    import wakertc  # noqa: F401
+except ImportError:  # run by a Python without the package: use the project's virtualenv
+    VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
+    if VENV_PYTHON.exists() and Path(sys.executable) != VENV_PYTHON:
+        os.execv(VENV_PYTHON, [str(VENV_PYTHON), *sys.argv])
+    raise
+
+import numpy as np  # noqa: E402
+
+from bench_live import (  # noqa: E402
+    LiveSessions,
+    Stack,
+    aiortc_round_trip,
+    make_idle_input,
+    write_daemon_config,
+)
+from bench_procs import DaemonProcess, ReferenceProcess, cpu_s, rss_mb, venv_bin  # noqa: E402
+from wakertc.demo import run_demo  # noqa: E402
+from wakertc.measure import write_wav  # noqa: E402
+
+IDLE_RSS_LIMIT_MB = 120.0
+READY_LIMIT_S = 1.5
+IDLE_CPU_LIMIT_RATIO = 1.2
+WAKE_TO_LIVE_LIMIT_RATIO = 1.5
+UTTERANCE_LIMIT = 0.95
+# Conversations in the daemon process end this long after the reply (emulator: a 0.8 s tone).
+IDLE_TIMEOUT_S = 0.5
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How many samples of each kind a run takes."""
+
+    name: str
+    ready_runs: int
+    settle_s: float  # after READY, before the idle window (the echo canceller loads meanwhile)
+    idle_window_s: float
+    conversations: int  # wake phrases said to the `wakertc run` process
+    cycle_s: float  # one wake phrase every cycle_s seconds of microphone audio
+    live_sessions: int
+    demos: int
+
+
+QUICK = Plan(
+    name="quick",
+    ready_runs=3,
+    settle_s=2.5,
+    idle_window_s=8.0,
+    conversations=3,
+    cycle_s=5.0,
+    live_sessions=10,
+    demos=1,
+)
+FULL = Plan(
+    name="full",
+    ready_runs=7,
+    settle_s=5.0,
+    idle_window_s=60.0,
+    conversations=50,
+    cycle_s=5.0,
+    live_sessions=30,
+    demos=3,
+)
+
+
+class Progress:
+    """Timestamped progress lines on stderr."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+
+    def __call__(self, message: str) -> None:
+        print(f"[bench {time.monotonic() - self.started:6.1f} s] {message}", file=sys.stderr)
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds since the bench started."""
+        return time.monotonic() - self.started
+
+
+def figure(
+    value: float,
+    reference: float,
+    *,
+    unit: str,
+    reference_name: str,
+    target: str | None,
+    met: bool | None,
+    ratio: float | None = None,
+    **details: Any,
+) -> dict[str, Any]:
+    """One figure beside its reference, the ratio and whether its target is met."""
+    return {
+        "value": round(value, 4),
+        "unit": unit,
+        "reference": round(reference, 4),
+        "reference_name": reference_name,
+        "ratio": round(ratio if ratio is not None else value / reference, 4),
+        "target": target,
+        "met": met,
+        **details,
+    }
+
+
+def p50_p90(samples: list[float]) -> tuple[float, float]:
+    """Median and 90th percentile."""
+    return statistics.median(samples), float(np.percentile(samples, 90))
+
+
+async def daemon_process_figures(
+    plan: Plan, stack: Stack, workdir: Path, models_dir: Path, say: Progress
+) -> dict[str, dict[str, Any]]:
+    """READY, idle RSS and CPU, then real conversations: the `wakertc run` process."""
+    # The wake phrases start after the idle window, with a margin for the reference's start.
+    idle_s = plan.settle_s + plan.idle_window_s + 2.0
+    wav = workdir / "mic.wav"
+    make_idle_input(wav, idle_s, plan.conversations, plan.cycle_s)
+    config = write_daemon_config(
+        workdir / "wakertc.toml",
+        stack,
+        input_wav=wav,
+        output_wav=workdir / "speaker.wav",
+        models_dir=models_dir,
+        idle_timeout_s=IDLE_TIMEOUT_S,
+    )
+    wakertc = venv_bin("wakertc")
+    ready: list[float] = []
+    stops: list[float] = []
+    for run in range(plan.ready_runs - 1):
+        daemon = DaemonProcess(wakertc, config, workdir / f"notify-{run}")
+        ready.append(await daemon.start())
+        stops.append(await daemon.stop())
+        say(f"start {run + 1}: READY=1 after {ready[-1]:.3f} s, stopped in {stops[-1]:.2f} s")
+
+    # Loaded before the last daemon starts, so its import does not compete with that start.
+    reference = ReferenceProcess(
+        Path(sys.executable), wav, models_dir, plan.idle_window_s, workdir / "oww.log"
+    )
+    reference_start = await reference.start()
+    say(f"stock openwakeword Model ready {reference_start:.2f} s after spawn")
+
+    daemon = DaemonProcess(wakertc, config, workdir / "notify-final")
+    ready.append(await daemon.start())
+    say(f"start {plan.ready_runs}: READY=1 after {ready[-1]:.3f} s; listening")
+    try:
+        try:
+            idle = await idle_window(plan, daemon, reference, say)
+        finally:
+            await reference.stop()
+        audio_started = daemon.spawned_at + ready[-1]
+        talk = await conversations(plan, daemon, audio_started + idle_s, say)
+    finally:
+        stops.append(await daemon.stop())
+    log_copy = os.environ.get("WAKERTC_BENCH_LOG")  # for looking into a surprising figure
+    if log_copy:
+        await asyncio.to_thread(Path(log_copy).write_text, "\n".join(daemon.log) + "\n")
+
+    idle_rss = idle["rss"]
+    figures = {
+        "start_to_ready_s": figure(
+            statistics.median(ready),
+            reference_start,
+            unit="s",
+            reference_name="spawn to a constructed stock openwakeword.Model (tflite)",
+            target=f"<= {READY_LIMIT_S} s",
+            met=statistics.median(ready) <= READY_LIMIT_S,
+            samples=[round(s, 3) for s in ready],
+            stop_s_max=round(max(stops), 3),
+        ),
+        "idle_rss_mb": figure(
+            idle_rss,
+            idle["reference_rss"],
+            unit="MB",
+            reference_name="stock openwakeword predict-loop process",
+            target=f"<= {IDLE_RSS_LIMIT_MB:g} MB",
+            met=idle_rss <= IDLE_RSS_LIMIT_MB,
+            listened_s=round(idle["listened"], 1),
+        ),
+        "idle_cpu_s_per_min": figure(
+            idle["cpu_per_min"],
+            idle["reference_cpu_per_min"],
+            unit="CPU s per minute of listening",
+            reference_name="stock openwakeword Model.predict loop, same audio, real time",
+            target=f"ratio <= {IDLE_CPU_LIMIT_RATIO}",
+            met=idle["cpu_per_min"] <= IDLE_CPU_LIMIT_RATIO * idle["reference_cpu_per_min"],
+            window_s=round(idle["window"], 2),
+            reference_late_chunks=idle["late"],
+        ),
+    }
+    for name, value, n in (
+        ("rss_after_first_conversation_mb", talk["rss"][0], 1),
+        ("idle_rss_after_n_conversations_mb", talk["rss_final"], len(talk["rss"])),
+    ):
+        figures[name] = figure(
+            value,
+            idle_rss,
+            unit="MB",
+            reference_name="the same daemon's idle RSS before its first conversation",
+            target=f"<= {IDLE_RSS_LIMIT_MB:g} MB (listening again: the idle limit)",
+            met=value <= IDLE_RSS_LIMIT_MB,
+            n=n,
+        )
+    figures["idle_rss_after_n_conversations_mb"].update(
+        growth_since_first_mb=round(talk["rss_final"] - talk["rss"][0], 2),
+        rss_after_each_mb=[round(r, 1) for r in talk["rss"]],
+        missed_wake_phrases=talk["missed"],
+    )
+    figures["wake_to_live_ms"] = latency_figure(
+        daemon.wake_to_live_ms,
+        talk["reference_ms"],
+        how="real wake-word detections in the `wakertc run` process ('session live' log); "
+        "the first one after start included",
+        first_ms=daemon.wake_to_live_ms[0],
+    )
+    return figures
+
+
+async def idle_window(
+    plan: Plan, daemon: DaemonProcess, reference: ReferenceProcess, say: Progress
+) -> dict[str, float]:
+    """CPU of the daemon and the stock loop over the same wall-clock window, then both RSS."""
+    await asyncio.sleep(plan.settle_s)
+    daemon_cpu = cpu_s(daemon.pid)
+    started = time.monotonic()
+    await reference.go()
+    reference_cpu = cpu_s(reference.pid)
+    summary = await reference.result(plan.idle_window_s + 30.0)
+    window = time.monotonic() - started
+    daemon_cpu = cpu_s(daemon.pid) - daemon_cpu
+    reference_cpu = cpu_s(reference.pid) - reference_cpu
+    rss, reference_rss = rss_mb(daemon.pid), rss_mb(reference.pid)
+    if daemon.notify.matching("STATUS=wake"):
+        raise RuntimeError("the daemon woke during the idle window: its figures would be off")
+    say(
+        f"idle window {window:.1f} s: daemon {daemon_cpu:.2f} CPU s, {rss:.1f} MB; "
+        f"stock loop {reference_cpu:.2f} CPU s, {reference_rss:.1f} MB "
+        f"(max score {summary.get('max_score', 0):.3f})"
+    )
+    return {
+        "window": window,
+        "cpu_per_min": daemon_cpu * 60 / window,
+        "reference_cpu_per_min": reference_cpu * 60 / window,
+        "rss": rss,
+        "reference_rss": reference_rss,
+        "listened": time.monotonic() - daemon.spawned_at,
+        "late": float(summary.get("late", 0)),
+    }
+
+
+async def conversations(
+    plan: Plan, daemon: DaemonProcess, first_phrase_at: float, say: Progress
+) -> dict[str, Any]:
+    """Wait for each wake phrase's conversation; RSS after each, a bare round trip between."""
+    prefix = "STATUS=idle: conversation over"
+    rss: list[float] = []
+    reference_ms: list[float] = []
+    missed = 0
+    for k in range(plan.conversations):
+        deadline = first_phrase_at + (k + 1) * plan.cycle_s + 5.0
+        try:
+            await daemon.notify.wait_for(prefix, len(rss) + 1, max(deadline - time.monotonic(), 1))
+        except TimeoutError:
+            missed += 1
+            say(f"wake phrase {k + 1}: no complete conversation")
+            continue
+        rss.append(rss_mb(daemon.pid))
+        # The reference runs while the daemon listens again, under the same machine load.
+        await asyncio.sleep(0.3)  # the emulator's side of the call finishes closing
+        reference_ms.append(await aiortc_round_trip() * 1000)
+        done = len(rss)
+        if done == 1 or done % 10 == 0 or k + 1 == plan.conversations:
+            say(f"conversation {done}/{plan.conversations} over; RSS {rss[-1]:.1f} MB")
+    if not rss:
+        raise RuntimeError(f"none of the {plan.conversations} wake phrases led to a conversation")
+    await asyncio.sleep(2.0)  # listening again, nothing said
+    rss_final = rss_mb(daemon.pid)
+    return {"rss": rss, "rss_final": rss_final, "reference_ms": reference_ms, "missed": missed}
+
+
+async def in_process_sessions(
+    plan: Plan, stack: Stack, workdir: Path, models_dir: Path, say: Progress
+) -> tuple[list[float], list[float]]:
+    """Bare aiortc round trips alternating with in-process daemon conversations; both in ms."""
+    silence = workdir / "silence.wav"
+    write_wav(silence, np.zeros(16000, np.int16), 16000)
+    config = write_daemon_config(
+        workdir / "live.toml",
+        stack,
+        input_wav=silence,
+        output_wav=workdir / "live-speaker.wav",
+        models_dir=models_dir,
+        idle_timeout_s=0.3,
+    )
+    live = LiveSessions(config)
+    await live.start()
+    reference: list[float] = []
+    daemon: list[float] = []
+    try:
+        for n in range(plan.live_sessions):
+            reference.append(await aiortc_round_trip() * 1000)
+            await asyncio.sleep(0.1)  # let the peers' closing tasks finish before the next one
+            daemon.append(await live.converse() * 1000)
+            await asyncio.sleep(0.1)
+            if (n + 1) % 10 == 0 or n + 1 == plan.live_sessions:
+                say(f"{n + 1}/{plan.live_sessions} sessions and bare round trips")
+    finally:
+        await live.stop()
+    return reference, daemon
+
+
+async def utterance_figure(plan: Plan, workdir: Path, models_dir: Path, say: Progress) -> Any:
+    """`run_demo` a few times: the share of the speech after the wake word that was received."""
+    ratios: list[float] = []
+    wake_ms: list[float] = []
+    for n in range(plan.demos):
+        demo_dir = workdir / f"demo-{n}"
+        demo_dir.mkdir()
+        result = await run_demo(
+            input_wav=None,
+            output_wav=demo_dir / "reply.wav",
+            faults=[],
+            models_dir=models_dir,
+            workdir=demo_dir,
+            reply="tone",
+            timeout_s=40.0,
+            stream=io.StringIO(),
+        )
+        if not result.ok or result.utterance_received_ratio is None:
+            raise RuntimeError(f"demo {n + 1} failed: {result.as_json()}")
+        ratios.append(result.utterance_received_ratio)
+        if result.wake_to_live_ms is not None:
+            wake_ms.append(result.wake_to_live_ms)
+        say(f"demo {n + 1}/{plan.demos}: utterance received {ratios[-1]:.3f}")
+    return figure(
+        min(ratios),
+        1.0,
+        unit="share of the speech after the wake word",
+        reference_name="all of it (ideal)",
+        target=f">= {UTTERANCE_LIMIT}",
+        met=min(ratios) >= UTTERANCE_LIMIT,
+        min=min(ratios),
+        mean=round(statistics.mean(ratios), 4),
+        n=len(ratios),
+        samples=ratios,
+        demo_wake_to_live_ms=wake_ms,
+    )
+
+
+def latency_figure(samples: list[float], reference: list[float], **details: Any) -> Any:
+    """p50/p90 of a wake-to-live sample beside the bare handshake's."""
+    p50, p90 = p50_p90(samples)
+    ref50, ref90 = p50_p90(reference)
+    return figure(
+        p50,
+        ref50,
+        unit="ms (p50)",
+        reference_name="bare aiortc loopback handshake + data-channel round trip (p50)",
+        target=f"ratio of p50s <= {WAKE_TO_LIVE_LIMIT_RATIO}",
+        met=p50 <= WAKE_TO_LIVE_LIMIT_RATIO * ref50,
+        p50=round(p50, 1),
+        p90=round(p90, 1),
+        n=len(samples),
+        reference_p50=round(ref50, 1),
+        reference_p90=round(ref90, 1),
+        reference_n=len(reference),
+        samples=[round(x, 1) for x in samples],
+        reference_samples=[round(x, 1) for x in reference],
+        **details,
+    )
+
+
+async def bench(plan: Plan, say: Progress) -> dict[str, Any]:
+    """Run every measurement; the JSON report."""
+    models_dir = ROOT / "models"
+    load_before = os.getloadavg()
+    figures: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="wakertc-bench-") as tmp:
+        workdir = Path(tmp)
+        async with Stack(workdir) as stack:
+            say(f"emulator {stack.emulator_url}, companion {stack.companion_url}")
+            figures.update(await daemon_process_figures(plan, stack, workdir, models_dir, say))
+            reference, sessions = await in_process_sessions(plan, stack, workdir, models_dir, say)
+        figures["wake_to_live_in_process_ms"] = latency_figure(
+            sessions,
+            reference,
+            how="Daemon.start_conversation() (the button's path) in this process, beside the "
+            "emulator; silent input",
+        )
+        figures["utterance_received_ratio"] = await utterance_figure(plan, workdir, models_dir, say)
+    order = [
+        "start_to_ready_s",
+        "idle_rss_mb",
+        "idle_cpu_s_per_min",
+        "rss_after_first_conversation_mb",
+        "idle_rss_after_n_conversations_mb",
+        "wake_to_live_ms",
+        "wake_to_live_in_process_ms",
+        "utterance_received_ratio",
+    ]
+    ordered = {name: figures[name] for name in order}
+    targets = {name: f["met"] for name, f in ordered.items() if f["met"] is not None}
+    return {
+        "mode": plan.name,
+        "figures": ordered,
+        "targets_met": targets,
+        "all_targets_met": all(targets.values()),
+        "machine": {
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "loadavg_before": [round(x, 2) for x in load_before],
+            "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+            "note": "shared machine: other processes compete for the cores; figures are noisy",
+        },
+        "runtime_s": round(say.elapsed, 1),
+    }
+
+
+def print_table(report: dict[str, Any]) -> None:
+    """A human-readable summary on stderr."""
+    print(f"\n{'figure':<34}{'value':>12}{'reference':>12}{'ratio':>8}  target", file=sys.stderr)
+    for name, f in report["figures"].items():
+        verdict = "" if f["met"] is None else ("met" if f["met"] else "MISSED")
+        print(
+            f"{name:<34}{f['value']:>12.4g}{f['reference']:>12.4g}{f['ratio']:>8.3g}  "
+            f"{f['target'] or '-'} {verdict}",
+            file=sys.stderr,
+        )
+    print(f"runtime {report['runtime_s']} s ({report['mode']})", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the arguments, run the bench, print the report."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer samples, under a minute")
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    parser.add_argument(
+        "--sessions",
+        type=int,
+        metavar="N",
+        help="conversations in the daemon process (RSS after N) and wake-to-live sessions "
+        f"(default {QUICK.conversations}/{QUICK.live_sessions} quick, "
+        f"{FULL.conversations}/{FULL.live_sessions} full)",
+    )
+    args = parser.parse_args(argv)
+    plan = QUICK if args.quick else FULL
+    if args.sessions is not None:
+        if args.sessions < 1:
+            parser.error("--sessions must be at least 1")
+        plan = replace(plan, conversations=args.sessions, live_sessions=args.sessions)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    say = Progress()
+    report = asyncio.run(bench(plan, say))
+    print_table(report)
+    if args.json:
+        print(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

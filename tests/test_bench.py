@@ -1,0 +1,68 @@
+"""scripts/bench.py --quick --json: every figure is measured and reported beside its reference.
+
+The targets themselves are not asserted: timings on a loaded CI machine are not a unit-test
+matter. What is checked is that the bench runs end to end (real daemon process, real NOTIFY_SOCKET,
+the stock openwakeword loop, real WebRTC sessions, the demo) and that its report has the shape the
+README and the issue promise.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+FIGURES = {
+    "start_to_ready_s",
+    "idle_rss_mb",
+    "idle_cpu_s_per_min",
+    "rss_after_first_conversation_mb",
+    "idle_rss_after_n_conversations_mb",
+    "wake_to_live_ms",
+    "wake_to_live_in_process_ms",
+    "utterance_received_ratio",
+}
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def test_quick_bench_reports_every_figure_beside_its_reference() -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=110,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout)
+
+    assert report["mode"] == "quick"
+    assert set(report["figures"]) == FIGURES
+    for name, fig in report["figures"].items():
+        for key in ("value", "reference", "ratio"):
+            assert _number(fig[key]), (name, key, fig[key])
+        assert fig["value"] >= 0 and fig["reference"] > 0, (name, fig)
+        assert math.isclose(fig["ratio"], fig["value"] / fig["reference"], rel_tol=0.01), name
+        assert isinstance(fig["reference_name"], str) and fig["reference_name"], name
+        assert isinstance(fig["target"], str) and isinstance(fig["met"], bool), name
+        assert report["targets_met"][name] is fig["met"]
+    assert report["all_targets_met"] is all(report["targets_met"].values())
+
+    for name in ("wake_to_live_ms", "wake_to_live_in_process_ms"):
+        fig = report["figures"][name]
+        assert fig["p50"] <= fig["p90"] and fig["reference_p50"] <= fig["reference_p90"]
+        assert fig["n"] == len(fig["samples"]) >= 3
+        assert fig["reference_n"] == len(fig["reference_samples"]) >= 3
+    assert len(report["figures"]["start_to_ready_s"]["samples"]) >= 3
+    assert report["figures"]["idle_rss_mb"]["listened_s"] >= 5.0
+    utterance = report["figures"]["utterance_received_ratio"]
+    assert 0.0 <= utterance["min"] <= utterance["mean"] <= 1.0
+    # Progress went to stderr, so stdout held exactly the one JSON object.
+    assert "[bench" in done.stderr and done.stdout.count("\n") == 1
