@@ -32,8 +32,6 @@ from .webrtc import CallError, CallRejected, MicTrack, RealtimeCall
 
 log = logging.getLogger(__name__)
 
-# After a barge-in, audio still in flight from the cancelled reply is dropped for at most this long.
-DISCARD_AFTER_CANCEL_S = 0.5
 # Half-duplex: keep the microphone closed this long after the speaker stops (room reverb).
 HALF_DUPLEX_TAIL_S = 0.3
 # Received audio quieter than this peak (about -54 dBFS) outside a reply is not played.
@@ -113,7 +111,10 @@ class Conversation:
         self._ended: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._discard_audio_until = 0.0
+        # After a barge-in, the cancelled reply's audio still in flight (RTP, jitter buffer)
+        # arrives after the server's `output_audio_buffer.cleared`: drop received audio until the
+        # next response is created.
+        self._discarding = False
         self._speaker_quiet_since = 0.0
         self._ending_after_reply: str | None = None
         self._response_audio = False
@@ -210,7 +211,7 @@ class Conversation:
         self._send({"type": "response.cancel"})
         self._send({"type": "output_audio_buffer.clear"})
         self._audio.clear_playback()
-        self._discard_audio_until = time.monotonic() + DISCARD_AFTER_CANCEL_S
+        self._discarding = True
         self._speaker_quiet_since = time.monotonic()
         self._phases.transition(Phase.LISTENING, f"interrupted by {why}")
         self._arm("idle", self._session.idle_timeout_s, "idle timeout")
@@ -335,7 +336,7 @@ class Conversation:
         if self._phases.phase is Phase.SPEAKING:
             # The server interrupted its own reply for the user; stop what is still queued here.
             self._audio.clear_playback()
-            self._discard_audio_until = time.monotonic() + DISCARD_AFTER_CANCEL_S
+            self._discarding = True
         self._phases.transition(Phase.LISTENING, "user speaking")
 
     def _speech_stopped(self, event: dict[str, Any]) -> None:
@@ -344,6 +345,7 @@ class Conversation:
     def _response_created(self, event: dict[str, Any]) -> None:
         self._disarm("idle")
         self._response_audio = False
+        self._discarding = False
         if self._phases.phase is not Phase.SPEAKING:
             self._phases.transition(Phase.THINKING, "reply started")
 
@@ -362,7 +364,6 @@ class Conversation:
         self._arm("idle", self._session.idle_timeout_s, "idle timeout")
 
     def _speaking_cleared(self, event: dict[str, Any]) -> None:
-        self._discard_audio_until = 0.0
         self._speaker_quiet_since = time.monotonic()
 
     def _transcript_delta(self, event: dict[str, Any]) -> None:
@@ -446,7 +447,7 @@ class Conversation:
             log.debug("could not send %s: channel not open", event["type"])
 
     def _play(self, samples: NDArray[np.int16]) -> None:
-        if time.monotonic() < self._discard_audio_until:
+        if self._discarding:
             return
         # The remote track carries silence between replies; queueing it would keep the speaker
         # "busy" (and a half-duplex microphone closed) forever. Inside a reply, pauses play as sent.
