@@ -99,6 +99,15 @@ def envelope_correlation(sent: np.ndarray, received: np.ndarray) -> float:
     return float((full[valid] / overlap[valid]).max())
 
 
+def find_offset(haystack: np.ndarray, needle: np.ndarray) -> int:
+    """Where `needle` sits in `haystack` (in samples, 10 ms resolution), by envelope matching."""
+    a, b = envelope(needle), envelope(haystack)
+    a = a - a.mean()
+    b = b - b.mean()
+    scores = np.correlate(b, a, mode="valid")
+    return int(np.argmax(scores)) * 480
+
+
 class MicTrack(MediaStreamTrack):
     """A paced 48 kHz mono microphone: queued audio first, silence otherwise."""
 

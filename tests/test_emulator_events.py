@@ -21,6 +21,7 @@ from emulator_helpers import (
     envelope,
     envelope_correlation,
     espeak,
+    find_offset,
     running_emulator,
 )
 
@@ -72,6 +73,8 @@ async def test_voice_turn_echoes_what_was_said_and_records_it(
         assert updated["session"]["instructions"] == "Echo."
         assert updated["session"]["audio"]["input"]["turn_detection"]["type"] == "server_vad"
 
+        # Lead-in silence, so the 300 ms prefix padding fits before the onset.
+        client.mic.play(np.zeros(RATE // 2, dtype=np.int16))
         position = client.mic.play(utterance)
         started = await client.wait_for("input_audio_buffer.speech_started")
         stopped = await client.wait_for("input_audio_buffer.speech_stopped")
@@ -79,11 +82,6 @@ async def test_voice_turn_echoes_what_was_said_and_records_it(
         done = await client.wait_for("output_audio_buffer.stopped")
         assert playing["response_id"] == done["response_id"]
 
-        # VAD timing in the input stream: onset minus 300 ms padding; end after 500 ms of silence.
-        first_ms, last_ms = voiced_span_ms(utterance)
-        stream_ms = position * 1000 // RATE
-        assert abs(started["audio_start_ms"] - (stream_ms + first_ms - 300)) <= 80
-        assert abs(stopped["audio_end_ms"] - (stream_ms + last_ms + 500)) <= 80
         assert started["item_id"] == stopped["item_id"]
 
         # The reply starts right after the turn ends, and the echo sounds like what was said.
@@ -122,7 +120,8 @@ async def test_voice_turn_echoes_what_was_said_and_records_it(
         transcript = (await_one(client, "response.output_audio_transcript.done"))["transcript"]
         assert "".join(deltas) == transcript
         echoed_ms = int(transcript.split()[2])  # "echo of N ms (...)"
-        assert abs(echoed_ms - (last_ms - first_ms + 300)) <= 80
+        first_ms, last_ms = voiced_span_ms(utterance)
+        assert abs(echoed_ms - (last_ms - first_ms + 300)) <= 60
         response = await_one(client, "response.done")["response"]
         assert response["status"] == "completed"
         assert response["output"][0]["content"][0] == {
@@ -143,13 +142,17 @@ async def test_voice_turn_echoes_what_was_said_and_records_it(
         assert (wav.getframerate(), wav.getnchannels(), wav.getsampwidth()) == (48000, 1, 2)
         recorded = np.frombuffer(wav.readframes(wav.getnframes()), dtype=np.int16)
     assert len(recorded) == call.received_samples
-    start = position
-    assert (
-        envelope_correlation(
-            utterance, recorded[start - RATE // 2 : start + len(utterance) + RATE // 2]
-        )
-        > 0.9
-    )
+    # Where the utterance landed in what the "model" received (packets lost while the link came
+    # up shift it from where the client queued it).
+    offset = find_offset(recorded, utterance)
+    assert abs(offset - position) < RATE // 2
+    heard = recorded[offset : offset + len(utterance)]
+    assert envelope_correlation(utterance, heard) > 0.9
+    # VAD timing on that stream: onset minus 300 ms padding; end after 500 ms of silence.
+    onset_ms = (offset * 1000 // RATE) + first_ms
+    end_ms = (offset * 1000 // RATE) + last_ms
+    assert abs(started["audio_start_ms"] - (onset_ms - 300)) <= 40
+    assert abs(stopped["audio_end_ms"] - (end_ms + 500)) <= 40
     lines = [json.loads(line) for line in (folder / "events.jsonl").read_text().splitlines()]
     times = [line["t"] for line in lines]
     assert times == sorted(times)

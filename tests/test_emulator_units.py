@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from wakertc.emulator.audio_buffer import InputAudioBuffer, ms
+from wakertc.emulator.engine import RealtimeEngine
 from wakertc.emulator.faults import FaultError, Faults
 from wakertc.emulator.playout import FRAME, ReplyTrack
-from wakertc.emulator.replies import echo, tone, wav_to_48k_mono
+from wakertc.emulator.replies import SpeechSynth, echo, tone, wav_to_48k_mono
 from wakertc.emulator.script import ScriptError, ScriptTurn, TurnPlan, load_script, parse_script
 from wakertc.emulator.session import (
     SessionError,
@@ -407,3 +408,46 @@ def test_client_events_are_checked_against_the_sdk() -> None:
     assert item is not None and item.param == "item.call_id"
     wrong_type = validator.check({"type": "response.cancel", "response_id": 5})
     assert wrong_type is not None and wrong_type.code == "invalid_value"
+
+
+# -- the engine without WebRTC ------------------------------------------------------------------
+
+
+def engine_with(sent: list[dict]) -> tuple[RealtimeEngine, ReplyTrack]:
+    track = ReplyTrack()
+    engine = RealtimeEngine(
+        session=create_session(
+            {
+                "type": "realtime",
+                "audio": {
+                    "input": {"turn_detection": {"type": "server_vad", "create_response": False}}
+                },
+            }
+        ),
+        send=sent.append,
+        track=track,
+        plan=TurnPlan((), "echo"),
+        synth=SpeechSynth(),
+        reply_text="hi",
+    )
+    return engine, track
+
+
+async def test_speech_ends_when_frames_stop_arriving() -> None:
+    import asyncio
+
+    sent: list[dict] = []
+    engine, track = engine_with(sent)
+    for start in range(0, RATE // 2, 960):
+        engine.on_audio(noise(0.02, -20, seed=start))
+    assert [e["type"] for e in sent] == ["input_audio_buffer.speech_started"]
+    # The client stops sending mid-word (muted mic, lost link): silence_duration_ms plus slack.
+    await asyncio.sleep(0.7)
+    assert [e["type"] for e in sent][:3] == [
+        "input_audio_buffer.speech_started",
+        "input_audio_buffer.speech_stopped",
+        "input_audio_buffer.committed",
+    ]
+    assert sent[1]["audio_end_ms"] == 500
+    engine.close()
+    track.stop()

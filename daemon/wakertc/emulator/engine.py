@@ -114,6 +114,7 @@ class RealtimeEngine:
     def close(self) -> None:
         """Stop responses and timers; nothing is sent afterwards."""
         self._closed = True
+        self.buffer = InputAudioBuffer()  # up to minutes of audio: free it with the call
         for timer in (self._idle_timer, self._gap_timer):
             if timer is not None:
                 timer.cancel()

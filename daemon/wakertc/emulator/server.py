@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 MAX_BODY = 256 * 1024
 STOP_TIMEOUT_S = 2.5
+KEEP_CLOSED_CALLS = 50
 
 
 @dataclass
@@ -287,6 +288,10 @@ class Emulator:
 
     def _call_closed(self, call: EmulatedCall) -> None:
         log.debug("call %s is over (%s)", call.id, call.close_reason)
+        # Keep recent calls for inspection, but a long-running emulator must not grow forever.
+        closed = [key for key, value in self.calls.items() if value.closed]
+        for key in closed[:-KEEP_CLOSED_CALLS]:
+            del self.calls[key]
 
     # -- helpers -----------------------------------------------------------------------------------
 
