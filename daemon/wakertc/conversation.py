@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 HALF_DUPLEX_TAIL_S = 0.3
 # Received audio quieter than this peak (about -54 dBFS) outside a reply is not played.
 SILENCE_PEAK = 64
+# When the server says a reply's output stopped, its last ~100 ms are still in the network and the
+# jitter buffer: the reply has been heard once nothing audible has arrived for this long.
+REPLY_TAIL_S = 0.25
 
 
 class SessionFailed(Exception):
@@ -115,6 +118,8 @@ class Conversation:
         # arrives after the server's `output_audio_buffer.cleared`: drop received audio until the
         # next response is created.
         self._discarding = False
+        self._server_speaking = False  # between output_audio_buffer.started and .stopped
+        self._last_audio_at = 0.0  # when audible reply audio was last received
         self._speaker_quiet_since = 0.0
         self._ending_after_reply: str | None = None
         self._response_audio = False
@@ -352,9 +357,11 @@ class Conversation:
     def _speaking_started(self, event: dict[str, Any]) -> None:
         self._disarm("idle")
         self._response_audio = True
+        self._server_speaking = True
         self._phases.transition(Phase.SPEAKING, "reply audio")
 
     def _speaking_stopped(self, event: dict[str, Any]) -> None:
+        self._server_speaking = False
         self._speaker_quiet_since = time.monotonic()
         if self._ending_after_reply is not None:
             self._spawn(self._end_when_played(self._ending_after_reply), "end-after-reply")
@@ -364,6 +371,7 @@ class Conversation:
         self._arm("idle", self._session.idle_timeout_s, "idle timeout")
 
     def _speaking_cleared(self, event: dict[str, Any]) -> None:
+        self._server_speaking = False
         self._speaker_quiet_since = time.monotonic()
 
     def _transcript_delta(self, event: dict[str, Any]) -> None:
@@ -428,9 +436,13 @@ class Conversation:
         self._send({"type": "response.create"})
 
     async def _end_when_played(self, reason: str) -> None:
-        # The speaker's queue has no completion event; poll it briefly so the goodbye is heard.
+        # The speaker's queue has no completion event, and the reply's tail may still be in
+        # flight: poll until it has arrived and played, so the goodbye is heard to the end.
         deadline = time.monotonic() + 10.0
-        while self._audio.playback_queued_s > 0 and time.monotonic() < deadline:  # noqa: ASYNC110
+        while time.monotonic() < deadline:
+            in_flight = time.monotonic() - self._last_audio_at < REPLY_TAIL_S
+            if not in_flight and self._audio.playback_queued_s <= 0:
+                break
             await asyncio.sleep(0.05)
         self.end(reason)
 
@@ -450,9 +462,13 @@ class Conversation:
         if self._discarding:
             return
         # The remote track carries silence between replies; queueing it would keep the speaker
-        # "busy" (and a half-duplex microphone closed) forever. Inside a reply, pauses play as sent.
-        if self._phases.phase is not Phase.SPEAKING and _is_silent(samples):
-            return
+        # "busy" (and a half-duplex microphone closed, and a goodbye waiting) forever. Inside a
+        # reply, pauses play as sent.
+        if _is_silent(samples):
+            if not self._server_speaking:
+                return
+        else:
+            self._last_audio_at = time.monotonic()
         self._audio.play(samples)
 
     def _mic_open(self) -> bool:
