@@ -22,6 +22,7 @@ from emulator_helpers import (
     envelope_correlation,
     espeak,
     find_offset,
+    mint,
     running_emulator,
 )
 
@@ -534,5 +535,28 @@ async def test_transcription_session(utterance: np.ndarray) -> None:
         assert completed["transcript"].endswith("ms of audio]")
         client.send({"type": "response.create"})
         assert (await client.wait_for("error"))["error"]["message"].startswith("Responses are not")
+        assert_all_valid(client.events)
+        await client.close()
+
+
+async def test_speech_queued_before_the_call_is_heard_from_the_first_word(
+    utterance: np.ndarray,
+) -> None:
+    # A device queues what follows the wake word before the call is up; it goes out in a burst
+    # as soon as DTLS connects, and none of it may be lost.
+    async with running_emulator() as emu:
+        client = RealtimeClient()
+        client.mic.play(utterance)
+        await client.connect(emu.url, await mint(emu.url))
+        playing = await client.wait_for("output_audio_buffer.started")
+        done = await client.wait_for("output_audio_buffer.stopped")
+        assert client.types()[:2] == ["session.created", "input_audio_buffer.speech_started"]
+        reply = client.audio_between(client.arrival(playing), client.arrival(done))
+        assert envelope_correlation(utterance, reply) > 0.8
+        first_ms, last_ms = voiced_span_ms(utterance)
+        echoed_ms = int(
+            await_one(client, "response.output_audio_transcript.done")["transcript"].split()[2]
+        )
+        assert echoed_ms >= last_ms - first_ms - 40  # nothing of the start was lost
         assert_all_valid(client.events)
         await client.close()

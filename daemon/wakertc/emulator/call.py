@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 EVENTS_LABEL = "oai-events"
 RATE = 48000
 CLOSE_TIMEOUT_S = 3.0
+MAX_EARLY_EVENTS = 1000
 BAD_JSON = '{"type": "response.output_audio_transcript.delta", "delta": "unterminated'
 
 
@@ -117,6 +118,7 @@ class EmulatedCall:
         self._closed = asyncio.Event()
         self._closing = False
         self._junk_turn = 0
+        self._early: list[dict[str, Any]] = []
         self._pc.on("datachannel", self._on_datachannel)
         self._pc.on("track", self._on_track)
         self._pc.on("connectionstatechange", self._on_connection_state)
@@ -191,6 +193,9 @@ class EmulatedCall:
         self._spawn(self._run_inbox(), "inbox")
         if not self._faults.silent:
             self.engine.start()
+            early, self._early = self._early, []
+            for event in early:
+                self._send_event(event)
         if self._faults.drop_after_s is not None:
             self._spawn(self._drop_after(self._faults.drop_after_s), "fault-drop")
         if self._faults.consent_stop_s is not None:
@@ -278,7 +283,15 @@ class EmulatedCall:
 
     def _send_event(self, event: dict[str, Any]) -> None:
         channel = self._channel
-        if self._closing or channel is None or channel.readyState != "open":
+        if self._closing:
+            return
+        if channel is None:
+            # Audio can arrive before the channel opens (a device's queued pre-roll goes out as
+            # soon as DTLS is up); its VAD events wait for the channel, after session.created.
+            if len(self._early) < MAX_EARLY_EVENTS:
+                self._early.append(event)
+            return
+        if channel.readyState != "open":
             return
         channel.send(json.dumps(event))
         self.events.append({"t": self._t(), "dir": "out", "event": event})
