@@ -23,6 +23,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse that reports a bad flag in one line (exit 2) instead of usage + error."""
 
     def error(self, message: str) -> NoReturn:
+        """Print `message` as one line and exit 2."""
         self.exit(2, f"{self.prog}: {message} (see --help)\n")
 
 

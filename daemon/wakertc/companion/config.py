@@ -192,6 +192,7 @@ class _Reader:
         self.base = path.parent
 
     def config(self) -> CompanionConfig:
+        """The whole validated configuration."""
         self._only(self.data, "", {"server", "upstream", "session", "devices", "limits"})
         devices = self._table("devices")
         self._only(devices, "devices.", {"file"})

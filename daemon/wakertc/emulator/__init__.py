@@ -5,8 +5,9 @@
         ...  # emu.url is http://127.0.0.1:PORT; emu.calls maps rtc_<id> -> EmulatedCall
 
 Modules: `server` (HTTP routes, keys), `call` (one WebRTC call), `engine` (the event protocol),
-`session` (session config), `vad`, `audio_buffer`, `playout` (outgoing track), `replies`,
-`script`, `events` (event builders), `faults`, `recorder`, `validation`, `command` (CLI).
+`responses` (writing a response), `conversation` (items), `session` (session config), `vad`,
+`audio_buffer`, `playout` (outgoing track), `replies`, `script`, `events` (event builders),
+`faults`, `recorder`, `validation`, `command` (CLI).
 """
 
 from __future__ import annotations

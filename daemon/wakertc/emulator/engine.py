@@ -5,66 +5,43 @@ outgoing `ReplyTrack`, fed client events (already parsed) and received audio (48
 told by the track when reply audio starts and stops leaving. All state of the conversation lives
 here, in one object, on the event loop; only speech synthesis leaves the loop (subprocess).
 
-A response is one task (`_run_response`). Its audio is fed to the track at real-time pace, a little
-ahead of playout (`LEAD_S`), so `response.done` comes shortly before `output_audio_buffer.stopped`,
-as upstream, and `response.cancel` during a reply finds the response still active.
+A response is one task (`_run_response`): it renders the turn's reply and hands it to
+`responses.ResponseWriter`, which feeds audio at real-time pace a little ahead of playout, so
+`response.done` comes shortly before `output_audio_buffer.stopped`, as upstream, and
+`response.cancel` during a reply finds the response still active. Starting, finishing and
+cancelling responses happens only here (`_start_response`, `_finish`, `_cancel`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
-import json
 import logging
-import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
 
 from .audio_buffer import RATE, InputAudioBuffer, Samples, ms
+from .conversation import Conversation
 from .events import (
-    assistant_item,
     error_event,
     event,
-    function_call_item,
     new_id,
-    response_object,
-    usage,
     user_audio_item,
 )
 from .playout import ReplyTrack
 from .replies import Reply, SpeechSynth, echo, tone
-from .script import FunctionCall, ScriptTurn, TurnPlan
+from .responses import Response, ResponseWriter, Send, response_view
+from .script import ScriptTurn, TurnPlan
 from .session import SessionError, turn_detection, update_session
 from .vad import EnergyVad, SpeechStarted, SpeechStopped, VadEvent, VadSettings
 from .validation import ClientEventValidator
 
 log = logging.getLogger(__name__)
 
-LEAD_S = 0.2  # how far generation runs ahead of playout
-FEED_STEP_S = 0.02
-START_WAIT_S = 0.5  # wait this long for the first frame to leave before sending transcript
 MIN_COMMIT_MS = 100  # upstream refuses to commit less
 GAP_SLACK_S = 0.1
-
-Send = Callable[[dict[str, Any]], None]
-
-
-@dataclass
-class _Response:
-    id: str
-    turn: ScriptTurn
-    modalities: list[str]
-    metadata: Any
-    input_ms: float
-    output: list[dict[str, Any]] = field(default_factory=list)
-    started: asyncio.Event = field(default_factory=asyncio.Event)
-    task: asyncio.Task[None] | None = None
-    audio_ms: float = 0.0
-    text: str = ""
-    done: bool = False
 
 
 class RealtimeEngine:
@@ -94,9 +71,10 @@ class RealtimeEngine:
         self._speech_item: str | None = None
         self._speech_start = 0
         self._last_utterance = np.zeros(0, dtype=np.int16)
-        self._items: list[dict[str, Any]] = []
-        self._responses: dict[str, _Response] = {}
-        self._active: _Response | None = None
+        self.conversation = Conversation()
+        self._writer = ResponseWriter(send=send, track=track, conversation=self.conversation)
+        self._responses: dict[str, Response] = {}
+        self._active: Response | None = None
         self._last_response_id: str | None = None
         self._voice_locked = False
         self._idle_timer: asyncio.TimerHandle | None = None
@@ -231,24 +209,16 @@ class RealtimeEngine:
         item.setdefault("id", new_id("item"))
         item.setdefault("object", "realtime.item")
         item.setdefault("status", "completed")
-        if self._find_item(item["id"]) is not None:
+        if self.conversation.find(item["id"]) is not None:
             raise _ClientError(
                 f"Item with id '{item['id']}' already exists.", "item_already_exists", "item.id"
             )
         previous = message.get("previous_item_id")
-        if previous is not None and previous != "root" and self._find_item(previous) is None:
+        if previous is not None and previous != "root" and self.conversation.find(previous) is None:
             raise _ClientError(
                 f"Item with id '{previous}' not found.", "item_not_found", "previous_item_id"
             )
-        if previous == "root":
-            self._items.insert(0, item)
-            previous = None
-        elif previous is not None:
-            index = next(i for i, it in enumerate(self._items) if it["id"] == previous)
-            self._items.insert(index + 1, item)
-        else:
-            previous = self._last_item_id()
-            self._items.append(item)
+        previous = self.conversation.insert_after(item, previous)
         if item.get("type") == "function_call_output":
             log.info("function output for %s: %.80r", item.get("call_id"), item.get("output"))
         self._send(event("conversation.item.added", previous_item_id=previous, item=item))
@@ -262,7 +232,7 @@ class RealtimeEngine:
 
     def _on_item_delete(self, message: dict[str, Any]) -> None:
         item = self._require_item(message["item_id"])
-        self._items.remove(item)
+        self.conversation.remove(item)
         self._send(event("conversation.item.deleted", item_id=item["id"]))
 
     def _on_item_truncate(self, message: dict[str, Any]) -> None:
@@ -417,9 +387,8 @@ class RealtimeEngine:
         start, end = self.buffer.commit(end)
         if self._vad is not None:
             self._vad.set_floor(end)
-        previous = self._last_item_id()
         item = user_audio_item(item_id)
-        self._items.append(item)
+        previous = self.conversation.append(item)
         self._send(
             event("input_audio_buffer.committed", previous_item_id=previous, item_id=item_id)
         )
@@ -478,7 +447,7 @@ class RealtimeEngine:
         self._disarm_idle()
         if modalities not in (["audio"], ["text"]):
             modalities = list(self.session.get("output_modalities") or ["audio"])
-        response = _Response(
+        response = Response(
             id=new_id("resp"),
             turn=self._plan.next(),
             modalities=modalities,
@@ -488,20 +457,20 @@ class RealtimeEngine:
         self._responses[response.id] = response
         self._active = response
         self._last_response_id = response.id
-        self._send(event("response.created", response=self._response_view(response, "in_progress")))
+        self._send(event("response.created", response=self._view(response, "in_progress")))
         response.task = asyncio.get_running_loop().create_task(
             self._run_response(response), name=f"emulator-response-{response.id}"
         )
 
-    async def _run_response(self, response: _Response) -> None:
+    async def _run_response(self, response: Response) -> None:
         try:
             reply = await self._render(response.turn)
             if response.done:
                 return
-            if reply is not None:
-                await self._stream_message(response, reply)
-            if response.turn.call is not None:
-                self._emit_call(response, response.turn.call)
+            if reply is not None and response.modalities == ["audio"]:
+                self._voice_locked = True  # upstream fixes the voice once audio was produced
+            declared = {tool.get("name") for tool in self.session.get("tools") or []}
+            await self._writer.write(response, reply, declared)
             self._finish(response, "completed")
         except asyncio.CancelledError:
             raise
@@ -520,164 +489,7 @@ class RealtimeEngine:
             return await self._synth.say(self._reply_text)
         return None
 
-    async def _stream_message(self, response: _Response, reply: Reply) -> None:
-        audio_mode = response.modalities == ["audio"]
-        index = len(response.output)
-        item_id = new_id("item")
-        item = assistant_item(item_id, status="in_progress")
-        response.output.append(item)
-        previous = self._last_item_id()
-        self._items.append(item)
-        where = {"response_id": response.id, "item_id": item_id, "output_index": index}
-        self._send(
-            event(
-                "response.output_item.added",
-                response_id=response.id,
-                output_index=index,
-                item=copy.deepcopy(item),
-            )
-        )
-        self._send(
-            event("conversation.item.added", previous_item_id=previous, item=copy.deepcopy(item))
-        )
-        part: dict[str, Any] = (
-            {"type": "audio", "transcript": ""} if audio_mode else {"type": "text", "text": ""}
-        )
-        self._send(event("response.content_part.added", **where, content_index=0, part=part))
-        words = re.findall(r"\S+\s*", reply.transcript) or [reply.transcript]
-        if audio_mode:
-            await self._play(response, reply, words, where)
-            content = {"type": "output_audio", "transcript": response.text}
-            self._send(event("response.output_audio.done", **where, content_index=0))
-            self._send(
-                event(
-                    "response.output_audio_transcript.done",
-                    **where,
-                    content_index=0,
-                    transcript=response.text,
-                )
-            )
-            part = {"type": "audio", "transcript": response.text}
-        else:
-            for word in words:
-                response.text += word
-                self._send(
-                    event("response.output_text.delta", **where, content_index=0, delta=word)
-                )
-            content = {"type": "output_text", "text": response.text}
-            self._send(
-                event("response.output_text.done", **where, content_index=0, text=response.text)
-            )
-            part = {"type": "text", "text": response.text}
-        self._send(event("response.content_part.done", **where, content_index=0, part=part))
-        item["status"] = "completed"
-        item["content"] = [content]
-        self._send(
-            event("conversation.item.done", previous_item_id=previous, item=copy.deepcopy(item))
-        )
-        self._send(
-            event(
-                "response.output_item.done",
-                response_id=response.id,
-                output_index=index,
-                item=copy.deepcopy(item),
-            )
-        )
-
-    async def _play(
-        self, response: _Response, reply: Reply, words: list[str], where: dict[str, Any]
-    ) -> None:
-        """Feed the reply audio in real time, with transcript deltas keeping pace."""
-        loop = asyncio.get_running_loop()
-        audio = reply.audio
-        total = len(audio)
-        lead = int(LEAD_S * RATE)
-        fed = min(total, lead)
-        self._track.feed(response.id, audio[:fed])
-        self._voice_locked = True
-        response.audio_ms = reply.duration_ms
-        try:
-            # Upstream order: output_audio_buffer.started comes before the transcript deltas.
-            await asyncio.wait_for(response.started.wait(), START_WAIT_S)
-        except TimeoutError:
-            log.debug("reply audio of %s not pulled yet; streaming anyway", response.id)
-        began = loop.time()
-        emitted = 0
-        while True:
-            due = min(total, lead + int((loop.time() - began) * RATE))
-            if due > fed:
-                self._track.feed(response.id, audio[fed:due])
-                fed = due
-            want = len(words) if fed >= total else len(words) * fed // max(total, 1)
-            while emitted < want:
-                response.text += words[emitted]
-                self._send(
-                    event(
-                        "response.output_audio_transcript.delta",
-                        **where,
-                        content_index=0,
-                        delta=words[emitted],
-                    )
-                )
-                emitted += 1
-            if fed >= total:
-                return
-            await asyncio.sleep(FEED_STEP_S)
-
-    def _emit_call(self, response: _Response, call: FunctionCall) -> None:
-        declared = {tool.get("name") for tool in self.session.get("tools") or []}
-        if call.name not in declared:
-            log.warning("script calls %r, which the session does not declare", call.name)
-        index = len(response.output)
-        item_id = new_id("item")
-        call_id = new_id("call")
-        arguments = json.dumps(call.arguments)
-        item = function_call_item(
-            item_id, call_id=call_id, name=call.name, arguments="", status="in_progress"
-        )
-        previous = self._last_item_id()
-        where = {"response_id": response.id, "item_id": item_id, "output_index": index}
-        self._send(
-            event(
-                "response.output_item.added",
-                response_id=response.id,
-                output_index=index,
-                item=copy.deepcopy(item),
-            )
-        )
-        self._send(
-            event("conversation.item.added", previous_item_id=previous, item=copy.deepcopy(item))
-        )
-        self._send(
-            event(
-                "response.function_call_arguments.delta", **where, call_id=call_id, delta=arguments
-            )
-        )
-        self._send(
-            event(
-                "response.function_call_arguments.done",
-                **where,
-                call_id=call_id,
-                name=call.name,
-                arguments=arguments,
-            )
-        )
-        item.update(arguments=arguments, status="completed")
-        response.output.append(item)
-        self._items.append(item)
-        self._send(
-            event("conversation.item.done", previous_item_id=previous, item=copy.deepcopy(item))
-        )
-        self._send(
-            event(
-                "response.output_item.done",
-                response_id=response.id,
-                output_index=index,
-                item=copy.deepcopy(item),
-            )
-        )
-
-    def _cancel(self, response: _Response, reason: str) -> None:
+    def _cancel(self, response: Response, reason: str) -> None:
         if response.task is not None and not response.task.done():
             response.task.cancel()
         for item in response.output:
@@ -697,13 +509,13 @@ class RealtimeEngine:
         for response_id in cut:
             self._send(event("output_audio_buffer.cleared", response_id=response_id))
 
-    def _finish(self, response: _Response, status: str, reason: str | None = None) -> None:
+    def _finish(self, response: Response, status: str, reason: str | None = None) -> None:
         if response.done:
             return
         response.done = True
         if self._active is response:
             self._active = None
-        self._send(event("response.done", response=self._response_view(response, status, reason)))
+        self._send(event("response.done", response=self._view(response, status, reason)))
         self._track.finish(response.id)
         if (
             status == "completed"
@@ -712,20 +524,13 @@ class RealtimeEngine:
         ):
             self._arm_idle()
 
-    def _response_view(
-        self, response: _Response, status: Any, reason: str | None = None
-    ) -> dict[str, Any]:
-        done = status != "in_progress"
-        return response_object(
-            response.id,
-            status=status,
+    def _view(self, response: Response, status: Any, reason: str | None = None) -> dict[str, Any]:
+        return response_view(
+            response,
+            status,
             session=self.session,
             conversation_id=self.conversation_id,
-            output=copy.deepcopy(response.output) if done else [],
-            modalities=response.modalities,
             reason=reason,
-            metadata=response.metadata,
-            usage=usage(response.input_ms, response.audio_ms, response.text) if done else None,
         )
 
     # -- playout (ReplyTrack listener) ---------------------------------------------------------
@@ -750,14 +555,8 @@ class RealtimeEngine:
 
     # -- conversation items --------------------------------------------------------------------
 
-    def _last_item_id(self) -> str | None:
-        return str(self._items[-1]["id"]) if self._items else None
-
-    def _find_item(self, item_id: Any) -> dict[str, Any] | None:
-        return next((item for item in self._items if item.get("id") == item_id), None)
-
     def _require_item(self, item_id: Any) -> dict[str, Any]:
-        item = self._find_item(item_id)
+        item = self.conversation.find(item_id)
         if item is None:
             raise _ClientError(
                 f"Item with item_id '{item_id}' not found.", "item_not_found", "item_id"
