@@ -8,16 +8,18 @@ Progress goes to stderr; with --json one JSON object goes to stdout. Figures:
 - `start_to_ready_s`: spawn of `wakertc run` (file backend) to READY=1 on a real NOTIFY_SOCKET,
   median of several starts; reference: spawn to a constructed stock `openwakeword.Model`.
 - `idle_rss_mb`: VmRSS of that daemon after listening to a noise floor for a while; reference:
-  the stock package's predict-loop process. Then `rss_after_first_conversation_mb` and
-  `rss_after_n_conversations_mb`, the same daemon after real "hey jarvis, what time is it"
-  conversations (reference: its idle RSS).
+  the stock package's predict-loop process.
 - `idle_cpu_s_per_min`: the daemon's utime+stime per minute of listening, over the same wall-clock
   window as the stock `Model.predict` loop fed the same audio in real time (the reference).
-- `wake_to_live_ms`: wake (here `Daemon.start_conversation()`, as the button does) to
-  `session.updated` against the emulator and companion on loopback, in this process; reference:
-  two bare aiortc peers on loopback connecting and round-tripping a data-channel message. The
-  runs alternate, so both see the same machine load. `wake_to_live_wake_word_ms`: the same, from
-  real wake-word detections in the `wakertc run` process (its "session live" log lines).
+- `rss_after_first_conversation_mb`, `idle_rss_after_n_conversations_mb`: the same daemon after
+  real "hey jarvis, what time is it" conversations (reference: its idle RSS before the first).
+  Listening again afterwards is idle too, so the idle limit is applied to them as well.
+- `wake_to_live_ms`: wake-word detection to `session.updated` in that daemon process (its
+  "session live" log line), against the emulator and companion on loopback; reference: two bare
+  aiortc peers on loopback connecting and round-tripping a data-channel message, run between the
+  conversations so both see the same machine load. `wake_to_live_in_process_ms`: the same via
+  `Daemon.start_conversation()` (the button's path) in this process, alternating with the
+  reference. Both also show the bare handshake with an audio track each way, for diagnosis.
 - `utterance_received_ratio`: `wakertc.demo.run_demo` (the wake phrase and a question in one
   breath); the share of the question the emulator recorded. Reference: all of it (1.0).
 
@@ -254,6 +256,7 @@ async def daemon_process_figures(
     figures["wake_to_live_ms"] = latency_figure(
         daemon.wake_to_live_ms,
         talk["reference_ms"],
+        talk["with_audio_ms"],
         how="real wake-word detections in the `wakertc run` process ('session live' log); "
         "the first one after start included",
         first_ms=daemon.wake_to_live_ms[0],
@@ -300,6 +303,7 @@ async def conversations(
     prefix = "STATUS=idle: conversation over"
     rss: list[float] = []
     reference_ms: list[float] = []
+    with_audio_ms: list[float] = []
     missed = 0
     for k in range(plan.conversations):
         deadline = first_phrase_at + (k + 1) * plan.cycle_s + 5.0
@@ -313,6 +317,7 @@ async def conversations(
         # The reference runs while the daemon listens again, under the same machine load.
         await asyncio.sleep(0.3)  # the emulator's side of the call finishes closing
         reference_ms.append(await aiortc_round_trip() * 1000)
+        with_audio_ms.append(await aiortc_round_trip(audio=True) * 1000)
         done = len(rss)
         if done == 1 or done % 10 == 0 or k + 1 == plan.conversations:
             say(f"conversation {done}/{plan.conversations} over; RSS {rss[-1]:.1f} MB")
@@ -320,13 +325,19 @@ async def conversations(
         raise RuntimeError(f"none of the {plan.conversations} wake phrases led to a conversation")
     await asyncio.sleep(2.0)  # listening again, nothing said
     rss_final = rss_mb(daemon.pid)
-    return {"rss": rss, "rss_final": rss_final, "reference_ms": reference_ms, "missed": missed}
+    return {
+        "rss": rss,
+        "rss_final": rss_final,
+        "reference_ms": reference_ms,
+        "with_audio_ms": with_audio_ms,
+        "missed": missed,
+    }
 
 
 async def in_process_sessions(
     plan: Plan, stack: Stack, workdir: Path, models_dir: Path, say: Progress
-) -> tuple[list[float], list[float]]:
-    """Bare aiortc round trips alternating with in-process daemon conversations; both in ms."""
+) -> tuple[list[float], list[float], list[float]]:
+    """Bare aiortc round trips (without, with audio) alternating with in-process conversations."""
     silence = workdir / "silence.wav"
     write_wav(silence, np.zeros(16000, np.int16), 16000)
     config = write_daemon_config(
@@ -340,10 +351,12 @@ async def in_process_sessions(
     live = LiveSessions(config)
     await live.start()
     reference: list[float] = []
+    with_audio: list[float] = []
     daemon: list[float] = []
     try:
         for n in range(plan.live_sessions):
             reference.append(await aiortc_round_trip() * 1000)
+            with_audio.append(await aiortc_round_trip(audio=True) * 1000)
             await asyncio.sleep(0.1)  # let the peers' closing tasks finish before the next one
             daemon.append(await live.converse() * 1000)
             await asyncio.sleep(0.1)
@@ -351,7 +364,7 @@ async def in_process_sessions(
                 say(f"{n + 1}/{plan.live_sessions} sessions and bare round trips")
     finally:
         await live.stop()
-    return reference, daemon
+    return daemon, reference, with_audio
 
 
 async def utterance_figure(plan: Plan, workdir: Path, models_dir: Path, say: Progress) -> Any:
@@ -392,10 +405,13 @@ async def utterance_figure(plan: Plan, workdir: Path, models_dir: Path, say: Pro
     )
 
 
-def latency_figure(samples: list[float], reference: list[float], **details: Any) -> Any:
-    """p50/p90 of a wake-to-live sample beside the bare handshake's."""
+def latency_figure(
+    samples: list[float], reference: list[float], with_audio: list[float], **details: Any
+) -> Any:
+    """p50/p90 of a wake-to-live sample beside the bare handshake's (and one with audio)."""
     p50, p90 = p50_p90(samples)
     ref50, ref90 = p50_p90(reference)
+    audio50, audio90 = p50_p90(with_audio)
     return figure(
         p50,
         ref50,
@@ -411,6 +427,9 @@ def latency_figure(samples: list[float], reference: list[float], **details: Any)
         reference_n=len(reference),
         samples=[round(x, 1) for x in samples],
         reference_samples=[round(x, 1) for x in reference],
+        # Not the reference: shows what an audio track each way adds to the bare handshake.
+        with_audio_tracks_p50=round(audio50, 1),
+        with_audio_tracks_p90=round(audio90, 1),
         **details,
     )
 
@@ -425,10 +444,13 @@ async def bench(plan: Plan, say: Progress) -> dict[str, Any]:
         async with Stack(workdir) as stack:
             say(f"emulator {stack.emulator_url}, companion {stack.companion_url}")
             figures.update(await daemon_process_figures(plan, stack, workdir, models_dir, say))
-            reference, sessions = await in_process_sessions(plan, stack, workdir, models_dir, say)
+            sessions, reference, with_audio = await in_process_sessions(
+                plan, stack, workdir, models_dir, say
+            )
         figures["wake_to_live_in_process_ms"] = latency_figure(
             sessions,
             reference,
+            with_audio,
             how="Daemon.start_conversation() (the button's path) in this process, beside the "
             "emulator; silent input",
         )

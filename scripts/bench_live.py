@@ -4,7 +4,7 @@
 - `make_idle_input`: a microphone recording with a noise floor, no speech for `idle_s`, then
   `cycles` times "hey jarvis, what time is it" at a fixed period.
 - `write_daemon_config`: a device config for the file backend pointing at a `Stack`.
-- `aiortc_round_trip`: the reference, two bare aiortc peers on loopback.
+- `aiortc_round_trip`: the reference, two bare aiortc peers on loopback (optionally with audio).
 - `LiveSessions`: a `Daemon` in this process whose conversations are started by
   `Daemon.start_conversation()` (as the button does) over silent input.
 """
@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection
+from aiortc.mediastreams import AudioStreamTrack
 
 from wakertc.config import load_config
 from wakertc.demo import WAKE_TEXT, espeak
@@ -133,14 +134,20 @@ level = "info"
     return path
 
 
-async def aiortc_round_trip(within_s: float = 10.0) -> float:
-    """Seconds for two bare aiortc peers to connect and round-trip one data-channel message."""
+async def aiortc_round_trip(*, audio: bool = False, within_s: float = 10.0) -> float:
+    """Seconds for two bare aiortc peers to connect and round-trip one data-channel message.
+
+    With `audio`, each side also sends an audio track (silence), as a voice session does: the
+    difference shows what the media part of a session costs on top of the bare handshake.
+    """
     started = time.monotonic()
     offerer = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     answerer = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     echoed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
     try:
         channel = offerer.createDataChannel("oai-events")
+        if audio:
+            offerer.addTrack(AudioStreamTrack())
 
         @answerer.on("datachannel")
         def on_channel(remote: Any) -> None:
@@ -158,6 +165,8 @@ async def aiortc_round_trip(within_s: float = 10.0) -> float:
         async with asyncio.timeout(within_s):
             await offerer.setLocalDescription(await offerer.createOffer())
             await answerer.setRemoteDescription(offerer.localDescription)
+            if audio:
+                answerer.addTrack(AudioStreamTrack())
             await answerer.setLocalDescription(await answerer.createAnswer())
             await offerer.setRemoteDescription(answerer.localDescription)
             await echoed

@@ -55,11 +55,13 @@ def test_quick_bench_reports_every_figure_beside_its_reference() -> None:
         assert report["targets_met"][name] is fig["met"]
     assert report["all_targets_met"] is all(report["targets_met"].values())
 
-    for name in ("wake_to_live_ms", "wake_to_live_in_process_ms"):
+    # A wake phrase the detector misses is reported, not fatal: the real-wake figure may have fewer.
+    for name, least in (("wake_to_live_ms", 1), ("wake_to_live_in_process_ms", 3)):
         fig = report["figures"][name]
         assert fig["p50"] <= fig["p90"] and fig["reference_p50"] <= fig["reference_p90"]
-        assert fig["n"] == len(fig["samples"]) >= 3
-        assert fig["reference_n"] == len(fig["reference_samples"]) >= 3
+        assert fig["with_audio_tracks_p50"] <= fig["with_audio_tracks_p90"]
+        assert fig["n"] == len(fig["samples"]) >= least, name
+        assert fig["reference_n"] == len(fig["reference_samples"]) >= least, name
     assert len(report["figures"]["start_to_ready_s"]["samples"]) >= 3
     assert report["figures"]["idle_rss_mb"]["listened_s"] >= 5.0
     utterance = report["figures"]["utterance_received_ratio"]
