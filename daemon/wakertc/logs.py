@@ -129,6 +129,9 @@ def stderr_handler(stream: TextIO) -> logging.Handler:
     return handler
 
 
+QUIET_LOGGERS = ("httpx", "aioice", "aiortc")
+
+
 def setup_logging(
     level: str,
     *,
@@ -155,4 +158,7 @@ def setup_logging(
     handler._wakertc = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(numeric)
+    # These log every HTTP request and ICE candidate pair at INFO: useful only when debugging.
+    for noisy in QUIET_LOGGERS:
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, numeric))
     return handler

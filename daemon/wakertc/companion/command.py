@@ -6,10 +6,11 @@ import argparse
 import asyncio
 import logging
 import os
-import signal
 import sys
 from typing import NoReturn
 
+from ..logs import setup_logging
+from ..serving import serve_until_signalled
 from .config import CompanionConfig, CompanionConfigError, load_companion_config
 from .devices import DeviceError, DeviceStore
 
@@ -57,7 +58,7 @@ def main(argv: list[str]) -> int:
     except CompanionConfigError as exc:
         print(f"wakertc companion: {exc}", file=sys.stderr)
         return 2
-    _setup_logging(args.log_level)
+    setup_logging(args.log_level)
     try:
         return asyncio.run(_serve(config))
     except (CompanionConfigError, DeviceError) as exc:
@@ -108,29 +109,5 @@ async def _serve(config: CompanionConfig) -> int:
     from .server import Companion
 
     companion = Companion(config)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    url = await companion.start()
-    try:
-        log.info(
-            "companion listening on %s (upstream %s, %d devices)",
-            url,
-            config.upstream.url,
-            len(companion.devices.names()),
-        )
-        await stop.wait()
-        log.info("companion stopping")
-    finally:
-        await companion.stop()
-    return 0
-
-
-def _setup_logging(level: str) -> None:
-    if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
-    # httpx logs every request URL at INFO; the mint line already says what happened.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    details = f"upstream {config.upstream.url}, {len(companion.devices.names())} devices"
+    return await serve_until_signalled(companion, "companion", details)

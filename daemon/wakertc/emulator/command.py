@@ -6,11 +6,12 @@ import argparse
 import asyncio
 import logging
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import NoReturn
 
+from ..logs import setup_logging
+from ..serving import serve_until_signalled
 from .faults import FAULT_HELP, FaultError
 from .options import DEFAULT_HOST, DEFAULT_PORT, DEV_API_KEY, REPLY_POLICIES, EmulatorOptions
 from .script import ScriptError
@@ -78,7 +79,7 @@ def main(argv: list[str]) -> int:
         faults=tuple(args.fault),
         **({"reply_text": args.reply_text} if args.reply_text else {}),
     )
-    _setup_logging(args.log_level)
+    setup_logging(args.log_level)
     try:
         return asyncio.run(_serve(options))
     except (FaultError, ScriptError) as exc:
@@ -93,26 +94,4 @@ async def _serve(options: EmulatorOptions) -> int:
     from .server import Emulator  # aiortc is heavy; --help stays quick
 
     emulator = Emulator(options)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    url = await emulator.start()
-    try:
-        log.info("emulator listening on %s (reply: %s)", url, options.reply)
-        await stop.wait()
-        log.info("emulator stopping")
-    finally:
-        await emulator.stop()
-    return 0
-
-
-def _setup_logging(level: str) -> None:
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(
-            level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
-    # aioice/aiortc are chatty at INFO about every candidate pair.
-    for noisy in ("aioice", "aiortc"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    return await serve_until_signalled(emulator, "emulator", f"reply: {options.reply}")
