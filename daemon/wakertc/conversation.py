@@ -119,6 +119,7 @@ class Conversation:
         # next response is created.
         self._discarding = False
         self._server_speaking = False  # between output_audio_buffer.started and .stopped
+        self._replied = False  # the model's voice has been played in this conversation
         self._last_audio_at = 0.0  # when audible reply audio was last received
         self._speaker_quiet_since = 0.0
         self._ending_after_reply: str | None = None
@@ -358,6 +359,7 @@ class Conversation:
         self._disarm("idle")
         self._response_audio = True
         self._server_speaking = True
+        self._replied = True
         self._phases.transition(Phase.SPEAKING, "reply audio")
 
     def _speaking_stopped(self, event: dict[str, Any]) -> None:
@@ -472,6 +474,10 @@ class Conversation:
         self._audio.play(samples)
 
     def _mic_open(self) -> bool:
+        if not self._replied:
+            # Before the first reply the speaker only plays the wake cue: letting it into the
+            # session costs nothing, gating it would cut the words said right after the wake word.
+            return True
         if self._phases.phase is Phase.SPEAKING or self._audio.playback_queued_s > 0:
             return False
         return time.monotonic() - self._speaker_quiet_since > HALF_DUPLEX_TAIL_S
