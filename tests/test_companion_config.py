@@ -118,6 +118,7 @@ def test_unreadable_files(tmp_path: Path) -> None:
 def test_api_key_from_file_or_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     key_file = tmp_path / "key"
     key_file.write_text("sk-from-file\n")
+    key_file.chmod(0o600)
     with_file = load_companion_config(write(tmp_path, '[upstream]\napi_key_file = "key"\n'))
     monkeypatch.setenv("OPENAI_API_KEY", "sk-from-env")
     assert read_api_key(with_file) == "sk-from-file"  # the file wins
@@ -132,6 +133,25 @@ def test_api_key_from_file_or_environment(tmp_path: Path, monkeypatch: pytest.Mo
     key_file.write_text("\n")
     with pytest.raises(CompanionConfigError, match="is empty"):
         read_api_key(with_file)
+
+
+def test_api_key_from_the_systemd_credential_and_file_modes(tmp_path: Path) -> None:
+    credentials = tmp_path / "creds"
+    credentials.mkdir()
+    (credentials / "openai-api-key").write_text("sk-from-credential\n")
+    (credentials / "openai-api-key").chmod(0o400)
+    config = load_companion_config(write(tmp_path, ""))
+    env = {"CREDENTIALS_DIRECTORY": str(credentials), "OPENAI_API_KEY": "sk-from-env"}
+    assert read_api_key(config, env) == "sk-from-credential"  # the credential beats the env
+    assert read_api_key(config, {"OPENAI_API_KEY": "sk-from-env"}) == "sk-from-env"
+    key_file = tmp_path / "key"
+    key_file.write_text("sk-from-file\n")
+    key_file.chmod(0o644)
+    with_file = load_companion_config(write(tmp_path, '[upstream]\napi_key_file = "key"\n'))
+    with pytest.raises(CompanionConfigError, match=r"readable by other users; chmod 600"):
+        read_api_key(with_file, env)
+    key_file.chmod(0o600)
+    assert read_api_key(with_file, env) == "sk-from-file"  # an explicit file beats both
 
 
 def test_policy_becomes_a_session_the_api_accepts(tmp_path: Path) -> None:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -158,23 +160,36 @@ def load_companion_config(path: str | os.PathLike[str]) -> CompanionConfig:
     return _Reader(path, data).config()
 
 
-def read_api_key(config: CompanionConfig) -> str:
-    """The standard API key, from the key file or the environment (never logged)."""
+SYSTEMD_CREDENTIAL = "openai-api-key"
+
+
+def read_api_key(config: CompanionConfig, environ: Mapping[str, str] | None = None) -> str:
+    """The standard API key (never logged), from the first of: `upstream.api_key_file`, the
+    systemd credential `openai-api-key` (LoadCredential= in wakertc-companion.service), or the
+    environment variable `upstream.api_key_env`."""
+    env = os.environ if environ is None else environ
     upstream = config.upstream
-    if upstream.api_key_file is not None:
+    key_file, key_name = upstream.api_key_file, "upstream.api_key_file"
+    credentials = env.get("CREDENTIALS_DIRECTORY")
+    if key_file is None and credentials and (Path(credentials) / SYSTEMD_CREDENTIAL).is_file():
+        key_file, key_name = Path(credentials) / SYSTEMD_CREDENTIAL, "systemd credential"
+    if key_file is not None:
         try:
-            key = upstream.api_key_file.read_text(encoding="utf-8").strip()
+            mode = key_file.stat().st_mode
+            key = key_file.read_text(encoding="utf-8").strip()
         except OSError as exc:
             raise CompanionConfigError(
-                f"{config.path}: upstream.api_key_file: cannot read {upstream.api_key_file}: "
-                f"{exc.strerror or exc}"
+                f"{config.path}: {key_name}: cannot read {key_file}: {exc.strerror or exc}"
             ) from None
-        if not key:
+        if mode & stat.S_IROTH:
             raise CompanionConfigError(
-                f"{config.path}: upstream.api_key_file: {upstream.api_key_file} is empty"
+                f"{config.path}: {key_name}: {key_file} is readable by other users; "
+                f"chmod 600 {key_file}"
             )
+        if not key:
+            raise CompanionConfigError(f"{config.path}: {key_name}: {key_file} is empty")
         return key
-    key = os.environ.get(upstream.api_key_env, "").strip()
+    key = env.get(upstream.api_key_env, "").strip()
     if not key:
         raise CompanionConfigError(
             f"{config.path}: upstream.api_key_env: environment variable "
