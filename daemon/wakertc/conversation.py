@@ -120,6 +120,7 @@ class Conversation:
         self._discarding = False
         self._server_speaking = False  # between output_audio_buffer.started and .stopped
         self._replied = False  # the model's voice has been played in this conversation
+        self._user_speaking = False  # between speech_started and speech_stopped
         self._last_audio_at = 0.0  # when audible reply audio was last received
         self._speaker_quiet_since = 0.0
         self._ending_after_reply: str | None = None
@@ -164,8 +165,12 @@ class Conversation:
             if not self._ended.done():
                 self.wake_to_live_s = time.monotonic() - self._woke_at
                 log.info("session live %.0f ms after the wake word", self.wake_to_live_s * 1000)
-                self._phases.transition(Phase.LISTENING, "session live")
-                self._arm("idle", self._session.idle_timeout_s, "idle timeout")
+                # The server's VAD may have reported speech before it applied our session.update:
+                # then the phase has moved on already, and the user is not idle.
+                if self._phases.phase is Phase.CONNECTING:
+                    self._phases.transition(Phase.LISTENING, "session live")
+                if self._phases.phase is Phase.LISTENING and not self._user_speaking:
+                    self._arm("idle", self._session.idle_timeout_s, "idle timeout")
                 self._timers["max"] = loop.call_later(
                     self._session.max_session_s, self.end, "maximum session length"
                 )
@@ -339,6 +344,7 @@ class Conversation:
 
     def _speech_started(self, event: dict[str, Any]) -> None:
         self._disarm("idle")
+        self._user_speaking = True
         if self._phases.phase is Phase.SPEAKING:
             # The server interrupted its own reply for the user; stop what is still queued here.
             self._audio.clear_playback()
@@ -346,6 +352,7 @@ class Conversation:
         self._phases.transition(Phase.LISTENING, "user speaking")
 
     def _speech_stopped(self, event: dict[str, Any]) -> None:
+        self._user_speaking = False
         self._phases.transition(Phase.THINKING, "user stopped speaking")
 
     def _response_created(self, event: dict[str, Any]) -> None:
