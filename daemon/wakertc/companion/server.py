@@ -6,20 +6,29 @@
     GET  /session      the same without a token, for browser pages (only if enabled)
     GET  /healthz      200 {"status": "ok"}
 
-Errors use the OpenAI envelope `{"error": {"message", "type", "param", "code"}}`. Each mint
-attempt logs one line naming the device and the outcome; no key or token is ever logged.
+Errors use the OpenAI envelope `{"error": {"message", "type", "param", "code"}}`, including
+404/405 from routing; only a request that is not HTTP at all gets aiohttp's plain 400. Each mint
+attempt logs one line naming the device and the outcome; no key or token is ever logged, and a
+malformed request is one log line without a traceback (its raw bytes may hold a token).
+
+A device's body may be empty or a JSON object (at most `MAX_BODY` bytes); what it asks for is
+ignored, because the session policy is the owner's. A client gets `client_timeout_s` to send a
+complete request head, and again for the body: a stalled (slowloris) connection is closed.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from .config import CompanionConfig, CompanionConfigError, read_api_key
 from .devices import DeviceError, DeviceStore
@@ -29,6 +38,32 @@ from .upstream import UpstreamClient, UpstreamError, UpstreamTimeout
 log = logging.getLogger(__name__)
 
 BROWSER_DEVICE = "browser"
+# A device sends `{}`: anything near this size is not a device.
+MAX_BODY = 16 * 1024
+# Time a client gets for its request head (and again for a body) before the connection closes.
+CLIENT_TIMEOUT_S = 15.0
+
+
+class _OneLineProtocolErrors(logging.Filter):
+    """aiohttp logs a malformed request with a traceback quoting the raw bytes, which may hold a
+    device token: keep the event, one line, without them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            remote = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+            record.msg = "refused a malformed HTTP request from %s (%s, status %d)"
+            record.args = (remote, type(exc).__name__, exc.code)
+            record.exc_info = None
+            record.exc_text = None
+            if record.levelno > logging.INFO:  # a stranger's garbage is not our error
+                record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+# aiohttp's per-connection messages go here instead of `aiohttp.server`.
+http_log = logging.getLogger(f"{__name__}.http")
+http_log.addFilter(_OneLineProtocolErrors())
 
 
 class Companion:
@@ -41,8 +76,10 @@ class Companion:
         api_key: str | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         clock: Callable[[], float] = time.monotonic,
+        client_timeout_s: float = CLIENT_TIMEOUT_S,
     ) -> None:
         self.config = config
+        self._client_timeout_s = client_timeout_s
         self._api_key = api_key if api_key is not None else read_api_key(config)
         self._transport = transport
         self.devices = DeviceStore(config.devices_file)
@@ -67,12 +104,22 @@ class Companion:
         self._upstream = UpstreamClient(
             self.config.upstream, self._api_key, transport=self._transport
         )
-        app = web.Application(client_max_size=64 * 1024)
+        app = web.Application(client_max_size=MAX_BODY, middlewares=[_error_envelope])
         app.router.add_post("/v1/session", self._device_session)
         app.router.add_get("/healthz", self._healthz)
         if self.config.server.browser_session:
             app.router.add_get("/session", self._browser_session)
-        self._runner = web.AppRunner(app, shutdown_timeout=0.5, access_log=None)
+        self._runner = web.AppRunner(
+            app,
+            shutdown_timeout=0.5,
+            access_log=None,
+            logger=http_log,
+            # Also the deadline for a new connection's first request head (aiohttp arms it on
+            # connect): a client trickling its headers is cut off, not kept for an hour.
+            keepalive_timeout=self._client_timeout_s,
+            # After an answer that did not need the rest of a body, drain it this long at most.
+            lingering_time=self._client_timeout_s,
+        )
         await self._runner.setup()
         server = self.config.server
         site = web.TCPSite(self._runner, server.host, server.port, ssl_context=self._ssl)
@@ -104,7 +151,45 @@ class Companion:
         if device is None:
             log.info("mint refused: unknown device token (from %s)", request.remote)
             return _unauthorised("Unknown device token.")
+        refused = await self._check_body(request)
+        if refused is not None:
+            log.info("mint for device %s: refused, %s", device, refused.reason)
+            return refused
         return await self._mint(device)
+
+    async def _check_body(self, request: web.Request) -> web.Response | None:
+        """None if the body is empty or a JSON object (whose contents are ignored), else the
+        error to send. Read only after authentication, so strangers cannot make us buffer."""
+        too_large = f"Request body over {MAX_BODY} bytes."
+        length = request.content_length
+        if length is not None and length > MAX_BODY:
+            return _bad_request(413, too_large, "request_too_large")
+        if not request.body_exists:
+            return None
+        if request.content_type != "application/json":
+            message = (
+                f"Unsupported Content-Type {request.content_type!r}: send application/json "
+                "(the body is optional)."
+            )
+            return _bad_request(415, message, "unsupported_content_type")
+        try:
+            async with asyncio.timeout(self._client_timeout_s):
+                raw = await request.read()
+        except TimeoutError:
+            return _bad_request(408, "Request body not received in time.", "request_timeout")
+        except web.HTTPRequestEntityTooLarge:
+            return _bad_request(413, too_large, "request_too_large")
+        try:
+            body = json.loads(raw)
+        except (ValueError, RecursionError):
+            body = None
+        if not isinstance(body, dict):
+            message = (
+                "The body must be a JSON object (its fields are ignored: the companion sets the "
+                "session)."
+            )
+            return _bad_request(400, message, "invalid_json")
+        return None
 
     async def _browser_session(self, request: web.Request) -> web.StreamResponse:
         response = await self._mint(BROWSER_DEVICE)
@@ -167,6 +252,31 @@ def api_error(
     """A JSON error in the OpenAI envelope."""
     body = {"error": {"message": message, "type": error_type, "param": None, "code": code}}
     return web.json_response(body, status=status, headers=headers)
+
+
+@web.middleware
+async def _error_envelope(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """aiohttp's own 404/405/413 answers are plain text; clients of an OpenAI-style API expect
+    the envelope."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        # %r and a cut: the path is a stranger's text (newlines, or a token pasted into a URL).
+        path = request.path if len(request.path) <= 60 else request.path[:60] + "..."
+        log.info("refused %s %r: %d %s", request.method[:10], path, exc.status, exc.reason)
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        code = exc.reason.lower().replace(" ", "_")
+        return api_error(
+            exc.status, f"{exc.reason}.", "invalid_request_error", code=code, headers=headers
+        )
+
+
+def _bad_request(status: int, message: str, code: str) -> web.Response:
+    return api_error(status, message, "invalid_request_error", code=code)
 
 
 def _unauthorised(message: str) -> web.Response:
