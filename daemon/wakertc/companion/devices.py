@@ -1,10 +1,11 @@
 """Device tokens: named, shown once, stored only as SHA-256 hashes.
 
 The devices file is JSON (`{"devices": {"NAME": {"sha256": "...", "added_at": <unix s>}}}`),
-written atomically with mode 0600. The running server re-reads it when its mtime changes, so
-`add-device` / `remove-device` take effect without a restart. Tokens are compared with
-`hmac.compare_digest` against every stored hash, so timing reveals neither which device nor how
-much of a hash matched.
+written atomically with mode 0600, and refused when others may read it or others (or the group)
+may write it: whoever can write it can add a device. The running server re-reads it when its
+mtime changes, so `add-device` / `remove-device` take effect without a restart. Tokens are
+compared with `hmac.compare_digest` against every stored hash, so timing reveals neither which
+device nor how much of a hash matched.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import logging
 import os
 import re
 import secrets
+import stat
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ log = logging.getLogger(__name__)
 
 TOKEN_PREFIX = "wkd_"  # noqa: S105 (a prefix, not a secret)
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+UNSAFE_MODE = stat.S_IROTH | stat.S_IWOTH | stat.S_IWGRP
 
 
 class DeviceError(ValueError):
@@ -32,7 +35,9 @@ class DeviceError(ValueError):
 
 def token_hash(token: str) -> str:
     """Hex SHA-256 of a token, as stored."""
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+    # aiohttp decodes header bytes that are not UTF-8 to lone surrogates: hash those too (they
+    # match no token) rather than fail the request.
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class DeviceStore:
@@ -84,13 +89,20 @@ class DeviceStore:
 
     def _refresh(self) -> None:
         try:
-            stat = self.path.stat()
+            info = self.path.stat()
         except FileNotFoundError:
             self._devices, self._stamp = {}, None
             return
         except OSError as exc:
             raise DeviceError(f"{self.path}: cannot read devices file: {exc.strerror}") from None
-        stamp = (stat.st_mtime_ns, stat.st_size)
+        if info.st_mode & UNSAFE_MODE:
+            self._devices, self._stamp = {}, None
+            mode = stat.S_IMODE(info.st_mode)
+            raise DeviceError(
+                f"{self.path}: devices file has mode {mode:04o} (readable by others or writable "
+                f"by others or the group); chmod 600 {self.path}"
+            )
+        stamp = (info.st_mtime_ns, info.st_size)
         if stamp == self._stamp:
             return
         try:
