@@ -31,6 +31,7 @@ from .config import Config, ConfigError, config_path, load_config, read_token
 from .keys import CompanionClient, KeyKeeper
 from .leds import LedError
 from .logs import register_secret
+from .memory import limit_malloc_arenas, release_free_memory
 from .sounds import CueError
 from .state import Phase, PhaseMachine, Transition
 from .wakeword import Detection, WakeWordDetector, WakeWordError
@@ -124,9 +125,9 @@ class Daemon:
             self.phases.transition(Phase.IDLE, "listening for the wake word")
             self.systemd.ready()
             self.systemd.start_watchdog()
-            if config.session.echo_cancellation:
-                # Off the critical path: the first conversation should not wait for the import.
-                self._spawn(asyncio.to_thread(self._load_aec), "aec-load")
+            # Off the critical path: the first conversation should not wait for these imports
+            # (WebRTC ~160 ms, the echo canceller ~100 ms on this class of machine).
+            self._spawn(asyncio.to_thread(self._preload), "preload")
             await self._stopped.wait()
         finally:
             await self._shutdown(companion)
@@ -283,16 +284,20 @@ class Daemon:
             self._conversation_task = None
             self._preroll.clear()
             self.detector.reset()
+            release_free_memory()  # back to idle: return what the call used
 
     def _on_transcript(self, text: str, item_id: str) -> None:
         self.hook.send({"event": "transcript", "text": text, "item_id": item_id})
 
     # -- echo cancellation -------------------------------------------------------------------
 
-    def _load_aec(self) -> None:
-        from .aec import make_echo_canceller
+    def _preload(self) -> None:
+        from . import conversation  # noqa: F401  (aiortc, av)
 
-        self._aec = make_echo_canceller(self.config.session.echo_cancellation)
+        if self.config.session.echo_cancellation:
+            from .aec import make_echo_canceller
+
+            self._aec = make_echo_canceller(True)
 
     def _echo_cancel_when_speaking(self, change: Transition) -> None:
         # The canceller runs from the first reply of a conversation to its end. Not earlier: its
@@ -334,6 +339,7 @@ def run_daemon(path: str | None) -> int:
         print(exc, file=sys.stderr)
         return 2
     setup_logging(config.log.level)
+    limit_malloc_arenas()
     daemon = Daemon(config)
 
     async def main() -> None:
