@@ -11,6 +11,7 @@ Relative paths in the file are relative to the file's own directory.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import stat
 import tomllib
@@ -327,6 +328,11 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         raise ConfigError(path, [Problem("(file)", str(path), f"unreadable: {exc}")]) from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, [Problem("(file)", str(path), f"not valid TOML: {exc}")]) from exc
+    except RecursionError:
+        # tomllib recurses once per nesting level: `a = [[[[...` thousands deep exhausts the stack.
+        raise ConfigError(
+            path, [Problem("(file)", str(path), "not valid TOML: arrays or tables nested too deep")]
+        ) from None
     return config_from_dict(data, path)
 
 
@@ -511,7 +517,7 @@ def _describe(tp: Any) -> str:
     if tp is int:
         return "an integer"
     if tp is float:
-        return "a number"
+        return "a finite number"
     if tp is str:
         return "a string"
     if tp is Path:
@@ -567,7 +573,8 @@ def _convert(value: Any, tp: Any, key: str, base: Path, problems: list[Problem])
     if tp is Any:
         return value
     if tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
+        # TOML allows nan and inf; no setting here means either (nan passes every `<=` check).
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
             return float(value)
     elif tp is int or tp is str:
         if isinstance(value, tp) and not isinstance(value, bool):
@@ -575,8 +582,12 @@ def _convert(value: Any, tp: Any, key: str, base: Path, problems: list[Problem])
     elif tp is bool:
         if isinstance(value, bool):
             return value
-    elif tp is Path and isinstance(value, str) and value:
-        path = Path(value).expanduser()
+    elif tp is Path and isinstance(value, str) and value and "\0" not in value:
+        try:
+            path = Path(value).expanduser()
+        except RuntimeError:  # `~name/...` for a user that does not exist
+            problems.append(Problem(key, value, "a file path whose ~user exists"))
+            return None
         return path if path.is_absolute() else base / path
     problems.append(Problem(key, value, _describe(tp)))
     return None
