@@ -1,0 +1,420 @@
+"""Conversations end to end: the real daemon against the Realtime emulator, through the companion.
+
+Each test drives one behaviour of issue 4 with real speech (espeak-ng), the real wake-word models,
+real WebRTC over loopback and the file audio backend in real time, and checks the phase sequence,
+the LEDs and what reached the "model" (the emulator's recording). Failures are in
+test_conversation_faults.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+
+from chain import clip, run_chain
+from wakertc.demo import make_default_input
+from wakertc.state import Phase
+
+BLUE, GREEN, RED, WHITE = "#0040ff", "#00ff40", "#ff0000", "#ffffff"
+QUESTION = "what is the weather like today"
+
+
+def reply_times(chain, call: int = -1) -> tuple[float, float]:
+    """Monotonic times of the emulator's first output_audio_buffer.started and .stopped."""
+    started_at = chain.calls()[call].started
+    times = {}
+    for record in chain.events(call):
+        kind = record.get("event", {}).get("type")
+        if kind in ("output_audio_buffer.started", "output_audio_buffer.stopped"):
+            times.setdefault(kind, started_at + record["t"])
+    return times["output_audio_buffer.started"], times["output_audio_buffer.stopped"]
+
+
+async def test_wake_word_conversation_in_one_breath(tmp_path, models_dir):
+    """Wake word and question in one breath: the whole question reaches the model, the echo is
+    played, the phases and LEDs follow, and the idle timeout ends it."""
+    said = make_default_input(tmp_path / "in.wav")
+    assert said.question_start_s is not None and said.question_end_s is not None
+    async with run_chain(tmp_path / "chain", models_dir, input_audio=said.path) as chain:
+        wake, connecting, live, _thinking, speaking, listening, idle = await chain.expect(
+            Phase.WAKE,
+            Phase.CONNECTING,
+            Phase.LISTENING,
+            Phase.THINKING,
+            Phase.SPEAKING,
+            Phase.LISTENING,
+            Phase.IDLE,
+            timeout=25,
+        )
+        assert wake.reason == "wake word hey_jarvis"
+        assert chain.daemon.last_detection is not None
+        assert speaking.reason == "reply audio" and listening.reason == "reply finished"
+        assert idle.reason == "conversation over (idle timeout)"
+        # The idle timeout counts from the end of the reply.
+        idle_s = chain.config.session.idle_timeout_s
+        assert idle_s - 0.1 <= idle.t - listening.t <= idle_s + 0.6
+
+        ratio = chain.received_ratio((said.question_start_s, said.question_end_s))
+        assert ratio >= 0.95, f"only {ratio:.0%} of the question reached the model"
+        assert chain.daemon.last_wake_to_live_s is not None
+        assert chain.daemon.last_wake_to_live_s < 1.0
+
+        # The echo reply is played in full while SPEAKING.
+        started, stopped = reply_times(chain)
+        played = chain.mic.audible_span(speaking.t, listening.t + 0.3)
+        assert played >= 0.85 * (stopped - started), (played, stopped - started)
+
+        assert chain.leds(connecting).is_colour(BLUE)
+        for seen, effect, colour in ((live, "solid", BLUE), (listening, "solid", BLUE)):
+            reading = chain.leds(seen)
+            assert reading.effect == effect and reading.is_colour(colour), reading
+        reading = chain.leds(speaking)
+        assert reading.effect == "pulse" and reading.is_colour(GREEN), reading
+        assert chain.leds(idle).effect == "off"
+        # One call, hung up by the device.
+        (call,) = chain.calls()
+        assert call.close_reason == "hung up by the client"
+        assert chain.daemon.conversations == 1
+
+
+async def test_button_starts_and_ends_a_conversation(tmp_path, models_dir):
+    """A short press opens a session without the wake word; a press while listening ends it."""
+    async with run_chain(tmp_path, models_dir, reply="tone") as chain:
+        await chain.press()
+        wake, _, _live = await chain.expect(Phase.WAKE, Phase.CONNECTING, Phase.LISTENING)
+        assert wake.reason == "button"
+        spoken = chain.mic.speak(clip(QUESTION))
+        await chain.expect(Phase.THINKING, Phase.SPEAKING, Phase.LISTENING)
+        assert chain.received_ratio(spoken) >= 0.95
+        await chain.press()
+        (idle,) = await chain.expect(Phase.IDLE)
+        assert idle.reason == "conversation over (button)"
+        assert chain.calls()[0].close_reason == "hung up by the client"
+        assert chain.daemon.last_detection is None  # no wake word was involved
+
+
+async def test_follow_up_turn_without_the_wake_word(tmp_path, models_dir):
+    """After the reply, a second question without the wake word is answered in the same session."""
+    said = make_default_input(tmp_path / "in.wav")
+    async with run_chain(tmp_path / "chain", models_dir, input_audio=said.path) as chain:
+        await chain.expect(
+            Phase.WAKE, Phase.CONNECTING, Phase.LISTENING, Phase.THINKING, Phase.SPEAKING
+        )
+        await chain.expect(Phase.LISTENING)
+        # A natural pause. (Speech starting over the reply's last syllables loses ~0.3 s to the
+        # echo canceller's double-talk suppression when, as here, no echo reaches the mic.)
+        await asyncio.sleep(0.5)
+        follow_up = chain.mic.speak(clip("and what about tomorrow"))
+        _, _, _, idle = await chain.expect(
+            Phase.THINKING, Phase.SPEAKING, Phase.LISTENING, Phase.IDLE
+        )
+        assert idle.reason == "conversation over (idle timeout)"
+        assert len(chain.calls()) == 1 and chain.daemon.conversations == 1
+        replies = [e for e in chain.received() if e["type"] == "response.created"]
+        assert len(replies) == 2
+        assert chain.received_ratio(follow_up) >= 0.95
+
+
+async def test_idle_timeout_ends_a_silent_conversation(tmp_path, models_dir):
+    """Nobody speaks: the session ends `idle_timeout_s` after it went live; the call is hung up."""
+    async with run_chain(
+        tmp_path, models_dir, device={"session": {"idle_timeout_s": 1.0}}
+    ) as chain:
+        await chain.press()
+        _, _, live, idle = await chain.expect(
+            Phase.WAKE, Phase.CONNECTING, Phase.LISTENING, Phase.IDLE
+        )
+        assert idle.reason == "conversation over (idle timeout)"
+        assert 0.9 <= idle.t - live.t <= 1.5
+        assert chain.calls()[0].close_reason == "hung up by the client"
+        assert not [e for e in chain.received() if e["type"] == "response.created"]
+
+
+async def test_max_session_length_ends_a_busy_conversation(tmp_path, models_dir):
+    """Even mid-turn, the session ends `max_session_s` after it went live."""
+    async with run_chain(
+        tmp_path,
+        models_dir,
+        device={"session": {"idle_timeout_s": 30.0, "max_session_s": 1.5}},
+    ) as chain:
+        await chain.press()
+        _, _, live = await chain.expect(Phase.WAKE, Phase.CONNECTING, Phase.LISTENING)
+        chain.mic.speak(clip("let me tell you a long story about my day at the office"))
+        idle = await chain.wait_phase(Phase.IDLE, timeout=10)
+        assert idle.reason == "conversation over (maximum session length)"
+        assert 1.4 <= idle.t - live.t <= 2.0
+        assert chain.calls()[0].close_reason == "hung up by the client"
+
+
+async def test_model_ends_the_conversation_after_its_goodbye(tmp_path, models_dir):
+    """The model calls end_conversation after its last words: they are played to the end, then
+    the session is hung up at once. (The tone ends loud, so a cut-off tail would show.)"""
+    script = [{"reply": "tone", "call": {"name": "end_conversation"}}]
+    async with run_chain(tmp_path, models_dir, script=script) as chain:
+        await chain.press()
+        await chain.expect(Phase.WAKE, Phase.CONNECTING, Phase.LISTENING)
+        chain.mic.speak(clip("thank you, that is all"))
+        _, speaking, idle = await chain.expect(Phase.THINKING, Phase.SPEAKING, Phase.IDLE)
+        assert idle.reason == "conversation over (model called end_conversation)"
+        started, stopped = reply_times(chain)
+        played = chain.mic.audible_span(speaking.t, idle.t)
+        assert played >= 0.95 * (stopped - started), (played, stopped - started)
+        assert idle.t - stopped < 1.0  # and not kept open once it had played
+        call_id = next(
+            e["call_id"]
+            for e in chain.received()
+            if e["type"] == "response.function_call_arguments.done"
+        )
+        outputs = [
+            e["item"]
+            for e in chain.sent()
+            if e["type"] == "conversation.item.create"
+            and e["item"].get("type") == "function_call_output"
+        ]
+        assert [o["call_id"] for o in outputs] == [call_id]
+        assert "response.create" not in [e["type"] for e in chain.sent()]
+        assert chain.calls()[0].close_reason == "hung up by the client"
+
+
+TOOL_CODE = (
+    "import json, sys; args = json.load(sys.stdin); "
+    "print(json.dumps({'city': args['city'], 'forecast': 'sunny, 21 degrees'}))"
+)
+
+
+async def test_command_tool_result_goes_back_to_the_model(tmp_path, models_dir):
+    """A configured command tool runs with the model's arguments; its output goes back as
+    function_call_output + response.create, and the conversation carries on."""
+    tool = {
+        "name": "get_weather",
+        "description": "The weather forecast for a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        "command": [sys.executable, "-c", TOOL_CODE],
+        "timeout_s": 5.0,
+    }
+    script = [
+        {"call": {"name": "get_weather", "arguments": {"city": "Paris"}}},
+        {"reply": "tone"},
+    ]
+    async with run_chain(tmp_path, models_dir, script=script, device={"tools": [tool]}) as chain:
+        await chain.press()
+        await chain.expect(Phase.WAKE, Phase.CONNECTING, Phase.LISTENING)
+        chain.mic.speak(clip("what is the weather in paris"))
+        _, _speaking, listening = await chain.expect(
+            Phase.THINKING, Phase.SPEAKING, Phase.LISTENING
+        )
+        assert listening.reason == "reply finished"
+        sent = chain.sent()
+        declared = next(e for e in sent if e["type"] == "session.update")["session"]["tools"]
+        assert {t["name"] for t in declared} == {"end_conversation", "get_weather"}
+        call_id = next(
+            e["call_id"]
+            for e in chain.received()
+            if e["type"] == "response.function_call_arguments.done"
+        )
+        index = next(
+            i
+            for i, e in enumerate(sent)
+            if e["type"] == "conversation.item.create"
+            and e["item"].get("type") == "function_call_output"
+        )
+        item = sent[index]["item"]
+        assert item["call_id"] == call_id
+        assert json.loads(item["output"]) == {"city": "Paris", "forecast": "sunny, 21 degrees"}
+        assert sent[index + 1]["type"] == "response.create"
+        responses = [e for e in chain.received() if e["type"] == "response.done"]
+        assert [r["response"]["status"] for r in responses] == ["completed", "completed"]
+        # Still in the conversation: a follow-up is heard and answered.
+        chain.mic.speak(clip("thank you"))
+        await chain.expect(Phase.THINKING, Phase.SPEAKING, Phase.LISTENING, Phase.IDLE)
+
+
+STORY = (
+    "Once upon a time, in a small village by the sea, there lived an old fisherman "
+    "who told long stories to anyone who would listen."
+)
+
+
+async def test_button_interrupts_the_reply(tmp_path, models_dir):
+    """Barge-in by button: response.cancel then output_audio_buffer.clear go up, the speaker
+    falls silent at once, the device listens again."""
+    async with run_chain(tmp_path, models_dir, script=[{"say": STORY}]) as chain:
+        await chain.press()
+        await chain.expect(Phase.WAKE, Phase.CONNECTING, Phase.LISTENING)
+        chain.mic.speak(clip("tell me a story"))
+        _, speaking = await chain.expect(Phase.THINKING, Phase.SPEAKING)
+        await asyncio.sleep(0.8)
+        await chain.press()
+        (listening,) = await chain.expect(Phase.LISTENING)
+        assert listening.reason == "interrupted by button"
+        assert listening.queued_s == 0.0  # the queue was dropped, not played out
+        (idle,) = await chain.expect(Phase.IDLE)
+        # Nothing of the story played after the press (the done cue comes with IDLE).
+        assert chain.mic.audible_s(listening.t + 0.1, idle.t) == 0.0
+        assert chain.mic.audible_span(speaking.t, listening.t) >= 0.5
+        sent = [e["type"] for e in chain.sent()]
+        cancel = sent.index("response.cancel")
+        assert sent[cancel + 1] == "output_audio_buffer.clear"
+        received = chain.received()
+        assert "output_audio_buffer.cleared" in [e["type"] for e in received]
+        done = [e["response"]["status"] for e in received if e["type"] == "response.done"]
+        assert done == ["cancelled"]
+
+
+async def test_wake_word_interrupts_the_reply(tmp_path, models_dir):
+    """Barge-in by the wake word: "hey jarvis" said over the reply cancels it like the button.
+
+    Half-duplex (the fallback without an echo canceller), so the server hears nothing during the
+    reply: the wake word, spotted on the device, is the only voice that can interrupt it. (The
+    speaker is not fed back into the microphone here: with an echo path, spotting the wake word
+    depends on the echo canceller, whose double-talk behaviour is outside this test.)"""
+    async with run_chain(
+        tmp_path,
+        models_dir,
+        script=[{"say": STORY}],
+        device={"session": {"half_duplex": True, "echo_cancellation": False}},
+    ) as chain:
+        await chain.press()
+        await chain.expect(Phase.WAKE, Phase.CONNECTING, Phase.LISTENING)
+        chain.mic.speak(clip("tell me a story"))
+        _, _speaking = await chain.expect(Phase.THINKING, Phase.SPEAKING)
+        await asyncio.sleep(0.5)
+        chain.mic.speak(clip("hey jarvis"))
+        (listening,) = await chain.expect(Phase.LISTENING, timeout=8)
+        assert listening.reason == "interrupted by wake word"
+        assert chain.daemon.last_detection is not None
+        assert listening.queued_s == 0.0
+        (idle,) = await chain.expect(Phase.IDLE)
+        assert chain.mic.audible_s(listening.t + 0.1, idle.t) == 0.0
+        sent = [e["type"] for e in chain.sent()]
+        cancel = sent.index("response.cancel")
+        assert sent[cancel + 1] == "output_audio_buffer.clear"
+        assert chain.daemon.conversations == 1  # the wake word did not start another one
+
+
+async def test_long_press_mutes_and_unmutes(tmp_path, models_dir):
+    """A long press ends the conversation and mutes: red LED, and the wake word is not even
+    analysed; another long press unmutes and the wake word works again."""
+    async with run_chain(tmp_path, models_dir) as chain:
+        await chain.press()
+        await chain.expect(Phase.WAKE, Phase.CONNECTING, Phase.LISTENING)
+        muted = await chain.long_press(expect=Phase.MUTED)
+        assert muted.old is Phase.LISTENING
+        assert muted.reason == "microphone muted by the button"
+        assert chain.calls()[0].close_reason == "hung up by the client"
+        await chain.mic.say(clip("hey jarvis, what time is it"))
+        await asyncio.sleep(0.5)  # the detector's latency, had it been listening
+        assert chain.phase is Phase.MUTED
+        assert chain.daemon.last_detection is None
+        assert len(chain.calls()) == 1
+        unmuted = await chain.long_press(expect=Phase.IDLE)
+        assert unmuted.reason == "microphone unmuted"
+        reading = chain.leds(muted)
+        assert reading.effect == "solid" and reading.is_colour(RED), reading
+        assert chain.leds(unmuted).effect == "off"
+        chain.mic.speak(clip("hey jarvis"))
+        wake, _, _ = await chain.expect(Phase.WAKE, Phase.CONNECTING, Phase.LISTENING)
+        assert wake.reason == "wake word hey_jarvis"
+        await chain.press()
+        await chain.expect(Phase.IDLE)
+
+
+async def test_half_duplex_closes_the_microphone_while_speaking(tmp_path, models_dir):
+    """With no echo canceller and the speaker loud in the microphone, half_duplex keeps the reply
+    (and anything said over it) out of the session: the reply is not interrupted by its own echo,
+    and the words right after the wake word still all arrive."""
+    said = make_default_input(tmp_path / "in.wav")
+    assert said.question_start_s is not None and said.question_end_s is not None
+    async with run_chain(
+        tmp_path / "chain",
+        models_dir,
+        input_audio=said.path,
+        script=[{"say": STORY}],
+        device={"session": {"half_duplex": True, "echo_cancellation": False}},
+        echo_gain=0.5,
+    ) as chain:
+        await chain.expect(
+            Phase.WAKE, Phase.CONNECTING, Phase.LISTENING, Phase.THINKING, Phase.SPEAKING
+        )
+        speaking = chain.current
+        await asyncio.sleep(0.5)
+        over_the_reply = chain.mic.speak(clip("stop talking please"))
+        listening, _ = await chain.expect(Phase.LISTENING, Phase.IDLE)
+        assert listening.reason == "reply finished"
+        assert over_the_reply.end_s < chain.heard_position(listening.t)
+        assert chain.received_ratio((said.question_start_s, said.question_end_s)) >= 0.95
+        assert chain.received_ratio(over_the_reply) == 0.0
+        reply = (chain.heard_position(speaking.t), chain.heard_position(listening.t))
+        assert chain.received_ratio(reply) == 0.0  # its own echo never went up either
+        events = [e["type"] for e in chain.received()]
+        assert events.count("input_audio_buffer.speech_started") == 1
+
+
+HOOK_CODE = "import sys\nwith open(sys.argv[1], 'a') as f:\n    f.write(sys.stdin.read())\n"
+
+
+async def test_transcription_mode_sends_transcripts_to_the_hook(tmp_path, models_dir):
+    """session.mode = transcription with a companion minting transcription sessions: what is
+    said is transcribed (no replies), logged, and handed to the hook command."""
+    hook, received = tmp_path / "hook.py", tmp_path / "hook.jsonl"
+    hook.write_text(HOOK_CODE)
+    said = make_default_input(tmp_path / "in.wav")
+    async with run_chain(
+        tmp_path / "chain",
+        models_dir,
+        input_audio=said.path,
+        companion_extra='\n[session]\ntype = "transcription"\n',
+        device={
+            "session": {"mode": "transcription"},
+            "hook": {"command": [sys.executable, str(hook), str(received)]},
+        },
+    ) as chain:
+        _, _, _, stopped, transcribed, idle = await chain.expect(
+            Phase.WAKE,
+            Phase.CONNECTING,
+            Phase.LISTENING,
+            Phase.THINKING,
+            Phase.LISTENING,
+            Phase.IDLE,
+            timeout=20,
+        )
+        assert stopped.reason == "user stopped speaking"
+        assert transcribed.reason == "transcript received"
+        assert idle.reason == "conversation over (idle timeout)"
+        update = next(e for e in chain.sent() if e["type"] == "session.update")
+        assert update["session"]["type"] == "transcription"
+        assert "response.create" not in [e["type"] for e in chain.sent()]
+        (done,) = [
+            e
+            for e in chain.received()
+            if e["type"] == "conversation.item.input_audio_transcription.completed"
+        ]
+        text = done["transcript"]
+        assert chain.logs.find(f"user: {text}")
+    # The hook runs off the loop; the daemon's shutdown waits for queued runs.
+    payloads = [json.loads(line) for line in received.read_text().splitlines()]
+    transcripts = [p for p in payloads if p["event"] == "transcript"]
+    assert transcripts == [{"event": "transcript", "text": text, "item_id": done["item_id"]}]
+    phases = [p["new"] for p in payloads if p["event"] == "phase"]
+    assert phases[:4] == ["idle", "wake", "connecting", "listening"]
+
+
+async def test_key_is_kept_ready_so_conversations_do_not_wait_for_the_companion(
+    tmp_path, models_dir
+):
+    """The key is minted before anyone wakes the device, and reused: neither conversation waits
+    for the companion."""
+    async with run_chain(tmp_path, models_dir) as chain:
+        minted, _ = await chain.wait_log("mint for device demo-device: ok")
+        for _ in range(2):
+            await chain.press()
+            await chain.expect(Phase.WAKE, Phase.CONNECTING, Phase.LISTENING)
+            await chain.press()
+            await chain.expect(Phase.IDLE)
+        wakes = [s for s in chain.seen if s.new is Phase.WAKE]
+        assert minted < wakes[0].t
+        assert len(chain.logs.find("mint for device demo-device: ok")) == 1
+        assert len(chain.calls()) == 2
+        assert chain.daemon.last_wake_to_live_s is not None
+        assert chain.daemon.last_wake_to_live_s < 0.5
