@@ -39,6 +39,9 @@ SILENCE_PEAK = 64
 # When the server says a reply's output stopped, its last ~100 ms are still in the network and the
 # jitter buffer: the reply has been heard once nothing audible has arrived for this long.
 REPLY_TAIL_S = 0.25
+# A reply whose audio stops arriving for this long means the path died without a word (ICE consent
+# checks would only notice after ~30 s): the conversation fails instead of "speaking" on.
+REPLY_STALL_S = 2.0
 
 
 class SessionFailed(Exception):
@@ -114,6 +117,7 @@ class Conversation:
         self._ended: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._watchdog: asyncio.Task[None] | None = None
         # After a barge-in, the cancelled reply's audio still in flight (RTP, jitter buffer)
         # arrives after the server's `output_audio_buffer.cleared`: drop received audio until the
         # next response is created.
@@ -122,6 +126,7 @@ class Conversation:
         self._replied = False  # the model's voice has been played in this conversation
         self._user_speaking = False  # between speech_started and speech_stopped
         self._last_audio_at = 0.0  # when audible reply audio was last received
+        self._audio_received_at = 0.0  # when any remote audio was last received
         self._speaker_quiet_since = 0.0
         self._ending_after_reply: str | None = None
         self._response_audio = False
@@ -174,15 +179,19 @@ class Conversation:
                 self._timers["max"] = loop.call_later(
                     self._session.max_session_s, self.end, "maximum session length"
                 )
+                self._watchdog = loop.create_task(
+                    self._watch_reply_audio(), name="conversation-reply-watchdog"
+                )
             reason = await self._ended
             log.info("conversation ended: %s", reason)
             return reason
         finally:
             for timer in self._timers.values():
                 timer.cancel()
-            for task in list(self._tasks):
+            tasks = [*self._tasks, *([self._watchdog] if self._watchdog else [])]
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
             self._audio.clear_playback()
             if self._call is not None:
                 await self._call.close()
@@ -223,6 +232,7 @@ class Conversation:
         self._send({"type": "output_audio_buffer.clear"})
         self._audio.clear_playback()
         self._discarding = True
+        self._server_speaking = False
         self._speaker_quiet_since = time.monotonic()
         self._phases.transition(Phase.LISTENING, f"interrupted by {why}")
         self._arm("idle", self._session.idle_timeout_s, "idle timeout")
@@ -367,6 +377,7 @@ class Conversation:
         self._response_audio = True
         self._server_speaking = True
         self._replied = True
+        self._audio_received_at = time.monotonic()
         self._phases.transition(Phase.SPEAKING, "reply audio")
 
     def _speaking_stopped(self, event: dict[str, Any]) -> None:
@@ -444,6 +455,14 @@ class Conversation:
         self._send_output(call_id, output)
         self._send({"type": "response.create"})
 
+    async def _watch_reply_audio(self) -> None:
+        while True:
+            await asyncio.sleep(REPLY_STALL_S / 4)
+            silent_for = time.monotonic() - self._audio_received_at
+            if self._server_speaking and silent_for > REPLY_STALL_S:
+                self.fail(f"connection lost: no reply audio for {silent_for:.1f} s mid-reply")
+                return
+
     async def _end_when_played(self, reason: str) -> None:
         # The speaker's queue has no completion event, and the reply's tail may still be in
         # flight: poll until it has arrived and played, so the goodbye is heard to the end.
@@ -468,6 +487,7 @@ class Conversation:
             log.debug("could not send %s: channel not open", event["type"])
 
     def _play(self, samples: NDArray[np.int16]) -> None:
+        self._audio_received_at = time.monotonic()
         if self._discarding:
             return
         # The remote track carries silence between replies; queueing it would keep the speaker
