@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import ssl
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -82,7 +83,12 @@ class CompanionClient:
     ) -> None:
         self._url = config.url.rstrip("/") + "/v1/session"
         self._timeout = config.timeout_s
-        verify: Any = str(config.ca_file) if config.ca_file is not None else True
+        # A self-signed home server is trusted only through the CA the config names.
+        verify: ssl.SSLContext | bool = (
+            ssl.create_default_context(cafile=str(config.ca_file))
+            if config.ca_file is not None
+            else True
+        )
         self._client = httpx.AsyncClient(
             verify=verify,
             transport=transport,
