@@ -5,14 +5,18 @@ WebRTC on loopback), except that the microphone and the speaker are real PortAud
 rates other than 16 kHz (see pulse.py: a 48 kHz stereo microphone, a 44.1 kHz mono speaker).
 What is said is played into the microphone sink in real time (`paplay`); what the device says is
 captured in-process from the speaker's monitor, each 10 ms block stamped with the monotonic time
-it arrived (`SpeakerTap`), so it can be set against phase changes and button presses.
+it arrived (`MonitorTap`), so it can be set against phase changes and button presses.
 
 - a wake phrase and a question in one breath come back as the echo reply, correlated with the
   question; phases and LEDs follow;
 - a button press during a long reply silences the speaker at once and cancels the reply upstream;
-- with the speaker looped back into the microphone (`module-loopback`), the echo canceller keeps
-  the device's own voice from triggering the server's VAD; without it (and without half-duplex)
-  the device interrupts itself.
+- with the speaker looped back into the microphone (`module-loopback`), the echo canceller (or
+  half-duplex) keeps the device's own voice from triggering the server's VAD; with neither, the
+  device interrupts itself;
+- a known gap, as a strict xfail: the wake cue heard back is taken for the user speaking.
+
+The emulator's VAD is energy-based (emulator/vad.py), so what it hears is also measured as a level
+(`model_heard_dbfs`) beside the echo at the microphone (a second tap, on the microphone's monitor).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import contextlib
 import logging
 import time
 import tomllib
+import wave
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +38,7 @@ import soxr
 from gpiozero.pins.mock import MockFactory
 
 from chain import (
+    BUTTON_PIN,
     COMPANION_LIMITS,
     DEVICE_DEFAULTS,
     Chain,
@@ -47,7 +53,7 @@ from wakertc.daemon import Daemon, Edges
 from wakertc.demo import DEMO_API_KEY, start_services, write_device_config
 from wakertc.emulator import EmulatorOptions
 from wakertc.leds import colour
-from wakertc.measure import ENVELOPE_HOP_S, align, envelope, received_ratio
+from wakertc.measure import ENVELOPE_HOP_S, align, envelope, received_ratio, write_wav
 from wakertc.state import Phase
 
 pytestmark = pytest.mark.pulse
@@ -67,16 +73,18 @@ VOICE, WPM = "en-gb", 130
 UNRELATED = ("please turn on the kitchen lights", "set a timer for ten minutes", "play some music")
 MIC_CHANNEL = 1  # the speech is on the right channel; the left carries a tone it must not hear
 AUDIBLE_PEAK = 300  # about -40 dBFS: anything louder at the speaker is "sound"
+LOOPBACK_MS = 40  # module-loopback's target latency: speaker -> microphone
 
 
-# -- the speaker, as heard from its monitor -----------------------------------------------------
+# -- the speaker and the microphone, as heard from their monitors ---------------------------
 
 
-class SpeakerTap:
-    """Captures the speaker sink's monitor in-process: 10 ms blocks with their arrival times.
+class MonitorTap:
+    """Captures a PulseAudio device in-process: 10 ms mono blocks with their arrival times.
 
-    Arrival lags what the sink plays by the capture path's own latency (a few tens of ms), so
-    times measured with it are upper bounds.
+    On the rig's loopback device it hears what the speaker plays; on its input device, what the
+    microphone hears. Arrival lags what the sink plays by the capture path's own latency (a few
+    tens of ms), so times measured with it are upper bounds.
     """
 
     def __init__(self, device: str, rate: int) -> None:
@@ -136,6 +144,13 @@ class SpeakerTap:
         samples = np.concatenate(chunks).astype(np.float32) / 32768.0
         return np.asarray(soxr.resample(samples, self.rate, RATE), np.float32)
 
+    async def wait_audible(self, since: float, seconds: float, timeout: float = 10.0) -> None:
+        """Wait until `seconds` of sound have arrived since monotonic time `since`."""
+        deadline = time.monotonic() + timeout
+        while len(self.audible(since, time.monotonic())) * 0.01 < seconds:
+            assert time.monotonic() < deadline, f"not {seconds} s of sound within {timeout} s"
+            await asyncio.sleep(0.02)
+
     def audible(self, start: float, end: float, peak: int = AUDIBLE_PEAK) -> list[float]:
         """Arrival times of the blocks between `start` and `end` louder than `peak`."""
         return [
@@ -144,6 +159,10 @@ class SpeakerTap:
             if start <= t <= end and int(np.abs(b).max(initial=0)) >= peak
         ]
 
+    def loudest_dbfs(self, start: float, end: float) -> float:
+        """The loudest 10 ms (RMS, dBFS) of what arrived between two monotonic times."""
+        return loudest_dbfs(self.audio(start, end))
+
     def rms(self, start: float, end: float) -> float:
         """RMS (int16 units) of what arrived between two monotonic times."""
         chunks = [b for t, b in list(self.blocks) if start <= t <= end]
@@ -151,6 +170,12 @@ class SpeakerTap:
             return 0.0
         samples = np.concatenate(chunks).astype(np.float64)
         return float(np.sqrt(np.mean(samples**2)))
+
+
+def loudest_dbfs(samples: np.ndarray) -> float:
+    """The loudest 10 ms RMS of float audio (16 kHz) in dBFS; -100 for digital silence."""
+    env = envelope(samples, RATE)
+    return 20 * float(np.log10(max(float(env.max(initial=0.0)), 1e-5)))
 
 
 # -- the microphone ---------------------------------------------------------------------------
@@ -181,8 +206,6 @@ def mic_wav(path: Path, *parts: np.ndarray, lead_s: float = 0.5, tail_s: float =
     other = 0.1 * np.sin(2 * np.pi * 300 * t)
     channels = [other, at48k] if MIC_CHANNEL == 1 else [at48k, other]
     stereo = (np.clip(np.stack(channels, axis=1), -1, 1) * 32767).astype("<i2")
-    import wave
-
     with wave.open(str(path), "wb") as wav:
         wav.setnchannels(2)
         wav.setsampwidth(2)
@@ -215,7 +238,7 @@ async def pulse_chain(
     reply: str = "echo",
     reply_text: str = SPEECH_REPLY,
     device: Mapping[str, Any] | None = None,
-) -> AsyncIterator[tuple[Chain, SpeakerTap]]:
+) -> AsyncIterator[tuple[Chain, MonitorTap]]:
     """Emulator + companion + the daemon on the rig's devices; yields once the daemon is idle.
 
     The daemon gets the PyAudio backend `audio.backend = "pyaudio"` opens, at the rig's native
@@ -231,12 +254,12 @@ async def pulse_chain(
         reply_text=reply_text,
         record_dir=workdir / "recording",
     )
-    logs = LogRecords()
+    logs = LogRecords(asyncio.get_running_loop())
     wakertc_log = logging.getLogger("wakertc")
     level = wakertc_log.level
     wakertc_log.addHandler(logs)
     wakertc_log.setLevel(logging.INFO)
-    tap = SpeakerTap(rig.loopback_device, rig.speaker_rate)
+    tap = MonitorTap(rig.loopback_device, rig.speaker_rate)
     try:
         async with contextlib.AsyncExitStack() as stack:
             services = await start_services(
@@ -354,8 +377,8 @@ async def test_wake_phrase_and_question_come_back_from_the_speaker(
     tmp_path: Path,
     models_dir: Path,
 ) -> None:
-    """ "Hey jarvis, what is the weather like today" into a 48 kHz stereo mic: the echo reply
-    out of the 44.1 kHz speaker is the question; phases and LEDs follow the conversation."""
+    """The wake phrase and a question in one breath into a 48 kHz stereo mic: the echo reply out
+    of the 44.1 kHz speaker is the question said back; phases and LEDs follow the conversation."""
     said = mic_wav(tmp_path / "said.wav", say(WAKE), say(QUESTION))
     async with pulse_chain(pulse_rig, tmp_path / "chain", models_dir) as (chain, tap):
         player = asyncio.create_task(played(pulse_rig, said), name="mic-player")
@@ -378,6 +401,7 @@ async def test_wake_phrase_and_question_come_back_from_the_speaker(
 
     # What the speaker played while speaking is the question, said back.
     reply = tap.audio(speaking.t, listening.t + 0.3)
+    write_wav(tmp_path / "reply.wav", reply, RATE)  # for a look when it fails
     offset_s, r = envelope_match(said.speech, reply, said.start_s, said.end_s)
     # The same measure for sentences it is not: how high chance alone gets.
     chance = max(
@@ -406,3 +430,198 @@ async def test_wake_phrase_and_question_come_back_from_the_speaker(
     assert shown.effect == DEFAULT_PATTERNS["speaking"].effect == "pulse", shown
     assert shown.is_colour(DEFAULT_PATTERNS["speaking"].color), shown
     assert chain.leds(idle).effect == "off"
+
+
+async def test_button_during_a_long_reply_silences_the_speaker_at_once(
+    pulse_rig: PulseRig,  # noqa: F811
+    tmp_path: Path,
+    models_dir: Path,
+) -> None:
+    """Barge-in: a short press while the device speaks stops the sound within ~150 ms, cancels
+    the reply upstream, drops what is still in flight, and the device listens again."""
+    said = mic_wav(tmp_path / "said.wav", say(QUESTION), tail_s=0.2)
+    async with pulse_chain(
+        pulse_rig, tmp_path / "chain", models_dir, reply="speech", reply_text=LONG_REPLY
+    ) as (chain, tap):
+        await chain.press()
+        await chain.expect(Phase.WAKE, Phase.CONNECTING, Phase.LISTENING)
+        await played(pulse_rig, said)
+        _, speaking = await chain.expect(Phase.THINKING, Phase.SPEAKING, timeout=15)
+        await tap.wait_audible(speaking.t, 1.0)  # a second into the reply (it lasts ~12 s)
+        button = chain.factory.pin(BUTTON_PIN)
+        pressed = time.monotonic()
+        button.drive_low()
+        await asyncio.sleep(0.1)  # a quick human press
+        released = time.monotonic()
+        button.drive_high()
+        (interrupted,) = await chain.expect(Phase.LISTENING, timeout=2)
+        await tap.until(released + 1.2)
+        (idle,) = await chain.expect(Phase.IDLE, timeout=5)
+
+    assert interrupted.reason == "interrupted by button"
+    # The speaker: loud before the press, quiet from shortly after it on.
+    before = tap.rms(pressed - 1.0, pressed)
+    still_sounding = tap.audible(pressed, released + 1.2)
+    last_sound = max(still_sounding) if still_sounding else pressed
+    after = tap.rms(last_sound + 0.01, released + 1.2)
+    print(
+        f"barge-in: last audible speaker block {1000 * (last_sound - released):.0f} ms after the "
+        f"release ({1000 * (last_sound - pressed):.0f} ms after the press, "
+        f"{1000 * (interrupted.t - released):.0f} ms to the phase change); level {before:.0f} "
+        f"RMS before, {after:.1f} after"
+    )
+    assert before > 1000
+    # The short press counts once released and debounced (button.bounce_s, 50 ms); the rest is
+    # the 5 ms fade and what PortAudio, PulseAudio and the tap's capture still hold.
+    assert interrupted.t - released <= chain.config.button.bounce_s + 0.03
+    assert last_sound - released <= 0.15
+    assert after < before / 100  # -40 dB: nothing of the cancelled reply trickles out later
+
+    # Upstream: the reply was cancelled and the server's output buffer cleared, at the press.
+    sent = [e["type"] for e in chain.sent()]
+    assert "response.cancel" in sent and "output_audio_buffer.clear" in sent
+    for kind in ("response.cancel", "output_audio_buffer.clear"):
+        (at,) = event_times(chain, kind, direction="in")
+        assert released < at < released + 0.3, (kind, at - released)
+    done = [e for e in chain.received() if e["type"] == "response.done"]
+    assert done and done[-1]["response"]["status"] == "cancelled"
+    assert idle.reason == "conversation over (idle timeout)"
+
+
+AEC_REPLY = "Sure. The forecast says sunshine all morning, clouds after lunch, and a warm evening."
+# What the emulator's energy VAD takes for speech at the daemon's vad_threshold of 0.5 (vad.py).
+VAD_ON_DBFS = -40.0
+
+
+def model_heard_dbfs(chain: Chain, start: float, end: float) -> float:
+    """The loudest 10 ms of what reached the model between two monotonic times (dBFS).
+
+    The call's input.wav has no timestamps; the emulator's first speech_stopped event ties a
+    position in it (audio_end_ms) to a time, and the audio streams in real time from there.
+    """
+    started = chain.calls()[-1].started
+    anchor = next(
+        r
+        for r in chain.events()
+        if r["dir"] == "out"
+        and r.get("event", {}).get("type") == "input_audio_buffer.speech_stopped"
+    )
+    at = started + anchor["t"]
+    position = anchor["event"]["audio_end_ms"] / 1000
+    audio = chain.recording()
+    first, last = (round((position + t - at) * RATE) for t in (start, end))
+    assert 0 <= first < last <= len(audio) + RATE // 10, (first, last, len(audio))
+    return loudest_dbfs(audio[first:last])
+
+
+@pytest.mark.parametrize(
+    ("echo_cancellation", "half_duplex", "hears_itself"),
+    [(True, False, False), (False, False, True), (False, True, False)],
+    ids=["echo-cancelled", "no-protection", "half-duplex"],
+)
+async def test_the_device_does_not_hear_its_own_voice(
+    pulse_rig: PulseRig,  # noqa: F811
+    tmp_path: Path,
+    models_dir: Path,
+    echo_cancellation: bool,
+    half_duplex: bool,
+    hears_itself: bool,
+) -> None:
+    """The speaker looped back into the microphone at full level: with the echo canceller (or
+    half-duplex) the reply plays out without the server's VAD hearing it; with neither, the
+    device's own voice is taken for the user and interrupts the reply."""
+    said = mic_wav(tmp_path / "said.wav", say(QUESTION), tail_s=0.2)
+    device = {"session": {"echo_cancellation": echo_cancellation, "half_duplex": half_duplex}}
+    mic = MonitorTap(pulse_rig.input_device, 48000)
+    try:
+        async with pulse_chain(
+            pulse_rig,
+            tmp_path / "chain",
+            models_dir,
+            reply="speech",
+            reply_text=AEC_REPLY,
+            device=device,
+        ) as (chain, speaker):
+            await chain.press()
+            await chain.expect(Phase.WAKE, Phase.CONNECTING, Phase.LISTENING)
+            load_loopback(pulse_rig)  # after the wake cue (see the test below)
+            await played(pulse_rig, said)
+            _, speaking, after = await chain.expect(
+                Phase.THINKING, Phase.SPEAKING, Phase.LISTENING, timeout=20
+            )
+            if not hears_itself:
+                await chain.expect(Phase.IDLE, timeout=5)
+            await mic.until(after.t + 0.3)
+    finally:
+        mic.close()
+
+    reply_started = event_times(chain, "output_audio_buffer.started")[0]
+    false_starts = [
+        t for t in event_times(chain, "input_audio_buffer.speech_started") if t > reply_started
+    ]
+    played_s = 0.01 * len(speaker.audible(speaking.t, after.t))
+    echo_dbfs = mic.loudest_dbfs(speaking.t, after.t + 0.3)
+    sent_dbfs = model_heard_dbfs(chain, speaking.t, after.t + 0.3)
+    print(
+        f"echo_cancellation={echo_cancellation} half_duplex={half_duplex}: "
+        f"{len(false_starts)} speech_started after the reply began; echo at the mic "
+        f"{echo_dbfs:.1f} dBFS, sent to the model {sent_dbfs:.1f} dBFS (VAD at {VAD_ON_DBFS:g}); "
+        f"reply audible {played_s:.2f} s, then {after.reason!r}"
+    )
+    # The loop is real: the reply reaches the microphone far above what the VAD calls speech.
+    assert echo_dbfs > VAD_ON_DBFS + 15
+    if hears_itself:
+        assert false_starts, "the device's own voice never reached the server's VAD"
+        assert after.reason == "user speaking"
+        assert sent_dbfs > VAD_ON_DBFS
+    else:
+        assert not false_starts
+        assert after.reason == "reply finished"
+        assert played_s > 3.0  # the whole reply played
+        if half_duplex:
+            assert sent_dbfs < -80  # the microphone path was closed
+        else:
+            # At its loudest moment (AEC3 is still converging on this first reply: measured
+            # -45 to -65 dBFS here) at least 20 dB of the echo were removed.
+            assert sent_dbfs < min(echo_dbfs - 20, VAD_ON_DBFS)
+
+
+def load_loopback(rig: PulseRig) -> None:
+    """From now on, everything the device plays reaches its microphone, at full level."""
+    rig.pactl(
+        "load-module",
+        "module-loopback",
+        "source=speaker.monitor",
+        "sink=mic",
+        f"latency_msec={LOOPBACK_MS}",
+        # No rate adaptation: both sinks run on one clock, as a codec's speaker and mic do.
+        # Adapting (every 10 s by default) warps the echo against its reference.
+        "adjust_time=0",
+    )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="known gap: the wake cue, heard back by the microphone, goes into the session "
+    "unprocessed (the echo canceller starts with the first reply) and the server takes it for "
+    "the user speaking: the model answers the chime",
+)
+async def test_the_wake_cue_heard_back_is_not_taken_for_speech(
+    pulse_rig: PulseRig,  # noqa: F811
+    tmp_path: Path,
+    models_dir: Path,
+) -> None:
+    """A button press and then nothing said, with the speaker audible at the microphone: the
+    conversation should time out unanswered, not answer the wake chime."""
+    async with pulse_chain(pulse_rig, tmp_path / "chain", models_dir, reply="speech") as (
+        chain,
+        _,
+    ):
+        load_loopback(pulse_rig)
+        await chain.press()
+        await chain.expect(Phase.WAKE, Phase.CONNECTING, Phase.LISTENING)
+        await chain.wait_phase(Phase.IDLE, timeout=15)
+    kinds = [e["type"] for e in chain.received()]
+    assert "input_audio_buffer.speech_started" not in kinds, chain.describe()
+    assert "response.created" not in kinds
