@@ -11,8 +11,10 @@ Relative paths in the file are relative to the file's own directory.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
+import re
 import stat
 import tomllib
 import types
@@ -307,6 +309,7 @@ class ConfigError(Exception):
 
 
 _MISSING = object()
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def config_path(cli_path: str | os.PathLike[str] | None = None) -> Path:
@@ -326,7 +329,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         raise ConfigError(path, [Problem("(file)", str(path), "file not found")]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(path, [Problem("(file)", str(path), f"unreadable: {exc}")]) from exc
-    except tomllib.TOMLDecodeError as exc:
+    except ValueError as exc:  # TOMLDecodeError, or an integer of more than 4300 digits
         raise ConfigError(path, [Problem("(file)", str(path), f"not valid TOML: {exc}")]) from exc
     except RecursionError:
         # tomllib recurses once per nesting level: `a = [[[[...` thousands deep exhausts the stack.
@@ -423,7 +426,7 @@ def _check_semantics(config: Config, source: Path) -> list[Problem]:
             Problem("leds.pins", list(leds.pins), f"{wanted} pin(s) for kind '{leds.kind}'")
         )
     for phase, pattern in leds.patterns.items():
-        key = f"leds.patterns.{phase}"
+        key = _join("leds.patterns", phase)
         if phase not in PHASES_WITH_PATTERNS:
             problems.append(Problem(key, phase, f"one of {', '.join(PHASES_WITH_PATTERNS)}"))
         if not _is_hex_colour(pattern.color):
@@ -566,7 +569,7 @@ def _convert(value: Any, tp: Any, key: str, base: Path, problems: list[Problem])
         if value_type is Any:
             return types.MappingProxyType(dict(value))
         return types.MappingProxyType(
-            {k: _convert(v, value_type, f"{key}.{k}", base, problems) for k, v in value.items()}
+            {k: _convert(v, value_type, _join(key, k), base, problems) for k, v in value.items()}
         )
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
         return _convert_dataclass(value, tp, key, base, problems)
@@ -618,6 +621,9 @@ def _convert_dataclass(
 
 
 def _join(prefix: str, name: str) -> str:
+    # A key as TOML would quote it: a user's `"a\nb" = 1` must not split the error across lines.
+    if not _BARE_KEY.fullmatch(name):
+        name = json.dumps(name)
     return f"{prefix}.{name}" if prefix else name
 
 
