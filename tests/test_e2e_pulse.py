@@ -52,6 +52,7 @@ from wakertc.config import DEFAULT_PATTERNS, config_from_dict
 from wakertc.daemon import Daemon, Edges
 from wakertc.demo import DEMO_API_KEY, start_services, write_device_config
 from wakertc.emulator import EmulatorOptions
+from wakertc.emulator.options import ReplyPolicy
 from wakertc.leds import colour
 from wakertc.measure import ENVELOPE_HOP_S, align, envelope, received_ratio, write_wav
 from wakertc.state import Phase
@@ -70,7 +71,12 @@ SPEECH_REPLY = "It is sunny and mild today, with a high of twenty one degrees."
 # espeak-ng's British voice at 130 wpm: "hey jarvis" scores ~0.97 on hey_jarvis_v0.1 with the
 # question following at once (en-us at 140 wpm scores only ~0.55 there, too close to 0.5).
 VOICE, WPM = "en-gb", 130
-UNRELATED = ("please turn on the kitchen lights", "set a timer for ten minutes", "play some music")
+# Other requests about as long as the question: what the correlation reaches by chance (~0.3-0.5).
+UNRELATED = (
+    "remind me to call my sister tomorrow",
+    "how many days are there until christmas",
+    "turn the volume down a little bit please",
+)
 MIC_CHANNEL = 1  # the speech is on the right channel; the left carries a tone it must not hear
 AUDIBLE_PEAK = 300  # about -40 dBFS: anything louder at the speaker is "sound"
 LOOPBACK_MS = 40  # module-loopback's target latency: speaker -> microphone
@@ -235,7 +241,7 @@ async def pulse_chain(
     workdir: Path,
     models_dir: Path,
     *,
-    reply: str = "echo",
+    reply: ReplyPolicy = "echo",
     reply_text: str = SPEECH_REPLY,
     device: Mapping[str, Any] | None = None,
 ) -> AsyncIterator[tuple[Chain, MonitorTap]]:
@@ -250,7 +256,7 @@ async def pulse_chain(
         host="127.0.0.1",
         port=0,
         api_key=DEMO_API_KEY,
-        reply=reply,  # type: ignore[arg-type]
+        reply=reply,
         reply_text=reply_text,
         record_dir=workdir / "recording",
     )
@@ -437,8 +443,8 @@ async def test_button_during_a_long_reply_silences_the_speaker_at_once(
     tmp_path: Path,
     models_dir: Path,
 ) -> None:
-    """Barge-in: a short press while the device speaks stops the sound within ~150 ms, cancels
-    the reply upstream, drops what is still in flight, and the device listens again."""
+    """Barge-in: a short press while the device speaks stops the sound within ~150 ms of the
+    release, cancels the reply upstream, drops what is still in flight, and listens again."""
     said = mic_wav(tmp_path / "said.wav", say(QUESTION), tail_s=0.2)
     async with pulse_chain(
         pulse_rig, tmp_path / "chain", models_dir, reply="speech", reply_text=LONG_REPLY
@@ -466,15 +472,17 @@ async def test_button_during_a_long_reply_silences_the_speaker_at_once(
     after = tap.rms(last_sound + 0.01, released + 1.2)
     print(
         f"barge-in: last audible speaker block {1000 * (last_sound - released):.0f} ms after the "
-        f"release ({1000 * (last_sound - pressed):.0f} ms after the press, "
-        f"{1000 * (interrupted.t - released):.0f} ms to the phase change); level {before:.0f} "
+        f"release ({1000 * (last_sound - pressed):.0f} ms after the press down, "
+        f"{1000 * (last_sound - interrupted.t):.0f} ms after the barge-in); level {before:.0f} "
         f"RMS before, {after:.1f} after"
     )
     assert before > 1000
-    # The short press counts once released and debounced (button.bounce_s, 50 ms); the rest is
-    # the 5 ms fade and what PortAudio, PulseAudio and the tap's capture still hold.
+    # The short press counts once released and debounced (button.bounce_s, 50 ms) ...
     assert interrupted.t - released <= chain.config.button.bounce_s + 0.03
-    assert last_sound - released <= 0.15
+    # ... then only what PortAudio and PulseAudio already hold still sounds (~40 ms buffer, the
+    # 20 ms block being written, the 5 ms fade), plus the tap's own capture delay.
+    assert last_sound - interrupted.t <= 0.12
+    assert last_sound - released <= chain.config.button.bounce_s + 0.12
     assert after < before / 100  # -40 dB: nothing of the cancelled reply trickles out later
 
     # Upstream: the reply was cancelled and the server's output buffer cleared, at the press.
