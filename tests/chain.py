@@ -52,6 +52,13 @@ DEVICE_DEFAULTS: dict[str, dict[str, Any]] = {
     "session": {"connect_timeout_s": 3.0, "idle_timeout_s": 1.5},
     "button": {"long_press_s": 0.6},
 }
+# The default LED colours (config.DEFAULT_PATTERNS), for assertions.
+BLUE, GREEN, RED, WHITE = "#0040ff", "#00ff40", "#ff0000", "#ffffff"
+# A reply long enough (~7 s) to talk over.
+STORY = (
+    "Once upon a time, in a small village by the sea, there lived an old fisherman "
+    "who told long stories to anyone who would listen."
+)
 # Enough for every conversation a test opens, never the reason a test fails.
 COMPANION_LIMITS = "\n[limits]\nper_device_per_minute = 1000\nglobal_per_minute = 1000\n"
 
