@@ -248,3 +248,33 @@ async def test_bad_pin_is_a_clear_error() -> None:
             lambda: None,
             lambda: None,
         )
+
+
+@pytest.mark.parametrize("handled", [True, False])
+async def test_press_handler_acts_on_the_press_and_may_swallow_the_release(handled: bool) -> None:
+    presses = Presses()
+    record_down = presses.recorder("down")
+
+    def on_press() -> bool:
+        record_down()
+        return handled
+
+    factory = MockFactory()
+    button = ActionButton(
+        ButtonConfig(pin=PIN, long_press_s=LONG_S, bounce_s=BOUNCE_S),
+        factory,
+        asyncio.get_running_loop(),
+        presses.recorder("short"),
+        presses.recorder("long"),
+        on_press,
+    )
+    rig = Rig(button, factory.pin(PIN), presses, press_level=False)
+    try:
+        await rig.press()
+        await presses.wait_for(1)
+        assert presses.calls == ["down"]  # before any release
+        await rig.release()
+        await rig.quiet()
+        assert presses.calls == (["down"] if handled else ["down", "short"])
+    finally:
+        button.close()

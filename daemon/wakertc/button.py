@@ -36,11 +36,12 @@ def make_button(
     loop: asyncio.AbstractEventLoop,
     on_short: Callable[[], None],
     on_long: Callable[[], None],
+    on_press: Callable[[], bool] | None = None,
 ) -> ActionButton | None:
     """The configured button, or None when `button.pin` is empty (no button fitted)."""
     if config.pin == "":
         return None
-    return ActionButton(config, pin_factory, loop, on_short, on_long)
+    return ActionButton(config, pin_factory, loop, on_short, on_long, on_press)
 
 
 class ActionButton:
@@ -53,10 +54,15 @@ class ActionButton:
         loop: asyncio.AbstractEventLoop,
         on_short: Callable[[], None],
         on_long: Callable[[], None],
+        on_press: Callable[[], bool] | None = None,
     ) -> None:
         self._loop = loop
         self._on_short = on_short
         self._on_long = on_long
+        # Called at the debounced press itself, for what cannot wait for the release (stopping
+        # the speaker); returning True means it handled the press, so no short press follows.
+        self._on_press = on_press
+        self._press_handled = False
         self._bounce_s = max(config.bounce_s, 0.0)
         # The hold is timed from the debounced press, which comes `bounce_s` after the contact.
         self._hold_s = max(config.long_press_s - self._bounce_s, 0.0)
@@ -119,12 +125,18 @@ class ActionButton:
         self._pressed = pressed
         if pressed:
             self._long_fired = False
+            self._press_handled = False
             self._hold = self._loop.call_later(self._hold_s, self._held)
+            if self._on_press is not None:
+                try:
+                    self._press_handled = bool(self._on_press())
+                except Exception:
+                    log.exception("button press handler failed")
             return
         if self._hold is not None:
             self._hold.cancel()
             self._hold = None
-        if not self._long_fired:
+        if not self._long_fired and not self._press_handled:
             log.debug("button: short press")
             self._call(self._on_short, "short")
 

@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 # Failures at start-up that the user must fix; reported in one line, no traceback.
 STARTUP_ERRORS = (WakeWordError, AudioDeviceError, LedError, ButtonError, CueError, OSError)
 
+# After a button press, the session hears silence while the wake cue plays and this long after.
+WAKE_CUE_TAIL_S = 0.3
 # How long the error pattern and cue are shown before listening again.
 ERROR_DISPLAY_S = 2.0
 # Reopening a lost audio device: first retry after this, doubling up to the maximum.
@@ -74,6 +76,7 @@ class Daemon:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopped = asyncio.Event()
         self._muted = False
+        self._session_mic_gate_until = 0.0
         preroll_frames = max(1, config.wake.preroll_ms * CAPTURE_RATE // 1000 // 320)
         self._preroll: collections.deque[NDArray[np.int16]] = collections.deque(
             maxlen=preroll_frames
@@ -103,7 +106,12 @@ class Daemon:
             self.phases.add_listener(listener)
         self.phases.add_listener(self._echo_cancel_when_speaking)
         self.button = make_button(
-            config.button, self.edges.pin_factory, loop, self.on_short_press, self.on_long_press
+            config.button,
+            self.edges.pin_factory,
+            loop,
+            self.on_short_press,
+            self.on_long_press,
+            self.on_press,
         )
         self.tools = ToolRunner(config.tools)
         token = read_token(config.companion)
@@ -168,7 +176,8 @@ class Daemon:
             frame = self._aec.capture(frame)
         self._preroll.append(frame)
         if conversation is not None:
-            conversation.push_mic(frame)
+            gated = time.monotonic() < self._session_mic_gate_until
+            conversation.push_mic(np.zeros_like(frame) if gated else frame)
         for detection in self.detector.process(frame):
             self._on_detection(detection)
 
@@ -193,9 +202,8 @@ class Daemon:
             self._audio.close()
             await asyncio.sleep(delay)
             try:
-                self._audio = (
-                    self.edges.audio if self.edges.audio else open_backend(self.config.audio)
-                )
+                # A closed backend cannot restart: reopen the device the config names.
+                self._audio = await asyncio.to_thread(open_backend, self.config.audio)
                 self._audio.on_error = self._audio_failed
                 assert self._loop is not None
                 self._audio.start(self._loop, self._on_frame)
@@ -218,6 +226,13 @@ class Daemon:
         elif self.phases.phase in (Phase.IDLE, Phase.ERROR):
             self.start_conversation(f"wake word {detection.word}", detection=detection)
 
+    def on_press(self) -> bool:
+        """The moment the button goes down: a reply stops at once (no wait for the release)."""
+        if self._conversation is not None and self.phases.phase is Phase.SPEAKING:
+            self._conversation.barge_in("button")
+            return True
+        return False
+
     def on_short_press(self) -> None:
         """Short press: start a conversation, or let the open one handle it."""
         if self._muted:
@@ -225,6 +240,11 @@ class Daemon:
         elif self._conversation is not None:
             self._conversation.on_button()
         elif self._conversation_task is None:
+            # Nobody is mid-sentence after a press, so the session hears silence, not the wake
+            # cue (whose echo the server would take for speech), while the cue plays.
+            self._session_mic_gate_until = (
+                time.monotonic() + self.cues.duration_s("wake") + WAKE_CUE_TAIL_S
+            )
             self.start_conversation("button")
 
     def on_long_press(self) -> None:
