@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 HALF_DUPLEX_TAIL_S = 0.3
 # Received audio quieter than this peak (about -54 dBFS) outside a reply is not played.
 SILENCE_PEAK = 64
+# Longest piece of server-supplied text put into one log line (a journal on an SD card).
+LOG_TEXT_LIMIT = 500
 # When the server says a reply's output stopped, its last ~100 ms are still in the network and the
 # jitter buffer: the reply has been heard once nothing audible has arrived for this long.
 REPLY_TAIL_S = 0.25
@@ -321,7 +323,7 @@ class Conversation:
         """Handle one message from the event channel; never raises."""
         try:
             event = json.loads(raw)
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, RecursionError):  # RecursionError: nested 100k deep
             log.warning("ignored a malformed event (%d characters)", len(raw))
             return
         if not isinstance(event, dict) or not isinstance(event.get("type"), str):
@@ -329,12 +331,12 @@ class Conversation:
             return
         handler = self.handlers.get(event["type"])
         if handler is None:
-            log.debug("event %s", event["type"])
+            log.debug("event %s", _clip(event["type"]))
             return
         try:
             handler(event)
         except Exception:
-            log.exception("could not handle a %s event; ignored", event["type"])
+            log.exception("could not handle a %s event; ignored", _clip(event["type"]))
 
     def _session_updated(self, event: dict[str, Any]) -> None:
         self._live.set()
@@ -344,7 +346,7 @@ class Conversation:
         error = event.get("error")
         details = error if isinstance(error, dict) else {}
         message = str(details.get("message", "no message"))[:300]
-        code = details.get("code") or details.get("type") or "error"
+        code = _clip(str(details.get("code") or details.get("type") or "error"), 100)
         if not self._live.is_set():
             self.fail(f"the Realtime API refused the session ({code}: {message})")
         elif code == "response_cancel_not_active":
@@ -404,13 +406,13 @@ class Conversation:
         if not isinstance(text, str):
             text = "".join(self._transcript)
         self._transcript.clear()
-        log.info("assistant: %s", text)
+        log.info("assistant: %s", _clip(text))
 
     def _user_transcript(self, event: dict[str, Any]) -> None:
         text = event.get("transcript")
         if not isinstance(text, str):
             return
-        log.info("user: %s", text)
+        log.info("user: %s", _clip(text))
         if self._on_transcript is not None:
             self._on_transcript(text, str(event.get("item_id", "")))
         if self._session.mode == "transcription":
@@ -431,7 +433,7 @@ class Conversation:
             if self._phases.phase is not Phase.SPEAKING:
                 self._spawn(self._end_when_played(self._ending_after_reply), "end-after-reply")
             return
-        self._spawn(self._run_tool(name, call_id, arguments), f"tool-{name}")
+        self._spawn(self._run_tool(name, call_id, arguments), f"tool-{_clip(name, 60)}")
 
     def _response_done(self, event: dict[str, Any]) -> None:
         response = event.get("response")
@@ -450,7 +452,7 @@ class Conversation:
     # -- helpers -----------------------------------------------------------------------------
 
     async def _run_tool(self, name: str, call_id: str, arguments: str) -> None:
-        log.info("the model called %s", name)
+        log.info("the model called %s", _clip(name))
         output = await self._tools.run(name, arguments)
         self._send_output(call_id, output)
         self._send({"type": "response.create"})
@@ -484,7 +486,7 @@ class Conversation:
 
     def _send(self, event: dict[str, Any]) -> None:
         if self._call is None or not self._call.send(event):
-            log.debug("could not send %s: channel not open", event["type"])
+            log.debug("could not send %s: channel not open", _clip(event["type"]))
 
     def _play(self, samples: NDArray[np.int16]) -> None:
         self._audio_received_at = time.monotonic()
@@ -532,6 +534,11 @@ class Conversation:
 
 def _is_silent(samples: NDArray[np.int16]) -> bool:
     return not samples.size or int(np.abs(samples).max()) < SILENCE_PEAK
+
+
+def _clip(text: str, limit: int = LOG_TEXT_LIMIT) -> str:
+    """Server-supplied text as it may appear in a log line: bounded, whatever was sent."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _short(value: Any) -> str:
