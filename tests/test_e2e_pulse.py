@@ -13,8 +13,8 @@ it arrived (`MonitorTap`), so it can be set against phase changes and button pre
 - with the speaker looped back into the microphone (`module-loopback`), the echo canceller (or
   half-duplex) keeps the device's own voice from triggering the server's VAD; with neither, the
   device interrupts itself;
-- after a button press, the wake cue heard back is not taken for the user speaking (the session
-  hears silence while the cue plays).
+- a known gap, as a strict xfail: after a button press the wake cue heard back is taken for the
+  user speaking.
 
 The emulator's VAD is energy-based (emulator/vad.py), so what it hears is also measured as a level
 (`model_heard_dbfs`) beside the echo at the microphone (a second tap, on the microphone's monitor).
@@ -611,6 +611,14 @@ def load_loopback(rig: PulseRig) -> None:
     )
 
 
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="known gap: after a button press the wake cue, heard back by the microphone, goes "
+    "into the session unprocessed (the echo canceller starts with the first reply) and the "
+    "emulator's energy VAD takes it for speech. Silencing the session while the cue plays "
+    "fixes this but loses the words of a user who talks at once, which matters more",
+)
 async def test_the_wake_cue_heard_back_is_not_taken_for_speech(
     pulse_rig: PulseRig,  # noqa: F811
     tmp_path: Path,

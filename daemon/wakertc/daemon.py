@@ -41,8 +41,6 @@ log = logging.getLogger(__name__)
 # Failures at start-up that the user must fix; reported in one line, no traceback.
 STARTUP_ERRORS = (WakeWordError, AudioDeviceError, LedError, ButtonError, CueError, OSError)
 
-# After a button press, the session hears silence while the wake cue plays and this long after.
-WAKE_CUE_TAIL_S = 0.3
 # How long the error pattern and cue are shown before listening again.
 ERROR_DISPLAY_S = 2.0
 # Reopening a lost audio device: first retry after this, doubling up to the maximum.
@@ -76,7 +74,6 @@ class Daemon:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopped = asyncio.Event()
         self._muted = False
-        self._session_mic_gate_until = 0.0
         preroll_frames = max(1, config.wake.preroll_ms * CAPTURE_RATE // 1000 // 320)
         self._preroll: collections.deque[NDArray[np.int16]] = collections.deque(
             maxlen=preroll_frames
@@ -176,8 +173,7 @@ class Daemon:
             frame = self._aec.capture(frame)
         self._preroll.append(frame)
         if conversation is not None:
-            gated = time.monotonic() < self._session_mic_gate_until
-            conversation.push_mic(np.zeros_like(frame) if gated else frame)
+            conversation.push_mic(frame)
         for detection in self.detector.process(frame):
             self._on_detection(detection)
 
@@ -240,11 +236,6 @@ class Daemon:
         elif self._conversation is not None:
             self._conversation.on_button()
         elif self._conversation_task is None:
-            # Nobody is mid-sentence after a press, so the session hears silence, not the wake
-            # cue (whose echo the server would take for speech), while the cue plays.
-            self._session_mic_gate_until = (
-                time.monotonic() + self.cues.duration_s("wake") + WAKE_CUE_TAIL_S
-            )
             self.start_conversation("button")
 
     def on_long_press(self) -> None:

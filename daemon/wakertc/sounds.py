@@ -66,11 +66,6 @@ class Cues:
         if name is not None:
             self._emit(name)
 
-    def duration_s(self, name: str) -> float:
-        """How long cue `name` plays (0 when cues are off)."""
-        samples = self._sounds.get(name)
-        return 0.0 if samples is None else len(samples) / RATE
-
     def wake(self) -> None:
         """Wake word heard or button pressed."""
         self._emit("wake")
