@@ -28,7 +28,7 @@ from wakertc.emulator.options import ReplyPolicy
 from wakertc.measure import write_wav
 
 RATE = 16000
-API_KEY = "sk-bench-emulator-key-not-secret"
+API_KEY = "wakertc-bench-key-not-secret"
 QUESTION = "what time is it"
 NOISE_DBFS = -50.0
 SESSION_TIMEOUT_S = 30.0

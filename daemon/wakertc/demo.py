@@ -42,7 +42,7 @@ WAKE_TEXT = "hey jarvis"
 QUESTION_TEXT = "what is the weather like today"
 REPLY_TEXT = "It is sunny and mild today, with a high of twenty one degrees."
 RATE = 16000
-DEMO_API_KEY = "sk-demo-emulator-key-not-secret"
+DEMO_API_KEY = "wakertc-demo-key-not-secret"
 LEAD_SILENCE_S = 0.5
 TAIL_SILENCE_S = 1.0
 

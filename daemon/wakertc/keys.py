@@ -114,7 +114,7 @@ class CompanionClient:
             raise CompanionBusy(f"companion rate limit (retry in {retry_after:g} s)", retry_after)
         if response.status_code != 200:
             raise CompanionError(
-                f"companion answered {response.status_code}: {_error_message(response)}"
+                f"companion answered {response.status_code}: {error_message(response)}"
             )
         try:
             body = response.json()
@@ -229,7 +229,8 @@ def _retry_after(header: str | None) -> float:
         return 5.0
 
 
-def _error_message(response: httpx.Response) -> str:
+def error_message(response: httpx.Response) -> str:
+    """The message of an OpenAI-style error envelope, bounded; else the HTTP reason."""
     try:
         message = response.json()["error"]["message"]
         return str(message)[:200]

@@ -35,6 +35,7 @@ from av import AudioFrame, AudioResampler
 from numpy.typing import NDArray
 
 from .audio import CAPTURE_RATE, PLAYBACK_RATE
+from .keys import error_message
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,11 @@ class MicTrack(MediaStreamTrack):
         while self._queued_samples > self._max_samples:
             self._queued_samples -= len(self._frames.popleft())
         self._available.set()
+
+    def take_over(self, other: MicTrack) -> None:
+        """Queue the audio `other` had not sent yet (a failed attempt's track), in order."""
+        for samples in other._frames:
+            self.push(samples)
 
     @property
     def queued_s(self) -> float:
@@ -185,7 +191,7 @@ class RealtimeCall:
         if response.status_code != 201:
             raise CallRejected(
                 f"the Realtime API refused the call ({response.status_code}: "
-                f"{_error_message(response)})",
+                f"{error_message(response)})",
                 response.status_code,
             )
         location = response.headers.get("Location", "")
@@ -247,10 +253,3 @@ class RealtimeCall:
                 continue
             for out in resampler.resample(frame):
                 self._on_audio(out.to_ndarray().reshape(-1).astype(np.int16, copy=False))
-
-
-def _error_message(response: httpx.Response) -> str:
-    try:
-        return str(response.json()["error"]["message"])[:200]
-    except (ValueError, KeyError, TypeError):
-        return response.reason_phrase or "no details"

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 # Used when neither --api-key nor $OPENAI_API_KEY is given: obviously not a real key.
-DEV_API_KEY = "sk-wakertc-emulator-dev"
+DEV_API_KEY = "wakertc-emulator-dev-key"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 DEFAULT_REPLY_TEXT = "Hello! This is the wakertc emulator speaking."
