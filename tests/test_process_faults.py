@@ -1,0 +1,473 @@
+"""Real process faults: the companion and the Realtime emulator as child processes that crash.
+
+The emulator (`wakertc emulator`) and the companion (`wakertc companion`) run as real processes
+on fixed free ports; the daemon runs in-process as in chain.py (the file audio backend with test
+speech mixed in, gpiozero mock pins, every log record kept). The faults:
+
+- the companion SIGKILLed while the device is idle, and while it is minting a key (the
+  emulator's `mint-slow` keeps the companion's upstream request open when it dies);
+- the emulator SIGKILLed in the middle of a reply;
+- the network path blackholed: a port that accepts connections and never answers, as the
+  companion URL and as the Realtime URL.
+
+For each: nothing waits longer than its configured timeout (the timings are asserted), the
+daemon shows the error (the ERROR phase with its reason, the red blink, one error log line),
+keeps running, and opens a session at the next button press once the far side is back, restarted
+on the same port.
+
+The companion's keys live 10 s in the idle-kill test (the shortest policy it allows): a key with
+less than 15 s left is never reused, so every wake needs the companion, as it does after a
+longer absence than a key's lifetime.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import tomllib
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gpiozero.pins.mock import MockFactory
+
+from chain import (
+    DEVICE_DEFAULTS,
+    RED,
+    STORY,
+    Chain,
+    ChainMic,
+    LogRecords,
+    RecordingPin,
+    Seen,
+    clip,
+    silence,
+)
+from process_helpers import Blackhole, ServiceProcess, established_to, free_port
+from wakertc.companion import DeviceStore, load_companion_config
+from wakertc.config import config_from_dict
+from wakertc.daemon import ERROR_DISPLAY_S, Daemon, Edges
+from wakertc.demo import DEMO_API_KEY, write_device_config
+from wakertc.measure import write_wav
+from wakertc.state import Phase
+
+# Where the device waits for the wake word: `offline` is the same, with no session key to be had.
+AWAITING_WAKE = frozenset({Phase.IDLE, Phase.OFFLINE})
+# Quick failures: one request to the companion, and a whole session set-up.
+COMPANION_TIMEOUT_S = 1.0
+CONNECT_TIMEOUT_S = 2.0
+SLACK_S = 0.6  # scheduling on a shared 2-core machine, on top of a configured timeout
+
+
+class FaultChain(Chain):
+    """A chain whose emulator and companion are child processes."""
+
+    async def wait_any(self, phases: frozenset[Phase], *, timeout: float = 15.0) -> Seen:
+        """Wait for the next change into one of `phases`; the cursor moves past it."""
+
+        def check() -> Seen | None:
+            for index in range(self.cursor, len(self.seen)):
+                if self.seen[index].new in phases:
+                    self.cursor = index + 1
+                    return self.seen[index]
+            return None
+
+        names = sorted(p.value for p in phases)
+        result: Seen = await self._until(check, timeout, f"one of the phases {names}")
+        return result
+
+    def running(self) -> bool:
+        """The daemon's run() has not returned."""
+        return self.runner is not None and not self.runner.done()
+
+
+@dataclass
+class Services:
+    """The child processes and what the device needs to reach them."""
+
+    emulator: ServiceProcess
+    companion: ServiceProcess
+    token_file: Path
+
+
+async def start_services(
+    workdir: Path,
+    *,
+    emulator_args: tuple[str, ...] = (),
+    key_lifetime_s: int = 600,
+) -> Services:
+    """The emulator and a companion minting from it, as processes on fixed free ports."""
+    emulator_port = free_port()
+    emulator = ServiceProcess(
+        "emulator",
+        ["--port", str(emulator_port), "--api-key", DEMO_API_KEY, *emulator_args],
+        port=emulator_port,
+    )
+    key_file = workdir / "openai-key"
+    key_file.write_text(DEMO_API_KEY + "\n")
+    key_file.chmod(0o600)
+    companion_port = free_port()
+    config = workdir / "companion.toml"
+    config.write_text(
+        f"""
+[server]
+host = "127.0.0.1"
+port = {companion_port}
+
+[upstream]
+url = "{emulator.url}"
+api_key_file = "{key_file}"
+
+[devices]
+file = "{workdir / "devices.json"}"
+
+[session]
+key_lifetime_s = {key_lifetime_s}
+
+[limits]
+per_device_per_minute = 1000
+global_per_minute = 1000
+"""
+    )
+    config.chmod(0o600)
+    token = DeviceStore(load_companion_config(config).devices_file).add("kitchen")
+    token_file = workdir / "device-token"
+    token_file.write_text(token + "\n")
+    token_file.chmod(0o600)
+    companion = ServiceProcess("companion", ["--config", str(config)], port=companion_port)
+    await asyncio.gather(emulator.start(), companion.start())
+    return Services(emulator, companion, token_file)
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+@contextlib.asynccontextmanager
+async def run_device(
+    workdir: Path,
+    models_dir: Path,
+    *,
+    companion_url: str,
+    realtime_url: str,
+    token_file: Path,
+    device: Mapping[str, Any] | None = None,
+) -> AsyncIterator[FaultChain]:
+    """The real daemon in-process against the given URLs; yields once it listens.
+
+    On exit the daemon is stopped, and no `wakertc` log record may carry a traceback.
+    """
+    input_wav, output_wav = workdir / "input.wav", workdir / "output.wav"
+    write_wav(input_wav, silence(0.2), 16000)
+    path = write_device_config(
+        workdir,
+        input_wav,
+        output_wav,
+        models_dir.resolve(),
+        companion_url,
+        realtime_url,
+        token_file,
+    )
+    quick = {
+        "companion": {"timeout_s": COMPANION_TIMEOUT_S},
+        "session": {"connect_timeout_s": CONNECT_TIMEOUT_S},
+    }
+    data = _merge(
+        _merge(_merge(tomllib.loads(path.read_text()), DEVICE_DEFAULTS), quick), device or {}
+    )
+    config = config_from_dict(data, path)
+    logs = LogRecords(asyncio.get_running_loop())
+    wakertc_log = logging.getLogger("wakertc")
+    level = wakertc_log.level
+    wakertc_log.addHandler(logs)
+    wakertc_log.setLevel(logging.INFO)
+    try:
+        mic = ChainMic(input_wav, output_wav)
+        factory = MockFactory(pin_class=RecordingPin)
+        daemon = Daemon(config, Edges(audio=mic, pin_factory=factory))
+        chain = FaultChain(
+            workdir=workdir,
+            config=config,
+            daemon=daemon,
+            mic=mic,
+            factory=factory,
+            emulator=None,
+            companion=None,
+            logs=logs,
+            record_dir=workdir / "recording",
+            output_wav=output_wav,
+            input_wav=input_wav,
+        )
+        daemon.phases.add_listener(chain._on_change)
+        runner = chain.runner = asyncio.create_task(daemon.run(), name="fault-daemon")
+        runner.add_done_callback(lambda _: chain._changed.set())
+        try:
+            await chain.wait_phase(Phase.IDLE, timeout=20.0)
+            yield chain
+        finally:
+            daemon.stop()
+            async with asyncio.timeout(10.0):
+                await runner
+        crashed = [
+            f"{r.name}: {r.getMessage()}"
+            for _, r in logs.records
+            if r.exc_info and r.name.startswith("wakertc")
+        ]
+        assert not crashed, f"tracebacks logged: {crashed}"
+    finally:
+        wakertc_log.removeHandler(logs)
+        wakertc_log.setLevel(level)
+
+
+@contextlib.asynccontextmanager
+async def fault_chain(
+    tmp_path: Path,
+    models_dir: Path,
+    *,
+    emulator_args: tuple[str, ...] = (),
+    key_lifetime_s: int = 600,
+    device: Mapping[str, Any] | None = None,
+) -> AsyncIterator[tuple[FaultChain, Services]]:
+    """Services as processes and the daemon using them; everything stopped afterwards."""
+    services = await start_services(
+        tmp_path, emulator_args=emulator_args, key_lifetime_s=key_lifetime_s
+    )
+    try:
+        async with run_device(
+            tmp_path,
+            models_dir,
+            companion_url=services.companion.url,
+            realtime_url=services.emulator.url,
+            token_file=services.token_file,
+            device=device,
+        ) as chain:
+            yield chain, services
+    finally:
+        await asyncio.gather(services.emulator.stop(), services.companion.stop())
+
+
+# -- what every fault must end in -------------------------------------------------------------
+
+
+async def expect_failed_session(chain: FaultChain, *, within_s: float) -> tuple[Seen, Seen]:
+    """Press the button: wake, connecting, then error no later than `within_s` after connecting.
+
+    Returns the connecting and error changes.
+    """
+    await chain.press()
+    _, connecting, error = await chain.expect(
+        Phase.WAKE, Phase.CONNECTING, Phase.ERROR, timeout=within_s + 5
+    )
+    took = error.t - connecting.t
+    assert took <= within_s + SLACK_S, f"the error came {took:.2f} s after connecting"
+    return connecting, error
+
+
+async def assert_error_shown(chain: FaultChain, error: Seen, *fragments: str) -> None:
+    """The ERROR phase says why, blinks red, is logged once, and gives way to listening."""
+    for fragment in fragments:
+        assert fragment in error.reason, error.reason
+    back = await chain.wait_any(AWAITING_WAKE, timeout=ERROR_DISPLAY_S + 3)
+    assert back.old is Phase.ERROR, chain.describe()
+    assert back.reason.startswith("listening again"), back.reason
+    reading = chain.leds(error)
+    assert reading.effect == "blink" and reading.is_colour(RED), reading
+    failures = [
+        line
+        for line in chain.logs.lines(logging.ERROR, "wakertc.daemon")
+        if line == f"conversation failed: {error.reason}"
+    ]
+    assert len(failures) == 1, chain.logs.lines(logging.ERROR)
+    assert chain.running()
+
+
+async def assert_session_opens(chain: FaultChain) -> None:
+    """The next press opens a session; another press ends it."""
+    await chain.press()
+    await chain.expect(Phase.WAKE, Phase.CONNECTING, Phase.LISTENING, timeout=CONNECT_TIMEOUT_S + 5)
+    await chain.press()
+    over = await chain.wait_any(AWAITING_WAKE, timeout=5)
+    assert over.reason == "conversation over (button)", chain.describe()
+
+
+# -- tests ------------------------------------------------------------------------------------
+
+
+async def test_companion_killed_while_idle_then_restarted(tmp_path: Path, models_dir: Path) -> None:
+    """SIGKILL the companion while the device waits for its wake word: the device notices (its
+    key renewal fails), a wake fails within the connect timeout saying the companion is
+    unreachable, and once the companion is back on its port the next press opens a session."""
+    async with fault_chain(tmp_path, models_dir, key_lifetime_s=10) as (chain, services):
+        await chain.wait_log("session key ready")
+        await services.companion.kill()
+        killed = time.monotonic()
+        offline = await chain.wait_phase(Phase.OFFLINE, timeout=5)
+        assert "no session key: companion unreachable" in offline.reason
+        assert offline.t - killed <= 1.0 + COMPANION_TIMEOUT_S + SLACK_S  # the next renewal
+        await chain.wait_log("could not renew the session key: companion unreachable")
+
+        _, error = await expect_failed_session(chain, within_s=CONNECT_TIMEOUT_S)
+        await assert_error_shown(
+            chain,
+            error,
+            f"timed out after {CONNECT_TIMEOUT_S:g} s while getting a session key from the "
+            "companion (last error: companion unreachable",
+        )
+
+        await services.companion.start()
+        await assert_session_opens(chain)
+        assert chain.phase is Phase.IDLE, chain.describe()
+    assert services.companion.starts == 2
+    assert "mint for device kitchen: ok" in "".join(services.companion.lines[-20:])
+
+
+async def test_companion_killed_while_minting_then_restarted(
+    tmp_path: Path, models_dir: Path
+) -> None:
+    """The device waits for a key while the companion waits for a slow upstream; SIGKILL the
+    companion mid-request: the device fails within its connect timeout (it does not wait for
+    an answer from a dead socket), and the restarted companion serves the next press."""
+    mint_s = 1.5
+    connect_s = mint_s + 2.5  # room for one slow mint and the call
+    device = {
+        "companion": {"timeout_s": mint_s + 1.5},
+        "session": {"connect_timeout_s": connect_s},
+    }
+    async with fault_chain(
+        tmp_path, models_dir, emulator_args=("--fault", f"mint-slow={mint_s}"), device=device
+    ) as (chain, services):
+        # The daemon's first key request is in flight from start-up: wait until the companion
+        # has passed it upstream (its connection to the emulator is open), then press.
+        async with asyncio.timeout(mint_s):
+            while not established_to(services.emulator.port):
+                await asyncio.sleep(0.01)
+        await chain.press()
+        _, connecting = await chain.expect(Phase.WAKE, Phase.CONNECTING, timeout=2)
+        assert chain.daemon.keys.ready_key() is None  # the press is waiting for that mint
+        await services.companion.kill()
+        (error,) = await chain.expect(Phase.ERROR, timeout=connect_s + 3)
+        assert error.t - connecting.t <= connect_s + SLACK_S
+        await assert_error_shown(
+            chain,
+            error,
+            f"timed out after {connect_s:g} s while getting a session key from the companion",
+            "companion unreachable",
+        )
+        # The request in flight was cut off (not refused): the companion died mid-request.
+        assert chain.logs.find(
+            "could not renew the session key: companion unreachable: Server disconnected "
+            "without sending a response"
+        ), chain.logs.lines()
+
+        await services.companion.start()
+        await assert_session_opens(chain)
+
+
+async def test_emulator_killed_mid_reply_then_restarted(tmp_path: Path, models_dir: Path) -> None:
+    """SIGKILL the Realtime emulator while the device plays a long reply: the reply stops and
+    the error shows within ~2 s (no reply audio), a wake while the emulator is down fails at
+    once (connection refused), and after a restart on the same port the next press opens a
+    session: the old key is unknown to the new process, so the device fetches another."""
+    script = tmp_path / "script.json"
+    script.write_text(json.dumps([{"say": STORY}]))
+    async with fault_chain(tmp_path, models_dir, emulator_args=("--script", str(script))) as (
+        chain,
+        services,
+    ):
+        await chain.press()
+        await chain.expect(Phase.WAKE, Phase.CONNECTING, Phase.LISTENING, timeout=8)
+        chain.mic.speak(clip("tell me a story"))
+        _, speaking = await chain.expect(Phase.THINKING, Phase.SPEAKING, timeout=10)
+        async with asyncio.timeout(3):  # kill it once the reply is audibly playing
+            while chain.mic.audible_s(speaking.t, time.monotonic()) < 0.3:
+                await asyncio.sleep(0.02)
+        assert chain.phase is Phase.SPEAKING
+        await services.emulator.kill()
+        killed = time.monotonic()
+        (error,) = await chain.expect(Phase.ERROR, timeout=6)
+        # REPLY_STALL_S (2 s) after the last audio, checked every 0.5 s.
+        assert error.t - killed <= 2.5 + SLACK_S, f"noticed {error.t - killed:.2f} s after"
+        assert error.queued_s <= 0.5  # the rest of the reply was dropped: only the error cue
+        await assert_error_shown(chain, error, "connection lost: no reply audio for")
+
+        _, refused = await expect_failed_session(chain, within_s=0.5)
+        await assert_error_shown(chain, refused, "could not reach the Realtime API")
+
+        await services.emulator.start()
+        await assert_session_opens(chain)
+        assert chain.logs.find("the Realtime API refused the call (401"), (
+            "the restarted emulator should have refused the old key"
+        )
+    assert services.emulator.starts == 2
+
+
+async def test_blackholed_companion_then_real_one(tmp_path: Path, models_dir: Path) -> None:
+    """The companion URL is a port that accepts and never answers: each key request gives up
+    after companion.timeout_s, the session after session.connect_timeout_s; when the real
+    companion takes the port over, the next press opens a session."""
+    services = await start_services(tmp_path)
+    port = services.companion.port
+    await services.companion.stop()
+    try:
+        with Blackhole(port) as hole:
+            async with run_device(
+                tmp_path,
+                models_dir,
+                companion_url=hole.url,
+                realtime_url=services.emulator.url,
+                token_file=services.token_file,
+            ) as chain:
+                # The key keeper asks for a key as the daemon starts listening.
+                started = chain.seen[0].t
+                t, _ = await chain.wait_log(
+                    f"companion did not answer within {COMPANION_TIMEOUT_S:g} s", timeout=5
+                )
+                assert COMPANION_TIMEOUT_S - 0.1 <= t - started <= COMPANION_TIMEOUT_S + SLACK_S
+                offline = await chain.wait_phase(Phase.OFFLINE)
+                assert offline.reason == (
+                    f"no session key: companion did not answer within {COMPANION_TIMEOUT_S:g} s"
+                )
+
+                connecting, error = await expect_failed_session(chain, within_s=CONNECT_TIMEOUT_S)
+                assert error.t - connecting.t >= CONNECT_TIMEOUT_S
+                await assert_error_shown(
+                    chain,
+                    error,
+                    f"timed out after {CONNECT_TIMEOUT_S:g} s while getting a session key from "
+                    f"the companion (last error: companion did not answer within "
+                    f"{COMPANION_TIMEOUT_S:g} s)",
+                )
+                hole.close()
+                await services.companion.start()
+                await assert_session_opens(chain)
+    finally:
+        await asyncio.gather(services.emulator.stop(), services.companion.stop())
+
+
+async def test_blackholed_realtime_api_then_real_one(tmp_path: Path, models_dir: Path) -> None:
+    """The Realtime URL stops answering (the emulator killed, its port now accepting and never
+    answering): the offer waits no longer than session.connect_timeout_s; when the emulator
+    is back on the port, the next press opens a session."""
+    async with fault_chain(tmp_path, models_dir) as (chain, services):
+        await chain.wait_log("session key ready")
+        await services.emulator.kill()
+        with Blackhole(services.emulator.port):
+            connecting, error = await expect_failed_session(chain, within_s=CONNECT_TIMEOUT_S)
+            assert error.t - connecting.t >= CONNECT_TIMEOUT_S
+            await assert_error_shown(
+                chain,
+                error,
+                f"timed out after {CONNECT_TIMEOUT_S:g} s while connecting to the Realtime API",
+            )
+        await services.emulator.start()
+        await assert_session_opens(chain)
