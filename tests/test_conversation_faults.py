@@ -1,28 +1,70 @@
-"""Every emulator fault against the real daemon: the right phases, a clear error line, the error
-LED pattern, and the next wake working (recovery).
+"""Every emulator fault against the real daemon, in every phase it can reach: the right phases,
+a clear error line, the LED pattern, and the next wake working (recovery).
 
-Set-up faults fail within `session.connect_timeout_s` (2 s here); faults during a reply fail
-when the connection is noticed lost. After each, the emulator behaves again and "hey jarvis"
-must open a session.
+The matrix (fault x phase; "-" cannot happen there, e.g. no call is set up while listening):
+
+    fault           idle key refresh   connecting   listening   speaking
+    mint-500        offline            error        unaffected  unaffected
+    mint-429        offline            error        unaffected  unaffected
+    mint-slow       offline            error        unaffected  unaffected
+    calls-401       -                  error        -           -
+    calls-500       -                  error        -           -
+    calls-hang      -                  error        -           -
+    silent          -                  error        -           -
+    consent-stop    -                  error        error       error
+    drop-after      -                  error        error       error
+    bad-event       -                  ignored      ignored     ignored
+
+Set-up faults fail within `session.connect_timeout_s` (2 s here); a path that dies fails when it
+is noticed (mid-reply: 2 s without reply audio; otherwise 5 s without anything). Key-minting
+faults while idle do not wait for a wake: the device shows OFFLINE (slow amber blink) until a key
+can be had again. After each, the emulator behaves again and "hey jarvis" must open a session.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import pytest
 
 from chain import RED, STORY, Chain, clip, run_chain
+from wakertc.config import DEFAULT_PATTERNS
 from wakertc.demo import make_default_input
 from wakertc.state import Phase
 
 FAST_FAILURE = {"session": {"connect_timeout_s": 2.0}}
+AMBER = DEFAULT_PATTERNS["offline"].color
+# Keys live 62 s and are renewed 60 s before expiry: the keeper renews every ~2 s while idle.
+SHORT_KEYS = "\n[session]\nkey_lifetime_s = 62\n"
+MINT_FAULTS = ["mint-500", "mint-429", "mint-slow=4"]
+MINT_ERRORS = {
+    "mint-500": "companion answered 502: Upstream error (status 500)",
+    "mint-429": "companion answered 502: Upstream error (status 429)",
+    "mint-slow=4": "companion did not answer within 3 s",
+}
 
 
-async def assert_error_shown_then_recovers(chain: Chain, error_seen, fragment: str) -> None:
-    """The ERROR phase: its log line, its LED pattern, then back to IDLE and a working wake."""
-    (idle,) = await chain.expect(Phase.IDLE, timeout=5)
-    assert idle.reason == "listening again"
+async def wake_and_hang_up(chain: Chain) -> None:
+    """ "hey jarvis" opens a session; a press ends it; no error on the way."""
+    chain.mic.speak(clip("hey jarvis"))
+    wake = await chain.wait_phase(Phase.WAKE, timeout=10)
+    assert wake.reason == "wake word hey_jarvis"
+    await chain.expect(Phase.CONNECTING, Phase.LISTENING, timeout=10)
+    await chain.press()
+    # The pre-roll holds the end of "jarvis": the server may take it for a turn and answer
+    # first; the press then interrupts the reply instead, and the idle timeout ends it.
+    over = await chain.wait_phase(Phase.IDLE, timeout=10)
+    assert over.reason in ("conversation over (button)", "conversation over (idle timeout)")
+    assert Phase.ERROR not in [s.new for s in chain.seen[chain.seen.index(wake) :]]
+
+
+async def assert_error_shown_then_recovers(
+    chain: Chain, error_seen, fragment: str, *, then: Phase = Phase.IDLE
+) -> None:
+    """The ERROR phase: its log line, its LED pattern, then listening again and a working wake."""
+    (idle,) = await chain.expect(then, timeout=5)
+    assert idle.reason.startswith("listening again")
     lines = chain.logs.lines(logging.ERROR, "wakertc.daemon")
     assert lines == [f"conversation failed: {error_seen.reason}"]
     assert fragment in error_seen.reason, error_seen.reason
@@ -31,15 +73,7 @@ async def assert_error_shown_then_recovers(chain: Chain, error_seen, fragment: s
     assert 1.8 <= idle.t - error_seen.t <= 3.0  # shown for ERROR_DISPLAY_S, then listening
 
     chain.set_faults()
-    chain.mic.speak(clip("hey jarvis"))
-    wake, _, _ = await chain.expect(Phase.WAKE, Phase.CONNECTING, Phase.LISTENING, timeout=10)
-    assert wake.reason == "wake word hey_jarvis"
-    await chain.press()
-    # The pre-roll holds the end of "jarvis": the server may take it for a turn and answer
-    # first; the press then interrupts the reply instead, and the idle timeout ends it.
-    over = await chain.wait_phase(Phase.IDLE, timeout=10)
-    assert over.reason in ("conversation over (button)", "conversation over (idle timeout)")
-    assert Phase.ERROR not in [s.new for s in chain.seen[chain.seen.index(wake) :]]
+    await wake_and_hang_up(chain)
 
 
 SETUP_FAULTS = [
@@ -69,14 +103,75 @@ SETUP_FAULTS = [
 async def test_setup_fault_shows_an_error_and_recovers(
     tmp_path, models_dir, fault, timeout_s, fragment
 ):
-    """A session that cannot be set up: wake -> connecting -> error -> idle, then a wake works."""
+    """A session that cannot be set up: wake -> connecting -> error -> listening again, then a
+    wake works. Minting that fails outright already failed for the keeper at start: OFFLINE."""
     device = {"session": {"connect_timeout_s": timeout_s}}
+    mint_fails = fault in ("mint-500", "mint-429")
     async with run_chain(tmp_path, models_dir, faults=(fault,), device=device) as chain:
+        if mint_fails:
+            (offline,) = await chain.expect(Phase.OFFLINE, timeout=5)
+            assert MINT_ERRORS[fault] in offline.reason
         await chain.press()
         _, connecting, error = await chain.expect(
             Phase.WAKE, Phase.CONNECTING, Phase.ERROR, timeout=timeout_s + 3
         )
         assert error.t - connecting.t <= timeout_s + 0.5
+        then = Phase.OFFLINE if mint_fails else Phase.IDLE
+        await assert_error_shown_then_recovers(chain, error, fragment, then=then)
+
+
+@pytest.mark.parametrize("fault", MINT_FAULTS)
+async def test_key_refresh_failing_while_idle_shows_offline_and_recovers(
+    tmp_path, models_dir, fault
+):
+    """The companion fails while the keeper renews in the background: OFFLINE (slow amber
+    blink) without waiting for a wake; the key in hand still carries a whole conversation;
+    once minting works again the device is IDLE by itself."""
+    device = {"companion": {"timeout_s": 3.0}, "session": {"idle_timeout_s": 5.0}}
+    async with run_chain(
+        tmp_path, models_dir, device=device, companion_extra=SHORT_KEYS, reply="echo"
+    ) as chain:
+        await chain.wait_log("session key ready")
+        chain.set_faults(fault)
+        (offline,) = await chain.expect(Phase.OFFLINE, timeout=10)
+        assert offline.reason.startswith(f"no session key: {MINT_ERRORS[fault]}")
+        assert chain.logs.find("could not renew the session key", logging.WARNING)
+        await asyncio.sleep(2.2)  # one whole blink period, for the LED reading
+        chain.mic.speak(clip("hey jarvis, what time is it"))
+        await chain.expect(Phase.WAKE, Phase.CONNECTING, Phase.LISTENING, timeout=10)
+        reading = chain.leds(offline)
+        assert reading.effect == "blink" and reading.is_colour(AMBER), reading
+        await chain.wait_phase(Phase.SPEAKING, timeout=10)
+        await chain.wait_phase(Phase.LISTENING, timeout=10)
+        await chain.press()
+        (after,) = await chain.expect(Phase.OFFLINE, timeout=5)
+        assert after.reason.startswith("conversation over (button); no session key: ")
+        assert Phase.ERROR not in [s.new for s in chain.seen]
+
+        chain.set_faults()
+        (back,) = await chain.expect(Phase.IDLE, timeout=25)
+        assert back.reason == "session keys available again"
+        assert not chain.logs.lines(logging.ERROR)
+        await wake_and_hang_up(chain)
+
+
+@pytest.mark.parametrize(
+    ("fault", "fragment", "noticed_within_s"),
+    [
+        ("drop-after=1.5", "connection lost: event channel closed", 1.5),
+        ("consent-stop=1.5", "connection lost: nothing received for 5.", 7.0),
+    ],
+)
+async def test_connection_lost_while_listening_shows_an_error_and_recovers(
+    tmp_path, models_dir, fault, fragment, noticed_within_s
+):
+    """The path dies while the device waits for the user: noticed without a reply to watch."""
+    device = {"session": {"connect_timeout_s": 2.0, "idle_timeout_s": 20.0}}
+    async with run_chain(tmp_path, models_dir, faults=(fault,), device=device) as chain:
+        await chain.press()
+        _, _, live = await chain.expect(Phase.WAKE, Phase.CONNECTING, Phase.LISTENING)
+        (error,) = await chain.expect(Phase.ERROR, timeout=12)
+        assert error.t - live.t <= 1.5 + noticed_within_s
         await assert_error_shown_then_recovers(chain, error, fragment)
 
 

@@ -125,7 +125,9 @@ def test_ready_status_watchdog_and_clean_sigterm(device_config, notify, tmp_path
     assert any(m.startswith("STATUS=stopping") for m in messages)
     assert stop_time < 3.0
     assert "Traceback" not in stderr
-    assert "phase idle -> stopping" in stderr
+    # No companion listens on port 9: listening, but shown as offline until the stop.
+    assert "phase idle -> offline (no session key: companion unreachable: " in stderr
+    assert "phase offline -> stopping" in stderr
     # The user hook is told about the stop before the process exits.
     changes = [json.loads(line) for line in (tmp_path / "hook.jsonl").read_text().splitlines()]
     assert changes[0]["old"] == "starting" and changes[0]["new"] == "idle"
@@ -138,12 +140,13 @@ def test_wake_word_in_the_microphone_starts_a_conversation(device_config, notify
     process = spawn(device_config, notify)
     try:
         wait_for(notify, lambda m: "READY=1" in m, timeout=15)
-        # The companion is unreachable here: wake -> connecting -> error -> idle, never stuck.
+        # The companion is unreachable here: offline (the key keeper noticed) -> wake ->
+        # connecting -> error -> offline again, never stuck.
         seen = wait_for(notify, lambda m: m.startswith("STATUS=error"), timeout=10)
         statuses = [m.split(":")[0] for m in seen if m.startswith("STATUS=")]
-        assert statuses[:2] == ["STATUS=wake", "STATUS=connecting"], seen
+        assert statuses[:3] == ["STATUS=offline", "STATUS=wake", "STATUS=connecting"], seen
         assert "getting a session key" in seen[-1] and "companion unreachable" in seen[-1]
-        wait_for(notify, lambda m: m.startswith("STATUS=idle"), timeout=5)
+        wait_for(notify, lambda m: m.startswith("STATUS=offline: listening again"), timeout=5)
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=3) == 0
     finally:

@@ -167,3 +167,32 @@ async def test_keeper_renews_before_expiry_and_backs_off_on_failure(companion):
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await client.aclose()
+
+
+async def test_keeper_reports_health_changes_once_each_way(companion):
+    """`on_health`: the error when minting starts failing, None when it works again; repeated
+    failures (the backoff's retries) and repeated successes are not reported again."""
+    fake, url = companion
+    fake.answers = [error(500), error(503), error(500)]
+    reports: list[CompanionError | None] = []
+    client = client_for(url)
+    keeper = KeyKeeper(client, retry_initial_s=0.05, on_health=reports.append)
+    task = asyncio.create_task(keeper.run())
+    try:
+        async with asyncio.timeout(5):
+            while keeper.ready_key() is None:
+                await asyncio.sleep(0.02)
+        assert len(fake.requests) == 4
+        assert len(reports) == 2
+        assert isinstance(reports[0], CompanionError) and "500" in str(reports[0])
+        assert reports[1] is None
+        keeper.discard(keeper.ready_key())  # a fresh mint that works: nothing new to report
+        async with asyncio.timeout(5):
+            while keeper.ready_key() is None:
+                await asyncio.sleep(0.02)
+        assert len(fake.requests) == 5
+        assert len(reports) == 2
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await client.aclose()

@@ -301,7 +301,7 @@ async def test_daemon_with_hook_and_failures_writes_no_secret(
                     services.emulator.faults = Faults.parse(faults)
                     mark = len(changes)
                     daemon.on_short_press()
-                    await changes.until(lambda c: c.new is Phase.IDLE, 15, after=mark)
+                    await changes.until(lambda c: c.new.awaits_wake, 15, after=mark)
             finally:
                 daemon.stop()
                 async with asyncio.timeout(10):

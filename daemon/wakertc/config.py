@@ -29,6 +29,7 @@ ENV_VAR = "WAKERTC_CONFIG"
 
 PHASES_WITH_PATTERNS = (
     "idle",
+    "offline",
     "wake",
     "connecting",
     "listening",
@@ -126,6 +127,8 @@ class LedPattern:
 DEFAULT_PATTERNS: Mapping[str, LedPattern] = types.MappingProxyType(
     {
         "idle": LedPattern("off"),
+        # A slow amber blink: noticeable, unlike the fast red of an error that just happened.
+        "offline": LedPattern("blink", "#ff6000", 2.0),
         "wake": LedPattern("solid", "#ffffff"),
         "connecting": LedPattern("blink", "#0040ff", 0.4),
         "listening": LedPattern("solid", "#0040ff"),

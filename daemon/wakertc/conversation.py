@@ -44,6 +44,9 @@ REPLY_TAIL_S = 0.25
 # A reply whose audio stops arriving for this long means the path died without a word (ICE consent
 # checks would only notice after ~30 s): the conversation fails instead of "speaking" on.
 REPLY_STALL_S = 2.0
+# Between replies the remote track carries silence (with Opus DTX, still a packet every 400 ms):
+# nothing at all for this long means the path is dead, and the user would talk to no one.
+PATH_STALL_S = 5.0
 
 
 class SessionFailed(Exception):
@@ -181,7 +184,7 @@ class Conversation:
                     self._session.max_session_s, self.end, "maximum session length"
                 )
                 self._watchdog = loop.create_task(
-                    self._watch_reply_audio(), name="conversation-reply-watchdog"
+                    self._watch_path(), name="conversation-path-watchdog"
                 )
             reason = await self._ended
             log.info("conversation ended: %s", reason)
@@ -454,12 +457,16 @@ class Conversation:
         self._send_output(call_id, output)
         self._send({"type": "response.create"})
 
-    async def _watch_reply_audio(self) -> None:
+    async def _watch_path(self) -> None:
+        self._audio_received_at = max(self._audio_received_at, time.monotonic())
         while True:
             await asyncio.sleep(REPLY_STALL_S / 4)
             silent_for = time.monotonic() - self._audio_received_at
             if self._server_speaking and silent_for > REPLY_STALL_S:
                 self.fail(f"connection lost: no reply audio for {silent_for:.1f} s mid-reply")
+                return
+            if silent_for > PATH_STALL_S:
+                self.fail(f"connection lost: nothing received for {silent_for:.1f} s")
                 return
 
     async def _end_when_played(self, reason: str) -> None:

@@ -28,7 +28,7 @@ from numpy.typing import NDArray
 from .audio import CAPTURE_RATE, AudioBackend, AudioDeviceError, open_backend
 from .button import ButtonError
 from .config import Config, ConfigError, config_path, load_config, read_token
-from .keys import CompanionClient, KeyKeeper
+from .keys import CompanionClient, CompanionError, KeyKeeper
 from .leds import LedError
 from .logs import register_secret
 from .memory import limit_malloc_arenas, release_free_memory
@@ -116,7 +116,7 @@ class Daemon:
         companion = CompanionClient(
             config.companion, token, transport=self.edges.companion_transport
         )
-        self.keys = KeyKeeper(companion)
+        self.keys = KeyKeeper(companion, on_health=self._key_health)
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(config.session.connect_timeout_s))
         # Opening devices makes PortAudio probe them (50-300 ms): keep the loop free meanwhile.
         audio = self.edges.audio
@@ -127,7 +127,7 @@ class Daemon:
             audio.on_error = self._audio_failed
             audio.start(loop, self._on_frame)
             self._spawn(self.keys.run(), "key-keeper")
-            self.phases.transition(Phase.IDLE, "listening for the wake word")
+            self._listen_for_wake("listening for the wake word")
             self.systemd.ready()
             self.systemd.start_watchdog()
             # Off the critical path: the first conversation should not wait for these imports
@@ -209,8 +209,29 @@ class Daemon:
                 continue
             log.info("audio device back")
             self.detector.reset()
-            self.phases.transition(Phase.MUTED if self._muted else Phase.IDLE, "audio device back")
+            if self._muted:
+                self.phases.transition(Phase.MUTED, "audio device back")
+            else:
+                self._listen_for_wake("audio device back")
             return
+
+    # -- between conversations ---------------------------------------------------------------
+
+    def _listen_for_wake(self, reason: str) -> None:
+        """Back to waiting for the wake word: IDLE, or OFFLINE while no session key can be had."""
+        error = self.keys.last_error
+        if error is None:
+            self.phases.transition(Phase.IDLE, reason)
+        else:
+            self.phases.transition(Phase.OFFLINE, f"{reason}; no session key: {error}")
+
+    def _key_health(self, error: CompanionError | None) -> None:
+        """The key keeper's minting started failing or works again (any caller)."""
+        phase = self.phases.phase
+        if error is not None and phase is Phase.IDLE:
+            self.phases.transition(Phase.OFFLINE, f"no session key: {error}")
+        elif error is None and phase is Phase.OFFLINE:
+            self.phases.transition(Phase.IDLE, "session keys available again")
 
     # -- wake word and button ----------------------------------------------------------------
 
@@ -219,7 +240,7 @@ class Daemon:
         self.last_detection = detection
         if self._conversation is not None:
             self._conversation.on_wake_word()
-        elif self.phases.phase in (Phase.IDLE, Phase.ERROR):
+        elif self.phases.phase.awaits_wake or self.phases.phase is Phase.ERROR:
             self.start_conversation(f"wake word {detection.word}", detection=detection)
 
     def on_press(self) -> bool:
@@ -249,7 +270,7 @@ class Daemon:
         else:
             self.detector.reset()
             if self._conversation_task is None:
-                self.phases.transition(Phase.IDLE, "microphone unmuted")
+                self._listen_for_wake("microphone unmuted")
 
     def start_conversation(self, reason: str, detection: Detection | None = None) -> None:
         """Open a conversation now (wake word or button)."""
@@ -280,7 +301,7 @@ class Daemon:
                 self.conversations += 1
                 self.last_wake_to_live_s = conversation.wake_to_live_s
                 if not self._muted:
-                    self.phases.transition(Phase.IDLE, f"conversation over ({ending})")
+                    self._listen_for_wake(f"conversation over ({ending})")
             except SessionFailed as exc:
                 self.last_wake_to_live_s = conversation.wake_to_live_s
                 log.error("conversation failed: %s", exc)
@@ -288,7 +309,7 @@ class Daemon:
                 self.phases.transition(Phase.ERROR, str(exc))
                 await asyncio.sleep(ERROR_DISPLAY_S)
                 if not self._muted and self.phases.phase is Phase.ERROR:
-                    self.phases.transition(Phase.IDLE, "listening again")
+                    self._listen_for_wake("listening again")
         finally:
             self._set_echo_cancelling(False)
             self._conversation = None

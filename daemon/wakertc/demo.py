@@ -217,7 +217,7 @@ async def run_demo(
         def watch(change: Transition) -> None:
             transitions.append(change)
             fed = time.time() - started >= demo_input.duration_s
-            if change.new is Phase.IDLE and change.old is not Phase.STARTING and fed:
+            if change.new.awaits_wake and change.old is not Phase.STARTING and fed:
                 done.set()
 
         daemon.phases.add_listener(watch)
@@ -226,8 +226,8 @@ async def run_demo(
             async with asyncio.timeout(timeout_s):
                 await asyncio.sleep(demo_input.duration_s)
                 while not done.is_set():
-                    if daemon.phases.phase is Phase.IDLE and any(
-                        t.old is not Phase.STARTING and t.new is Phase.IDLE for t in transitions
+                    if daemon.phases.phase.awaits_wake and any(
+                        t.old is not Phase.STARTING and t.new.awaits_wake for t in transitions
                     ):
                         break
                     try:
@@ -249,10 +249,10 @@ async def run_demo(
     if daemon.last_wake_to_live_s is not None:
         result.wake_to_live_ms = round(daemon.last_wake_to_live_s * 1000, 1)
     result.errors = errors.lines
-    completed = any(t.new is Phase.IDLE and "conversation over" in t.reason for t in transitions)
+    completed = any(t.new.awaits_wake and "conversation over" in t.reason for t in transitions)
     result.ok = completed and final is Phase.IDLE
-    result.recovered = final is Phase.IDLE and any(
-        t.new is Phase.IDLE and t.old is not Phase.STARTING for t in transitions
+    result.recovered = final.awaits_wake and any(
+        t.new.awaits_wake and t.old is not Phase.STARTING for t in transitions
     )
     result.reply_audio_s = _duration(output_wav)
     result.utterance_received_ratio = _utterance_ratio(demo_input, record_dir, daemon)

@@ -20,6 +20,7 @@ import logging
 import random
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -144,8 +145,12 @@ class KeyKeeper:
         renew_margin_s: float = RENEW_MARGIN_S,
         retry_initial_s: float = 1.0,
         retry_max_s: float = 60.0,
+        on_health: Callable[[CompanionError | None], None] | None = None,
     ) -> None:
+        """`on_health(error)` is called when minting starts failing (the error) or works again
+        (None), whoever asked for the key: the background renewal or a conversation."""
         self._client = client
+        self._on_health = on_health
         self._renew_margin_s = renew_margin_s
         self._retry_initial_s = retry_initial_s
         self._retry_max_s = retry_max_s
@@ -205,9 +210,9 @@ class KeyKeeper:
         try:
             key = await self._client.mint()
         except CompanionError as exc:
-            self.last_error = exc
+            self._set_health(exc)
             raise
-        self.last_error = None
+        self._set_health(None)
         self._key = key
         log.info(
             "session key ready (valid %.0f s, minted in %.0f ms)",
@@ -215,6 +220,12 @@ class KeyKeeper:
             (time.monotonic() - started) * 1000,
         )
         return key
+
+    def _set_health(self, error: CompanionError | None) -> None:
+        changed = (error is None) != (self.last_error is None)
+        self.last_error = error
+        if changed and self._on_health is not None:
+            self._on_health(error)
 
     async def _sleep_or_change(self, seconds: float) -> None:
         self._changed.clear()

@@ -22,6 +22,10 @@ class Phase(enum.Enum):
 
     STARTING = "starting"
     IDLE = "idle"  # listening for the wake word
+    # Listening for the wake word, but no session key could be had from the companion: the
+    # keeper retries with backoff and a wake tries again. Shown so that a broken companion or
+    # network is seen before someone talks to the device in vain.
+    OFFLINE = "offline"
     WAKE = "wake"  # wake word heard or button pressed; about to connect
     CONNECTING = "connecting"
     LISTENING = "listening"  # session live, the user may speak
@@ -30,6 +34,11 @@ class Phase(enum.Enum):
     MUTED = "muted"  # microphone off by the user's choice: nothing is analysed
     ERROR = "error"  # something failed; shown briefly, then back to IDLE
     STOPPING = "stopping"
+
+    @property
+    def awaits_wake(self) -> bool:
+        """Whether the device is between conversations, listening for the wake word."""
+        return self in (Phase.IDLE, Phase.OFFLINE)
 
 
 @dataclass(frozen=True)
