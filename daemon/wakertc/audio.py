@@ -720,15 +720,28 @@ def _find_device(devices: list[DeviceInfo], spec: str | int, kind: Kind) -> Devi
 
 
 def _check_format(pa: Any, device: DeviceInfo, kind: Kind, rate: int, channels: int) -> None:
+    pyaudio = _pyaudio()
     arguments: dict[str, Any] = {
         f"{kind}_device": device.index,
         f"{kind}_channels": channels,
-        f"{kind}_format": _pyaudio().paInt16,
+        f"{kind}_format": pyaudio.paInt16,
     }
     try:
         pa.is_format_supported(rate, **arguments)
     except ValueError as exc:
         reason = exc.args[0] if exc.args else exc
+        code = exc.args[1] if len(exc.args) > 1 else None
+        if code not in (
+            pyaudio.paInvalidSampleRate,
+            pyaudio.paInvalidChannelCount,
+            pyaudio.paSampleFormatNotSupported,
+        ):
+            # Not a format problem: the device is gone (unplugged, its sound server sink
+            # unloaded) or busy. Config advice would send the user the wrong way.
+            raise AudioDeviceError(
+                f"{kind} device {device.describe(kind)} is not available ({reason}): "
+                "is it connected?"
+            ) from exc
         raise AudioDeviceError(
             f"{kind} device {device.describe(kind)} cannot {('record', 'play')[kind == 'output']} "
             f"{rate} Hz x {channels} ch int16 ({reason}); set audio.{kind}_rate / "
