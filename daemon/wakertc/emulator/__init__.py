@@ -7,7 +7,8 @@
 Modules: `server` (HTTP routes, keys), `call` (one WebRTC call), `engine` (the event protocol),
 `responses` (writing a response), `conversation` (items), `session` (session config), `vad`,
 `audio_buffer`, `playout` (outgoing track), `replies`, `script`, `events` (event builders),
-`faults`, `recorder`, `validation`, `command` (CLI).
+`faults`, `recorder`, `timeline` (reading the recorded frame times), `validation`, `command`
+(CLI).
 """
 
 from __future__ import annotations

@@ -102,6 +102,8 @@ class EmulatedCall:
         self._recorder = CallRecorder(self.record_path) if self.record_path else None
         self._pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self._track = ReplyTrack()
+        if self._recorder is not None:
+            self._track.on_frame = self._recorder.sent
         self.engine = RealtimeEngine(
             session=session,
             send=self._send_event,
@@ -248,11 +250,12 @@ class EmulatedCall:
                 frame = await track.recv()
             except MediaStreamError:
                 return
+            arrived = time.monotonic()
             for out in resampler.resample(frame):  # type: ignore[arg-type]
                 samples: Samples = out.to_ndarray().reshape(-1).astype(np.int16, copy=False)
                 self.received_samples += len(samples)
                 if self._recorder is not None:
-                    self._recorder.audio(samples)
+                    self._recorder.audio(samples, arrived=arrived, pts=frame.pts)
                 if not self._faults.silent:
                     self.engine.on_audio(samples)
 

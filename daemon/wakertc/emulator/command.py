@@ -49,7 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--reply-text", help="what the speech policy says")
     parser.add_argument("--script", type=Path, help="JSON or TOML file of scripted turns")
-    parser.add_argument("--record", type=Path, help="write input.wav + events.jsonl per call here")
+    parser.add_argument(
+        "--record",
+        type=Path,
+        help="write input.wav, output.wav, events.jsonl, frames.jsonl per call here",
+    )
     parser.add_argument(
         "--fault", action="append", default=[], metavar="NAME[=VALUE]", help="inject a fault"
     )

@@ -33,7 +33,8 @@ class EmulatorOptions:
     script: Path | None = None
     """JSON or TOML file of scripted turns (say / reply / call), used in order."""
     record_dir: Path | None = None
-    """Per call, write `rtc_<id>/input.wav` (48 kHz mono s16) and `events.jsonl` here."""
+    """Per call, write `rtc_<id>/input.wav`, `output.wav` (48 kHz mono s16), `events.jsonl` and
+    `frames.jsonl` (when each audio frame crossed the peer connection) here."""
     faults: tuple[str, ...] = ()
     """Fault specs such as `mint-500` or `drop-after=2` (see `faults.FAULT_HELP`)."""
     connect_timeout_s: float = 30.0
