@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 # Cap on audio waiting to be sent (the sender only starts pulling once DTLS is up).
 MAX_QUEUED_S = 15.0
+SEND_RATE = 48000  # Opus's own rate: aiortc's encoder passes such frames straight through
 
 
 class CallError(Exception):
@@ -60,6 +61,12 @@ class MicTrack(MediaStreamTrack):
 
     Frames pushed before the call is up (the words right after the wake word) wait in the queue and
     go out first, so nothing said in one breath with the wake word is lost.
+
+    Frames leave at 48 kHz. aiortc's Opus encoder converts any other rate through a resampler that
+    hands the codec whole 960-sample frames; that resampler's 1 ms of delay left every frame 1 ms
+    short, so each waited for the next: 20 ms on every packet (scripts/bench_latency.py). The same
+    conversion (libswresample) done here, with its delay padded in front once, gives the encoder
+    whole frames.
     """
 
     kind = "audio"
@@ -68,6 +75,8 @@ class MicTrack(MediaStreamTrack):
         super().__init__()
         self._frames: collections.deque[NDArray[np.int16]] = collections.deque()
         self._available = asyncio.Event()
+        self._resampler = AudioResampler(format="s16", layout="mono", rate=SEND_RATE)
+        self._in_pts = 0
         self._pts = 0
         self._max_samples = int(MAX_QUEUED_S * CAPTURE_RATE)
         self._queued_samples = 0
@@ -100,13 +109,28 @@ class MicTrack(MediaStreamTrack):
             await self._available.wait()
         samples = self._frames.popleft()
         self._queued_samples -= len(samples)
+        self.sent_samples += len(samples)
+        out = self._upsample(samples)
+        frame = AudioFrame.from_ndarray(out.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = SEND_RATE
+        frame.pts = self._pts
+        frame.time_base = fractions.Fraction(1, SEND_RATE)
+        self._pts += len(out)
+        return frame
+
+    def _upsample(self, samples: NDArray[np.int16]) -> NDArray[np.int16]:
         frame = AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = CAPTURE_RATE
-        frame.pts = self._pts
+        frame.pts = self._in_pts
         frame.time_base = fractions.Fraction(1, CAPTURE_RATE)
-        self._pts += len(samples)
-        self.sent_samples += len(samples)
-        return frame
+        self._in_pts += len(samples)
+        parts = [f.to_ndarray().reshape(-1) for f in self._resampler.resample(frame)]
+        out: NDArray[np.int16] = np.concatenate(parts) if parts else np.zeros(0, np.int16)
+        whole = len(samples) * SEND_RATE // CAPTURE_RATE
+        if self._pts == 0 and len(out) < whole:
+            # The resampler keeps its filter delay back once, at the start: pad it there.
+            out = np.concatenate([np.zeros(whole - len(out), np.int16), out])
+        return out
 
     def stop(self) -> None:
         """End the track; a pending `recv` raises MediaStreamError."""
