@@ -124,7 +124,8 @@ async def test_recorded_frame_times_cover_both_directions_and_find_the_wire(
     first_arrival = arrivals[0]
     first_left = timeline.sent_at(echoed[0])
     assert 0 < first_arrival - first_left < 0.25
-    assert abs(timeline.sent_at(echoed[1]) - first_left - 0.25) < 0.001
+    # 250 ms later in the stream, give or take the pacing of a busy loop (frames leave late).
+    assert abs(timeline.sent_at(echoed[1]) - first_left - 0.25) < 0.02
 
 
 def test_wire_time_takes_the_frame_released_when_the_packet_arrived(tmp_path: Path) -> None:
