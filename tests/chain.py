@@ -146,8 +146,12 @@ class ChainMic(AudioBackend):
         *,
         echo_gain: float = 0.0,
         echo_delay_s: float = 0.04,
+        keep_history: bool = True,
     ) -> None:
         self.file = FileBackend(input_file, output_file)
+        # A soak of hundreds of conversations keeps no history: it would look like a leak.
+        self._keep_history = keep_history
+        self.frames_heard = 0
         self.file.on_render = self._rendered
         self.on_error = None
         self._daemon_render: Any = None
@@ -211,7 +215,7 @@ class ChainMic(AudioBackend):
             np.pad(samples[i : i + FRAME_SAMPLES], (0, max(0, i + FRAME_SAMPLES - len(samples))))
             for i in range(0, len(samples), FRAME_SAMPLES)
         ]
-        first = len(self.heard) + self._queued_frames
+        first = self.frames_heard + self._queued_frames
         self._pending.extend(frames)
         self._queued_frames += len(frames)
         done: asyncio.Future[None] = loop.create_future()
@@ -260,8 +264,10 @@ class ChainMic(AudioBackend):
             frame = _mix(frame, self._pending.popleft())
         if self._echo_gain:
             frame = _mix(frame, self._take_echo(len(frame)))
-        self.heard.append(frame)
-        while self._speaking and self._speaking[0][0] <= len(self.heard):
+        self.frames_heard += 1
+        if self._keep_history:
+            self.heard.append(frame)
+        while self._speaking and self._speaking[0][0] <= self.frames_heard:
             _, done = self._speaking.pop(0)
             if not done.done():
                 done.set_result(None)
@@ -270,7 +276,8 @@ class ChainMic(AudioBackend):
 
     def _rendered(self, samples: np.ndarray) -> None:
         """What the speaker played (playback thread), 16 kHz."""
-        self.rendered.append((time.monotonic(), int(np.abs(samples).max(initial=0))))
+        if self._keep_history:
+            self.rendered.append((time.monotonic(), int(np.abs(samples).max(initial=0))))
         if self._echo_gain:
             scaled = (samples.astype(np.float32) * self._echo_gain).astype(np.int16)
             with self._echo_lock:
@@ -305,10 +312,10 @@ def _mix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 class LogRecords(logging.Handler):
-    """Every `wakertc.*` record at INFO and above, with the monotonic time it was logged."""
+    """Every `wakertc.*` record at `level` (INFO) and above, with the time it was logged."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(logging.INFO)
+    def __init__(self, loop: asyncio.AbstractEventLoop, level: int = logging.INFO) -> None:
+        super().__init__(level)
         self.records: list[tuple[float, logging.LogRecord]] = []
         self._loop = loop
         self.changed = asyncio.Event()
@@ -459,6 +466,11 @@ class Chain:
         result: list[Seen] = await self._until(check, timeout, f"phases {want}")
         return result
 
+    def forget_seen(self) -> None:
+        """Drop the phase changes the cursor has passed (a long soak keeps no history)."""
+        del self.seen[: self.cursor]
+        self.cursor = 0
+
     def describe(self, start: int = 0) -> str:
         """`old -> new (reason)` for each change, for failure messages."""
         return (
@@ -580,6 +592,15 @@ class Chain:
         self.emulator.faults = Faults.parse(specs)
 
 
+@dataclass(frozen=True)
+class Remote:
+    """Services the chain does not start itself (e.g. child processes): where they are."""
+
+    companion_url: str
+    realtime_url: str
+    token_file: Path
+
+
 def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in extra.items():
@@ -604,12 +625,19 @@ async def run_chain(
     companion_extra: str = "",
     echo_gain: float = 0.0,
     allow_tracebacks: bool = False,
+    remote: Remote | None = None,
+    keep_history: bool = True,
 ) -> AsyncIterator[Chain]:
     """Start emulator, companion and daemon; yield the chain once the daemon is listening.
 
     `input_audio`: the microphone's WAV (a path, or samples at 16 kHz); silence by default.
     `device`: overrides of the device config, as TOML tables (`{"session": {...}}`).
     `companion_extra`: TOML appended to the companion config (e.g. a `[session]` policy).
+    `remote`: use these services instead of starting an emulator and a companion in-process
+    (then `reply`, `script`, `faults` and `companion_extra` do not apply, and `chain.emulator`
+    and `chain.companion` are None).
+    `keep_history=False`: for soaks; the microphone, the pins and the log keep no history
+    (only WARNING and above is logged), so what grows is the daemon's.
     On exit the daemon is stopped, and unless `allow_tracebacks`, no `wakertc` log record may
     carry a traceback (nothing crashed, no event handler failed).
     """
@@ -637,30 +665,37 @@ async def run_chain(
         record_dir=record_dir,
         faults=tuple(faults),
     )
-    logs = LogRecords(asyncio.get_running_loop())
+    log_level = logging.INFO if keep_history else logging.WARNING
+    logs = LogRecords(asyncio.get_running_loop(), log_level)
     wakertc_log = logging.getLogger("wakertc")
     level = wakertc_log.level
     wakertc_log.addHandler(logs)
-    if wakertc_log.getEffectiveLevel() > logging.INFO:
-        wakertc_log.setLevel(logging.INFO)
+    # Not above `log_level`; and for a soak not below either: pytest keeps every record it sees
+    # for its report, so at INFO the test process would grow by it.
+    if wakertc_log.getEffectiveLevel() > log_level or not keep_history:
+        wakertc_log.setLevel(log_level)
     try:
         async with contextlib.AsyncExitStack() as stack:
-            services = await start_services(
-                stack, workdir, options, companion_extra=COMPANION_LIMITS + companion_extra
-            )
+            emulator = companion = None
+            if remote is None:
+                services = await start_services(
+                    stack, workdir, options, companion_extra=COMPANION_LIMITS + companion_extra
+                )
+                emulator, companion = services.emulator, services.companion
+                remote = Remote(services.companion.url, services.emulator.url, services.token_file)
             path = write_device_config(
                 workdir,
                 input_wav,
                 output_wav,
                 models_dir,
-                services.companion.url,
-                services.emulator.url,
-                services.token_file,
+                remote.companion_url,
+                remote.realtime_url,
+                remote.token_file,
             )
             data = _merge(_merge(tomllib.loads(path.read_text()), DEVICE_DEFAULTS), device or {})
             config = config_from_dict(data, path)
-            mic = ChainMic(input_wav, output_wav, echo_gain=echo_gain)
-            factory = MockFactory(pin_class=RecordingPin)
+            mic = ChainMic(input_wav, output_wav, echo_gain=echo_gain, keep_history=keep_history)
+            factory = MockFactory(pin_class=RecordingPin if keep_history else MockPWMPin)
             daemon = Daemon(config, Edges(audio=mic, pin_factory=factory))
             chain = Chain(
                 workdir=workdir,
@@ -668,8 +703,8 @@ async def run_chain(
                 daemon=daemon,
                 mic=mic,
                 factory=factory,
-                emulator=services.emulator,
-                companion=services.companion,
+                emulator=emulator,
+                companion=companion,
                 logs=logs,
                 record_dir=record_dir,
                 output_wav=output_wav,
