@@ -295,8 +295,13 @@ async def assert_error_shown(chain: FaultChain, error: Seen, *fragments: str) ->
 
 async def assert_session_opens(chain: FaultChain) -> None:
     """The next press opens a session; another press ends it."""
+    start = chain.cursor
     await chain.press()
-    await chain.expect(Phase.WAKE, Phase.CONNECTING, Phase.LISTENING, timeout=CONNECT_TIMEOUT_S + 5)
+    # The key keeper may get its key first, now that the far side is back: offline -> idle.
+    wake = await chain.wait_phase(Phase.WAKE, timeout=3)
+    before = chain.seen[start : chain.seen.index(wake)]
+    assert all(s.new in AWAITING_WAKE for s in before), chain.describe(start)
+    await chain.expect(Phase.CONNECTING, Phase.LISTENING, timeout=CONNECT_TIMEOUT_S + 5)
     await chain.press()
     over = await chain.wait_any(AWAITING_WAKE, timeout=5)
     assert over.reason == "conversation over (button)", chain.describe()

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import gpiozero
+import httpx
 import numpy as np
 
 from chain import BUTTON_PIN, LED_PINS, STORY, Chain, clip, run_chain, silence
@@ -35,6 +36,7 @@ from wakertc.demo import start_services, write_device_config
 from wakertc.emulator import EmulatorOptions
 from wakertc.measure import write_wav
 from wakertc.state import Phase
+from wakertc.webrtc import MicTrack, RealtimeCall
 
 EXIT_WITHIN_S = 3.0
 
@@ -209,6 +211,52 @@ async def test_sigterm_while_muted(tmp_path: Path, models_dir: Path) -> None:
         await chain.long_press(Phase.MUTED)
         took = await terminate(chain)
         assert_stopped_cleanly(chain, out, took, Phase.MUTED)
+
+
+def udp_sockets() -> set[int]:
+    """Inodes of the UDP sockets this process holds open."""
+    mine = set()
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                mine.add(int(target[8:-1]))
+    udp = set()
+    for table in ("/proc/self/net/udp", "/proc/self/net/udp6"):
+        with contextlib.suppress(FileNotFoundError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                udp.add(int(line.split()[9]))
+    return mine & udp
+
+
+async def test_a_call_cancelled_while_gathering_leaves_no_socket_open() -> None:
+    """What SIGTERM while connecting does to the call: cancel `connect()` at every point of the
+    offer (ICE gathering binds a UDP socket per host address, over several loop turns), then
+    close it. No socket may stay open (a leaked one stays registered with the loop for good)."""
+    before = udp_sockets()
+    async with httpx.AsyncClient(timeout=5.0) as http:
+        with Blackhole(free_port()) as hole:
+            for turns in range(16):
+                call = RealtimeCall(
+                    base_url=hole.url,
+                    http=http,
+                    ice_servers=(),
+                    mic=MicTrack(),
+                    on_event=lambda _: None,
+                    on_audio=lambda _: None,
+                    on_lost=lambda _: None,
+                )
+                connecting = asyncio.create_task(call.connect("key"))
+                for _ in range(turns):
+                    await asyncio.sleep(0)
+                connecting.cancel()
+                await asyncio.wait({connecting})
+                assert connecting.cancelled()
+                await call.close(hang_up=False)
+                left = udp_sockets() - before
+                assert not left, (
+                    f"cancelled after {turns} loop turns: {len(left)} UDP socket(s) open"
+                )
 
 
 # -- `wakertc run` as a process -----------------------------------------------------------------

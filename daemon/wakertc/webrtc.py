@@ -198,7 +198,19 @@ class RealtimeCall:
         """Offer, POST it, apply the answer and wait for the event channel to open."""
         self._key = key
         started = time.monotonic()
-        await self._pc.setLocalDescription(await self._pc.createOffer())
+        description = await self._pc.createOffer()
+        # ICE gathering binds a UDP socket per host address, and aioice only records them once
+        # all are bound: cancelled half-way (SIGTERM while connecting), it leaks the first ones,
+        # which stay registered with the loop. Gathering takes milliseconds: let it finish, then
+        # honour the cancellation (close() then releases the sockets).
+        gathering = asyncio.ensure_future(self._pc.setLocalDescription(description))
+        try:
+            await asyncio.shield(gathering)
+        except asyncio.CancelledError:
+            await asyncio.wait({gathering})
+            if not gathering.cancelled():
+                gathering.exception()  # seen: the cancellation is what is reported
+            raise
         offer = self._pc.localDescription.sdp
         try:
             response = await self._http.post(
