@@ -23,8 +23,11 @@ CLOCK_MONOTONIC, shared by the processes.
 References, measured beside the daemon on the same clicks and under the same load: a bare
 PortAudio capture callback on the microphone and a bare PortAudio blocking writer on the speaker,
 both opened as the daemon opens its streams (same devices, formats, 20 ms periods): what the audio
-server and the device buffering alone cost (`daemon_adds_ms` is the rest). The details split each
-figure at the daemon's audio backend (taps on the real backend): device side and WebRTC side.
+server and the device buffering alone cost (`daemon_adds_ms`: the difference of the medians). The
+two capture streams' 20 ms periods fall at different phases, fixed per stream, so a click waits
+for them differently: on the microphone side that difference moves by up to ~15 ms between runs.
+The details split each figure at the daemon's audio backend (taps on the real backend): device
+side and WebRTC side.
 
 Formats: the figures are for the formats the daemon chooses itself (what a config that leaves
 them unset gets: 16 kHz capture, the server resampling); the full run also forces the sinks'
