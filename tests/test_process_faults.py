@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
 from gpiozero.pins.mock import MockFactory
 
 from chain import (
@@ -480,12 +479,6 @@ async def test_blackholed_realtime_api_then_real_one(tmp_path: Path, models_dir:
         await assert_session_opens(chain)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="daemon.py: _converse keeps _conversation_task set while it sleeps through "
-    "ERROR_DISPLAY_S, so start_conversation() returns at once: a wake word heard while the "
-    "error is shown is dropped, though _on_detection means to accept it in ERROR",
-)
 async def test_wake_word_while_the_error_is_shown_starts_a_session(
     tmp_path: Path, models_dir: Path
 ) -> None:

@@ -45,6 +45,8 @@ STARTUP_ERRORS = (WakeWordError, AudioDeviceError, LedError, ButtonError, CueErr
 ERROR_DISPLAY_S = 2.0
 # Reopening a lost audio device: first retry after this, doubling up to the maximum.
 AUDIO_RETRY_S = (1.0, 30.0)
+# A reopened device is back only once audio arrives: a source can open and deliver nothing.
+AUDIO_PROOF_S = 2.0
 
 
 @dataclass
@@ -80,6 +82,9 @@ class Daemon:
         )
         self._aec: Any = None
         self._aec_active = False
+        self._audio_lost = False
+        self._audio_flowing = asyncio.Event()
+        self._error_timer: asyncio.TimerHandle | None = None
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -142,6 +147,8 @@ class Daemon:
         self._stopped.set()
 
     async def _shutdown(self, companion: CompanionClient) -> None:
+        if self._error_timer is not None:
+            self._error_timer.cancel()
         self.systemd.stopping()
         self.phases.transition(Phase.STOPPING, "shutting down")
         if self._conversation_task is not None:
@@ -166,6 +173,8 @@ class Daemon:
 
     def _on_frame(self, frame: NDArray[np.int16]) -> None:
         """One 20 ms microphone frame, on the loop thread."""
+        if not self._audio_flowing.is_set():
+            self._audio_flowing.set()
         if self._muted:
             return  # privacy: nothing is analysed while muted
         conversation = self._conversation
@@ -189,6 +198,9 @@ class Daemon:
             self._spawn(self._reopen_audio(), "audio-reopen")
 
     async def _reopen_audio(self) -> None:
+        # The error stays shown (a failed conversation's display timer leaves it alone) until
+        # the device is back: the device must not claim to listen without a microphone.
+        self._audio_lost = True
         if self._conversation is not None:
             self._conversation.fail("the audio device failed")
         self.phases.transition(Phase.ERROR, "audio device lost")
@@ -197,17 +209,25 @@ class Daemon:
             assert self._audio is not None
             self._audio.close()
             await asyncio.sleep(delay)
+            delay = min(delay * 2, longest)
             try:
                 # A closed backend cannot restart: reopen the device the config names.
                 self._audio = await asyncio.to_thread(open_backend, self.config.audio)
                 self._audio.on_error = self._audio_failed
                 assert self._loop is not None
+                self._audio_flowing.clear()
                 self._audio.start(self._loop, self._on_frame)
+                try:
+                    await asyncio.wait_for(self._audio_flowing.wait(), AUDIO_PROOF_S)
+                except TimeoutError:
+                    raise AudioDeviceError(
+                        f"it opened but delivered no audio for {AUDIO_PROOF_S:g} s"
+                    ) from None
             except Exception as exc:
                 log.warning("audio device still unavailable: %s (next try in %.0f s)", exc, delay)
-                delay = min(delay * 2, longest)
                 continue
             log.info("audio device back")
+            self._audio_lost = False
             self.detector.reset()
             if self._muted:
                 self.phases.transition(Phase.MUTED, "audio device back")
@@ -254,6 +274,8 @@ class Daemon:
         """Short press: start a conversation, or let the open one handle it."""
         if self._muted:
             log.info("button pressed while muted; hold it to unmute")
+        elif self._audio_lost:
+            log.info("button pressed while the audio device is unavailable")
         elif self._conversation is not None:
             self._conversation.on_button()
         elif self._conversation_task is None:
@@ -307,9 +329,12 @@ class Daemon:
                 log.error("conversation failed: %s", exc)
                 self._conversation = None
                 self.phases.transition(Phase.ERROR, str(exc))
-                await asyncio.sleep(ERROR_DISPLAY_S)
-                if not self._muted and self.phases.phase is Phase.ERROR:
-                    self._listen_for_wake("listening again")
+                # Shown for a while by a timer, not by this task: a wake word or a press during
+                # the display starts the next conversation at once.
+                if self._error_timer is not None:
+                    self._error_timer.cancel()
+                loop = asyncio.get_running_loop()
+                self._error_timer = loop.call_later(ERROR_DISPLAY_S, self._error_shown)
         finally:
             self._set_echo_cancelling(False)
             self._conversation = None
@@ -317,6 +342,13 @@ class Daemon:
             self._preroll.clear()
             self.detector.reset()
             release_free_memory()  # back to idle: return what the call used
+
+    def _error_shown(self) -> None:
+        """The error has been shown long enough: listen again, unless something took over."""
+        self._error_timer = None
+        idle = self._conversation_task is None and not self._muted and not self._audio_lost
+        if idle and self.phases.phase is Phase.ERROR:
+            self._listen_for_wake("listening again")
 
     def _on_transcript(self, text: str, item_id: str) -> None:
         self.hook.send({"event": "transcript", "text": text, "item_id": item_id})
