@@ -22,6 +22,13 @@ Progress goes to stderr; with --json one JSON object goes to stdout. Figures:
   reference. Both also show the bare handshake with an audio track each way, for diagnosis.
 - `utterance_received_ratio`: `wakertc.demo.run_demo` (the wake phrase and a question in one
   breath); the share of the question the emulator recorded. Reference: all of it (1.0).
+- `mic_to_wire_ms`, `wire_to_speaker_ms` (scripts/bench_latency.py): clicks through the real
+  daemon's PyAudio backend on a private PulseAudio server and the echo emulator, timed at the
+  sinks' monitors and at the emulator's peer connection; beside bare PortAudio streams on the same
+  devices. Skipped (met: null, with the reason) where PulseAudio cannot start.
+- `wake_word_detection_rate`, `wake_word_false_accepts_per_hour` (scripts/bench_wakeword.py):
+  espeak-ng voices and speeds in pink noise at 10 dB SNR, and 30+ minutes of other speech, through
+  wakertc's detector and the stock openwakeword package on the same audio.
 
 Figures are medians or percentiles because this machine is shared: other processes compete for its
 two cores, so single samples are noisy. `--quick` (< 60 s) uses fewer samples than the full run.
@@ -62,7 +69,9 @@ from bench_live import (  # noqa: E402
     make_idle_input,
     write_daemon_config,
 )
+from bench_latency import measure as measure_audio_latency  # noqa: E402
 from bench_procs import DaemonProcess, ReferenceProcess, cpu_s, rss_mb, venv_bin  # noqa: E402
+from bench_wakeword import measure as measure_wake_word  # noqa: E402
 from wakertc.demo import run_demo  # noqa: E402
 from wakertc.measure import write_wav  # noqa: E402
 
@@ -455,6 +464,11 @@ async def bench(plan: Plan, say: Progress) -> dict[str, Any]:
             "emulator; silent input",
         )
         figures["utterance_received_ratio"] = await utterance_figure(plan, workdir, models_dir, say)
+        quick = plan.name == "quick"
+        figures.update(await measure_audio_latency(quick, workdir / "latency", models_dir, say))
+        figures.update(
+            await asyncio.to_thread(measure_wake_word, quick, workdir / "wakeword", models_dir, say)
+        )
     order = [
         "start_to_ready_s",
         "idle_rss_mb",
@@ -464,6 +478,10 @@ async def bench(plan: Plan, say: Progress) -> dict[str, Any]:
         "wake_to_live_ms",
         "wake_to_live_in_process_ms",
         "utterance_received_ratio",
+        "mic_to_wire_ms",
+        "wire_to_speaker_ms",
+        "wake_word_detection_rate",
+        "wake_word_false_accepts_per_hour",
     ]
     ordered = {name: figures[name] for name in order}
     targets = {name: f["met"] for name, f in ordered.items() if f["met"] is not None}

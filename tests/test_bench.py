@@ -25,6 +25,10 @@ FIGURES = {
     "wake_to_live_ms",
     "wake_to_live_in_process_ms",
     "utterance_received_ratio",
+    "mic_to_wire_ms",
+    "wire_to_speaker_ms",
+    "wake_word_detection_rate",
+    "wake_word_false_accepts_per_hour",
 }
 
 
@@ -37,7 +41,7 @@ def test_quick_bench_reports_every_figure_beside_its_reference() -> None:
         [sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick", "--json"],
         capture_output=True,
         text=True,
-        timeout=110,
+        timeout=150,
         cwd=ROOT,
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -48,10 +52,15 @@ def test_quick_bench_reports_every_figure_beside_its_reference() -> None:
     for name, fig in report["figures"].items():
         for key in ("value", "reference", "ratio"):
             assert _number(fig[key]), (name, key, fig[key])
-        assert fig["value"] >= 0 and fig["reference"] > 0, (name, fig)
-        assert math.isclose(fig["ratio"], fig["value"] / fig["reference"], rel_tol=0.01), name
+        assert fig["value"] >= 0 and fig["reference"] >= 0, (name, fig)
+        if "ratio_rule" in fig:  # counts that may be 0 on both sides: (a + 1) / (b + 1)
+            want = (fig["value"] + 1) / (fig["reference"] + 1)
+        else:
+            want = fig["value"] / fig["reference"]
+        assert math.isclose(fig["ratio"], want, rel_tol=0.01), name
         assert isinstance(fig["reference_name"], str) and fig["reference_name"], name
-        assert isinstance(fig["target"], str) and isinstance(fig["met"], bool), name
+        assert isinstance(fig["target"], str), name
+        assert isinstance(fig["met"], bool), (name, fig.get("skipped"))
         assert report["targets_met"][name] is fig["met"]
     assert report["all_targets_met"] is all(report["targets_met"].values())
 
