@@ -62,6 +62,7 @@ except ImportError:  # run by a Python without the package: use the project's vi
 
 import numpy as np  # noqa: E402
 
+from bench_latency import measure as measure_audio_latency  # noqa: E402
 from bench_live import (  # noqa: E402
     LiveSessions,
     Stack,
@@ -69,7 +70,6 @@ from bench_live import (  # noqa: E402
     make_idle_input,
     write_daemon_config,
 )
-from bench_latency import measure as measure_audio_latency  # noqa: E402
 from bench_procs import DaemonProcess, ReferenceProcess, cpu_s, rss_mb, venv_bin  # noqa: E402
 from bench_wakeword import measure as measure_wake_word  # noqa: E402
 from wakertc.demo import run_demo  # noqa: E402

@@ -35,8 +35,9 @@ from wakertc.state import Phase
 
 FAST_FAILURE = {"session": {"connect_timeout_s": 2.0}}
 AMBER = DEFAULT_PATTERNS["offline"].color
-# Keys live 62 s and are renewed 60 s before expiry: the keeper renews every ~2 s while idle.
-SHORT_KEYS = "\n[session]\nkey_lifetime_s = 62\n"
+# Keys live 44 s and are renewed at half their life: every ~22 s while idle; a key is handed out
+# while it has 15 s left, so one that failed to renew still serves a wake for ~7 s.
+SHORT_KEYS = "\n[session]\nkey_lifetime_s = 44\n"
 MINT_FAULTS = ["mint-500", "mint-429", "mint-slow=4"]
 MINT_ERRORS = {
     "mint-500": "companion answered 502: Upstream error (status 500)",
@@ -133,7 +134,7 @@ async def test_key_refresh_failing_while_idle_shows_offline_and_recovers(
     ) as chain:
         await chain.wait_log("session key ready")
         chain.set_faults(fault)
-        (offline,) = await chain.expect(Phase.OFFLINE, timeout=10)
+        (offline,) = await chain.expect(Phase.OFFLINE, timeout=30)
         assert offline.reason.startswith(f"no session key: {MINT_ERRORS[fault]}")
         assert chain.logs.find("could not renew the session key", logging.WARNING)
         await asyncio.sleep(2.2)  # one whole blink period, for the LED reading

@@ -143,14 +143,14 @@ async def test_keeper_never_hands_out_a_nearly_expired_key(companion):
 
 async def test_keeper_renews_before_expiry_and_backs_off_on_failure(companion):
     fake, url = companion
-    fake.lifetime_s = 61.5  # renewal margin 60 s: renew about 1.5 s after minting
+    # A 3 s key renewed with 1.5 s left (the margin, which is also half its life).
     fake.answers = [
         lambda: web.json_response(
-            {"value": "ek_first", "expires_at": time.time() + 61.5, "session": {}}
+            {"value": "ek_first", "expires_at": time.time() + 3.0, "session": {}}
         )
     ]
     client = client_for(url)
-    keeper = KeyKeeper(client, retry_initial_s=0.2)
+    keeper = KeyKeeper(client, retry_initial_s=0.2, renew_margin_s=1.5, min_validity_s=0.5)
     task = asyncio.create_task(keeper.run())
     try:
         async with asyncio.timeout(5):
@@ -192,6 +192,37 @@ async def test_keeper_reports_health_changes_once_each_way(companion):
                 await asyncio.sleep(0.02)
         assert len(fake.requests) == 5
         assert len(reports) == 2
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await client.aclose()
+
+
+async def test_short_lived_keys_are_renewed_at_half_life_not_in_a_loop(companion):
+    """Keys living 4 s (min validity 1 s, margin 60 s): renewed when 2 s are left, not every
+    second; keys that cannot be kept ready at all are not prefetched again and again."""
+    fake, url = companion
+    fake.lifetime_s = 4.0
+    client = client_for(url)
+    keeper = KeyKeeper(client, min_validity_s=1.0)
+    task = asyncio.create_task(keeper.run())
+    try:
+        await asyncio.sleep(5.0)  # the keeper's own schedule is what is measured
+        assert len(fake.requests) == 3, fake.requests  # at 0, ~2 and ~4 s
+        assert keeper.ready_key() is not None
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    fake.lifetime_s = 1.5  # half its life is below the minimum validity: never kept ready
+    fake.requests.clear()
+    keeper = KeyKeeper(client, min_validity_s=1.0)
+    task = asyncio.create_task(keeper.run())
+    try:
+        await asyncio.sleep(3.0)
+        assert len(fake.requests) == 1, fake.requests
+        key = await keeper.get()  # a wake mints its own
+        assert key.seconds_left() > 1.0 and len(fake.requests) == 2
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

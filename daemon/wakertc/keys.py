@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 RENEW_MARGIN_S = 60.0
 # Never hand out a key with less than this left.
 MIN_VALIDITY_S = 15.0
+# With keys too short-lived to keep one ready, how often the keeper still asks for one (health).
+SHORT_KEY_CHECK_S = 300.0
 
 
 class CompanionError(Exception):
@@ -63,6 +65,8 @@ class EphemeralKey:
     value: str
     expires_at: float
     session: dict[str, Any]
+    lifetime_s: float = 0.0
+    """How long it was valid for when it arrived."""
 
     def __repr__(self) -> str:  # never show the key itself
         return f"EphemeralKey(expires_at={self.expires_at:.0f}, value=[redacted])"
@@ -119,10 +123,12 @@ class CompanionClient:
             )
         try:
             body = response.json()
+            expires_at = float(body["expires_at"])
             key = EphemeralKey(
                 value=str(body["value"]),
-                expires_at=float(body["expires_at"]),
+                expires_at=expires_at,
                 session=dict(body.get("session") or {}),
+                lifetime_s=expires_at - time.time(),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise CompanionError("companion answered 200 with an unexpected body") from exc
@@ -145,6 +151,7 @@ class KeyKeeper:
         renew_margin_s: float = RENEW_MARGIN_S,
         retry_initial_s: float = 1.0,
         retry_max_s: float = 60.0,
+        min_validity_s: float = MIN_VALIDITY_S,
         on_health: Callable[[CompanionError | None], None] | None = None,
     ) -> None:
         """`on_health(error)` is called when minting starts failing (the error) or works again
@@ -154,6 +161,7 @@ class KeyKeeper:
         self._renew_margin_s = renew_margin_s
         self._retry_initial_s = retry_initial_s
         self._retry_max_s = retry_max_s
+        self._min_validity_s = min_validity_s
         self._key: EphemeralKey | None = None
         self._lock = asyncio.Lock()
         self._changed = asyncio.Event()
@@ -162,7 +170,7 @@ class KeyKeeper:
     def ready_key(self) -> EphemeralKey | None:
         """The key in hand, if it is still good for a new call."""
         key = self._key
-        if key is not None and key.seconds_left() > MIN_VALIDITY_S:
+        if key is not None and key.seconds_left() > self._min_validity_s:
             return key
         return None
 
@@ -188,7 +196,7 @@ class KeyKeeper:
         delay = self._retry_initial_s
         while True:
             key = self.ready_key()
-            if key is None or key.seconds_left() <= self._renew_margin_s:
+            if key is None or key.seconds_left() <= self._renew_when_left(key):
                 try:
                     async with self._lock:
                         key = await self._mint()
@@ -203,7 +211,22 @@ class KeyKeeper:
                     delay = min(delay * 2, self._retry_max_s)
                     await self._sleep_or_change(wait * random.uniform(0.8, 1.2))
                     continue
-            await self._sleep_or_change(max(1.0, key.seconds_left() - self._renew_margin_s))
+            renew_when_left = self._renew_when_left(key)
+            if renew_when_left <= 0:
+                # Too short-lived to keep one ready (the companion's policy): each wake mints its
+                # own. Check in now and then, so that a dead companion is still noticed.
+                await self._sleep_or_change(SHORT_KEY_CHECK_S)
+                continue
+            await self._sleep_or_change(max(1.0, key.seconds_left() - renew_when_left))
+
+    def _renew_when_left(self, key: EphemeralKey) -> float:
+        """Seconds left at which `key` is renewed: the margin, or half its life if that is less
+        (short-lived keys would otherwise be renewed in a loop, into the companion's rate
+        limit); 0 when it cannot be kept ready at all."""
+        half = key.lifetime_s / 2
+        if half <= self._min_validity_s:
+            return 0.0
+        return min(self._renew_margin_s, half)
 
     async def _mint(self) -> EphemeralKey:
         started = time.monotonic()
