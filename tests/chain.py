@@ -36,7 +36,7 @@ import numpy as np
 from gpiozero.pins.mock import MockFactory, MockPWMPin
 
 from speech import synth
-from wakertc.audio import CAPTURE_RATE, FRAME_SAMPLES, AudioBackend, FileBackend
+from wakertc.audio import CAPTURE_RATE, FRAME_SAMPLES, AudioBackend, FileBackend, open_backend
 from wakertc.config import Config, config_from_dict
 from wakertc.daemon import Daemon, Edges
 from wakertc.demo import DEMO_API_KEY, start_services, write_device_config
@@ -466,6 +466,24 @@ class Chain:
         result: list[Seen] = await self._until(check, timeout, f"phases {want}")
         return result
 
+    async def wait_any(self, phases: frozenset[Phase], *, timeout: float = 15.0) -> Seen:
+        """Wait for the next change into one of `phases`; the cursor moves past it."""
+
+        def check() -> Seen | None:
+            for index in range(self.cursor, len(self.seen)):
+                if self.seen[index].new in phases:
+                    self.cursor = index + 1
+                    return self.seen[index]
+            return None
+
+        names = sorted(p.value for p in phases)
+        result: Seen = await self._until(check, timeout, f"one of the phases {names}")
+        return result
+
+    def running(self) -> bool:
+        """The daemon's run() has not returned."""
+        return self.runner is not None and not self.runner.done()
+
     def forget_seen(self) -> None:
         """Drop the phase changes the cursor has passed (a long soak keeps no history)."""
         del self.seen[: self.cursor]
@@ -601,11 +619,12 @@ class Remote:
     token_file: Path
 
 
-def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+def merge_tables(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """TOML tables `extra` laid over `base`, sub-table by sub-table."""
     merged = dict(base)
     for key, value in extra.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = merge_tables(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -627,6 +646,7 @@ async def run_chain(
     allow_tracebacks: bool = False,
     remote: Remote | None = None,
     keep_history: bool = True,
+    real_audio: bool = False,
 ) -> AsyncIterator[Chain]:
     """Start emulator, companion and daemon; yield the chain once the daemon is listening.
 
@@ -636,6 +656,9 @@ async def run_chain(
     `remote`: use these services instead of starting an emulator and a companion in-process
     (then `reply`, `script`, `faults` and `companion_extra` do not apply, and `chain.emulator`
     and `chain.companion` are None).
+    `real_audio`: open the backend the device config's `[audio]` table names (pass it in
+    `device`, e.g. a PulseRig's `audio_table()`), as the daemon would itself, instead of the
+    file-backend `ChainMic`; `chain.mic` is then that backend (its playback queue is read).
     `keep_history=False`: for soaks; the microphone, the pins and the log keep no history
     (only WARNING and above is logged), so what grows is the daemon's.
     On exit the daemon is stopped, and unless `allow_tracebacks`, no `wakertc` log record may
@@ -692,9 +715,19 @@ async def run_chain(
                 remote.realtime_url,
                 remote.token_file,
             )
-            data = _merge(_merge(tomllib.loads(path.read_text()), DEVICE_DEFAULTS), device or {})
+            data = merge_tables(
+                merge_tables(tomllib.loads(path.read_text()), DEVICE_DEFAULTS), device or {}
+            )
             config = config_from_dict(data, path)
-            mic = ChainMic(input_wav, output_wav, echo_gain=echo_gain, keep_history=keep_history)
+            mic: Any
+            if real_audio:
+                # Opened here (as the daemon would) so that the harness can watch its queue.
+                mic = await asyncio.to_thread(open_backend, config.audio)
+                stack.callback(mic.close)
+            else:
+                mic = ChainMic(
+                    input_wav, output_wav, echo_gain=echo_gain, keep_history=keep_history
+                )
             factory = MockFactory(pin_class=RecordingPin if keep_history else MockPWMPin)
             daemon = Daemon(config, Edges(audio=mic, pin_factory=factory))
             chain = Chain(

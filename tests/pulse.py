@@ -58,6 +58,17 @@ from wakertc.config import AudioConfig
 MIC_RATE, MIC_CHANNELS = 48000, 2
 SPEAKER_RATE, SPEAKER_CHANNELS = 44100, 1
 INPUT_DEVICE, OUTPUT_DEVICE = "wakertc_mic", "wakertc_speaker"
+# The `[audio]` keys that say which devices to open and how.
+AUDIO_TABLE_KEYS = (
+    "backend",
+    "input_device",
+    "output_device",
+    "input_rate",
+    "input_channels",
+    "input_channel",
+    "output_rate",
+    "output_channels",
+)
 LOOPBACK_DEVICE = "wakertc_loopback"  # captures what the speaker plays (latency measurements)
 
 
@@ -122,6 +133,12 @@ class PulseRig:
             output_channels=self.speaker_channels,
         )
         return replace(config, **overrides)
+
+    def audio_table(self, **overrides: Any) -> dict[str, Any]:
+        """`audio_config()` as the device config's `[audio]` table (for `run_chain`'s `device`)."""
+        config = self.audio_config(**overrides)
+        table = {name: getattr(config, name) for name in AUDIO_TABLE_KEYS}
+        return {k: v for k, v in table.items() if v is not None}
 
     def play_into_mic(self, wav: Path) -> subprocess.Popen[bytes]:
         """Start playing a WAV file into the microphone (real time); `.wait()` for its end."""

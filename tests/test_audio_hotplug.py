@@ -31,33 +31,26 @@ import itertools
 import logging
 import tempfile
 import time
-import tomllib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from gpiozero.pins.mock import MockFactory
 
 from chain import (
-    COMPANION_LIMITS,
-    DEVICE_DEFAULTS,
     RED,
     Chain,
-    LogRecords,
-    RecordingPin,
     Seen,
     clip,
+    merge_tables,
+    run_chain,
     silence,
 )
 from notify_server import NotifyServer
 from pulse import MIC_CHANNELS, MIC_RATE, SPEAKER_CHANNELS, SPEAKER_RATE, PulseRig, pulse_rig  # noqa: F401
-from wakertc.audio import AudioDeviceError, PyAudioBackend, open_backend
-from wakertc.config import config_from_dict
-from wakertc.daemon import AUDIO_RETRY_S, Daemon, Edges
-from wakertc.demo import DEMO_API_KEY, start_services, write_device_config
-from wakertc.emulator import EmulatorOptions
+from wakertc.audio import AudioDeviceError, PyAudioBackend
+from wakertc.daemon import AUDIO_RETRY_S
 from wakertc.measure import write_wav
 from wakertc.state import Phase
 
@@ -115,92 +108,15 @@ def watchdog(monkeypatch: pytest.MonkeyPatch) -> Iterator[NotifyServer]:
             server.close()
 
 
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
 @contextlib.asynccontextmanager
 async def daemon_on_rig(
     rig: PulseRig, workdir: Path, models_dir: Path, device: dict[str, Any] | None = None
 ) -> AsyncIterator[Chain]:
     """Emulator, companion and the daemon on the rig's devices; yields once it listens."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    options = EmulatorOptions(host="127.0.0.1", port=0, api_key=DEMO_API_KEY)
-    logs = LogRecords(asyncio.get_running_loop())
-    wakertc_log = logging.getLogger("wakertc")
-    level = wakertc_log.level
-    wakertc_log.addHandler(logs)
-    wakertc_log.setLevel(logging.INFO)
-    try:
-        async with contextlib.AsyncExitStack() as stack:
-            services = await start_services(
-                stack, workdir, options, companion_extra=COMPANION_LIMITS
-            )
-            path = write_device_config(
-                workdir,
-                workdir / "unused-input.wav",
-                workdir / "unused-output.wav",
-                models_dir.resolve(),
-                services.companion.url,
-                services.emulator.url,
-                services.token_file,
-            )
-            audio = rig.audio_config()
-            data = _merge(tomllib.loads(path.read_text()), DEVICE_DEFAULTS)
-            data["audio"] = {
-                "backend": "pyaudio",
-                "input_device": audio.input_device,
-                "output_device": audio.output_device,
-                "input_rate": audio.input_rate,
-                "input_channels": audio.input_channels,
-                "output_rate": audio.output_rate,
-                "output_channels": audio.output_channels,
-            }
-            config = config_from_dict(_merge(data, device or {}), path)
-            # The daemon reopens a lost device from the config, as it would have opened this one.
-            backend = await asyncio.to_thread(open_backend, config.audio)
-            assert isinstance(backend, PyAudioBackend)
-            factory = MockFactory(pin_class=RecordingPin)
-            daemon = Daemon(config, Edges(audio=backend, pin_factory=factory))
-            chain = Chain(
-                workdir=workdir,
-                config=config,
-                daemon=daemon,
-                mic=backend,  # type: ignore[arg-type]  (only its playback queue is read)
-                factory=factory,
-                emulator=services.emulator,
-                companion=services.companion,
-                logs=logs,
-                record_dir=workdir / "recording",
-                output_wav=workdir / "unused-output.wav",
-                input_wav=workdir / "unused-input.wav",
-            )
-            daemon.phases.add_listener(chain._on_change)
-            runner = chain.runner = asyncio.create_task(daemon.run(), name="hotplug-daemon")
-            runner.add_done_callback(lambda _: chain._changed.set())
-            try:
-                await chain.wait_phase(Phase.IDLE, timeout=20.0)
-                yield chain
-            finally:
-                daemon.stop()
-                async with asyncio.timeout(10.0):
-                    await runner
-                backend.close()
-        crashed = [
-            f"{r.name}: {r.getMessage()}"
-            for _, r in logs.records
-            if r.exc_info and r.name.startswith("wakertc")
-        ]
-        assert not crashed, f"tracebacks logged: {crashed}"
-    finally:
-        wakertc_log.removeHandler(logs)
-        wakertc_log.setLevel(level)
+    device = merge_tables({"audio": rig.audio_table()}, device or {})
+    async with run_chain(workdir, models_dir, device=device, real_audio=True) as chain:
+        assert isinstance(chain.mic, PyAudioBackend)
+        yield chain
 
 
 def assert_watchdog_fed(server: NotifyServer, start: float, end: float) -> list[float]:

@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
-import tomllib
 import wave
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -36,23 +34,12 @@ from typing import Any
 import numpy as np
 import pytest
 import soxr
-from gpiozero.pins.mock import MockFactory
 
-from chain import (
-    BUTTON_PIN,
-    COMPANION_LIMITS,
-    DEVICE_DEFAULTS,
-    Chain,
-    LogRecords,
-    RecordingPin,
-)
+from chain import BUTTON_PIN, Chain, merge_tables, run_chain
 from pulse import PulseRig, pulse_rig  # noqa: F401  (fixture)
 from speech import synth
-from wakertc.audio import PyAudioBackend, open_backend
-from wakertc.config import DEFAULT_PATTERNS, config_from_dict
-from wakertc.daemon import Daemon, Edges
-from wakertc.demo import DEMO_API_KEY, start_services, write_device_config
-from wakertc.emulator import EmulatorOptions
+from wakertc.audio import PyAudioBackend
+from wakertc.config import DEFAULT_PATTERNS
 from wakertc.emulator.options import ReplyPolicy
 from wakertc.leds import colour
 from wakertc.measure import ENVELOPE_HOP_S, align, envelope, received_ratio, write_wav
@@ -226,16 +213,6 @@ def mic_wav(path: Path, *parts: np.ndarray, lead_s: float = 0.5, tail_s: float =
 # -- the chain on real devices ----------------------------------------------------------------
 
 
-def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
 @contextlib.asynccontextmanager
 async def pulse_chain(
     rig: PulseRig,
@@ -252,89 +229,24 @@ async def pulse_chain(
     formats (the speech on channel `MIC_CHANNEL`). On exit no `wakertc` record may carry a
     traceback.
     """
-    workdir.mkdir(parents=True, exist_ok=True)
-    options = EmulatorOptions(
-        host="127.0.0.1",
-        port=0,
-        api_key=DEMO_API_KEY,
-        reply=reply,
-        reply_text=reply_text,
-        record_dir=workdir / "recording",
-    )
-    logs = LogRecords(asyncio.get_running_loop())
-    wakertc_log = logging.getLogger("wakertc")
-    level = wakertc_log.level
-    wakertc_log.addHandler(logs)
-    wakertc_log.setLevel(logging.INFO)
+    audio = {"audio": rig.audio_table(input_channel=MIC_CHANNEL)}
     tap = MonitorTap(rig.loopback_device, rig.speaker_rate)
     try:
-        async with contextlib.AsyncExitStack() as stack:
-            services = await start_services(
-                stack, workdir, options, companion_extra=COMPANION_LIMITS
-            )
-            path = write_device_config(
-                workdir,
-                workdir / "unused-input.wav",
-                workdir / "unused-output.wav",
-                models_dir.resolve(),
-                services.companion.url,
-                services.emulator.url,
-                services.token_file,
-            )
-            data = _merge(tomllib.loads(path.read_text()), DEVICE_DEFAULTS)
-            audio = rig.audio_config(input_channel=MIC_CHANNEL)
-            data["audio"] = {
-                "backend": "pyaudio",
-                "input_device": audio.input_device,
-                "output_device": audio.output_device,
-                "input_rate": audio.input_rate,
-                "input_channels": audio.input_channels,
-                "input_channel": audio.input_channel,
-                "output_rate": audio.output_rate,
-                "output_channels": audio.output_channels,
-            }
-            config = config_from_dict(_merge(data, device or {}), path)
-            # What the daemon would open itself; opened here so the harness can watch its queue.
-            backend = await asyncio.to_thread(open_backend, config.audio)
+        async with run_chain(
+            workdir,
+            models_dir,
+            reply=reply,
+            reply_text=reply_text,
+            device=merge_tables(audio, device or {}),
+            real_audio=True,
+        ) as chain:
+            backend = chain.mic
             assert isinstance(backend, PyAudioBackend)
             assert (backend.input_rate, backend.input_channels) == (48000, 2)
             assert (backend.output_rate, backend.output_channels) == (44100, 1)
-            factory = MockFactory(pin_class=RecordingPin)
-            daemon = Daemon(config, Edges(audio=backend, pin_factory=factory))
-            chain = Chain(
-                workdir=workdir,
-                config=config,
-                daemon=daemon,
-                mic=backend,  # type: ignore[arg-type]  (only its playback queue is read)
-                factory=factory,
-                emulator=services.emulator,
-                companion=services.companion,
-                logs=logs,
-                record_dir=workdir / "recording",
-                output_wav=workdir / "unused-output.wav",
-                input_wav=workdir / "unused-input.wav",
-            )
-            daemon.phases.add_listener(chain._on_change)
-            runner = chain.runner = asyncio.create_task(daemon.run(), name="pulse-daemon")
-            runner.add_done_callback(lambda _: chain._changed.set())
-            try:
-                await chain.wait_phase(Phase.IDLE, timeout=20.0)
-                yield chain, tap
-            finally:
-                daemon.stop()
-                async with asyncio.timeout(10.0):
-                    await runner
-                backend.close()
-            crashed = [
-                f"{r.name}: {r.getMessage()}"
-                for _, r in logs.records
-                if r.exc_info and r.name.startswith("wakertc")
-            ]
-            assert not crashed, f"tracebacks logged: {crashed}"
+            yield chain, tap
     finally:
         tap.close()
-        wakertc_log.removeHandler(logs)
-        wakertc_log.setLevel(level)
 
 
 def say(text: str) -> np.ndarray:

@@ -28,33 +28,25 @@ import contextlib
 import json
 import logging
 import time
-import tomllib
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gpiozero.pins.mock import MockFactory
-
 from chain import (
-    DEVICE_DEFAULTS,
     RED,
     STORY,
     Chain,
-    ChainMic,
-    LogRecords,
-    RecordingPin,
+    Remote,
     Seen,
     clip,
+    merge_tables,
     run_chain,
-    silence,
 )
 from process_helpers import Blackhole, ServiceProcess, established_to, free_port
 from wakertc.companion import DeviceStore, load_companion_config
-from wakertc.config import config_from_dict
-from wakertc.daemon import ERROR_DISPLAY_S, Daemon, Edges
-from wakertc.demo import DEMO_API_KEY, write_device_config
-from wakertc.measure import write_wav
+from wakertc.daemon import ERROR_DISPLAY_S
+from wakertc.demo import DEMO_API_KEY
 from wakertc.state import Phase
 
 # Where the device waits for the wake word: `offline` is the same, with no session key to be had.
@@ -63,28 +55,6 @@ AWAITING_WAKE = frozenset({Phase.IDLE, Phase.OFFLINE})
 COMPANION_TIMEOUT_S = 1.0
 CONNECT_TIMEOUT_S = 2.0
 SLACK_S = 0.6  # scheduling on a shared 2-core machine, on top of a configured timeout
-
-
-class FaultChain(Chain):
-    """A chain whose emulator and companion are child processes."""
-
-    async def wait_any(self, phases: frozenset[Phase], *, timeout: float = 15.0) -> Seen:
-        """Wait for the next change into one of `phases`; the cursor moves past it."""
-
-        def check() -> Seen | None:
-            for index in range(self.cursor, len(self.seen)):
-                if self.seen[index].new in phases:
-                    self.cursor = index + 1
-                    return self.seen[index]
-            return None
-
-        names = sorted(p.value for p in phases)
-        result: Seen = await self._until(check, timeout, f"one of the phases {names}")
-        return result
-
-    def running(self) -> bool:
-        """The daemon's run() has not returned."""
-        return self.runner is not None and not self.runner.done()
 
 
 @dataclass
@@ -145,16 +115,6 @@ global_per_minute = 1000
     return Services(emulator, companion, token_file)
 
 
-def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
 @contextlib.asynccontextmanager
 async def run_device(
     workdir: Path,
@@ -164,71 +124,20 @@ async def run_device(
     realtime_url: str,
     token_file: Path,
     device: Mapping[str, Any] | None = None,
-) -> AsyncIterator[FaultChain]:
+) -> AsyncIterator[Chain]:
     """The real daemon in-process against the given URLs; yields once it listens.
 
     On exit the daemon is stopped, and no `wakertc` log record may carry a traceback.
     """
-    input_wav, output_wav = workdir / "input.wav", workdir / "output.wav"
-    write_wav(input_wav, silence(0.2), 16000)
-    path = write_device_config(
-        workdir,
-        input_wav,
-        output_wav,
-        models_dir.resolve(),
-        companion_url,
-        realtime_url,
-        token_file,
-    )
     quick = {
         "companion": {"timeout_s": COMPANION_TIMEOUT_S},
         "session": {"connect_timeout_s": CONNECT_TIMEOUT_S},
     }
-    data = _merge(
-        _merge(_merge(tomllib.loads(path.read_text()), DEVICE_DEFAULTS), quick), device or {}
-    )
-    config = config_from_dict(data, path)
-    logs = LogRecords(asyncio.get_running_loop())
-    wakertc_log = logging.getLogger("wakertc")
-    level = wakertc_log.level
-    wakertc_log.addHandler(logs)
-    wakertc_log.setLevel(logging.INFO)
-    try:
-        mic = ChainMic(input_wav, output_wav)
-        factory = MockFactory(pin_class=RecordingPin)
-        daemon = Daemon(config, Edges(audio=mic, pin_factory=factory))
-        chain = FaultChain(
-            workdir=workdir,
-            config=config,
-            daemon=daemon,
-            mic=mic,
-            factory=factory,
-            emulator=None,
-            companion=None,
-            logs=logs,
-            record_dir=workdir / "recording",
-            output_wav=output_wav,
-            input_wav=input_wav,
-        )
-        daemon.phases.add_listener(chain._on_change)
-        runner = chain.runner = asyncio.create_task(daemon.run(), name="fault-daemon")
-        runner.add_done_callback(lambda _: chain._changed.set())
-        try:
-            await chain.wait_phase(Phase.IDLE, timeout=20.0)
-            yield chain
-        finally:
-            daemon.stop()
-            async with asyncio.timeout(10.0):
-                await runner
-        crashed = [
-            f"{r.name}: {r.getMessage()}"
-            for _, r in logs.records
-            if r.exc_info and r.name.startswith("wakertc")
-        ]
-        assert not crashed, f"tracebacks logged: {crashed}"
-    finally:
-        wakertc_log.removeHandler(logs)
-        wakertc_log.setLevel(level)
+    remote = Remote(companion_url, realtime_url, token_file)
+    async with run_chain(
+        workdir, models_dir, remote=remote, device=merge_tables(quick, device or {})
+    ) as chain:
+        yield chain
 
 
 @contextlib.asynccontextmanager
@@ -239,7 +148,7 @@ async def fault_chain(
     emulator_args: tuple[str, ...] = (),
     key_lifetime_s: int = 600,
     device: Mapping[str, Any] | None = None,
-) -> AsyncIterator[tuple[FaultChain, Services]]:
+) -> AsyncIterator[tuple[Chain, Services]]:
     """Services as processes and the daemon using them; everything stopped afterwards."""
     services = await start_services(
         tmp_path, emulator_args=emulator_args, key_lifetime_s=key_lifetime_s
@@ -261,7 +170,7 @@ async def fault_chain(
 # -- what every fault must end in -------------------------------------------------------------
 
 
-async def expect_failed_session(chain: FaultChain, *, within_s: float) -> tuple[Seen, Seen]:
+async def expect_failed_session(chain: Chain, *, within_s: float) -> tuple[Seen, Seen]:
     """Press the button: wake, connecting, then error no later than `within_s` after connecting.
 
     Returns the connecting and error changes.
@@ -275,7 +184,7 @@ async def expect_failed_session(chain: FaultChain, *, within_s: float) -> tuple[
     return connecting, error
 
 
-async def assert_error_shown(chain: FaultChain, error: Seen, *fragments: str) -> None:
+async def assert_error_shown(chain: Chain, error: Seen, *fragments: str) -> None:
     """The ERROR phase says why, blinks red, is logged once, and gives way to listening."""
     for fragment in fragments:
         assert fragment in error.reason, error.reason
@@ -293,7 +202,7 @@ async def assert_error_shown(chain: FaultChain, error: Seen, *fragments: str) ->
     assert chain.running()
 
 
-async def assert_session_opens(chain: FaultChain) -> None:
+async def assert_session_opens(chain: Chain) -> None:
     """The next press opens a session; another press ends it."""
     start = chain.cursor
     await chain.press()
