@@ -71,6 +71,7 @@ from bench_live import (  # noqa: E402
     write_daemon_config,
 )
 from bench_procs import DaemonProcess, ReferenceProcess, cpu_s, rss_mb, venv_bin  # noqa: E402
+from bench_report import figure, p50_p90  # noqa: E402
 from bench_wakeword import measure as measure_wake_word  # noqa: E402
 from wakertc.demo import run_demo  # noqa: E402
 from wakertc.measure import write_wav  # noqa: E402
@@ -133,35 +134,6 @@ class Progress:
     def elapsed(self) -> float:
         """Seconds since the bench started."""
         return time.monotonic() - self.started
-
-
-def figure(
-    value: float,
-    reference: float,
-    *,
-    unit: str,
-    reference_name: str,
-    target: str | None,
-    met: bool | None,
-    ratio: float | None = None,
-    **details: Any,
-) -> dict[str, Any]:
-    """One figure beside its reference, the ratio and whether its target is met."""
-    return {
-        "value": round(value, 4),
-        "unit": unit,
-        "reference": round(reference, 4),
-        "reference_name": reference_name,
-        "ratio": round(ratio if ratio is not None else value / reference, 4),
-        "target": target,
-        "met": met,
-        **details,
-    }
-
-
-def p50_p90(samples: list[float]) -> tuple[float, float]:
-    """Median and 90th percentile."""
-    return statistics.median(samples), float(np.percentile(samples, 90))
 
 
 async def daemon_process_figures(

@@ -70,6 +70,7 @@ except ImportError:  # run by a Python without the package: use the project's vi
 import numpy as np  # noqa: E402
 from numpy.typing import NDArray  # noqa: E402
 
+from bench_report import figure, p50_p90  # noqa: E402
 from pulserig import (  # noqa: E402
     MIC_CHANNELS,
     MIC_RATE,
@@ -109,34 +110,6 @@ class Plan:
 
 QUICK = Plan("quick", 5)
 FULL = Plan("full", 20)
-
-
-def figure(
-    value: float,
-    reference: float,
-    *,
-    unit: str,
-    reference_name: str,
-    target: str | None,
-    met: bool | None,
-    **details: Any,
-) -> dict[str, Any]:
-    """One figure beside its reference: the same keys as scripts/bench.py's `figure()`."""
-    return {
-        "value": round(value, 4),
-        "unit": unit,
-        "reference": round(reference, 4),
-        "reference_name": reference_name,
-        "ratio": round(value / reference, 4) if reference else math.nan,
-        "target": target,
-        "met": met,
-        **details,
-    }
-
-
-def p50_p90(samples: list[float]) -> tuple[float, float]:
-    """Median and 90th percentile."""
-    return statistics.median(samples), float(np.percentile(samples, 90))
 
 
 # -- the daemon's backend, tapped --------------------------------------------------------------

@@ -61,6 +61,7 @@ import numpy as np  # noqa: E402
 import numpy.typing as npt  # noqa: E402
 import soxr  # noqa: E402
 
+from bench_report import figure  # noqa: E402
 from wakertc.config import WakeConfig, WakeWordConfig  # noqa: E402
 from wakertc.wakeword import FEATURE_NOISE_SEED, WakeWordDetector  # noqa: E402
 
@@ -722,30 +723,6 @@ def run_stock(
 
 
 # -- figures -------------------------------------------------------------------------------------
-
-
-def figure(
-    value: float,
-    reference: float,
-    *,
-    unit: str,
-    reference_name: str,
-    target: str | None,
-    met: bool | None,
-    ratio: float | None = None,
-    **details: Any,
-) -> dict[str, Any]:
-    """One figure beside its reference, in scripts/bench.py's shape."""
-    return {
-        "value": round(value, 4),
-        "unit": unit,
-        "reference": round(reference, 4),
-        "reference_name": reference_name,
-        "ratio": round(ratio if ratio is not None else value / reference, 4),
-        "target": target,
-        "met": met,
-        **details,
-    }
 
 
 def _detected(run: EngineRun, clips: list[Positive]) -> list[bool]:
