@@ -35,9 +35,10 @@ from wakertc.state import Phase
 
 FAST_FAILURE = {"session": {"connect_timeout_s": 2.0}}
 AMBER = DEFAULT_PATTERNS["offline"].color
-# Keys live 44 s and are renewed at half their life: every ~22 s while idle; a key is handed out
-# while it has 15 s left, so one that failed to renew still serves a wake for ~7 s.
-SHORT_KEYS = "\n[session]\nkey_lifetime_s = 44\n"
+# Keys live 50 s and are renewed at half their life: every ~25 s while idle; a key is handed out
+# while it has 15 s left, so one that failed to renew still serves a wake for ~10 s (minus the
+# 3 s a slow companion takes to fail, the LED reading and the phrase: ~3 s to spare).
+SHORT_KEYS = "\n[session]\nkey_lifetime_s = 50\n"
 MINT_FAULTS = ["mint-500", "mint-429", "mint-slow=4"]
 MINT_ERRORS = {
     "mint-500": "companion answered 502: Upstream error (status 500)",
