@@ -103,10 +103,10 @@ QUICK = Plan(
     name="quick",
     ready_runs=3,
     settle_s=2.5,
-    idle_window_s=8.0,
+    idle_window_s=6.0,
     conversations=3,
     cycle_s=5.0,
-    live_sessions=10,
+    live_sessions=8,
     demos=1,
 )
 FULL = Plan(

@@ -19,7 +19,11 @@ import os
 import signal
 import socket
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+
+from wakertc.companion import DeviceStore, load_companion_config
+from wakertc.demo import DEMO_API_KEY
 
 READY_TIMEOUT_S = 15.0
 
@@ -173,3 +177,61 @@ def established_to(port: int) -> int:
                 if state == "01" and int(remote.rsplit(":", 1)[1], 16) == port:
                     count += 1
     return count
+
+
+@dataclass
+class Services:
+    """The child processes and what the device needs to reach them."""
+
+    emulator: ServiceProcess
+    companion: ServiceProcess
+    token_file: Path
+
+
+async def start_services(
+    workdir: Path,
+    *,
+    emulator_args: tuple[str, ...] = (),
+    key_lifetime_s: int = 600,
+) -> Services:
+    """The emulator and a companion minting from it, as processes on fixed free ports."""
+    emulator_port = free_port()
+    emulator = ServiceProcess(
+        "emulator",
+        ["--port", str(emulator_port), "--api-key", DEMO_API_KEY, *emulator_args],
+        port=emulator_port,
+    )
+    key_file = workdir / "openai-key"
+    key_file.write_text(DEMO_API_KEY + "\n")
+    key_file.chmod(0o600)
+    companion_port = free_port()
+    config = workdir / "companion.toml"
+    config.write_text(
+        f"""
+[server]
+host = "127.0.0.1"
+port = {companion_port}
+
+[upstream]
+url = "{emulator.url}"
+api_key_file = "{key_file}"
+
+[devices]
+file = "{workdir / "devices.json"}"
+
+[session]
+key_lifetime_s = {key_lifetime_s}
+
+[limits]
+per_device_per_minute = 1000
+global_per_minute = 1000
+"""
+    )
+    config.chmod(0o600)
+    token = DeviceStore(load_companion_config(config).devices_file).add("kitchen")
+    token_file = workdir / "device-token"
+    token_file.write_text(token + "\n")
+    token_file.chmod(0o600)
+    companion = ServiceProcess("companion", ["--config", str(config)], port=companion_port)
+    await asyncio.gather(emulator.start(), companion.start())
+    return Services(emulator, companion, token_file)

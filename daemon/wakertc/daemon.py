@@ -45,6 +45,8 @@ STARTUP_ERRORS = (WakeWordError, AudioDeviceError, LedError, ButtonError, CueErr
 ERROR_DISPLAY_S = 2.0
 # Reopening a lost audio device: first retry after this, doubling up to the maximum.
 AUDIO_RETRY_S = (1.0, 30.0)
+# After a conversation, memory is released this much later (its objects are gone by then).
+RELEASE_AFTER_S = 1.0
 # A reopened device is back only once audio arrives: a source can open and deliver nothing.
 AUDIO_PROOF_S = 2.0
 
@@ -341,7 +343,13 @@ class Daemon:
             self._conversation_task = None
             self._preroll.clear()
             self.detector.reset()
-            release_free_memory()  # back to idle: return what the call used
+            # Back to idle: once the call's objects are gone (its task has ended), return what
+            # it used.
+            asyncio.get_running_loop().call_later(RELEASE_AFTER_S, self._release_memory)
+
+    def _release_memory(self) -> None:
+        if self._conversation_task is None:  # a collection pause must not hit a live call
+            release_free_memory()
 
     def _error_shown(self) -> None:
         """The error has been shown long enough: listen again, unless something took over."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import logging
 from typing import Any
 
@@ -40,7 +41,9 @@ def limit_malloc_arenas(arenas: int = 2) -> bool:
 
 
 def release_free_memory() -> bool:
-    """Give memory that malloc holds but does not use back to the system."""
+    """Collect reference cycles (a call's codec contexts hold native threads and buffers until
+    they are collected), then give memory that malloc holds but does not use back to the system."""
+    gc.collect()
     if _LIBC is None:
         return False
     return bool(_LIBC.malloc_trim(0))
