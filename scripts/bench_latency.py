@@ -224,6 +224,8 @@ class BareStreams:
         self._lock = threading.Lock()
         self._tape = np.zeros(0, np.int16)
         self._stop = threading.Event()
+        # Set before the capture stream opens: PortAudio may call back before `open` returns.
+        self._continue = pyaudio.paContinue
         with quiet_native_stderr():
             self._pa = pyaudio.PyAudio()
         try:
@@ -247,7 +249,6 @@ class BareStreams:
         except BaseException:
             self._pa.terminate()
             raise
-        self._continue = pyaudio.paContinue
         self._writer = threading.Thread(target=self._write, name="bare-writer", daemon=True)
         self._writer.start()
 

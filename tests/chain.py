@@ -541,7 +541,9 @@ class Chain:
         following = self.next_change(seen)
         end = following.t if following is not None else time.monotonic()
         start = seen.t + settle_s
-        times = np.arange(start, end - 0.002, step_s) if end - 0.002 > start else [seen.t]
+        # A phase read just after it began (or that lasted less than settle_s): its last moment,
+        # when the LED has long been switched (listeners run within the change itself).
+        times = np.arange(start, end - 0.002, step_s) if end - 0.002 > start else [end]
         values = [tuple(round(c, 3) for c in self.led_at(float(t))) for t in times]
         lit = [v for v in values if max(v) > 0.001]
         if not lit:
