@@ -196,13 +196,13 @@ class Daemon:
         if self._stopped.is_set():
             return
         log.error("audio device failed: %s", error)
-        if not any(t.get_name() == "audio-reopen" for t in self._tasks):
+        if not self._audio_lost:  # else the reopening under way deals with it
+            # The error stays shown (a failed conversation's display timer leaves it alone)
+            # until the device is back: the device must not claim to listen without a microphone.
+            self._audio_lost = True
             self._spawn(self._reopen_audio(), "audio-reopen")
 
     async def _reopen_audio(self) -> None:
-        # The error stays shown (a failed conversation's display timer leaves it alone) until
-        # the device is back: the device must not claim to listen without a microphone.
-        self._audio_lost = True
         if self._conversation is not None:
             self._conversation.fail("the audio device failed")
         self.phases.transition(Phase.ERROR, "audio device lost")
