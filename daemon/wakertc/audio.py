@@ -612,8 +612,8 @@ def _check_format(pa: Any, device: DeviceInfo, kind: Kind, rate: int, channels: 
             # Not a format problem: the device is gone (unplugged, its sound server sink
             # unloaded) or busy. Config advice would send the user the wrong way.
             raise DeviceMissing(
-                f"{kind} device {device.describe(kind)} is not available ({reason}): "
-                "is it connected?"
+                f"{kind} device {device.describe(kind)} (audio.{kind}_device) is not available "
+                f"({reason}): is it connected?"
             ) from exc
         raise AudioDeviceError(
             f"{kind} device {device.describe(kind)} cannot {('record', 'play')[kind == 'output']} "
