@@ -28,7 +28,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import logging
+import signal
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -51,6 +54,8 @@ from notify_server import NotifyServer
 from pulse import MIC_CHANNELS, MIC_RATE, SPEAKER_CHANNELS, SPEAKER_RATE, PulseRig, pulse_rig  # noqa: F401
 from wakertc.audio import AudioDeviceError, PyAudioBackend
 from wakertc.daemon import AUDIO_RETRY_S
+from wakertc.demo import DEMO_API_KEY, start_services, write_device_config
+from wakertc.emulator import EmulatorOptions
 from wakertc.measure import write_wav
 from wakertc.state import Phase
 
@@ -372,3 +377,84 @@ async def test_a_microphone_plugged_in_10_s_after_start_ends_in_listening(
         assert wake.reason == "wake word hey_jarvis"
         await chain.press()
         await chain.wait_phase(Phase.IDLE, timeout=5)
+
+
+async def test_wakertc_run_waits_for_a_missing_microphone_instead_of_exiting(
+    pulse_rig: PulseRig,  # noqa: F811
+    tmp_path: Path,
+    models_dir: Path,
+) -> None:
+    """`wakertc run` as systemd starts it, the microphone not there: it does not exit (it used
+    to exit 1 at once), it says READY=1 with the waiting status, and it listens once the
+    microphone is plugged in; SIGTERM then stops it with status 0."""
+    unplug_mic(pulse_rig)
+    async with contextlib.AsyncExitStack() as stack:
+        options = EmulatorOptions(port=0, api_key=DEMO_API_KEY)
+        services = await start_services(stack, tmp_path, options)
+        config = write_device_config(
+            tmp_path,
+            tmp_path / "unused.wav",
+            tmp_path / "output.wav",
+            models_dir.resolve(),
+            services.companion.url,
+            services.emulator.url,
+            services.token_file,
+        )
+        text = config.read_text()
+        start, end = text.index("[audio]"), text.index("[wake]")
+        audio = "".join(f"{k} = {json.dumps(v)}\n" for k, v in pulse_rig.audio_table().items())
+        config.write_text(f"{text[:start]}[audio]\n{audio}\n{text[end:]}")
+        notify_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="wkh"))
+        notify = NotifyServer(str(Path(notify_dir) / "notify"))
+        stack.callback(notify.close)
+        env = {
+            **pulse_rig.env,
+            "NOTIFY_SOCKET": notify.address,
+            "GPIOZERO_PIN_FACTORY": "mock",
+            "GPIOZERO_MOCK_PIN_CLASS": "mockpwmpin",
+            "WAKERTC_LOG_TARGET": "stderr",
+        }
+        for name in ("WATCHDOG_USEC", "WATCHDOG_PID"):
+            env.pop(name, None)
+        process = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "wakertc.cli", "run", "--config", str(config)),
+            stdin=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+        )
+        assert process.stderr is not None
+        lines: list[str] = []
+
+        async def read_until(fragment: str) -> None:
+            assert process.stderr is not None
+            while raw := await process.stderr.readline():
+                lines.append(raw.decode(errors="replace"))
+                if fragment in lines[-1]:
+                    return
+            raise AssertionError(f"wakertc run exited before {fragment!r}: {''.join(lines)}")
+
+        try:
+            async with asyncio.timeout(20):
+                await read_until("phase starting -> error (waiting for the audio device)")
+            # Past two retries (at 1 s and 3 s), still running and still waiting.
+            await asyncio.sleep(AUDIO_RETRY_S[0] * 3 + 0.5)
+            assert process.returncode is None, "".join(lines)
+            messages = [m for _, m in notify.drain()]
+            assert "READY=1" in messages, messages
+            assert "STATUS=error: waiting for the audio device" in messages, messages
+            plug_in_mic(pulse_rig)
+            async with asyncio.timeout(15):
+                await read_until("phase error -> idle (audio device back)")
+            process.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(8):
+                rest = (await process.stderr.read()).decode(errors="replace")
+                code = await process.wait()
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+    log = "".join(lines) + rest
+    assert code == 0, log
+    assert "cannot start" not in log and "Traceback" not in log, log
+    assert log.count("waiting for the audio device (retrying") == 1, log
+    assert "ALSA lib" not in log, log  # the retries' probing stays out of the journal

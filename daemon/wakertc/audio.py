@@ -648,8 +648,10 @@ class PyAudioBackend(AudioBackend):
             devices = enumerate_devices(self._pa)
             self.input_device = find_device(devices, config.input_device, "input")
             self.output_device = find_device(devices, config.output_device, "output")
-            self.input_rate, self.input_channels = self._capture_format(config)
-            self.output_rate, self.output_channels = self._playback_format(config)
+            # Probing a device that is away makes ALSA print to fd 2, at every retry.
+            with native_stderr_to_debug_log("checking audio formats"):
+                self.input_rate, self.input_channels = self._capture_format(config)
+                self.output_rate, self.output_channels = self._playback_format(config)
             self._converter = CaptureConverter(
                 self.input_rate, self.input_channels, config.input_channel
             )
