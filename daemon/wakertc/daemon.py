@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import logging
 import signal
 import sys
@@ -425,6 +426,11 @@ class Daemon:
             from .aec import make_echo_canceller
 
             self._aec = make_echo_canceller(True)
+            if self._aec is None and not self.config.session.half_duplex:
+                # Without a canceller the reply's echo would reach the session and interrupt
+                # it: close the microphone while the device speaks instead.
+                session = dataclasses.replace(self.config.session, half_duplex=True)
+                self.config = dataclasses.replace(self.config, session=session)
 
     def _echo_cancel_when_speaking(self, change: Transition) -> None:
         # The canceller runs from the first reply of a conversation to its end. Not earlier: its
