@@ -224,6 +224,18 @@ class Daemon:
             return exc
         return None
 
+    def _start_backend(self) -> AudioBackend:
+        """Open the devices the config names and start them (a worker thread's job)."""
+        assert self._loop is not None
+        audio = open_backend(self.config.audio)  # a closed backend cannot restart: a new one
+        audio.on_error = self._audio_failed
+        try:
+            audio.start(self._loop, self._on_frame)
+        except BaseException:
+            audio.close()
+            raise
+        return audio
+
     def _audio_failed(self, error: Exception) -> None:
         if self._stopped.is_set():
             return
@@ -256,16 +268,14 @@ class Daemon:
         delay, longest = AUDIO_RETRY_S
         while True:
             if self._audio is not None:
-                self._audio.close()
+                # Closing joins the dead device's threads and opening probes devices (each up
+                # to ~0.5 s on a loaded Pi): both off the loop, which feeds the watchdog.
+                await asyncio.to_thread(self._audio.close)
             await asyncio.sleep(delay)
             delay = min(delay * 2, longest)
             try:
-                # A closed backend cannot restart: reopen the device the config names.
-                self._audio = await asyncio.to_thread(open_backend, self.config.audio)
-                self._audio.on_error = self._audio_failed
-                assert self._loop is not None
                 self._audio_flowing.clear()
-                self._audio.start(self._loop, self._on_frame)
+                self._audio = await asyncio.to_thread(self._start_backend)
                 try:
                     await asyncio.wait_for(self._audio_flowing.wait(), AUDIO_PROOF_S)
                 except TimeoutError:
