@@ -459,3 +459,32 @@ async def test_wakertc_run_waits_for_a_missing_microphone_instead_of_exiting(
     assert "cannot start" not in log and "Traceback" not in log, log
     assert log.count("waiting for the audio device (retrying") == 1, log
     assert "ALSA lib" not in log, log  # the retries' probing stays out of the journal
+
+
+async def test_an_input_that_cannot_capture_is_named_at_start_up_with_the_alternatives(
+    pulse_rig: PulseRig,  # noqa: F811
+    tmp_path: Path,
+    models_dir: Path,
+) -> None:
+    """The config's input is an output (as HDMI on a Pi): start-up says so in its one line,
+    naming the devices that can capture, and waits (an index can point elsewhere once the USB
+    microphone appears) instead of exiting."""
+    asoundrc = Path(pulse_rig.env_vars["XDG_CONFIG_HOME"]) / "alsa" / "asoundrc"
+    asoundrc.write_text(
+        asoundrc.read_text() + "\npcm.wakertc_hdmi {\n    type asym\n"
+        '    playback.pcm "wakertc_speaker"\n}\n'
+    )
+    device = {"audio": pulse_rig.audio_table(input_device="hdmi")}
+    async with run_chain(
+        tmp_path / "chain",
+        models_dir,
+        device=device,
+        real_audio=True,
+        daemon_opens_audio=True,
+        ready=Phase.ERROR,
+    ) as chain:
+        assert chain.current.reason == "waiting for the audio device"
+        (line,) = [m for _, m in chain.logs.find("", level=logging.WARNING)]
+        assert line.startswith("waiting for the audio device (retrying"), line
+        assert "audio.input_device = 'hdmi' is [" in line and "which cannot capture" in line
+        assert f"] {pulse_rig.input_device} (" in line.split("devices that can capture")[1], line
