@@ -7,14 +7,20 @@ write on a Pi, and skips only apt, the virtualenv and systemctl.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
 import subprocess
+import sys
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from pulse import PulseRig, pulse_rig  # noqa: F401  (fixture)
+from wakertc.devices import find_device, list_devices
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = Path("scripts/install-pi.sh")
@@ -224,3 +230,47 @@ def test_bad_input_changes_nothing(staging: Staging, tmp_path: Path) -> None:
     assert not staging.path("/etc/wakertc").exists()
     assert not staging.path("/opt").exists()
     assert "wakertc" not in staging.ids("passwd")
+
+
+@pytest.mark.pulse
+def test_the_first_microphone_goes_into_a_config_that_names_none(
+    staging: Staging,
+    pulse_rig: PulseRig,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """With a wakertc command (the installed one is skipped by --files-only, so the test gives
+    its own, on the private PulseAudio server's devices), the installer shows `wakertc devices`
+    and writes the first device that can capture into the new config's [audio] input_device,
+    keeping the file's mode and owner; a re-run, or a config the user set, is left alone."""
+    cli = tmp_path / "wakertc"
+    cli.write_text(f'#!/bin/sh\nexec {sys.executable} -m wakertc.cli "$@"\n')
+    cli.chmod(0o755)
+    env = {"WAKERTC_INSTALL_CLI": str(cli), "PYTHONPATH": str(staging.src / "daemon")}
+    output = staging.ok(env=env)
+    assert "audio devices (wakertc devices):" in output and "Inputs:" in output, output
+    assert "[install]   Inputs:" in output and pulse_rig.input_device in output, output
+
+    config = staging.path("/etc/wakertc/wakertc.toml")
+    chosen = tomllib.loads(config.read_text())["audio"]["input_device"]
+    devices = list_devices()
+    first = min(d.index for d in devices if d.max_input_channels > 0)
+    assert find_device(devices, chosen, "input").index == first, (chosen, devices)
+    assert f"set audio.input_device = {chosen!r}" in output, output
+    example = (staging.src / "config/wakertc.toml").read_text().splitlines()
+    written = config.read_text().splitlines()
+    changed = [(a, b) for a, b in zip(example, written, strict=True) if a != b]
+    assert changed == [
+        (
+            '# input_device = ""',
+            f"input_device = {json.dumps(chosen)}  # the first microphone found at install",
+        )
+    ]
+    assert _mode(config) == 0o640 and config.stat().st_gid == staging.ids("group")["wakertc"]
+
+    before = config.read_bytes()
+    assert "keeping audio.input_device" in staging.ok(env=env)
+    assert config.read_bytes() == before
+    config.write_text(config.read_text().replace(json.dumps(chosen), '"my usb mic"', 1))
+    user_set = config.read_bytes()
+    assert "keeping audio.input_device = 'my usb mic'" in staging.ok(env=env)
+    assert config.read_bytes() == user_set
