@@ -101,7 +101,7 @@ class EmulatedCall:
         self.record_path = context.record_dir / self.id if context.record_dir else None
         self._recorder = CallRecorder(self.record_path) if self.record_path else None
         self._pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        self._track = ReplyTrack()
+        self._track = ReplyTrack(idle_audio=not self._faults.no_idle_audio)
         if self._recorder is not None:
             self._track.on_frame = self._recorder.sent
         self.engine = RealtimeEngine(

@@ -2,7 +2,8 @@
 
 Each fault mirrors a failure the device must survive against the real API: a key server that errs
 or stalls, a call that is refused or never answered, a peer that vanishes, a channel that stays mute
-or talks nonsense, and a network path that silently dies (ICE consent stops).
+or talks nonsense, a network path that silently dies (ICE consent stops), and a media track that
+only carries packets while a reply plays.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ FAULT_HELP = {
     "silent": "connect, but never send an event",
     "bad-event": "send malformed JSON and unknown event types between real events",
     "consent-stop[=S]": "S seconds (default 0) after session.created, stop answering ICE checks",
+    "no-idle-audio": "send no RTP at all while no reply is playing (nor in transcription sessions)",
 }
 
 
@@ -45,6 +47,7 @@ class Faults:
     silent: bool = False
     bad_event: bool = False
     consent_stop_s: float | None = None
+    no_idle_audio: bool = False
 
     @classmethod
     def parse(cls, specs: Iterable[str]) -> Faults:
@@ -84,6 +87,7 @@ _FLAGS = {
     "calls-hang": "calls_hang",
     "silent": "silent",
     "bad-event": "bad_event",
+    "no-idle-audio": "no_idle_audio",
 }
 _TIMED: dict[str, tuple[str, float | None]] = {
     "mint-slow": ("mint_slow_s", MINT_SLOW_DEFAULT_S),
