@@ -297,3 +297,37 @@ async def test_no_idle_audio_sends_no_rtp_in_a_transcription_session(tmp_path: P
         assert await rtp_packets_received(client) == 0
         assert emu.calls[client.call_id or ""].received_samples > 0  # the uplink is up
         await client.close()
+
+
+@pytest.mark.parametrize(
+    "session",
+    [
+        {"type": "transcription"},
+        {
+            "type": "realtime",
+            "audio": {"input": {"transcription": {"model": "gpt-4o-transcribe"}}},
+        },
+    ],
+    ids=["transcription", "realtime"],
+)
+async def test_transcription_failed(session: dict, tmp_path: Path) -> None:
+    speech = espeak("What time is it?", tmp_path)
+    async with running_emulator() as emu:
+        client = await connected_client(emu.url, session)
+        client.mic.play(speech)
+        committed = await client.wait_for("input_audio_buffer.committed")
+        completed = await client.wait_for("conversation.item.input_audio_transcription.completed")
+        assert completed["item_id"] == committed["item_id"]
+        await client.close()
+    async with running_emulator(faults=("transcription-failed",)) as emu:
+        client = await connected_client(emu.url, session)
+        client.mic.play(speech)
+        committed = await client.wait_for("input_audio_buffer.committed")
+        failed = await client.wait_for("conversation.item.input_audio_transcription.failed")
+        assert failed["item_id"] == committed["item_id"]
+        assert failed["error"]["type"] == "transcription_error"
+        assert failed["error"]["message"]
+        await asyncio.sleep(0.3)
+        assert "conversation.item.input_audio_transcription.completed" not in client.types()
+        assert_all_valid(client.events)
+        await client.close()

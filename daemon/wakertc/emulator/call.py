@@ -112,6 +112,7 @@ class EmulatedCall:
             synth=context.synth,
             reply_text=context.reply_text,
             validator=context.validator,
+            transcription_fails=self._faults.transcription_failed,
         )
         self._channel: Any = None
         self._inbox: asyncio.Queue[str] = asyncio.Queue()

@@ -57,6 +57,7 @@ class RealtimeEngine:
         synth: SpeechSynth,
         reply_text: str,
         validator: ClientEventValidator | None = None,
+        transcription_fails: bool = False,
     ) -> None:
         self.session = session
         self._send = send
@@ -65,6 +66,7 @@ class RealtimeEngine:
         self._synth = synth
         self._reply_text = reply_text
         self._validator = validator
+        self._transcription_fails = transcription_fails
         self.conversation_id = new_id("conv")
         self.buffer = InputAudioBuffer()
         self._vad: EnergyVad | None = None
@@ -398,17 +400,36 @@ class RealtimeEngine:
         self._send(
             event("conversation.item.done", previous_item_id=previous, item=copy.deepcopy(item))
         )
-        if self.session["type"] == "transcription":
-            seconds = (end - start) / RATE
+        self._transcribe(item_id, (end - start) / RATE)
+
+    def _transcribe(self, item_id: str, seconds: float) -> None:
+        """Transcribe a committed user turn, when the session asks for it."""
+        if self.session["audio"]["input"]["transcription"] is None:
+            return
+        if self._transcription_fails:
             self._send(
                 event(
-                    "conversation.item.input_audio_transcription.completed",
+                    "conversation.item.input_audio_transcription.failed",
                     item_id=item_id,
                     content_index=0,
-                    transcript=f"[{seconds * 1000:.0f} ms of audio]",
-                    usage={"type": "duration", "seconds": round(seconds, 3)},
+                    error={
+                        "type": "transcription_error",
+                        "code": "audio_unintelligible",
+                        "message": "Audio file might be corrupted or unsupported",
+                        "param": "file",
+                    },
                 )
             )
+            return
+        self._send(
+            event(
+                "conversation.item.input_audio_transcription.completed",
+                item_id=item_id,
+                content_index=0,
+                transcript=f"[{seconds * 1000:.0f} ms of audio]",
+                usage={"type": "duration", "seconds": round(seconds, 3)},
+            )
+        )
 
     # -- idle timeout --------------------------------------------------------------------------
 

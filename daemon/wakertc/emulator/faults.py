@@ -2,8 +2,8 @@
 
 Each fault mirrors a failure the device must survive against the real API: a key server that errs
 or stalls, a call that is refused or never answered, a peer that vanishes, a channel that stays mute
-or talks nonsense, a network path that silently dies (ICE consent stops), and a media track that
-only carries packets while a reply plays.
+or talks nonsense, a network path that silently dies (ICE consent stops), a media track that only
+carries packets while a reply plays, and transcriptions that fail.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ FAULT_HELP = {
     "bad-event": "send malformed JSON and unknown event types between real events",
     "consent-stop[=S]": "S seconds (default 0) after session.created, stop answering ICE checks",
     "no-idle-audio": "send no RTP at all while no reply is playing (nor in transcription sessions)",
+    "transcription-failed": "every input audio transcription fails (...transcription.failed)",
 }
 
 
@@ -48,6 +49,7 @@ class Faults:
     bad_event: bool = False
     consent_stop_s: float | None = None
     no_idle_audio: bool = False
+    transcription_failed: bool = False
 
     @classmethod
     def parse(cls, specs: Iterable[str]) -> Faults:
@@ -88,6 +90,7 @@ _FLAGS = {
     "silent": "silent",
     "bad-event": "bad_event",
     "no-idle-audio": "no_idle_audio",
+    "transcription-failed": "transcription_failed",
 }
 _TIMED: dict[str, tuple[str, float | None]] = {
     "mint-slow": ("mint_slow_s", MINT_SLOW_DEFAULT_S),
