@@ -331,3 +331,29 @@ async def test_transcription_failed(session: dict, tmp_path: Path) -> None:
         assert "conversation.item.input_audio_transcription.completed" not in client.types()
         assert_all_valid(client.events)
         await client.close()
+
+
+async def test_sessions_end_at_their_maximum_length_with_an_error() -> None:
+    async with running_emulator(faults=("max-session=1.5",)) as emu:
+        client = await connected_client(emu.url, MANUAL)
+        call = emu.calls[client.call_id or ""]
+        error = await client.wait_for("error", timeout=5)
+        assert error["error"]["code"] == "session_expired"
+        assert error["error"]["type"] == "invalid_request_error"
+        assert "maximum duration" in error["error"]["message"]
+        assert 1.4 <= time.monotonic() - call.started < 2.5
+        await asyncio.wait_for(client.channel_closed.wait(), 3)
+        await asyncio.wait_for(call.wait_closed(), 3)
+        assert call.close_reason == "maximum session length (1.5 s)"
+        assert client.types()[-1] == "error"  # nothing after it
+        assert_all_valid(client.events)
+        await client.close()
+
+
+def test_the_service_maximum_session_length_is_an_hour() -> None:
+    from wakertc import limits
+    from wakertc.emulator import Faults
+
+    assert limits.MAX_SESSION_S == 3600
+    assert Faults.parse([]).max_session_s is None  # calls then use limits.MAX_SESSION_S
+    assert Faults.parse(["max-session=5"]).max_session_s == 5.0
