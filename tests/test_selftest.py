@@ -65,8 +65,9 @@ async def services(tmp_path: Path) -> AsyncIterator[ServicesFactory]:
         await running.companion.stop()
 
 
-def device_config(tmp_path: Path, running: Services) -> Path:
-    """A device config pointing at the services (only what the self-test reads)."""
+def device_config(tmp_path: Path, running: Services, session: str = "") -> Path:
+    """A device config pointing at the services (only what the self-test reads); `session` is
+    more TOML for its [session] table."""
     path = tmp_path / "wakertc.toml"
     path.write_text(
         f"""
@@ -76,6 +77,7 @@ token_file = "{running.token_file}"
 
 [session]
 url = "{running.emulator.url}"
+{session}
 """
     )
     path.chmod(0o600)
@@ -265,6 +267,27 @@ async def test_selftest_reports_a_failure_and_exits_non_zero(
     assert status_text == 1, (text, text_err)
     assert re.match(verdict, text.splitlines()[-1]), text
     assert_secret_free(running, out, err, text, text_err)
+
+
+async def test_selftest_reports_an_error_event_from_the_session(
+    tmp_path: Path, services: ServicesFactory
+) -> None:
+    """A device set up for transcription whose companion mints keys for realtime sessions: the
+    service answers its session.update with an `error` event, which the report shows in full."""
+    running = await services()
+    config = device_config(tmp_path, running, 'mode = "transcription"\nturn_detection = "none"')
+    status, out, err = await selftest(config, "--json")
+    assert status == 1, (out, err)
+    report = json.loads(out)
+    assert [run["type"] for run in report["events"]] == ["session.created", "error"]
+    (failure,) = report["errors"]
+    assert failure["where"] == "session" and failure["status"] is None
+    assert failure["error"]["type"] == "invalid_request_error"
+    assert failure["error"]["param"] == "session.type"
+    code = failure["error"]["code"]
+    assert report["verdict"].startswith(f"The Realtime API refused the session update ({code}: ")
+    assert "session_updated" not in report["timings_ms"]
+    assert_secret_free(running, out, err)
 
 
 async def test_selftest_without_a_config_says_which_file(tmp_path: Path) -> None:
