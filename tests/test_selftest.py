@@ -222,6 +222,28 @@ async def test_selftest_reports_no_rtp_between_replies_in_no_idle_audio_mode(
     assert_secret_free(running, out, err)
 
 
+async def test_selftest_ends_the_turn_itself_without_vad(
+    tmp_path: Path, services: ServicesFactory
+) -> None:
+    """A device with `turn_detection = "none"` ends its turn by committing the buffer and asking
+    for a response, as its button does: the reply is heard without any VAD event."""
+    running = await services()
+    config = device_config(tmp_path, running, 'turn_detection = "none"')
+    status, out, err = await selftest(config, "--json")
+    assert status == 0, (out, err)
+    report = json.loads(out)
+    assert report["ok"] is True and report["reply_audio_s"] > 0.5, report
+    events = expand(report["events"])
+    assert not any(kind.startswith("input_audio_buffer.speech_") for kind in events), events
+    assert_subsequence(
+        ["session.updated", "input_audio_buffer.committed", "response.created", "response.done"],
+        events,
+    )
+    _, lines = recorded(tmp_path)
+    sent = [line["event"]["type"] for line in lines if line["dir"] == "in"]
+    assert sent == ["session.update", "input_audio_buffer.commit", "response.create"], sent
+
+
 # -- failures -----------------------------------------------------------------------------------
 
 

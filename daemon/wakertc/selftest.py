@@ -372,10 +372,10 @@ async def _call(
             lambda: probe.first("session.updated") is not None or bool(probe.error_events),
             session.connect_timeout_s,
         )
-        for kind, name in (("session.created", "session_created"), ("session.updated", "")):
+        for kind in ("session.created", "session.updated"):
             at = probe.first(kind)
             if at is not None:
-                timings[name or "session_updated"] = _ms(at - probe.started)
+                timings[kind.replace(".", "_")] = _ms(at - probe.started)
         if not configured or probe.first("session.updated") is None:
             report.fail(_not_configured(probe, session.connect_timeout_s))
             return
@@ -393,7 +393,8 @@ async def _call(
         if session.turn_detection == "none":
             # Without VAD the device ends the turn itself, as the button does.
             call.send({"type": "input_audio_buffer.commit"})
-            call.send({"type": "response.create"})
+            if session.mode != "transcription":
+                call.send({"type": "response.create"})
         replied = await probe.wait(
             lambda: _reply_over(probe, session.mode, asked_at), reply_timeout_s
         )
