@@ -10,6 +10,8 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -191,8 +193,9 @@ async def test_selftest_reports_a_whole_call_with_idle_audio(
     assert before["seconds"] >= 1.4 and before["packets"] >= 0.5 * 50 * before["seconds"]
     assert after["seconds"] >= 1.9 and after["packets"] >= 0.5 * 50 * after["seconds"]
 
-    status, text, text_err = await selftest(config)
+    status, text, text_err = await selftest(config, "-v")
     assert status == 0, (text, text_err)
+    assert re.search(r"call rtc_\w+ connected in \d+ ms", text_err), text_err  # logs, checked too
     lines = text.splitlines()
     assert lines[-1].startswith("OK: a reply was heard (")
     assert "errors: none" in lines
@@ -318,6 +321,20 @@ async def test_selftest_without_a_config_says_which_file(tmp_path: Path) -> None
     assert status == 2
     assert str(missing) in err and "file not found" in err
     assert out == ""
+
+
+def test_make_sounds_writes_the_bundled_question(tmp_path: Path) -> None:
+    """The script makes the question that ships (byte-identical with the same espeak-ng; the
+    envelope is compared so that another espeak-ng version still passes)."""
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "make_sounds.py"), str(tmp_path)],
+        check=True,
+        capture_output=True,
+    )
+    made = wav_to_48k_mono((tmp_path / "question.wav").read_bytes())
+    shipped = wav_to_48k_mono(QUESTION.read_bytes())
+    assert abs(len(made) - len(shipped)) < 0.05 * len(shipped)
+    assert envelope_correlation(shipped, made) > 0.95
 
 
 def test_the_bundled_question_is_small_16k_mono_speech() -> None:
