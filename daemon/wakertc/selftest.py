@@ -126,20 +126,29 @@ class Report:
         return self
 
 
-class _Recorder(httpx.AsyncBaseTransport):
-    """A transport that times each request and keeps the status and error envelope of failures."""
+class _HttpLog:
+    """Times each request and keeps the status and error envelope of each one that failed."""
 
-    def __init__(self, inner: httpx.AsyncBaseTransport, where: str, errors: list[Failure]) -> None:
-        self._inner = inner
+    def __init__(self, where: str, errors: list[Failure]) -> None:
         self._where = where
         self._errors = errors
+        self._started: dict[int, float] = {}
         self.timings_ms: dict[str, float] = {}
         """Per URL path, how long the last request took to its response headers."""
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        started = time.monotonic()
-        response = await self._inner.handle_async_request(request)
-        self.timings_ms[request.url.path] = _ms(time.monotonic() - started)
+    async def request(self, request: httpx.Request) -> None:
+        """httpx request hook."""
+        self._started[id(request)] = time.monotonic()
+
+    async def response(self, response: httpx.Response) -> None:
+        """httpx response hook."""
+        await self.answered(response.request, response)
+
+    async def answered(self, request: httpx.Request, response: httpx.Response) -> None:
+        """Note the answer to `request`."""
+        started = self._started.pop(id(request), None)
+        if started is not None:
+            self.timings_ms[request.url.path] = _ms(time.monotonic() - started)
         if response.status_code >= 400:
             await response.aread()
             envelope = _error_envelope(response.content)
@@ -147,6 +156,19 @@ class _Recorder(httpx.AsyncBaseTransport):
             if envelope is None:
                 message += f" ({response.reason_phrase or 'no details'}, no error envelope)"
             self._errors.append(Failure(self._where, message, response.status_code, envelope))
+
+
+class _LoggedTransport(httpx.AsyncBaseTransport):
+    """A transport running an `_HttpLog`, for a client whose hooks cannot be set from here."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, http_log: _HttpLog) -> None:
+        self._inner = inner
+        self._log = http_log
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        await self._log.request(request)
+        response = await self._inner.handle_async_request(request)
+        await self._log.answered(request, response)
         return response
 
     async def aclose(self) -> None:
@@ -287,10 +309,13 @@ async def run_selftest(config: Config, *, reply_timeout_s: float = REPLY_TIMEOUT
     )
     token = read_token(config.companion)
     register_secret(token)
-    recorder = _Recorder(
-        httpx.AsyncHTTPTransport(verify=companion_tls(config.companion)), "companion", report.errors
+    # The companion is on the owner's network: its client is the daemon's, on a plain transport
+    # (environment proxies, which httpx applies only without one, are not used for it).
+    transport = _LoggedTransport(
+        httpx.AsyncHTTPTransport(verify=companion_tls(config.companion)),
+        _HttpLog("companion", report.errors),
     )
-    companion = CompanionClient(config.companion, token, transport=recorder)
+    companion = CompanionClient(config.companion, token, transport=transport)
     started = time.monotonic()
     try:
         key = await companion.mint()
@@ -303,9 +328,11 @@ async def run_selftest(config: Config, *, reply_timeout_s: float = REPLY_TIMEOUT
     register_secret(key.value)
     report.timings_ms["companion_key"] = _ms(time.monotonic() - started)
 
-    calls = _Recorder(httpx.AsyncHTTPTransport(), "call", report.errors)
+    # The same client as the daemon's (daemon.py), watched through its hooks.
+    calls = _HttpLog("call", report.errors)
     async with httpx.AsyncClient(
-        transport=calls, timeout=httpx.Timeout(config.session.connect_timeout_s)
+        timeout=httpx.Timeout(config.session.connect_timeout_s),
+        event_hooks={"request": [calls.request], "response": [calls.response]},
     ) as http:
         await _call(config, key.value, http, calls, report, reply_timeout_s)
     return report
@@ -315,7 +342,7 @@ async def _call(
     config: Config,
     key: str,
     http: httpx.AsyncClient,
-    calls: _Recorder,
+    calls: _HttpLog,
     report: Report,
     reply_timeout_s: float,
 ) -> None:
@@ -351,7 +378,7 @@ async def _call(
             async with asyncio.timeout(session.connect_timeout_s):
                 await call.connect(key)
         except CallError as exc:
-            # A refusal's status and envelope were kept by the recorder.
+            # A refusal's status and envelope are in the HTTP log already.
             if not any(f.where == "call" for f in report.errors):
                 report.errors.append(Failure("call", str(exc)))
             report.fail(str(exc))
