@@ -236,7 +236,7 @@ async def run_demo(
                     if not _woke(daemon, transitions) and (
                         time.monotonic() - fed_at >= NO_WAKE_GRACE_S
                     ):
-                        errors.lines.append(_no_wake_word(daemon, demo_input))
+                        log.error("%s", _no_wake_word(daemon, demo_input))  # shown, and in errors
                         break
                     await asyncio.sleep(0.1)
         except TimeoutError:
@@ -280,7 +280,7 @@ def _no_wake_word(daemon: Daemon, demo_input: DemoInput) -> str:
     """The error for a recording in which no wake word was heard: how close each word came."""
     best = daemon.detector.best_scores
     scores = "; ".join(
-        f"best score {best.get(word.name, 0.0):.3f} for {word.name} (threshold {word.threshold:g})"
+        f"best score {best.get(word.name, 0.0):.4f} for {word.name} (threshold {word.threshold:g})"
         for word in daemon.config.wake.words
     )
     return f"no wake word heard in {demo_input.path.name} ({demo_input.duration_s:.1f} s): {scores}"
