@@ -19,9 +19,17 @@ from typing import Any
 import numpy as np
 import pytest
 
-from emulator_helpers import envelope_correlation, run_command
+from emulator_helpers import (
+    KEY,
+    companion_config_file,
+    envelope_correlation,
+    run_command,
+    running_emulator,
+    self_signed_cert,
+)
 from process_helpers import Services, start_services
 from test_secrets import assert_no_secrets
+from wakertc.companion import Companion, DeviceStore, load_companion_config
 from wakertc.config import load_config
 from wakertc.conversation import session_update
 from wakertc.demo import DEMO_API_KEY
@@ -313,6 +321,40 @@ async def test_selftest_reports_an_error_event_from_the_session(
     assert report["verdict"].startswith(f"The Realtime API refused the session update ({code}: ")
     assert "session_updated" not in report["timings_ms"]
     assert_secret_free(running, out, err)
+
+
+async def test_selftest_trusts_a_tls_companion_only_through_ca_file(tmp_path: Path) -> None:
+    """A companion serving HTTPS with a self-signed certificate: without `companion.ca_file` the
+    self-test refuses it (certificate verify failed, exit 1); with it, a reply is heard."""
+    cert, key = self_signed_cert(tmp_path)
+    tls = f'[server]\ntls_cert = "{cert}"\ntls_key = "{key}"\n'
+    async with running_emulator() as emulator:
+        companion_config = load_companion_config(companion_config_file(tmp_path, emulator.url, tls))
+        token = DeviceStore(companion_config.devices_file).add("kitchen")
+        token_file = tmp_path / "device-token"
+        token_file.write_text(token + "\n")
+        token_file.chmod(0o600)
+        async with Companion(companion_config) as companion:
+            assert companion.url.startswith("https://")
+            outputs = []
+            for ca_file, expected in ((None, 1), (cert, 0)):
+                config = tmp_path / "wakertc.toml"
+                trust = f'ca_file = "{ca_file}"\n' if ca_file else ""
+                config.write_text(
+                    f'[companion]\nurl = "{companion.url}"\ntoken_file = "{token_file}"\n{trust}'
+                    f'[session]\nurl = "{emulator.url}"\n'
+                )
+                status, out, err = await selftest(config, "--json")
+                assert status == expected, (out, err)
+                report = json.loads(out)
+                if ca_file is None:
+                    assert "certificate verify failed" in report["verdict"], report["verdict"]
+                    assert report["errors"][0]["where"] == "companion"
+                else:
+                    assert report["ok"] is True, report
+                outputs += [out, err]
+    places: dict[str, bytes | str] = {f"output {i}": text for i, text in enumerate(outputs)}
+    assert_no_secrets(places, {"API key": KEY, "device token": token})
 
 
 async def test_selftest_without_a_config_says_which_file(tmp_path: Path) -> None:
