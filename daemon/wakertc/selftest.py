@@ -58,8 +58,6 @@ REPLY_TAIL_S = 0.3
 # A reply whose end the server never announces is over once no audible audio came for this long.
 REPLY_QUIET_S = 1.5
 REPLY_TIMEOUT_S = 20.0
-# Received audio with a lower peak (about -54 dBFS) is silence, as in the conversation.
-SILENCE_PEAK = 64
 TEXT_LIMIT = 300
 
 
@@ -178,7 +176,8 @@ class _LoggedTransport(httpx.AsyncBaseTransport):
 class _Probe:
     """Receives the call's events and audio; remembers what arrived and when."""
 
-    def __init__(self) -> None:
+    def __init__(self, silence_peak: int) -> None:
+        self._silence_peak = silence_peak  # audio with a lower peak is not part of a reply
         self.started = time.monotonic()
         self.events: list[tuple[float, str]] = []
         self.error_events: list[dict[str, Any]] = []
@@ -217,7 +216,7 @@ class _Probe:
         self._arrived.set()
 
     def on_audio(self, samples: NDArray[np.int16]) -> None:
-        audible = bool(samples.size) and int(np.abs(samples).max()) >= SILENCE_PEAK
+        audible = bool(samples.size) and int(np.abs(samples).max()) >= self._silence_peak
         self.frames.append((time.monotonic(), audible, len(samples)))
         if audible:
             self._arrived.set()
@@ -346,12 +345,12 @@ async def _call(
     report: Report,
     reply_timeout_s: float,
 ) -> None:
-    from .conversation import session_update
+    from .conversation import SILENCE_PEAK, session_update
     from .tools import ToolRunner
     from .webrtc import CallError, MicTrack, RealtimeCall
 
     session = config.session
-    probe = _Probe()
+    probe = _Probe(SILENCE_PEAK)
     mic = MicTrack()
     call = RealtimeCall(
         base_url=session.url,
