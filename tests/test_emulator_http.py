@@ -85,6 +85,12 @@ async def test_client_secret_returns_key_and_effective_session() -> None:
         assert default.json()["expires_at"] - int(time.time()) in range(598, 601)
 
 
+IDLE_4S = {"type": "server_vad", "idle_timeout_ms": 4999}
+IDLE_31S = {"type": "server_vad", "idle_timeout_ms": 30001}
+LOUD = {"type": "server_vad", "threshold": 1.01}
+WHISPER = {"model": "gpt-realtime-whisper"}
+
+
 @pytest.mark.parametrize(
     ("body", "param", "code"),
     [
@@ -95,8 +101,63 @@ async def test_client_secret_returns_key_and_effective_session() -> None:
             "session.audio.output.voice",
             "invalid_value",
         ),
-        ({"expires_after": {"seconds": 5}}, "expires_after.seconds", "integer_out_of_range"),
-        ({"expires_after": {"seconds": 7201}}, "expires_after.seconds", "integer_out_of_range"),
+        ({"expires_after": {"seconds": 9}}, "expires_after.seconds", "integer_below_min_value"),
+        ({"expires_after": {"seconds": 7201}}, "expires_after.seconds", "integer_above_max_value"),
+        (
+            {"session": {"type": "realtime", "audio": {"input": {"turn_detection": IDLE_4S}}}},
+            "session.audio.input.turn_detection.idle_timeout_ms",
+            "integer_below_min_value",
+        ),
+        (
+            {"session": {"type": "realtime", "audio": {"input": {"turn_detection": IDLE_31S}}}},
+            "session.audio.input.turn_detection.idle_timeout_ms",
+            "integer_above_max_value",
+        ),
+        (
+            {"session": {"type": "realtime", "audio": {"input": {"turn_detection": LOUD}}}},
+            "session.audio.input.turn_detection.threshold",
+            "decimal_above_max_value",
+        ),
+        (
+            {"session": {"type": "realtime", "max_output_tokens": 4097}},
+            "session.max_output_tokens",
+            "integer_above_max_value",
+        ),
+        (
+            {"session": {"type": "realtime", "max_output_tokens": 0}},
+            "session.max_output_tokens",
+            "integer_below_min_value",
+        ),
+        (
+            {"session": {"type": "realtime", "audio": {"output": {"speed": 1.6}}}},
+            "session.audio.output.speed",
+            "decimal_above_max_value",
+        ),
+        (
+            {"session": {"type": "realtime", "audio": {"output": {"speed": 0.2}}}},
+            "session.audio.output.speed",
+            "decimal_below_min_value",
+        ),
+        (
+            {"session": {"type": "realtime", "model": "gpt-5-realtime"}},
+            "session.model",
+            "invalid_value",
+        ),
+        (
+            {"session": {"type": "transcription", "audio": {"input": {"transcription": WHISPER}}}},
+            "session.audio.input.turn_detection",
+            "invalid_value",
+        ),
+        (
+            {
+                "session": {
+                    "type": "transcription",
+                    "audio": {"input": {"transcription": {"model": "whisper-9"}}},
+                }
+            },
+            "session.audio.input.transcription.model",
+            "invalid_value",
+        ),
     ],
 )
 async def test_client_secret_rejects_bad_sessions(body: dict, param: str, code: str) -> None:

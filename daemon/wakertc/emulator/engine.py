@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from .. import limits
 from .audio_buffer import RATE, InputAudioBuffer, Samples, ms
 from .conversation import Conversation
 from .events import (
@@ -269,6 +270,14 @@ class RealtimeEngine:
                 "conversation_already_has_active_response",
             )
         params = message.get("response") or {}
+        voice = (params.get("audio") or {}).get("output", {}).get("voice")
+        for path, value in (
+            ("max_output_tokens", params.get("max_output_tokens")),
+            ("audio.output.voice", voice),
+        ):
+            problem = limits.check(path, value, prefix="response.") if value is not None else None
+            if problem is not None:
+                raise _ClientError(problem.message, problem.code, problem.param)
         self._start_response(
             modalities=params.get("output_modalities"),
             metadata=params.get("metadata"),
