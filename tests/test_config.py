@@ -334,3 +334,36 @@ def test_check_config_without_any_audio_devices_says_it_could_not_check_them(
     )
     bad = write_config("[audio]\ninput_device = 'USB'\nvolume = 2\n", name="bad.toml")
     assert check_config_process(bad, env).returncode == 2
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "[session]\nmax_session_s = 3601\n",
+            r"session\.max_session_s = 3601\.0: at most 3600 seconds",
+        ),
+        (
+            "[session]\ntranscription_model = 'whisper-2'\n",
+            r"session\.transcription_model = 'whisper-2': one of whisper-1, ",
+        ),
+        (
+            "[session]\nmode = 'transcription'\ntranscription_model = 'gpt-realtime-whisper'\n",
+            r"session\.turn_detection = 'server_vad': \"none\" with transcription_model "
+            r"'gpt-realtime-whisper'",
+        ),
+    ],
+)
+def test_values_the_service_refuses_are_refused_at_load(write_config, text, expected):
+    lines = problems_of(write_config(text))
+    assert any(re.search(expected, line) for line in lines), lines
+
+
+def test_values_at_the_service_limits_load(write_config):
+    for text in (
+        "[session]\nmax_session_s = 3600\nvad_threshold = 1.0\n",
+        "[session]\nmode = 'transcription'\ntranscription_model = 'gpt-realtime-whisper'\n"
+        "turn_detection = 'none'\n",
+        "[session]\nturn_detection = 'server_vad'\ntranscription_model = 'gpt-realtime-whisper'\n",
+    ):
+        load_config(write_config(text))

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from . import limits
+
 DEFAULT_PATH = Path("/etc/wakertc/wakertc.toml")
 ENV_VAR = "WAKERTC_CONFIG"
 
@@ -382,7 +384,7 @@ def _check_semantics(config: Config, source: Path) -> list[Problem]:
         ("audio.output_volume", audio.output_volume, 0.0, 2.0),
         ("leds.brightness", config.leds.brightness, 0.0, 1.0),
         ("sounds.volume", config.sounds.volume, 0.0, 1.0),
-        ("session.vad_threshold", config.session.vad_threshold, 0.0, 1.0),
+        ("session.vad_threshold", config.session.vad_threshold, *limits.VAD_THRESHOLD.bounds),
     ):
         if not low <= value <= high:
             problems.append(Problem(name, value, f"a number from {low} to {high}"))
@@ -408,6 +410,7 @@ def _check_semantics(config: Config, source: Path) -> list[Problem]:
     ):
         if value <= 0:
             problems.append(Problem(name, value, "a positive number of seconds"))
+    problems += _check_service_limits(config.session)
 
     if not config.wake.words:
         problems.append(Problem("wake.words", [], "at least one wake word"))
@@ -471,6 +474,41 @@ def _check_semantics(config: Config, source: Path) -> list[Problem]:
         problems.extend(_check_token_file(companion.token_file))
     if companion.ca_file is not None and not companion.ca_file.is_file():
         problems.append(Problem("companion.ca_file", str(companion.ca_file), "an existing file"))
+    return problems
+
+
+def _check_service_limits(session: SessionConfig) -> list[Problem]:
+    """What the Realtime service itself would refuse, from the one table in `wakertc.limits`."""
+    problems = []
+    if session.max_session_s > limits.MAX_SESSION_S:
+        problems.append(
+            Problem(
+                "session.max_session_s",
+                session.max_session_s,
+                f"at most {limits.MAX_SESSION_S} seconds: the service ends every session then",
+            )
+        )
+    model = "audio.input.transcription.model"
+    if limits.check(model, session.transcription_model) is not None:
+        problems.append(
+            Problem(
+                "session.transcription_model", session.transcription_model, limits.describe(model)
+            )
+        )
+    elif session.mode == "transcription":
+        for problem in limits.check_transcription(
+            session.transcription_model,
+            session_type="transcription",
+            turn_detection=session.turn_detection != "none",
+        ):
+            problems.append(
+                Problem(
+                    "session.turn_detection",
+                    session.turn_detection,
+                    f'"none" with transcription_model {session.transcription_model!r} '
+                    f"({problem.message})",
+                )
+            )
     return problems
 
 

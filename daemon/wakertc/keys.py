@@ -76,6 +76,14 @@ class EphemeralKey:
         return self.expires_at - (time.time() if now is None else now)
 
 
+def companion_tls(config: CompanionConfig) -> ssl.SSLContext | bool:
+    """What the device trusts as the companion's certificate (httpx's `verify`)."""
+    # A self-signed home server is trusted only through the CA the config names.
+    if config.ca_file is not None:
+        return ssl.create_default_context(cafile=str(config.ca_file))
+    return True
+
+
 class CompanionClient:
     """Asks the companion server for ephemeral keys (`POST /v1/session`)."""
 
@@ -88,14 +96,8 @@ class CompanionClient:
     ) -> None:
         self._url = config.url.rstrip("/") + "/v1/session"
         self._timeout = config.timeout_s
-        # A self-signed home server is trusted only through the CA the config names.
-        verify: ssl.SSLContext | bool = (
-            ssl.create_default_context(cafile=str(config.ca_file))
-            if config.ca_file is not None
-            else True
-        )
         self._client = httpx.AsyncClient(
-            verify=verify,
+            verify=companion_tls(config),
             transport=transport,
             headers={"Authorization": f"Bearer {token}"},
             timeout=httpx.Timeout(config.timeout_s),

@@ -241,6 +241,11 @@ class RealtimeCall:
         await self._channel_open.wait()
         log.info("call %s connected in %.0f ms", self.call_id, (time.monotonic() - started) * 1000)
 
+    @property
+    def peer_connection(self) -> RTCPeerConnection:
+        """The underlying peer connection, for diagnostics (states, statistics, ICE)."""
+        return self._pc
+
     def send(self, event: dict[str, Any]) -> bool:
         """Send one client event; False when the channel is not open."""
         if self._channel.readyState != "open":
