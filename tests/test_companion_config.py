@@ -29,10 +29,10 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_example_file_states_the_defaults(tmp_path: Path) -> None:
     example = load_companion_config(EXAMPLE)
     empty = load_companion_config(write(tmp_path, ""))
-    assert example == CompanionConfig(path=EXAMPLE, devices_file=EXAMPLE.parent / "devices.json")
-    assert empty == CompanionConfig(
-        path=tmp_path / "companion.toml", devices_file=tmp_path / "devices.json"
-    )
+    # The devices file is in the service's state directory, where add-device writes it too.
+    state = Path("/var/lib/wakertc-companion/devices.json")
+    assert example == CompanionConfig(path=EXAMPLE, devices_file=state)
+    assert empty == CompanionConfig(path=tmp_path / "companion.toml", devices_file=state)
 
 
 def test_every_example_key_is_commented() -> None:

@@ -7,14 +7,22 @@ write on a Pi, and skips only apt, the virtualenv and systemctl.
 
 from __future__ import annotations
 
+import configparser
 import os
 import shutil
+import signal
 import stat
 import subprocess
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
+
+from emulator_helpers import KEY, run_command, running_emulator, spawn_server, stop_server
+from wakertc.companion import load_companion_config
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = Path("scripts/install-pi.sh")
@@ -79,15 +87,31 @@ def _copy_source(dest: Path) -> None:
             (dest / "config" / name).write_text(f"# placeholder {name}\n")
 
 
-@pytest.fixture
-def staging(tmp_path: Path) -> Staging:
-    src, root = tmp_path / "src", tmp_path / "root"
+def _staging_in(base: Path) -> Staging:
+    src, root = base / "src", base / "root"
     src.mkdir()
     _copy_source(src)
     (root / "etc").mkdir(parents=True)
     for name in ("passwd", "group", "shadow", "gshadow"):
         shutil.copy2(Path("/etc") / name, root / "etc" / name)
     return Staging(src, root)
+
+
+@pytest.fixture
+def staging(tmp_path: Path) -> Staging:
+    return _staging_in(tmp_path)
+
+
+@pytest.fixture
+def open_staging() -> Iterator[Staging]:
+    """A staging tree other users can walk into (pytest's tmp_path is root's alone), for
+    running the installed code as the service's user."""
+    base = Path(tempfile.mkdtemp(prefix="wakertc-install-"))
+    try:
+        base.chmod(0o755)
+        yield _staging_in(base)
+    finally:
+        shutil.rmtree(base)
 
 
 def _mode(path: Path) -> int:
@@ -224,3 +248,94 @@ def test_bad_input_changes_nothing(staging: Staging, tmp_path: Path) -> None:
     assert not staging.path("/etc/wakertc").exists()
     assert not staging.path("/opt").exists()
     assert "wakertc" not in staging.ids("passwd")
+
+
+async def test_readme_companion_steps_end_with_a_device_getting_a_key(
+    open_staging: Staging,
+) -> None:
+    """The README's companion install, in order, as a user would: install-pi.sh --companion, edit
+    companion.toml, `sudo wakertc companion add-device`, the service starts as its own user with
+    the API key as a systemd credential, and the device's token mints a key over HTTP."""
+    staging = open_staging
+    key_file = staging.root.parent / "openai.key"
+    key_file.write_text(KEY + "\n")
+    key_file.chmod(0o600)
+    # 1. sudo scripts/install-pi.sh --companion --api-key-file openai.key
+    staging.ok("--companion", "--api-key-file", str(key_file))
+    users, groups = staging.ids("passwd"), staging.ids("group")
+    service_ids = (users["wakertc-companion"], groups["wakertc-companion"])
+
+    # The installed config keeps devices where the unit's state directory is.
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.read(staging.path("/etc/systemd/system/wakertc-companion.service"))
+    state_dir = Path("/var/lib") / unit["Service"]["StateDirectory"]
+    config_path = staging.path("/etc/wakertc/companion.toml")
+    assert load_companion_config(config_path).devices_file == state_dir / "devices.json"
+
+    async with running_emulator() as emulator:
+        # 2. Configure /etc/wakertc/companion.toml: OpenAI (here the emulator) and a port; the
+        # devices file at the staging root's copy of its default place.
+        text = config_path.read_text()
+        staged_state = staging.path(str(state_dir))
+        edits = {
+            'url = "https://api.openai.com"': f'url = "{emulator.url}"',
+            "port = 8780": "port = 0",
+            f'file = "{state_dir}/devices.json"': f'file = "{staged_state}/devices.json"',
+        }
+        for old, new in edits.items():
+            assert old in text, old
+            text = text.replace(old, new)
+        config_path.write_text(text)
+
+        # 3. sudo wakertc companion add-device kitchen --config /etc/wakertc/companion.toml,
+        # with the installed code.
+        installed = {"PYTHONPATH": str(staging.path("/opt/wakertc/src/daemon"))}
+        code, out, err = await run_command(
+            "cli", "companion", "add-device", "kitchen", "--config", str(config_path), env=installed
+        )
+        assert code == 0, err
+        token = out.strip()
+        devices = staged_state / "devices.json"
+        assert (devices.stat().st_uid, devices.stat().st_gid) == service_ids
+        assert _mode(devices) == 0o600
+
+        # 4. systemctl start wakertc-companion: as its user, the key from LoadCredential= in a
+        # directory only that user can read, in its working directory.
+        credentials = staging.root.parent / "credentials"
+        credentials.mkdir(mode=0o500)
+        shutil.copy(staging.path("/etc/wakertc/openai-api-key"), credentials / "openai-api-key")
+        (credentials / "openai-api-key").chmod(0o400)
+        for path in (credentials / "openai-api-key", credentials):
+            os.chown(path, *service_ids)
+        as_service = (
+            "setpriv",
+            f"--reuid={service_ids[0]}",
+            f"--regid={service_ids[1]}",
+            "--clear-groups",
+        )
+        environment = {
+            **installed,
+            "CREDENTIALS_DIRECTORY": str(credentials),
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
+        proc, url, _, lines = await spawn_server(
+            "cli",
+            "companion",
+            "--config",
+            str(config_path),
+            env=environment,
+            prefix=as_service,
+            cwd=staged_state,
+        )
+        try:
+            # 5. The device asks for a key with its token.
+            async with httpx.AsyncClient(timeout=10) as http:
+                response = await http.post(
+                    url + "/v1/session", headers={"Authorization": f"Bearer {token}"}, json={}
+                )
+            assert response.status_code == 200, response.text
+            assert response.json()["value"].startswith("ek_")
+        finally:
+            code, _, rest = await stop_server(proc, signal.SIGTERM)
+        assert code == 0, "".join(lines) + rest
+        assert token not in "".join(lines) + rest and KEY not in "".join(lines) + rest

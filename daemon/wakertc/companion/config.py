@@ -20,6 +20,8 @@ from urllib.parse import urlparse
 
 VOICES = ("alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar")
 DEFAULT_PORT = 8780
+# The state directory of wakertc-companion.service (StateDirectory=), which its user owns.
+DEFAULT_DEVICES_FILE = "/var/lib/wakertc-companion/devices.json"
 DEFAULT_INSTRUCTIONS = (
     "You are a friendly voice assistant on a small speaker. Keep answers short and spoken-style."
 )
@@ -139,7 +141,8 @@ class CompanionConfig:
     path: Path
     """The file this came from (relative paths were resolved against its directory)."""
     devices_file: Path
-    """Where device token hashes are stored (JSON, mode 0600)."""
+    """Where device token hashes are stored (JSON, mode 0600); by default in the service's state
+    directory, `/var/lib/wakertc-companion/devices.json`."""
     server: ServerSettings = ServerSettings()
     upstream: UpstreamSettings = UpstreamSettings()
     session: SessionPolicy = SessionPolicy()
@@ -213,7 +216,7 @@ class _Reader:
         self._only(devices, "devices.", {"file"})
         return CompanionConfig(
             path=self.path,
-            devices_file=self._required_path(devices, "devices.file", "devices.json"),
+            devices_file=self._required_path(devices, "devices.file", DEFAULT_DEVICES_FILE),
             server=self._server(),
             upstream=self._upstream(),
             session=self._session(),

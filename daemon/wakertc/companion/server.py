@@ -31,13 +31,12 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from .config import CompanionConfig, CompanionConfigError, read_api_key
-from .devices import DeviceError, DeviceStore
+from .devices import BROWSER_DEVICE, DeviceError, DeviceStore
 from .ratelimit import RateLimiter
 from .upstream import UpstreamClient, UpstreamError, UpstreamTimeout
 
 log = logging.getLogger(__name__)
 
-BROWSER_DEVICE = "browser"
 # A device sends `{}`: anything near this size is not a device.
 MAX_BODY = 16 * 1024
 # Time a client gets for its request head (and again for a body) before the connection closes.
