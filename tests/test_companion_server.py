@@ -170,10 +170,100 @@ async def test_browser_route_is_off_unless_enabled(tmp_path: Path) -> None:
             running_companion(enabled, emu.url, extra) as (companion, _),
             httpx.AsyncClient() as http,
         ):
-            response = await http.get(companion.url + "/session")
+            response = await http.get(
+                companion.url + "/session", headers={"Origin": "https://page.example"}
+            )
             assert response.status_code == 200
             assert response.headers["Access-Control-Allow-Origin"] == "https://page.example"
+            assert response.headers["Vary"] == "Origin"
             assert response.json()["client_secret"]["value"].startswith("ek_")
+
+
+ORIGIN = "https://page.example"
+
+
+async def test_browser_route_answers_only_our_page_under_our_names(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No token guards GET /session: a browser's true Origin keeps other pages out, and the Host
+    check keeps out a page that rebinds its own name to this machine (DNS rebinding)."""
+    caplog.set_level(logging.INFO)
+    extra = f'[server]\nbrowser_session = true\nbrowser_origin = "{ORIGIN}"\n'
+    async with (
+        running_emulator() as emu,
+        running_companion(tmp_path, emu.url, extra) as (companion, _),
+        httpx.AsyncClient(timeout=10) as http,
+    ):
+        port = companion.url.rsplit(":", 1)[1]
+
+        async def get(headers: dict[str, str]) -> httpx.Response:
+            return await http.get(companion.url + "/session", headers=headers)
+
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", "LOCALHOST"):
+            response = await get({"Origin": ORIGIN, "Host": host})
+            assert response.status_code == 200, host
+            assert response.headers["Access-Control-Allow-Origin"] == ORIGIN
+        refusals = {
+            # The rebinding page: its own name in Host, its own origin.
+            ("http://attacker.example:" + port, f"attacker.example:{port}"): "host_not_allowed",
+            (ORIGIN, f"attacker.example:{port}"): "host_not_allowed",
+            (ORIGIN, f"127.0.0.2:{port}"): "host_not_allowed",  # not the address it came to
+            (ORIGIN, ""): "host_not_allowed",
+            ("https://evil.example", f"127.0.0.1:{port}"): "origin_not_allowed",
+            ("null", f"127.0.0.1:{port}"): "origin_not_allowed",
+            ("", f"127.0.0.1:{port}"): "origin_not_allowed",  # no Origin: not a browser page
+        }
+        for (origin, host), code in refusals.items():
+            headers = {"Host": host}
+            if origin:
+                headers["Origin"] = origin
+            response = await get(headers)
+            assert response.status_code == 403, (origin, host)
+            assert response.json()["error"]["code"] == code
+            assert "Access-Control-Allow-Origin" not in response.headers
+
+        # CORS preflight, by the same rules.
+        preflight = {
+            "Origin": ORIGIN,
+            "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "content-type",
+        }
+        response = await http.options(companion.url + "/session", headers=preflight)
+        assert response.status_code == 204
+        assert response.headers["Access-Control-Allow-Origin"] == ORIGIN
+        assert response.headers["Access-Control-Allow-Methods"] == "GET"
+        assert response.headers["Access-Control-Allow-Headers"] == "content-type"
+        evil = {**preflight, "Origin": "https://evil.example"}
+        response = await http.options(companion.url + "/session", headers=evil)
+        assert response.status_code == 403
+        assert "Access-Control-Allow-Origin" not in response.headers
+    assert "browser session refused: Host 'attacker.example:" in caplog.text
+    assert "browser session refused: Origin 'https://evil.example' is not" in caplog.text
+
+
+async def test_browser_route_allowed_hosts_replace_the_default_names(tmp_path: Path) -> None:
+    extra = (
+        f'[server]\nbrowser_session = true\nbrowser_origin = "{ORIGIN}"\n'
+        'allowed_hosts = ["companion.home"]\n'
+    )
+    async with (
+        running_emulator() as emu,
+        running_companion(tmp_path, emu.url, extra) as (companion, _),
+        httpx.AsyncClient(timeout=10) as http,
+    ):
+        port = companion.url.rsplit(":", 1)[1]
+        statuses = {
+            host: (
+                await http.get(companion.url + "/session", headers={"Origin": ORIGIN, "Host": host})
+            ).status_code
+            for host in (f"companion.home:{port}", f"localhost:{port}", f"127.0.0.1:{port}")
+        }
+    # The address a request arrived on is always this machine's.
+    assert statuses == {
+        f"companion.home:{port}": 200,
+        f"localhost:{port}": 403,
+        f"127.0.0.1:{port}": 200,
+    }
 
 
 async def test_https_with_a_self_signed_certificate(tmp_path: Path) -> None:

@@ -3,7 +3,10 @@
     POST /v1/session   Authorization: Bearer <device token> -> 200 {value, expires_at, session,
                        client_secret: {value, expires_at}}; 401 unknown token; 429 + Retry-After;
                        502 upstream failed; 504 upstream timed out
-    GET  /session      the same without a token, for browser pages (only if enabled)
+    GET  /session      the same without a token, for browser pages (only if enabled): only with
+                       `Origin: <browser_origin>` and a `Host` of this machine, 403 otherwise (a
+                       page elsewhere, or one using DNS rebinding, cannot mint); OPTIONS answers
+                       the CORS preflight by the same rules
     GET  /healthz      200 {"status": "ok"}
 
 Errors use the OpenAI envelope `{"error": {"message", "type", "param", "code"}}`, including
@@ -19,12 +22,15 @@ complete request head, and again for the body: a stalled (slowloris) connection 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
+import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from aiohttp import web
@@ -86,6 +92,7 @@ class Companion:
             config.limits.per_device_per_minute, config.limits.global_per_minute, clock=clock
         )
         self._ssl = _ssl_context(config)
+        self._allowed_hosts = _allowed_hosts(config)
         self._upstream: UpstreamClient | None = None
         self._runner: web.AppRunner | None = None
         self.url = ""
@@ -108,6 +115,7 @@ class Companion:
         app.router.add_get("/healthz", self._healthz)
         if self.config.server.browser_session:
             app.router.add_get("/session", self._browser_session)
+            app.router.add_route("OPTIONS", "/session", self._browser_preflight)
         self._runner = web.AppRunner(
             app,
             shutdown_timeout=0.5,
@@ -191,11 +199,72 @@ class Companion:
         return None
 
     async def _browser_session(self, request: web.Request) -> web.StreamResponse:
+        refused = self._check_browser(request)
+        if refused is not None:
+            return refused
         response = await self._mint(BROWSER_DEVICE)
-        origin = self.config.server.browser_origin
-        if origin:
-            response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Access-Control-Allow-Origin"] = self.config.server.browser_origin
+        response.headers["Vary"] = "Origin"
         return response
+
+    async def _browser_preflight(self, request: web.Request) -> web.StreamResponse:
+        refused = self._check_browser(request)
+        if refused is not None:
+            return refused
+        headers = {
+            "Access-Control-Allow-Origin": self.config.server.browser_origin,
+            "Access-Control-Allow-Methods": "GET",
+            "Access-Control-Max-Age": "600",
+            "Vary": "Origin",
+        }
+        requested = request.headers.get("Access-Control-Request-Headers")
+        if requested:
+            headers["Access-Control-Allow-Headers"] = requested[:200]
+        return web.Response(status=204, headers=headers)
+
+    def _check_browser(self, request: web.Request) -> web.Response | None:
+        """None if the request comes from the configured page to this machine by a name of ours,
+        else the 403 to send. The route has no token: what keeps other web pages out is that a
+        browser always sends the page's true `Origin`, and a page using DNS rebinding reaches us
+        under its own name, which is not one of ours."""
+        host = request.headers.get("Host", "")
+        if not self._is_our_host(host, request):
+            log.info("browser session refused: Host %r is not this companion", host[:60])
+            return api_error(
+                403,
+                "Host not allowed for /session.",
+                "invalid_request_error",
+                code="host_not_allowed",
+            )
+        origin = request.headers.get("Origin", "")
+        if origin.lower() != self.config.server.browser_origin:
+            log.info("browser session refused: Origin %r is not browser_origin", origin[:60])
+            return api_error(
+                403,
+                "Origin not allowed for /session.",
+                "invalid_request_error",
+                code="origin_not_allowed",
+            )
+        return None
+
+    def _is_our_host(self, host: str, request: web.Request) -> bool:
+        try:
+            name = urlsplit(f"//{host}").hostname
+        except ValueError:
+            return False
+        if not name:
+            return False
+        if name in self._allowed_hosts:
+            return True
+        # An IP address is ours when the request arrived on it; no rebinding uses a bare address.
+        transport = request.transport
+        sockname = transport.get_extra_info("sockname") if transport is not None else None
+        if not sockname:
+            return False
+        try:
+            return _same_address(name, str(sockname[0]))
+        except ValueError:
+            return False
 
     async def _mint(self, device: str) -> web.Response:
         wait = self.limiter.check(device)
@@ -293,6 +362,33 @@ def _bearer(request: web.Request) -> str | None:
     if scheme.lower() != "bearer" or not token.strip():
         return None
     return token.strip()
+
+
+def _allowed_hosts(config: CompanionConfig) -> frozenset[str]:
+    """Host names `GET /session` answers to: the configured ones, else ours."""
+    server = config.server
+    if server.allowed_hosts:
+        return frozenset(server.allowed_hosts)
+    hostname = socket.gethostname().lower()
+    names = {"localhost", hostname, f"{hostname.split('.')[0]}.local"}
+    try:
+        wildcard = ipaddress.ip_address(server.host.strip("[]")).is_unspecified
+    except ValueError:
+        wildcard = False  # a name
+    if not wildcard:
+        names.add(server.host.lower().strip("[]"))
+    return frozenset(names)
+
+
+def _same_address(a: str, b: str) -> bool:
+    """Whether two IP addresses are the same (IPv4 also when mapped into IPv6); ValueError if
+    `a` is not an address."""
+    first, second = ipaddress.ip_address(a), ipaddress.ip_address(b.split("%")[0])
+    if isinstance(first, ipaddress.IPv6Address) and first.ipv4_mapped:
+        first = first.ipv4_mapped
+    if isinstance(second, ipaddress.IPv6Address) and second.ipv4_mapped:
+        second = second.ipv4_mapped
+    return first == second
 
 
 def _ssl_context(config: CompanionConfig) -> ssl.SSLContext | None:
