@@ -20,6 +20,10 @@ from urllib.parse import urlparse
 
 VOICES = ("alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar")
 DEFAULT_PORT = 8780
+# Devices give up on the companion after their `companion.timeout_s`, 12 s by default: a mint
+# must end (with a key or a 504) before that, so upstream.timeout_s stays this far below it.
+DEVICE_TIMEOUT_S = 12.0
+DEVICE_TIMEOUT_MARGIN_S = 2.0
 # The state directory of wakertc-companion.service (StateDirectory=), which its user owns.
 DEFAULT_DEVICES_FILE = "/var/lib/wakertc-companion/devices.json"
 DEFAULT_INSTRUCTIONS = (
@@ -65,7 +69,8 @@ class UpstreamSettings:
     api_key_file: Path | None = None
     """File holding the standard API key instead (takes precedence over the variable)."""
     timeout_s: float = 10.0
-    """Give up on one mint request after this long (the device then gets 504)."""
+    """Give up on one mint request after this long (the device then gets 504); keep it at least
+    `DEVICE_TIMEOUT_MARGIN_S` below the devices' `companion.timeout_s` (12 s by default)."""
 
 
 @dataclass(frozen=True)

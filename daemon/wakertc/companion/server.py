@@ -1,7 +1,8 @@
 """The companion's HTTP(S) server: devices trade their token for an ephemeral key.
 
-    POST /v1/session   Authorization: Bearer <device token> -> 200 {value, expires_at, session,
-                       client_secret: {value, expires_at}}; 401 unknown token; 429 + Retry-After;
+    POST /v1/session   Authorization: Bearer <device token> -> 200 {value, expires_at, expires_in,
+                       session, client_secret: {value, expires_at}}; 401 unknown token; 429 +
+                       Retry-After;
                        502 upstream failed; 504 upstream timed out
     GET  /session      the same without a token, for browser pages (only if enabled): only with
                        `Origin: <browser_origin>` and a `Host` of this machine, 403 otherwise (a
@@ -26,7 +27,6 @@ import ipaddress
 import json
 import logging
 import socket
-import ssl
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -36,9 +36,17 @@ import httpx
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from .config import CompanionConfig, CompanionConfigError, read_api_key
+from .config import (
+    DEVICE_TIMEOUT_MARGIN_S,
+    DEVICE_TIMEOUT_S,
+    CompanionConfig,
+    CompanionConfigError,
+    read_api_key,
+)
 from .devices import BROWSER_DEVICE, DeviceError, DeviceStore
 from .ratelimit import RateLimiter
+from .tls import CHECK_S as CERT_CHECK_S
+from .tls import Certificate, CertificateError
 from .upstream import UpstreamClient, UpstreamError, UpstreamTimeout
 
 log = logging.getLogger(__name__)
@@ -81,9 +89,14 @@ class Companion:
         api_key: str | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
         client_timeout_s: float = CLIENT_TIMEOUT_S,
+        cert_check_s: float = CERT_CHECK_S,
     ) -> None:
+        """`clock` drives the rate limits; `wall_clock` reads upstream's `expires_at`; the TLS
+        certificate files are checked for a renewal every `cert_check_s` seconds."""
         self.config = config
+        self._wall_clock = wall_clock
         self._client_timeout_s = client_timeout_s
         self._api_key = api_key if api_key is not None else read_api_key(config)
         self._transport = transport
@@ -91,7 +104,10 @@ class Companion:
         self.limiter = RateLimiter(
             config.limits.per_device_per_minute, config.limits.global_per_minute, clock=clock
         )
-        self._ssl = _ssl_context(config)
+        self._certificate = _certificate(config)
+        self._ssl = self._certificate.context if self._certificate else None
+        self._cert_check_s = cert_check_s
+        self._cert_watch: asyncio.Task[None] | None = None
         self._allowed_hosts = _allowed_hosts(config)
         self._upstream: UpstreamClient | None = None
         self._runner: web.AppRunner | None = None
@@ -134,10 +150,37 @@ class Companion:
         port = self._runner.addresses[0][1]
         scheme = "https" if self._ssl else "http"
         self.url = f"{scheme}://{server.host}:{port}"
+        if self._certificate is not None:
+            self._cert_watch = asyncio.create_task(
+                self._certificate.watch(self._cert_check_s), name="companion-cert-watch"
+            )
+        self._warn_about_setup()
         return self.url
+
+    def _warn_about_setup(self) -> None:
+        """One line for each setting that works but will hurt."""
+        server, upstream = self.config.server, self.config.upstream
+        if self._ssl is None and not _is_loopback(server.host):
+            log.warning(
+                "serving plain HTTP beyond this machine (%s): device tokens and keys cross the "
+                "network readable by anyone on it; set server.tls_cert and server.tls_key",
+                server.host,
+            )
+        if upstream.timeout_s > DEVICE_TIMEOUT_S - DEVICE_TIMEOUT_MARGIN_S:
+            log.warning(
+                "upstream.timeout_s is %g s: devices with the default companion.timeout_s "
+                "(%g s) give up before a slow mint ends; set theirs above %g s",
+                upstream.timeout_s,
+                DEVICE_TIMEOUT_S,
+                upstream.timeout_s + DEVICE_TIMEOUT_MARGIN_S,
+            )
 
     async def stop(self) -> None:
         """Stop listening and close the upstream connection pool."""
+        if self._cert_watch is not None:
+            self._cert_watch.cancel()
+            await asyncio.gather(self._cert_watch, return_exceptions=True)
+            self._cert_watch = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -293,14 +336,19 @@ class Companion:
             return api_error(
                 502, f"Upstream error ({status}): {exc}.", "upstream_error", code="upstream_error"
             )
+        # What is left of the key by our clock, which (on a server) NTP keeps right: a device
+        # counts the key's life from this, not from `expires_at` against its own wall clock,
+        # which may be far off after a boot without a real-time clock.
+        expires_in = max(0.0, min(minted["expires_at"] - self._wall_clock(), policy.key_lifetime_s))
         log.info(
-            "mint for device %s: ok (valid %d s, %.0f ms)",
+            "mint for device %s: ok (valid %.0f s, %.0f ms)",
             device,
-            minted["expires_at"] - int(time.time()),
+            expires_in,
             (time.monotonic() - started) * 1000,
         )
         body: dict[str, Any] = {
             **minted,
+            "expires_in": round(expires_in, 3),
             "client_secret": {"value": minted["value"], "expires_at": minted["expires_at"]},
         }
         return web.json_response(body, headers={"Cache-Control": "no-store"})
@@ -391,16 +439,21 @@ def _same_address(a: str, b: str) -> bool:
     return first == second
 
 
-def _ssl_context(config: CompanionConfig) -> ssl.SSLContext | None:
+def _certificate(config: CompanionConfig) -> Certificate | None:
     server = config.server
     if server.tls_cert is None or server.tls_key is None:
         return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
-        context.load_cert_chain(server.tls_cert, server.tls_key)
-    except (OSError, ssl.SSLError) as exc:
-        raise CompanionConfigError(
-            f"{config.path}: server.tls_cert: cannot load {server.tls_cert} with "
-            f"{server.tls_key}: {exc}"
-        ) from None
-    return context
+        return Certificate(server.tls_cert, server.tls_key)
+    except CertificateError as exc:
+        raise CompanionConfigError(f"{config.path}: server.tls_cert: {exc}") from None
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether `host` (an address or a name) listens on this machine alone."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # another name: it may well resolve to a network address
