@@ -190,6 +190,21 @@ async def test_browser_route_is_off_unless_enabled(tmp_path: Path) -> None:
 ORIGIN = "https://page.example"
 
 
+@pytest.mark.parametrize("offset_s", [-3 * 3600.0, -1e9], ids=["3 h behind", "1970"])
+async def test_expires_in_is_right_when_the_companions_own_clock_is_behind(
+    tmp_path: Path, offset_s: float
+) -> None:
+    """A companion on a Pi booted without a real-time clock: its wall clock is behind OpenAI's.
+    The key was created after it asked, so it has at most its lifetime less the wait (1 s)."""
+    extra = "[session]\nkey_lifetime_s = 600\n"
+    async with running_emulator(faults=("mint-slow=1",)) as emu:
+        config = load_companion_config(companion_config_file(tmp_path, emu.url, extra))
+        token = DeviceStore(config.devices_file).add("kitchen")
+        async with Companion(config, wall_clock=lambda: time.time() + offset_s) as companion:
+            body = (await session(companion.url, token)).json()
+    assert 595 < body["expires_in"] <= 599.0
+
+
 async def test_browser_route_answers_only_our_page_under_our_names(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -399,7 +414,8 @@ async def test_one_log_line_per_mint_and_no_secrets(
         "mint for device kitchen: rate limited (retry in 60 s)",
         "mint refused: unknown device token (from 127.0.0.1)",
     ]
-    assert re.fullmatch(r"mint for device kitchen: ok \(valid 6\d\d s, \d+ ms\)", mints[0])
+    # 600 s keys; what is left when the answer goes out (whole seconds of upstream's expiry).
+    assert re.fullmatch(r"mint for device kitchen: ok \(valid (59\d|600) s, \d+ ms\)", mints[0])
     everything = "\n".join(r.getMessage() for r in caplog.records) + caplog.text
     for secret in (token, KEY, minted, "wkd_wrong"):
         assert secret not in everything

@@ -336,10 +336,15 @@ class Companion:
             return api_error(
                 502, f"Upstream error ({status}): {exc}.", "upstream_error", code="upstream_error"
             )
-        # What is left of the key by our clock, which (on a server) NTP keeps right: a device
-        # counts the key's life from this, not from `expires_at` against its own wall clock,
-        # which may be far off after a boot without a real-time clock.
-        expires_in = max(0.0, min(minted["expires_at"] - self._wall_clock(), policy.key_lifetime_s))
+        # What is left of the key: a device counts its life from this, not from `expires_at`
+        # against its own wall clock, which may be far off after a boot without a real-time
+        # clock. Ours may be too (a companion on the Pi itself): the key was created after we
+        # asked, so it has at most its lifetime less the time we waited, whatever our clock says.
+        waited = time.monotonic() - started
+        expires_in = max(
+            0.0,
+            min(minted["expires_at"] - self._wall_clock(), policy.key_lifetime_s - waited),
+        )
         log.info(
             "mint for device %s: ok (valid %.0f s, %.0f ms)",
             device,
