@@ -73,13 +73,13 @@ class ToolRunner:
         except Exception as exc:
             # Whatever went wrong, the call still gets an answer, or the model (and the device,
             # in THINKING) would wait for one until the session ends.
-            log.exception("tool %s failed unexpectedly", name)
+            log.exception("tool %.60s failed unexpectedly", name)
             return _failure(f"the tool failed: {type(exc).__name__}")
 
     async def _run(self, name: str, arguments: str) -> str:
         tool = self._tools.get(name)
         if tool is None:
-            log.warning("the model called unknown tool %r", name)
+            log.warning("the model called unknown tool %r", name[:60])  # the model's text
             return _failure(f"unknown tool {name!r}")
         try:
             args = json.loads(arguments or "{}")
