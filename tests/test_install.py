@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from emulator_helpers import KEY, run_command, running_emulator, spawn_server, stop_server
-from wakertc.companion import load_companion_config
+from wakertc.companion import DeviceStore, load_companion_config
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = Path("scripts/install-pi.sh")
@@ -221,6 +221,34 @@ def test_rerun_upgrades_in_place_and_keeps_config_and_secrets(staging: Staging) 
     assert _tree(staging.root) == after
     staging.ok(env={"WAKERTC_DEVICE_TOKEN": "wkt-rotated-token-0000000000"})
     assert token.read_text() == "wkt-rotated-token-0000000000\n" and _mode(token) == 0o600
+
+
+def test_upgrade_moves_devices_from_beside_the_config_to_the_state_directory(
+    staging: Staging,
+) -> None:
+    """An install made with the earlier example: `file = "devices.json"`, so `sudo add-device`
+    wrote /etc/wakertc/devices.json, root's alone. The upgrade gives it to the service."""
+    staging.ok("--companion")
+    config = staging.path("/etc/wakertc/companion.toml")
+    new_line = 'file = "/var/lib/wakertc-companion/devices.json"'
+    config.write_text(config.read_text().replace(new_line, 'file = "devices.json"'))
+    old = staging.path("/etc/wakertc/devices.json")
+    token = DeviceStore(old).add("kitchen")
+    assert (old.stat().st_uid, _mode(old)) == (0, 0o600)
+
+    output = staging.ok("--companion")
+    assert "moving" in output
+    moved = staging.path("/var/lib/wakertc-companion/devices.json")
+    users, groups = staging.ids("passwd"), staging.ids("group")
+    assert (moved.stat().st_uid, moved.stat().st_gid) == (
+        users["wakertc-companion"],
+        groups["wakertc-companion"],
+    )
+    assert _mode(moved) == 0o600 and not old.exists()
+    assert DeviceStore(moved).identify(token) == "kitchen"
+    assert new_line in config.read_text() and _mode(config) == 0o640
+    assert config.stat().st_gid == groups["wakertc-companion"]
+    assert "moving" not in staging.ok("--companion")  # once
 
 
 def test_without_a_passwd_file_users_are_skipped(tmp_path: Path) -> None:
