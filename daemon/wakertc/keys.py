@@ -82,8 +82,9 @@ class EphemeralKey:
     session: dict[str, Any]
     lifetime_s: float = 0.0
     """How long it was valid for when it arrived (by the companion's clock)."""
-    received_at: float = 0.0
-    """`clock()` when it was asked for: its life is counted from there."""
+    received_at: float | None = None
+    """`clock()` when it was asked for: its life is counted from there (None: a key made
+    without one, counted from `expires_at` on this device's wall clock)."""
     clock: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
     """A clock that wall-clock steps do not move (time.monotonic)."""
 
@@ -92,6 +93,8 @@ class EphemeralKey:
 
     def seconds_left(self, now: float | None = None) -> float:
         """Seconds until the key expires (`now` from `clock`)."""
+        if self.received_at is None:
+            return self.expires_at - (time.time() if now is None else now)
         return self.received_at + self.lifetime_s - (self.clock() if now is None else now)
 
 
