@@ -239,6 +239,15 @@ if ((companion)); then
         log "installing $etc/companion.toml"
         install -m 0640 -o 0 -g "$cgid" "$src/config/companion.toml" "$etc/companion.toml"
     fi
+    # Earlier examples kept the devices file beside this config, where `add-device` (as root) left
+    # it root's alone and the service could not read it: move it into the state directory.
+    old_devices=$etc/devices.json new_devices=$R/var/lib/wakertc-companion/devices.json
+    if [[ -f $old_devices && ! -e $new_devices ]] && grep -qx 'file = "devices.json"' "$etc/companion.toml"; then
+        log "moving $old_devices to $new_devices (the service's state directory)"
+        install -m 0600 -o "$cuid" -g "$cgid" "$old_devices" "$new_devices"
+        sed -i 's|^file = "devices.json"$|file = "/var/lib/wakertc-companion/devices.json"|' "$etc/companion.toml"
+        rm -f "$old_devices"
+    fi
     if [[ -n $api_key_file ]]; then
         log "writing the API key to $etc/openai-api-key"
         write_secret "$(tr -d '[:space:]' <"$api_key_file")" "$etc/openai-api-key" 0 0

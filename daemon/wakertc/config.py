@@ -200,8 +200,10 @@ class CompanionConfig:
     """The token inline instead of `token_file`; then this file must not be readable by others."""
     ca_file: Path | None = None
     """CA certificate to trust for a self-signed companion; unset = the system's CAs."""
-    timeout_s: float = 5.0
-    """Give up on one request to the companion after this long."""
+    timeout_s: float = 12.0
+    """Give up on one request to the companion after this long: longer than the companion's own
+    `upstream.timeout_s` (10 s by default), so that a slow mint ends in its answer (a key, or a
+    504 naming the cause), not in our timeout."""
 
 
 @dataclass(frozen=True)

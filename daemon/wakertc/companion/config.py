@@ -22,6 +22,12 @@ from .. import limits
 
 VOICES = limits.VOICES
 DEFAULT_PORT = 8780
+# Devices give up on the companion after their `companion.timeout_s`, 12 s by default: a mint
+# must end (with a key or a 504) before that, so upstream.timeout_s stays this far below it.
+DEVICE_TIMEOUT_S = 12.0
+DEVICE_TIMEOUT_MARGIN_S = 2.0
+# The state directory of wakertc-companion.service (StateDirectory=), which its user owns.
+DEFAULT_DEVICES_FILE = "/var/lib/wakertc-companion/devices.json"
 DEFAULT_INSTRUCTIONS = (
     "You are a friendly voice assistant on a small speaker. Keep answers short and spoken-style."
 )
@@ -46,7 +52,12 @@ class ServerSettings:
     browser_session: bool = False
     """Serve `GET /session` for browser pages: anyone who reaches the server can mint keys."""
     browser_origin: str = ""
-    """`Access-Control-Allow-Origin` for `GET /session` ("" = no CORS header)."""
+    """The origin of the page allowed to use `GET /session` (e.g. `https://my.page`); its
+    `Origin` header must match (required with `browser_session`)."""
+    allowed_hosts: tuple[str, ...] = ()
+    """Names accepted in the `Host` header of `GET /session` (against DNS rebinding); empty =
+    `localhost`, this machine's host name (and NAME.local) and the listen address. An IP
+    address the request arrived on is always accepted."""
 
 
 @dataclass(frozen=True)
@@ -60,7 +71,8 @@ class UpstreamSettings:
     api_key_file: Path | None = None
     """File holding the standard API key instead (takes precedence over the variable)."""
     timeout_s: float = 10.0
-    """Give up on one mint request after this long (the device then gets 504)."""
+    """Give up on one mint request after this long (the device then gets 504); keep it at least
+    `DEVICE_TIMEOUT_MARGIN_S` below the devices' `companion.timeout_s` (12 s by default)."""
 
 
 @dataclass(frozen=True)
@@ -141,7 +153,8 @@ class CompanionConfig:
     path: Path
     """The file this came from (relative paths were resolved against its directory)."""
     devices_file: Path
-    """Where device token hashes are stored (JSON, mode 0600)."""
+    """Where device token hashes are stored (JSON, mode 0600); by default in the service's state
+    directory, `/var/lib/wakertc-companion/devices.json`."""
     server: ServerSettings = ServerSettings()
     upstream: UpstreamSettings = UpstreamSettings()
     session: SessionPolicy = SessionPolicy()
@@ -228,7 +241,7 @@ class _Reader:
         self._only(devices, "devices.", {"file"})
         return CompanionConfig(
             path=self.path,
-            devices_file=self._required_path(devices, "devices.file", "devices.json"),
+            devices_file=self._required_path(devices, "devices.file", DEFAULT_DEVICES_FILE),
             server=self._server(),
             upstream=self._upstream(),
             session=self._session(),
@@ -237,21 +250,66 @@ class _Reader:
 
     def _server(self) -> ServerSettings:
         table = self._table("server")
-        keys = {"host", "port", "tls_cert", "tls_key", "browser_session", "browser_origin"}
+        keys = {
+            "host", "port", "tls_cert", "tls_key", "browser_session", "browser_origin",
+            "allowed_hosts",
+        }  # fmt: skip
         self._only(table, "server.", keys)
         cert = self._path(table, "server.tls_cert", "")
         key = self._path(table, "server.tls_key", "")
         if (cert is None) != (key is None):
             raise self._error("server.tls_cert", "tls_cert and tls_key set together (or neither)")
         port = self._int(table, "server.port", DEFAULT_PORT, 0, 65535)
+        browser_session = self._bool(table, "server.browser_session", False)
+        origin = self._origin(self._str(table, "server.browser_origin", ""))
+        if browser_session and not origin:
+            raise self._error(
+                "server.browser_origin",
+                'the origin of the page that may use GET /session (e.g. "https://my.page"), '
+                "required with browser_session = true",
+            )
         return ServerSettings(
             host=self._str(table, "server.host", "127.0.0.1", nonempty=True),
             port=port,
             tls_cert=cert,
             tls_key=key,
-            browser_session=self._bool(table, "server.browser_session", False),
-            browser_origin=self._str(table, "server.browser_origin", ""),
+            browser_session=browser_session,
+            browser_origin=origin,
+            allowed_hosts=self._hosts(table.get("allowed_hosts", [])),
         )
+
+    def _origin(self, value: str) -> str:
+        """A web origin as browsers send it: scheme://host[:port], lower case, nothing after."""
+        if not value:
+            return ""
+        origin = value.strip().lower().rstrip("/")
+        try:
+            parsed = urlparse(origin)
+            parsed.port  # noqa: B018 (raises ValueError for a bad port)
+        except ValueError:
+            parsed = None
+        if (
+            parsed is None
+            or parsed.scheme not in ("http", "https")
+            or not parsed.hostname
+            or parsed.username is not None
+            or parsed.path
+            or parsed.query
+            or parsed.fragment
+        ):
+            raise self._error(
+                "server.browser_origin", f"an origin such as https://my.page:8443, got {value!r}"
+            )
+        return origin
+
+    def _hosts(self, value: Any) -> tuple[str, ...]:
+        key = "server.allowed_hosts"
+        if not isinstance(value, list) or not all(
+            isinstance(host, str) and host.strip() and not any(c in host for c in "/:@ ")
+            for host in value
+        ):
+            raise self._error(key, 'an array of host names without ports, e.g. ["pi.home"]')
+        return tuple(host.strip().lower().strip("[]") for host in value)
 
     def _upstream(self) -> UpstreamSettings:
         table = self._table("upstream")
