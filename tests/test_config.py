@@ -107,6 +107,27 @@ command = ["date"]
         ("[button]\nlong_press_s = 0\n", r"button\.long_press_s = 0\.0: a positive number"),
         ("[button]\npull_up = 1\n", r"button\.pull_up = 1: true or false"),
         ("[session]\nurl = 'api.openai.com'\n", r"session\.url = 'api\.openai\.com': an http"),
+        # URLs that once passed and then failed in every conversation (httpx.InvalidURL,
+        # "missing protocol", a name with a space) or at every mint.
+        ("[session]\nurl = 'http://[::1'\n", r"session\.url = 'http://\[::1': an http.*IPv6"),
+        ("[session]\nurl = 'https://'\n", r"session\.url = 'https://': an http.*host"),
+        ("[session]\nurl = 'http://exa mple.com'\n", r"session\.url = .*no spaces"),
+        ("[session]\nurl = 'http://h:99999'\n", r"session\.url = 'http://h:99999': .*range"),
+        ("[session]\nurl = 'http://h/?a=1'\n", r"session\.url = .*no query"),
+        ("[companion]\nurl = 'http://:8780'\n", r"companion\.url = 'http://:8780': .*host"),
+        ("[companion]\nurl = 'ftp://h'\n", r"companion\.url = 'ftp://h': .*scheme"),
+        (
+            "[session]\nice_servers = ['stun:stun.l.google.com:19302', 'stun.example.org']\n",
+            r"session\.ice_servers\[1\] = 'stun\.example\.org': a STUN/TURN URL",
+        ),
+        (
+            "[session]\nice_servers = ['stun:h:70000']\n",
+            r"session\.ice_servers\[0\] = 'stun:h:70000': .*1 to 65535",
+        ),
+        (
+            "[session]\nice_servers = ['stun:h?transport=udp']\n",
+            r"session\.ice_servers\[0\] = .*only for TURN",
+        ),
         ("[[tools]]\nname = 'x'\n", r"tools\[0\] = 'x': exactly one of 'command' or 'url'"),
         (
             "[[tools]]\nname = 'end_conversation'\ncommand = ['true']\n",
@@ -123,6 +144,17 @@ def test_each_kind_of_invalid_value_names_file_key_value_and_expectation(
     lines = problems_of(path)
     assert any(re.search(expected, line) for line in lines), lines
     assert all(line.startswith(f"{path}: ") for line in lines)
+
+
+def test_good_urls_pass(write_config, token_file):
+    config = load_config(
+        write_config(
+            f"[companion]\ntoken_file = '{token_file}'\nurl = 'https://[fe80::1%25eth0]:8443/'\n"
+            "[session]\nurl = 'http://192.168.1.20:8765/base'\n"
+            "ice_servers = ['stun:stun.l.google.com:19302', 'turn:[2001:db8::1]?transport=tcp']\n"
+        )
+    )
+    assert config.session.ice_servers[1] == "turn:[2001:db8::1]?transport=tcp"
 
 
 def test_every_problem_is_reported_at_once(write_config):

@@ -24,6 +24,7 @@ can be had again. After each, the emulator behaves again and "hey jarvis" must o
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 
 import pytest
@@ -227,3 +228,29 @@ async def test_malformed_events_never_crash_the_conversation(tmp_path, models_di
         assert chain.logs.find("ignored a malformed event", logging.WARNING)
         assert not chain.logs.lines(logging.ERROR)
         assert chain.received_ratio((said.question_start_s, said.question_end_s)) >= 0.95
+
+
+async def test_an_unexpected_error_reaches_the_error_path_and_the_next_wake_works(
+    tmp_path, models_dir
+):
+    """An exception nobody foresaw in a conversation (httpx.InvalidURL from a session URL that
+    bypassed the config's checks): ERROR with its red blink and the display timer, one log line
+    with the traceback, then listening again; a wake word then opens a session (before, the
+    phase stayed CONNECTING, where wake words are ignored, until a restart)."""
+    async with run_chain(tmp_path, models_dir, allow_tracebacks=True) as chain:
+        good = chain.daemon.config
+        session = dataclasses.replace(good.session, url="http://[::1")
+        chain.daemon.config = dataclasses.replace(good, session=session)
+        await chain.press()
+        _, _, error = await chain.expect(Phase.WAKE, Phase.CONNECTING, Phase.ERROR, timeout=5)
+        assert error.reason.startswith("unexpected error: InvalidURL"), error.reason
+        (idle,) = await chain.expect(Phase.IDLE, timeout=5)
+        assert idle.reason == "listening again"
+        assert 1.8 <= idle.t - error.t <= 3.0
+        reading = chain.leds(error)
+        assert reading.effect == "blink" and reading.is_colour(RED), reading
+        tracebacks = [r for _, r in chain.logs.records if r.exc_info]
+        assert [r.getMessage() for r in tracebacks] == ["conversation failed unexpectedly"]
+
+        chain.daemon.config = good
+        await wake_and_hang_up(chain)

@@ -19,6 +19,7 @@ import stat
 import tomllib
 import types
 import typing
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -313,6 +314,12 @@ class ConfigError(Exception):
 
 _MISSING = object()
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+# A DNS name or IPv4 address (urlsplit strips the brackets of an IPv6 one, allowed too).
+_HOST = re.compile(r"[A-Za-z0-9_.-]+|[0-9A-Fa-f:.]+(%[A-Za-z0-9_.-]+)?")
+_ICE_URL = re.compile(
+    r"(?P<scheme>stuns?|turns?):(?P<host>[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\])"
+    r"(?::(?P<port>[0-9]{1,5}))?(?:\?transport=(?P<transport>udp|tcp))?"
+)
 
 
 def config_path(cli_path: str | os.PathLike[str] | None = None) -> Path:
@@ -453,10 +460,20 @@ def _check_semantics(config: Config, source: Path) -> list[Problem]:
             )
 
     companion = config.companion
-    if not companion.url.startswith(("http://", "https://")):
-        problems.append(Problem("companion.url", companion.url, "an http:// or https:// URL"))
-    if not config.session.url.startswith(("http://", "https://")):
-        problems.append(Problem("session.url", config.session.url, "an http:// or https:// URL"))
+    for name, url in (("companion.url", companion.url), ("session.url", config.session.url)):
+        problem = _http_url_problem(url)
+        if problem:
+            problems.append(Problem(name, url, f"an http:// or https:// base URL ({problem})"))
+    for i, url in enumerate(config.session.ice_servers):
+        problem = _ice_url_problem(url)
+        if problem:
+            problems.append(
+                Problem(
+                    f"session.ice_servers[{i}]",
+                    url,
+                    f"a STUN/TURN URL like 'stun:host:3478' ({problem})",
+                )
+            )
     if companion.token:
         if _readable_by_others(source):
             problems.append(
@@ -496,6 +513,39 @@ def _check_token_file(path: Path) -> list[Problem]:
             )
         ]
     return []
+
+
+def _http_url_problem(url: str) -> str:
+    """What is wrong with an HTTP base URL, or "" when it will work as one."""
+    if any(c.isspace() or not c.isprintable() for c in url):
+        return "no spaces or control characters"
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port  # raises ValueError when out of range or not a number
+    except ValueError as exc:
+        return str(exc)
+    if parts.scheme not in ("http", "https"):
+        return "the scheme must be http or https"
+    if not parts.hostname or not _HOST.fullmatch(parts.hostname):
+        return "a host name or address is missing or malformed"
+    if port == 0:
+        return "port 0"
+    if parts.query or parts.fragment:
+        return "no query or fragment"
+    return ""
+
+
+def _ice_url_problem(url: str) -> str:
+    """What is wrong with a STUN/TURN URL (RFC 7064/7065 as aiortc parses them), or ""."""
+    match = _ICE_URL.fullmatch(url)
+    if match is None:
+        return "stun:, stuns:, turn: or turns:, a host, an optional port; transport only for TURN"
+    port = match["port"]
+    if port is not None and not 0 < int(port) < 65536:
+        return "a port from 1 to 65535"
+    if match["transport"] and not match["scheme"].startswith("turn"):
+        return "a transport only for TURN"
+    return ""
 
 
 def _readable_by_others(path: Path) -> bool:
