@@ -254,3 +254,37 @@ async def test_an_unexpected_error_reaches_the_error_path_and_the_next_wake_work
 
         chain.daemon.config = good
         await wake_and_hang_up(chain)
+
+
+@pytest.mark.parametrize("fault", ["calls-hang", "silent"])
+async def test_a_press_during_connecting_stops_the_connect_at_once(tmp_path, models_dir, fault):
+    """A press while the call is being set up (the offer unanswered, or the session never
+    configured) ends it at once: back to IDLE within half a second, no error when the connect
+    timeout would have passed, and a call the emulator did answer is hung up."""
+    device = {"session": {"connect_timeout_s": 3.0}}
+    async with run_chain(tmp_path, models_dir, faults=(fault,), device=device) as chain:
+        await chain.press()
+        _, connecting = await chain.expect(Phase.WAKE, Phase.CONNECTING)
+        await asyncio.sleep(0.5)
+        await chain.press()
+        (idle,) = await chain.expect(Phase.IDLE, timeout=2)
+        assert idle.reason == "conversation over (button)"
+        assert idle.t - connecting.t < 0.5 + 0.1 + 0.5  # the wait, the press, then at once
+        await asyncio.sleep(3.5)  # past the connect timeout: nothing more happens
+        assert chain.current is idle, chain.describe()
+        assert not chain.logs.lines(logging.ERROR)
+        for call in chain.calls():
+            assert call.close_reason == "hung up by the client"
+
+
+async def test_mute_during_connecting_stops_the_connect_and_stays_muted(tmp_path, models_dir):
+    """A long press while connecting mutes at once and stops the connect; the connect timeout
+    passing later leaves MUTED (before: ERROR, for good)."""
+    device = {"session": {"connect_timeout_s": 2.0}}
+    async with run_chain(tmp_path, models_dir, faults=("calls-hang",), device=device) as chain:
+        await chain.press()
+        await chain.expect(Phase.WAKE, Phase.CONNECTING)
+        muted = await chain.long_press(Phase.MUTED)
+        await asyncio.sleep(3.0)
+        assert chain.current is muted, chain.describe()
+        assert not chain.logs.lines(logging.ERROR)

@@ -164,7 +164,7 @@ class Conversation:
         try:
             try:
                 async with asyncio.timeout(self._session.connect_timeout_s):
-                    await self._connect()
+                    await self._connect_unless_ended()
             except TimeoutError:
                 last = f" (last error: {self._last_problem})" if self._last_problem else ""
                 raise SessionFailed(
@@ -259,6 +259,19 @@ class Conversation:
         return self._live.is_set()
 
     # -- set-up ------------------------------------------------------------------------------
+
+    async def _connect_unless_ended(self) -> None:
+        """Connect, but stop at once when the conversation ends meanwhile (a press, mute, the
+        audio device failing): the user is not kept waiting, and no call is set up in vain."""
+        connecting = asyncio.ensure_future(self._connect())
+        try:
+            await asyncio.wait({connecting, self._ended}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not connecting.done():
+                connecting.cancel()
+                await asyncio.wait({connecting})
+        if not connecting.cancelled():
+            connecting.result()  # its error, if it failed
 
     async def _connect(self) -> None:
         for attempt in range(3):
