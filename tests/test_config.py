@@ -34,7 +34,7 @@ def test_empty_file_gives_documented_defaults(write_config):
     assert config.audio.backend == "pyaudio"
     assert [w.name for w in config.wake.words] == ["hey_jarvis"]
     assert config.wake.words[0].threshold == 0.5
-    assert config.session.turn_detection == "server_vad"
+    assert config.session.reply_timeout_s == 15.0
     assert config.leds.patterns == DEFAULT_PATTERNS
 
 
@@ -129,6 +129,18 @@ command = ["date"]
             r"session\.ice_servers\[0\] = .*only for TURN",
         ),
         ("[[tools]]\nname = 'x'\n", r"tools\[0\] = 'x': exactly one of 'command' or 'url'"),
+        # The companion's policy, which a device key would silently override.
+        (
+            "[session]\nturn_detection = 'none'\n",
+            r"session\.turn_detection = 'none': no such key here: the companion's policy sets it "
+            r"\(\[session\.turn_detection\] type in its config\)",
+        ),
+        (
+            "[session]\nnoise_reduction = 'near_field'\n",
+            r"session\.noise_reduction = .*companion's policy sets it \(\[session\] noise_red",
+        ),
+        ("[session]\nmax_session_s = 3601\n", r"session\.max_session_s = 3601\.0: at most 3600"),
+        ("[session]\nreply_timeout_s = 0\n", r"session\.reply_timeout_s = 0\.0: a positive"),
         (
             "[[tools]]\nname = 'end_conversation'\ncommand = ['true']\n",
             r"tools\[0\]\.name = 'end_conversation': a name not already in use",

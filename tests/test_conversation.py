@@ -411,3 +411,61 @@ async def test_key_is_kept_ready_so_conversations_do_not_wait_for_the_companion(
         assert len(chain.calls()) == 2
         assert chain.daemon.last_wake_to_live_s is not None
         assert chain.daemon.last_wake_to_live_s < 1.0
+
+
+POLICY = """
+[session]
+noise_reduction = "near_field"
+
+[session.turn_detection]
+type = "server_vad"
+threshold = 0.6
+silence_duration_ms = 700
+create_response = true
+
+[[session.tools]]
+name = "get_weather"
+description = "Current weather for a city."
+parameters = { type = "object", properties = { city = { type = "string" } } }
+"""
+
+
+async def test_the_device_adds_its_tools_and_keeps_the_companions_policy(tmp_path, models_dir):
+    """The companion mints with its policy (turn detection, noise reduction, a tool); the
+    device's session.update names only the tools (the policy's, then its own), so the session
+    the service runs (its session.updated) still has the owner's settings."""
+    device = {"tools": [{"name": "get_time", "description": "time", "command": ["date"]}]}
+    async with run_chain(tmp_path, models_dir, companion_extra=POLICY, device=device) as chain:
+        await chain.press()
+        await chain.expect(Phase.WAKE, Phase.CONNECTING, Phase.LISTENING)
+        await chain.press()
+        await chain.expect(Phase.IDLE)
+        (update,) = [e for e in chain.sent() if e["type"] == "session.update"]
+        assert set(update["session"]) == {"type", "tools"}
+        names = [t["name"] for t in update["session"]["tools"]]
+        assert names == ["get_weather", "end_conversation", "get_time"]
+        updated = [e for e in chain.received() if e["type"] == "session.updated"][-1]["session"]
+        audio_in = updated["audio"]["input"]
+        assert audio_in["noise_reduction"] == {"type": "near_field"}
+        detection = audio_in["turn_detection"]
+        assert (detection["threshold"], detection["silence_duration_ms"]) == (0.6, 700)
+        assert [t["name"] for t in updated["tools"]] == names
+
+
+async def test_push_to_talk_follows_the_policys_manual_turns(tmp_path, models_dir):
+    """The companion's policy has no turn detection: the device learns it from the session and
+    a short press ends the user's turn (commit + response.create) instead of the conversation."""
+    policy = '\n[session.turn_detection]\ntype = "none"\n'
+    device = {"session": {"idle_timeout_s": 10.0}}  # no VAD: nothing says the user is talking
+    async with run_chain(
+        tmp_path, models_dir, companion_extra=policy, device=device, reply="tone"
+    ) as chain:
+        await chain.press()
+        await chain.expect(Phase.WAKE, Phase.CONNECTING, Phase.LISTENING)
+        await chain.mic.say(clip(QUESTION))
+        await chain.press()
+        (thinking,) = await chain.expect(Phase.THINKING)
+        assert thinking.reason == "button ended the turn"
+        await chain.expect(Phase.SPEAKING, Phase.LISTENING, timeout=10)
+        kinds = [e["type"] for e in chain.sent()]
+        assert kinds.index("input_audio_buffer.commit") < kinds.index("response.create")

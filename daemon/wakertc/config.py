@@ -28,6 +28,9 @@ from typing import Any, Literal
 DEFAULT_PATH = Path("/etc/wakertc/wakertc.toml")
 ENV_VAR = "WAKERTC_CONFIG"
 
+# The Realtime API ends every session after 60 minutes (the emulator does the same).
+MAX_SESSION_S = 3600.0
+
 PHASES_WITH_PATTERNS = (
     "idle",
     "offline",
@@ -218,27 +221,13 @@ class SessionConfig:
     idle_timeout_s: float = 8.0
     """End the conversation after this long with nobody speaking since the last reply."""
     max_session_s: float = 300.0
-    """End any conversation after this long."""
-    turn_detection: Literal["server_vad", "semantic_vad", "none"] = "server_vad"
-    """How the server finds the end of the user's turn."""
-    vad_threshold: float = 0.5
-    """server_vad: speech probability threshold 0..1 (raise it in noisy rooms)."""
-    prefix_padding_ms: int = 300
-    """server_vad: audio kept before detected speech."""
-    silence_duration_ms: int = 500
-    """server_vad: silence that ends a turn."""
-    eagerness: Literal["low", "medium", "high", "auto"] = "auto"
-    """semantic_vad: how soon to answer."""
-    noise_reduction: Literal["near_field", "far_field", "off"] = "far_field"
-    """Server-side input noise reduction: near_field for headsets, far_field for room mics."""
+    """End any conversation after this long (at most the service's own limit, 60 minutes)."""
+    reply_timeout_s: float = 15.0
+    """Give up waiting for a reply (or a transcript) this long after the user stopped speaking."""
     echo_cancellation: bool = True
     """Cancel the device's own voice from the microphone (WebRTC AEC3) when available."""
     half_duplex: bool = False
     """Mute the microphone path while the device speaks (fallback when AEC is unavailable)."""
-    transcription_model: str = "gpt-4o-transcribe"
-    """transcription mode: the model used."""
-    transcription_language: str = ""
-    """transcription mode: ISO-639-1 language hint; "" = detect."""
 
 
 @dataclass(frozen=True)
@@ -311,6 +300,21 @@ class ConfigError(Exception):
         self.problems = problems
         super().__init__("\n".join(p.render(source) for p in problems))
 
+
+# Session settings that are the companion's policy: it mints every key with them, and a device
+# sending its own would silently replace the owner's choice (see the README).
+_COMPANION_POLICY = types.MappingProxyType(
+    {
+        "session.turn_detection": "[session.turn_detection] type",
+        "session.vad_threshold": "[session.turn_detection] threshold",
+        "session.prefix_padding_ms": "[session.turn_detection] prefix_padding_ms",
+        "session.silence_duration_ms": "[session.turn_detection] silence_duration_ms",
+        "session.eagerness": "[session.turn_detection] eagerness",
+        "session.noise_reduction": "[session] noise_reduction",
+        "session.transcription_model": "[session] transcription_model",
+        "session.transcription_language": "[session] language",
+    }
+)
 
 _MISSING = object()
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
@@ -389,7 +393,6 @@ def _check_semantics(config: Config, source: Path) -> list[Problem]:
         ("audio.output_volume", audio.output_volume, 0.0, 2.0),
         ("leds.brightness", config.leds.brightness, 0.0, 1.0),
         ("sounds.volume", config.sounds.volume, 0.0, 1.0),
-        ("session.vad_threshold", config.session.vad_threshold, 0.0, 1.0),
     ):
         if not low <= value <= high:
             problems.append(Problem(name, value, f"a number from {low} to {high}"))
@@ -400,8 +403,6 @@ def _check_semantics(config: Config, source: Path) -> list[Problem]:
         ("audio.output_channels", audio.output_channels),
         ("audio.input_channel", audio.input_channel),
         ("wake.preroll_ms", config.wake.preroll_ms),
-        ("session.prefix_padding_ms", config.session.prefix_padding_ms),
-        ("session.silence_duration_ms", config.session.silence_duration_ms),
     ):
         if value < 0:
             problems.append(Problem(name, value, "zero or a positive integer"))
@@ -412,9 +413,18 @@ def _check_semantics(config: Config, source: Path) -> list[Problem]:
         ("session.connect_timeout_s", config.session.connect_timeout_s),
         ("session.idle_timeout_s", config.session.idle_timeout_s),
         ("session.max_session_s", config.session.max_session_s),
+        ("session.reply_timeout_s", config.session.reply_timeout_s),
     ):
         if value <= 0:
             problems.append(Problem(name, value, "a positive number of seconds"))
+    if config.session.max_session_s > MAX_SESSION_S:
+        problems.append(
+            Problem(
+                "session.max_session_s",
+                config.session.max_session_s,
+                f"at most {MAX_SESSION_S:g} seconds (the Realtime API ends a session then)",
+            )
+        )
 
     if not config.wake.words:
         problems.append(Problem("wake.words", [], "at least one wake word"))
@@ -658,6 +668,11 @@ def _convert_dataclass(
     hints = typing.get_type_hints(tp)
     fields = {f.name: f for f in dataclasses.fields(tp) if f.name != "source"}
     for unknown in sorted(set(value) - set(fields)):
+        moved = _COMPANION_POLICY.get(_join(key, unknown))
+        if moved is not None:
+            expected = f"no such key here: the companion's policy sets it ({moved} in its config)"
+            problems.append(Problem(_join(key, unknown), value[unknown], expected))
+            continue
         known = ", ".join(sorted(fields))
         problems.append(Problem(_join(key, unknown), value[unknown], f"a known key ({known})"))
     kwargs: dict[str, Any] = {}

@@ -24,7 +24,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .audio import AudioBackend
-from .config import Config, SessionConfig
+from .config import Config
 from .keys import CompanionError, KeyKeeper
 from .state import Phase, PhaseMachine
 from .tools import END_CONVERSATION, ToolRunner
@@ -53,42 +53,33 @@ class SessionFailed(Exception):
     """The conversation could not start or was cut off; the message says why, for the log."""
 
 
-def session_update(config: SessionConfig, tools: ToolRunner) -> dict[str, Any]:
-    """The `session.update` event carrying the device-side settings."""
-    turn_detection: dict[str, Any] | None
-    if config.turn_detection == "server_vad":
-        turn_detection = {
-            "type": "server_vad",
-            "threshold": config.vad_threshold,
-            "prefix_padding_ms": config.prefix_padding_ms,
-            "silence_duration_ms": config.silence_duration_ms,
-            "create_response": True,
-            "interrupt_response": True,
-        }
-    elif config.turn_detection == "semantic_vad":
-        turn_detection = {"type": "semantic_vad", "eagerness": config.eagerness}
-    else:
-        turn_detection = None
-    audio_input: dict[str, Any] = {
-        "noise_reduction": (
-            None if config.noise_reduction == "off" else {"type": config.noise_reduction}
-        ),
-        "turn_detection": turn_detection,
-    }
-    if config.mode == "transcription":
-        transcription: dict[str, Any] = {"model": config.transcription_model}
-        if config.transcription_language:
-            transcription["language"] = config.transcription_language
-        audio_input["transcription"] = transcription
-        session: dict[str, Any] = {"type": "transcription", "audio": {"input": audio_input}}
-    else:
-        session = {
-            "type": "realtime",
-            "audio": {"input": audio_input},
-            "tools": tools.definitions(),
-            "tool_choice": "auto",
-        }
-    return {"type": "session.update", "session": session}
+def session_update(minted: dict[str, Any], tools: ToolRunner) -> dict[str, Any]:
+    """The `session.update` event: only what the device owns, on top of the minted session.
+
+    The companion minted the key with the owner's policy (model, voice, instructions, turn
+    detection, noise reduction, transcription, tools) and returned that session; an update
+    replaces every field it names, so it names only the tools, the device's own: the policy's
+    tools first, then the device's (end_conversation and `[[tools]]`) under names not taken.
+    A transcription session has nothing of the device's: the update only names its type, and
+    its answer (`session.updated`) says the session is ready.
+    """
+    kind = minted.get("type")
+    if kind == "transcription":
+        return {"type": "session.update", "session": {"type": "transcription"}}
+    policy_tools = minted.get("tools")
+    merged = (
+        [t for t in policy_tools if isinstance(t, dict)] if isinstance(policy_tools, list) else []
+    )
+    taken = {t.get("name") for t in merged}
+    for tool in tools.definitions():
+        if tool["name"] in taken:
+            log.warning(
+                "the session policy already has a tool %s: the device's is not sent",
+                _clip(tool["name"], 60),
+            )
+        else:
+            merged.append(tool)
+    return {"type": "session.update", "session": {"type": "realtime", "tools": merged}}
 
 
 class Conversation:
@@ -137,6 +128,7 @@ class Conversation:
         self._response_audio = False
         self._transcript: list[str] = []
         self._stage = "starting"
+        self._manual_turns = False  # no turn detection: the button ends the user's turn
         self._last_problem: str | None = None
         self.wake_to_live_s: float | None = None
         self.handlers: dict[str, Callable[[dict[str, Any]], None]] = {
@@ -213,11 +205,7 @@ class Conversation:
         phase = self._phases.phase
         if phase is Phase.SPEAKING:
             self.barge_in("button")
-        elif (
-            phase is Phase.LISTENING
-            and self._session.turn_detection == "none"
-            and self._live.is_set()
-        ):
+        elif phase is Phase.LISTENING and self._manual_turns and self._live.is_set():
             self._send({"type": "input_audio_buffer.commit"})
             self._send({"type": "response.create"})
             self._phases.transition(Phase.THINKING, "button ended the turn")
@@ -277,6 +265,7 @@ class Conversation:
         for attempt in range(3):
             self._stage = "getting a session key from the companion"
             key = await self._get_key()
+            self._check_session_type(key.session)
             self._stage = "connecting to the Realtime API"
             call = RealtimeCall(
                 base_url=self._session.url,
@@ -308,8 +297,18 @@ class Conversation:
                 await call.close(hang_up=False)
                 raise SessionFailed(str(exc)) from exc
         self._stage = "waiting for the session to be configured"
-        self._send(session_update(self._session, self._tools))
+        self._manual_turns = _manual_turns(key.session)
+        self._send(session_update(key.session, self._tools))
         await self._settled.wait()  # session.updated, or ended/failed meanwhile
+
+    def _check_session_type(self, minted: dict[str, Any]) -> None:
+        kind = minted.get("type")
+        wanted = "transcription" if self._session.mode == "transcription" else "realtime"
+        if isinstance(kind, str) and kind != wanted:
+            raise SessionFailed(
+                f"the companion mints {_clip(kind, 40)} sessions but session.mode is "
+                f"{self._session.mode!r}: make them agree (the companion's [session] type)"
+            )
 
     async def _get_key(self) -> Any:
         delay = 0.5
@@ -352,6 +351,9 @@ class Conversation:
             log.exception("could not handle a %s event; ignored", _clip(event["type"]))
 
     def _session_updated(self, event: dict[str, Any]) -> None:
+        session = event.get("session")
+        if isinstance(session, dict):  # the effective config, whoever changed it
+            self._manual_turns = _manual_turns(session)
         self._live.set()
         self._settled.set()
 
@@ -547,6 +549,17 @@ class Conversation:
         task = asyncio.get_running_loop().create_task(coro, name=f"conversation-{name}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _manual_turns(session: dict[str, Any]) -> bool:
+    """Whether a session has no turn detection (a press ends the user's turn)."""
+    audio = session.get("audio")
+    audio_in = audio.get("input") if isinstance(audio, dict) else None
+    return (
+        isinstance(audio_in, dict)
+        and "turn_detection" in audio_in
+        and (audio_in["turn_detection"] is None)
+    )
 
 
 def _is_silent(samples: NDArray[np.int16]) -> bool:
