@@ -17,6 +17,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -96,6 +97,7 @@ class Conversation:
         tools: ToolRunner,
         woke_at: float,
         on_transcript: Callable[[str, str], None] | None = None,
+        on_transcription_failed: Callable[[str, str], None] | None = None,
     ) -> None:
         self._config = config
         self._session = config.session
@@ -106,6 +108,7 @@ class Conversation:
         self._tools = tools
         self._woke_at = woke_at
         self._on_transcript = on_transcript
+        self._on_transcription_failed = on_transcription_failed
         self.mic = MicTrack()
         self._call: RealtimeCall | None = None
         self._live = asyncio.Event()
@@ -126,6 +129,11 @@ class Conversation:
         self._speaker_quiet_since = 0.0
         self._ending_after_reply: str | None = None
         self._response_audio = False
+        self._response_active = False  # between response.created and response.done
+        # Function calls by response id, run only once their response completed.
+        self._calls: dict[str, list[_FunctionCall]] = {}
+        self._tool_runs = 0  # tool batches running; their outputs then get one response.create
+        self._create_after_response = False  # outputs sent while a response was active
         self._transcript: list[str] = []
         self._stage = "starting"
         self._manual_turns = False  # no turn detection: the button ends the user's turn
@@ -145,6 +153,7 @@ class Conversation:
             "response.function_call_arguments.done": self._function_call,
             "response.done": self._response_done,
             "conversation.item.input_audio_transcription.completed": self._user_transcript,
+            "conversation.item.input_audio_transcription.failed": self._transcription_failed,
         }
 
     # -- the daemon's side -------------------------------------------------------------------
@@ -209,6 +218,7 @@ class Conversation:
             self._send({"type": "input_audio_buffer.commit"})
             self._send({"type": "response.create"})
             self._phases.transition(Phase.THINKING, "button ended the turn")
+            self._await_reply()
         else:
             self.end("button")
 
@@ -253,7 +263,8 @@ class Conversation:
         audio device failing): the user is not kept waiting, and no call is set up in vain."""
         connecting = asyncio.ensure_future(self._connect())
         try:
-            await asyncio.wait({connecting, self._ended}, return_when=asyncio.FIRST_COMPLETED)
+            waiting: set[asyncio.Future[Any]] = {connecting, self._ended}
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
         finally:
             if not connecting.done():
                 connecting.cancel()
@@ -371,6 +382,7 @@ class Conversation:
 
     def _speech_started(self, event: dict[str, Any]) -> None:
         self._disarm("idle")
+        self._disarm("reply")
         self._user_speaking = True
         if self._phases.phase is Phase.SPEAKING:
             # The server interrupted its own reply for the user; stop what is still queued here.
@@ -381,9 +393,11 @@ class Conversation:
     def _speech_stopped(self, event: dict[str, Any]) -> None:
         self._user_speaking = False
         self._phases.transition(Phase.THINKING, "user stopped speaking")
+        self._await_reply()
 
     def _response_created(self, event: dict[str, Any]) -> None:
         self._disarm("idle")
+        self._response_active = True
         self._response_audio = False
         self._discarding = False
         if self._phases.phase is not Phase.SPEAKING:
@@ -391,6 +405,7 @@ class Conversation:
 
     def _speaking_started(self, event: dict[str, Any]) -> None:
         self._disarm("idle")
+        self._disarm("reply")
         self._response_audio = True
         self._server_speaking = True
         self._replied = True
@@ -431,46 +446,128 @@ class Conversation:
         if self._on_transcript is not None:
             self._on_transcript(text, str(event.get("item_id", "")))
         if self._session.mode == "transcription":
+            self._disarm("reply")
             self._phases.transition(Phase.LISTENING, "transcript received")
             self._arm("idle", self._session.idle_timeout_s, "idle timeout")
 
+    def _transcription_failed(self, event: dict[str, Any]) -> None:
+        error = event.get("error")
+        message = _short((error if isinstance(error, dict) else {}).get("message", "no message"))
+        item_id = _clip(str(event.get("item_id", "")), 100)
+        log.warning("the transcription of what the user said failed: %s", message)
+        if self._on_transcription_failed is not None:
+            self._on_transcription_failed(message, item_id)
+        # Nothing will come of this turn in a transcription session; in a conversation, a reply
+        # may still come (it does not wait for the transcript), and then the phase follows it.
+        if self._phases.phase is Phase.THINKING and not self._response_active:
+            self._disarm("reply")
+            self._phases.transition(Phase.LISTENING, "transcription failed")
+            self._arm("idle", self._session.idle_timeout_s, "idle timeout")
+
     def _function_call(self, event: dict[str, Any]) -> None:
-        name, call_id = event.get("name"), event.get("call_id")
-        if not isinstance(name, str) or not isinstance(call_id, str):
-            log.warning("ignored a function call without a name or call_id")
+        # Only noted here: the call runs once its response has completed (response.done), as a
+        # cancelled or cut-short response also reports its calls' arguments.
+        call = _FunctionCall.of(event)
+        response_id = event.get("response_id")
+        if call is None or not isinstance(response_id, str):
+            log.warning("ignored a function call without a name, call_id or response_id")
             return
-        arguments = event.get("arguments")
-        arguments = arguments if isinstance(arguments, str) else "{}"
-        if name == END_CONVERSATION:
-            log.info("the model ended the conversation")
-            self._send_output(call_id, json.dumps({"ok": True}))
-            self._ending_after_reply = "model called end_conversation"
-            if self._phases.phase is not Phase.SPEAKING:
-                self._spawn(self._end_when_played(self._ending_after_reply), "end-after-reply")
-            return
-        self._spawn(self._run_tool(name, call_id, arguments), f"tool-{_clip(name, 60)}")
+        self._calls.setdefault(response_id, []).append(call)
 
     def _response_done(self, event: dict[str, Any]) -> None:
+        self._response_active = False
+        self._disarm("reply")
         response = event.get("response")
-        if isinstance(response, dict) and response.get("status") == "failed":
+        response = response if isinstance(response, dict) else {}
+        status = response.get("status")
+        response_id = response.get("id")
+        calls = self._calls.pop(response_id, []) if isinstance(response_id, str) else []
+        # The response's own record of its calls, should an arguments event have been missed.
+        noted = {call.call_id for call in calls}
+        output = response.get("output")
+        for item in output if isinstance(output, list) else []:
+            call = _FunctionCall.of(item) if isinstance(item, dict) else None
+            if (
+                call is not None
+                and item.get("type") == "function_call"
+                and call.call_id not in noted
+            ):
+                calls.append(call)
+        if status == "failed":
             log.warning("the reply failed: %s", _short(response.get("status_details")))
+        if status != "completed":
+            for call in calls:
+                log.info(
+                    "dropped the model's call to %s: its response was %s",
+                    _clip(call.name, 60),
+                    _clip(str(status), 40),
+                )
+            calls = []
+        if calls:
+            self._create_after_response = False  # this batch's response.create covers them
+            self._run_calls(calls)
+        elif self._create_after_response and not self._tool_runs:
+            # Tool outputs were sent while this response was running: it did not see them.
+            self._create_after_response = False
+            self._create_response()
+            return
         # A reply without audio (text, or a tool call still running): nothing will be played.
         if (
             not self._response_audio
             and self._phases.phase is Phase.THINKING
             and self._ending_after_reply is None
-            and not self._tasks
+            and not self._tool_runs
         ):
             self._phases.transition(Phase.LISTENING, "reply without audio")
             self._arm("idle", self._session.idle_timeout_s, "idle timeout")
 
+    def _run_calls(self, calls: list[_FunctionCall]) -> None:
+        tools = [call for call in calls if call.name != END_CONVERSATION]
+        if len(tools) < len(calls):
+            log.info("the model ended the conversation")
+            for call in calls:
+                if call.name == END_CONVERSATION:
+                    self._send_output(call.call_id, json.dumps({"ok": True}))
+            self._ending_after_reply = "model called end_conversation"
+            if self._phases.phase is not Phase.SPEAKING:
+                self._spawn(self._end_when_played(self._ending_after_reply), "end-after-reply")
+        if tools:
+            self._tool_runs += 1
+            self._spawn(self._run_tools(tools), "tools")
+
     # -- helpers -----------------------------------------------------------------------------
 
-    async def _run_tool(self, name: str, call_id: str, arguments: str) -> None:
-        log.info("the model called %s", _clip(name))
-        output = await self._tools.run(name, arguments)
-        self._send_output(call_id, output)
+    async def _run_tools(self, calls: list[_FunctionCall]) -> None:
+        """Run one response's tool calls together; all outputs, then one response.create."""
+        try:
+            await asyncio.gather(*(self._run_tool(call) for call in calls))
+        finally:
+            self._tool_runs -= 1
+        if self._tool_runs or self._ending_after_reply is not None:
+            return  # another batch's create covers these outputs too; or no more replies
+        if self._response_active:
+            self._create_after_response = True  # sent when that response is done
+        else:
+            self._create_response()
+
+    async def _run_tool(self, call: _FunctionCall) -> None:
+        log.info("the model called %s", _clip(call.name))
+        try:
+            output = await self._tools.run(call.name, call.arguments)
+        except Exception as exc:  # the model must get an output whatever happened
+            log.exception("the tool %s failed", _clip(call.name, 60))
+            output = json.dumps({"ok": False, "error": f"the tool failed: {type(exc).__name__}"})
+        self._send_output(call.call_id, output)
+
+    def _create_response(self) -> None:
         self._send({"type": "response.create"})
+        self._await_reply("the tool results were sent")
+
+    def _await_reply(self, after: str = "the user stopped speaking") -> None:
+        """The user's turn (or the tools' outputs) went in: a reply must start in time."""
+        seconds = self._session.reply_timeout_s
+        what = "transcript" if self._session.mode == "transcription" else "reply"
+        self._arm("reply", seconds, f"no {what} {seconds:g} s after {after}", failure=True)
 
     async def _watch_path(self) -> None:
         self._audio_received_at = max(self._audio_received_at, time.monotonic())
@@ -536,9 +633,11 @@ class Conversation:
         else:
             self.fail(f"connection failed: {why}")
 
-    def _arm(self, name: str, seconds: float, reason: str) -> None:
+    def _arm(self, name: str, seconds: float, reason: str, *, failure: bool = False) -> None:
+        """In `seconds`, end the conversation (or fail it) for `reason`, unless disarmed."""
         self._disarm(name)
-        self._timers[name] = asyncio.get_running_loop().call_later(seconds, self.end, reason)
+        action = self.fail if failure else self.end
+        self._timers[name] = asyncio.get_running_loop().call_later(seconds, action, reason)
 
     def _disarm(self, name: str) -> None:
         timer = self._timers.pop(name, None)
@@ -549,6 +648,23 @@ class Conversation:
         task = asyncio.get_running_loop().create_task(coro, name=f"conversation-{name}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+@dataclass(frozen=True)
+class _FunctionCall:
+    """A function call the model made."""
+
+    name: str
+    call_id: str
+    arguments: str
+
+    @classmethod
+    def of(cls, data: dict[str, Any]) -> _FunctionCall | None:
+        """From a function_call_arguments.done event or a function_call item; None if broken."""
+        name, call_id, arguments = data.get("name"), data.get("call_id"), data.get("arguments")
+        if not isinstance(name, str) or not isinstance(call_id, str):
+            return None
+        return cls(name, call_id, arguments if isinstance(arguments, str) else "{}")
 
 
 def _manual_turns(session: dict[str, Any]) -> bool:

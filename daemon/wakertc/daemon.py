@@ -315,6 +315,7 @@ class Daemon:
             tools=self.tools,
             woke_at=woke_at,
             on_transcript=self._on_transcript,
+            on_transcription_failed=self._on_transcription_failed,
         )
         for frame in self._preroll:
             conversation.push_mic(frame)
@@ -371,6 +372,9 @@ class Daemon:
 
     def _on_transcript(self, text: str, item_id: str) -> None:
         self.hook.send({"event": "transcript", "text": text, "item_id": item_id})
+
+    def _on_transcription_failed(self, message: str, item_id: str) -> None:
+        self.hook.send({"event": "transcription_failed", "error": message, "item_id": item_id})
 
     # -- echo cancellation -------------------------------------------------------------------
 
