@@ -288,3 +288,20 @@ async def test_mute_during_connecting_stops_the_connect_and_stays_muted(tmp_path
         await asyncio.sleep(3.0)
         assert chain.current is muted, chain.describe()
         assert not chain.logs.lines(logging.ERROR)
+
+
+async def test_no_reply_after_the_user_stopped_ends_in_an_error(tmp_path, models_dir):
+    """The service never answers a finished turn (here the owner's policy has
+    create_response = false): the device does not sit in THINKING streaming the microphone until
+    max_session_s, but fails `reply_timeout_s` after the user stopped, then a wake works."""
+    policy = "\n[session.turn_detection]\ncreate_response = false\n"
+    device = {"session": {"reply_timeout_s": 2.0, "idle_timeout_s": 20.0}}
+    async with run_chain(tmp_path, models_dir, companion_extra=policy, device=device) as chain:
+        await chain.press()
+        await chain.expect(Phase.WAKE, Phase.CONNECTING, Phase.LISTENING)
+        chain.mic.speak(clip("what is the weather like today"))
+        thinking, error = await chain.expect(Phase.THINKING, Phase.ERROR, timeout=15)
+        assert 1.9 <= error.t - thinking.t <= 2.6
+        assert error.reason == "no reply 2 s after the user stopped speaking"
+        assert chain.calls()[0].close_reason == "hung up by the client"
+        await assert_error_shown_then_recovers(chain, error, "no reply")

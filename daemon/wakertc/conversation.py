@@ -48,6 +48,9 @@ REPLY_STALL_S = 2.0
 # Between replies the remote track carries silence (with Opus DTX, still a packet every 400 ms):
 # nothing at all for this long means the path is dead, and the user would talk to no one.
 PATH_STALL_S = 5.0
+# The `error` code with which the service ends a session at its maximum length, before it closes
+# the call.
+SESSION_EXPIRED = "session_expired"
 
 
 class SessionFailed(Exception):
@@ -375,6 +378,11 @@ class Conversation:
         code = _clip(str(details.get("code") or details.get("type") or "error"), 100)
         if not self._live.is_set():
             self.fail(f"the Realtime API refused the session ({code}: {message})")
+        elif code == SESSION_EXPIRED:
+            # The service's maximum session length: it closes the call next. A normal end,
+            # not a lost connection.
+            log.info("the service ended the session: %s", message)
+            self.end("the service ended the session")
         elif code == "response_cancel_not_active":
             log.debug("nothing to cancel")
         else:
