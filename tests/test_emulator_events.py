@@ -560,3 +560,76 @@ async def test_speech_queued_before_the_call_is_heard_from_the_first_word(
         assert echoed_ms >= last_ms - first_ms - 40  # nothing of the start was lost
         assert_all_valid(client.events)
         await client.close()
+
+
+END_TOOL = [
+    {
+        "type": "function",
+        "name": "end_conversation",
+        "parameters": {"type": "object", "properties": {"reason": {"type": "string"}}},
+    }
+]
+LONG_REASON = {"reason": "the user said goodbye and asked for the lights to be switched off"}
+
+
+async def test_a_cancelled_function_call_still_gets_its_arguments_done(tmp_path: Path) -> None:
+    script = tmp_path / "script.json"
+    call = {"name": "end_conversation", "arguments": LONG_REASON, "stream_s": 3.0}
+    script.write_text(json.dumps([{"call": call}]))
+    async with running_emulator(script=script) as emu:
+        client = await connected_client(emu.url, {**MANUAL, "tools": END_TOOL})
+        client.send({"type": "response.create"})
+        await client.wait_for("response.function_call_arguments.delta")
+        client.send({"type": "response.cancel"})
+        done_args = await client.wait_for("response.function_call_arguments.done")
+        full = json.dumps(LONG_REASON)
+        assert done_args["name"] == "end_conversation"
+        assert full.startswith(done_args["arguments"]) and done_args["arguments"] != full
+        item_done = await client.wait_for("response.output_item.done")
+        assert item_done["item"]["status"] == "incomplete"
+        assert item_done["item"]["call_id"] == done_args["call_id"]
+        response = (await client.wait_for("response.done"))["response"]
+        assert response["status"] == "cancelled"
+        assert response["output"][0]["arguments"] == done_args["arguments"]
+        types = client.types()
+        assert types.index("response.function_call_arguments.done") < types.index("response.done")
+        await asyncio.sleep(3.2)  # the cancelled task sends nothing more
+        assert types == client.types()
+        assert_all_valid(client.events)
+        await client.close()
+
+
+async def test_max_output_tokens_cuts_a_response_short(tmp_path: Path) -> None:
+    script = tmp_path / "script.json"
+    script.write_text(
+        json.dumps(
+            [
+                {"call": {"name": "end_conversation", "arguments": LONG_REASON}},
+                {"say": "This reply is far too long for the few tokens it is allowed."},
+            ]
+        )
+    )
+    async with running_emulator(script=script) as emu:
+        client = await connected_client(
+            emu.url, {**MANUAL, "tools": END_TOOL, "max_output_tokens": 5}
+        )
+        client.send({"type": "response.create"})
+        done_args = await client.wait_for("response.function_call_arguments.done")
+        assert done_args["arguments"] == json.dumps(LONG_REASON)[:20]  # 5 tokens x 4 characters
+        response = (await client.wait_for("response.done"))["response"]
+        assert response["status"] == "incomplete"
+        assert response["status_details"]["reason"] == "max_output_tokens"
+        assert response["output"][0]["status"] == "incomplete"
+
+        client.send({"type": "response.create", "response": {"max_output_tokens": 8}})
+        started = await client.wait_for("output_audio_buffer.started")
+        response = (await client.wait_for("response.done", timeout=15))["response"]
+        stopped = await client.wait_for("output_audio_buffer.stopped")
+        assert response["status"] == "incomplete"
+        assert response["status_details"]["reason"] == "max_output_tokens"
+        assert response["output"][0]["status"] == "incomplete"
+        assert response["usage"]["output_tokens"] <= 8
+        played = client.arrival(stopped) - client.arrival(started)
+        assert 0.2 < played < 1.1, played  # 8 tokens: under 0.8 s of audio (with its transcript)
+        assert_all_valid(client.events)
+        await client.close()
