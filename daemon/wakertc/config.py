@@ -25,11 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from .limits import MAX_SESSION_S
+
 DEFAULT_PATH = Path("/etc/wakertc/wakertc.toml")
 ENV_VAR = "WAKERTC_CONFIG"
-
-# The Realtime API ends every session after 60 minutes (the emulator does the same).
-MAX_SESSION_S = 3600.0
 
 PHASES_WITH_PATTERNS = (
     "idle",
