@@ -158,6 +158,11 @@ async def test_key_refresh_failing_while_idle_shows_offline_and_recovers(
         await wake_and_hang_up(chain)
 
 
+# Whether the service sends RTP between replies (nothing says it must): both ways.
+IDLE_AUDIO = [(), ("no-idle-audio",)]
+
+
+@pytest.mark.parametrize("idle_audio", IDLE_AUDIO, ids=["idle-audio", "no-idle-audio"])
 @pytest.mark.parametrize(
     ("fault", "fragment", "noticed_within_s"),
     [
@@ -166,11 +171,13 @@ async def test_key_refresh_failing_while_idle_shows_offline_and_recovers(
     ],
 )
 async def test_connection_lost_while_listening_shows_an_error_and_recovers(
-    tmp_path, models_dir, fault, fragment, noticed_within_s
+    tmp_path, models_dir, fault, fragment, noticed_within_s, idle_audio
 ):
-    """The path dies while the device waits for the user: noticed without a reply to watch."""
+    """The path dies while the device waits for the user: noticed without a reply to watch,
+    whether or not the service sends audio between replies."""
     device = {"session": {"connect_timeout_s": 2.0, "idle_timeout_s": 20.0}}
-    async with run_chain(tmp_path, models_dir, faults=(fault,), device=device) as chain:
+    faults = (fault, *idle_audio)
+    async with run_chain(tmp_path, models_dir, faults=faults, device=device) as chain:
         await chain.press()
         _, _, live = await chain.expect(Phase.WAKE, Phase.CONNECTING, Phase.LISTENING)
         (error,) = await chain.expect(Phase.ERROR, timeout=12)
@@ -178,20 +185,22 @@ async def test_connection_lost_while_listening_shows_an_error_and_recovers(
         await assert_error_shown_then_recovers(chain, error, fragment)
 
 
+@pytest.mark.parametrize("idle_audio", IDLE_AUDIO, ids=["idle-audio", "no-idle-audio"])
 @pytest.mark.parametrize(
     ("fault", "fragment"),
     [
         ("drop-after=3.5", "connection lost: event channel closed"),
-        ("consent-stop=3.5", "connection lost: no reply audio for"),
+        ("consent-stop=3.5", "connection lost: nothing received for 2."),
     ],
 )
 async def test_connection_lost_mid_reply_shows_an_error_and_recovers(
-    tmp_path, models_dir, fault, fragment
+    tmp_path, models_dir, fault, fragment, idle_audio
 ):
     """The peer drops, or the path goes silent, in the middle of a reply: the reply stops, the
     error is shown within a few seconds, then a wake works."""
+    faults = (fault, *idle_audio)
     async with run_chain(
-        tmp_path, models_dir, script=[{"say": STORY}], faults=(fault,), device=FAST_FAILURE
+        tmp_path, models_dir, script=[{"say": STORY}], faults=faults, device=FAST_FAILURE
     ) as chain:
         await chain.press()
         await chain.expect(Phase.WAKE, Phase.CONNECTING, Phase.LISTENING)
@@ -305,3 +314,24 @@ async def test_no_reply_after_the_user_stopped_ends_in_an_error(tmp_path, models
         assert error.reason == "no reply 2 s after the user stopped speaking"
         assert chain.calls()[0].close_reason == "hung up by the client"
         await assert_error_shown_then_recovers(chain, error, "no reply")
+
+
+async def test_long_pauses_between_turns_without_idle_audio(tmp_path, models_dir):
+    """The service sends no RTP at all between replies (no-idle-audio): three turns, each after
+    a 12 s pause, and the conversation goes on (before: "connection lost" after 5 s)."""
+    device = {"session": {"idle_timeout_s": 20.0}}
+    async with run_chain(
+        tmp_path, models_dir, reply="tone", faults=("no-idle-audio",), device=device
+    ) as chain:
+        await chain.press()
+        await chain.expect(Phase.WAKE, Phase.CONNECTING, Phase.LISTENING)
+        for _turn in range(3):
+            await asyncio.sleep(12.0)
+            chain.mic.speak(clip("what is the weather like today"))
+            await chain.expect(Phase.THINKING, Phase.SPEAKING, Phase.LISTENING, timeout=15)
+        await chain.press()
+        await chain.expect(Phase.IDLE)
+        assert Phase.ERROR not in [s.new for s in chain.seen], chain.describe()
+        replies = [e for e in chain.received() if e["type"] == "response.done"]
+        assert len(replies) == 3
+        assert not chain.logs.lines(logging.WARNING)

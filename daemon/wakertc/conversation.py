@@ -42,11 +42,10 @@ LOG_TEXT_LIMIT = 500
 # When the server says a reply's output stopped, its last ~100 ms are still in the network and the
 # jitter buffer: the reply has been heard once nothing audible has arrived for this long.
 REPLY_TAIL_S = 0.25
-# A reply whose audio stops arriving for this long means the path died without a word (ICE consent
-# checks would only notice after ~30 s): the conversation fails instead of "speaking" on.
+# Nothing at all from the peer for this long (no packet of any kind, and no answer to the call's
+# probes: see webrtc.py) means the path died without a word; ICE consent checks would only notice
+# after ~30 s. Mid-reply the user hears it stop, so sooner; otherwise they would talk to no one.
 REPLY_STALL_S = 2.0
-# Between replies the remote track carries silence (with Opus DTX, still a packet every 400 ms):
-# nothing at all for this long means the path is dead, and the user would talk to no one.
 PATH_STALL_S = 5.0
 # The `error` code with which the service ends a session at its maximum length, before it closes
 # the call.
@@ -128,7 +127,6 @@ class Conversation:
         self._replied = False  # the model's voice has been played in this conversation
         self._user_speaking = False  # between speech_started and speech_stopped
         self._last_audio_at = 0.0  # when audible reply audio was last received
-        self._audio_received_at = 0.0  # when any remote audio was last received
         self._speaker_quiet_since = 0.0
         self._ending_after_reply: str | None = None
         self._response_audio = False
@@ -417,7 +415,6 @@ class Conversation:
         self._response_audio = True
         self._server_speaking = True
         self._replied = True
-        self._audio_received_at = time.monotonic()
         self._phases.transition(Phase.SPEAKING, "reply audio")
 
     def _speaking_stopped(self, event: dict[str, Any]) -> None:
@@ -578,15 +575,14 @@ class Conversation:
         self._arm("reply", seconds, f"no {what} {seconds:g} s after {after}", failure=True)
 
     async def _watch_path(self) -> None:
-        self._audio_received_at = max(self._audio_received_at, time.monotonic())
-        while True:
-            await asyncio.sleep(REPLY_STALL_S / 4)
-            silent_for = time.monotonic() - self._audio_received_at
-            if self._server_speaking and silent_for > REPLY_STALL_S:
-                self.fail(f"connection lost: no reply audio for {silent_for:.1f} s mid-reply")
+        while self._call is not None:
+            await asyncio.sleep(REPLY_STALL_S / 8)
+            quiet_for = time.monotonic() - self._call.heard_at
+            if self._server_speaking and quiet_for > REPLY_STALL_S:
+                self.fail(f"connection lost: nothing received for {quiet_for:.1f} s mid-reply")
                 return
-            if silent_for > PATH_STALL_S:
-                self.fail(f"connection lost: nothing received for {silent_for:.1f} s")
+            if quiet_for > PATH_STALL_S:
+                self.fail(f"connection lost: nothing received for {quiet_for:.1f} s")
                 return
 
     async def _end_when_played(self, reason: str) -> None:
@@ -613,7 +609,6 @@ class Conversation:
             log.debug("could not send %s: channel not open", _clip(event["type"]))
 
     def _play(self, samples: NDArray[np.int16]) -> None:
-        self._audio_received_at = time.monotonic()
         if self._discarding:
             return
         # The remote track carries silence between replies; queueing it would keep the speaker
