@@ -309,7 +309,7 @@ class Conversation:
                 await call.close(hang_up=False)
                 raise SessionFailed(str(exc)) from exc
         self._stage = "waiting for the session to be configured"
-        self._manual_turns = _manual_turns(key.session)
+        self._manual_turns = manual_turns(key.session)
         self._send(session_update(key.session, self._tools))
         await self._settled.wait()  # session.updated, or ended/failed meanwhile
 
@@ -365,7 +365,7 @@ class Conversation:
     def _session_updated(self, event: dict[str, Any]) -> None:
         session = event.get("session")
         if isinstance(session, dict):  # the effective config, whoever changed it
-            self._manual_turns = _manual_turns(session)
+            self._manual_turns = manual_turns(session)
         self._live.set()
         self._settled.set()
 
@@ -670,7 +670,7 @@ class _FunctionCall:
         return cls(name, call_id, arguments if isinstance(arguments, str) else "{}")
 
 
-def _manual_turns(session: dict[str, Any]) -> bool:
+def manual_turns(session: dict[str, Any]) -> bool:
     """Whether a session has no turn detection (a press ends the user's turn)."""
     audio = session.get("audio")
     audio_in = audio.get("input") if isinstance(audio, dict) else None
