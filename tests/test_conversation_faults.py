@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 
 import pytest
 
@@ -335,3 +336,19 @@ async def test_long_pauses_between_turns_without_idle_audio(tmp_path, models_dir
         replies = [e for e in chain.received() if e["type"] == "response.done"]
         assert len(replies) == 3
         assert not chain.logs.lines(logging.WARNING)
+
+
+async def test_audio_failure_during_connecting_stops_the_connect_at_once(tmp_path, models_dir):
+    """The audio device fails while the call is being set up: the connect stops at once and the
+    error names the device (before: it ran on to the connect timeout and blamed that)."""
+    device = {"session": {"connect_timeout_s": 3.0}}
+    async with run_chain(tmp_path, models_dir, faults=("calls-hang",), device=device) as chain:
+        await chain.press()
+        await chain.expect(Phase.WAKE, Phase.CONNECTING)
+        failed_at = time.monotonic()
+        chain.mic.on_error(OSError("the device was unplugged"))  # as the backend reports it
+        (error,) = await chain.expect(Phase.ERROR, timeout=2)
+        assert error.reason == "audio device lost"
+        found, line = await chain.wait_log("conversation failed", timeout=2)
+        assert line == "conversation failed: the audio device failed"
+        assert found - failed_at < 0.5

@@ -241,9 +241,9 @@ async def test_companion_killed_while_minting_then_restarted(
 
 async def test_emulator_killed_mid_reply_then_restarted(tmp_path: Path, models_dir: Path) -> None:
     """SIGKILL the Realtime emulator while the device plays a long reply: the reply stops and
-    the error shows within ~2 s (nothing received mid-reply), a wake while the emulator is down fails at
-    once (connection refused), and after a restart on the same port the next press opens a
-    session: the old key is unknown to the new process, so the device fetches another."""
+    the error shows within ~2 s (nothing received mid-reply), a wake while the emulator is down
+    fails at once (connection refused), and after a restart on the same port the next press
+    opens a session: the old key is unknown to the new process, so the device fetches another."""
     script = tmp_path / "script.json"
     script.write_text(json.dumps([{"say": STORY}]))
     async with fault_chain(tmp_path, models_dir, emulator_args=("--script", str(script))) as (
