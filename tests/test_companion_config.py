@@ -186,3 +186,51 @@ def test_policy_becomes_a_session_the_api_accepts(tmp_path: Path) -> None:
     )
     td = create_session(semantic.session.session_object())["audio"]["input"]["turn_detection"]
     assert td["type"] == "semantic_vad" and td["eagerness"] == "high"
+
+
+WHISPER = '[session]\ntype = "transcription"\ntranscription_model = "gpt-realtime-whisper"\n'
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "expected"),
+    [
+        (
+            "[session.turn_detection]\nidle_timeout_ms = 4999\n",
+            "session.turn_detection.idle_timeout_ms",
+            "0 (off) or an integer 5000..30000",
+        ),
+        (
+            "[session.turn_detection]\nidle_timeout_ms = 30001\n",
+            "session.turn_detection.idle_timeout_ms",
+            "0 (off) or an integer 5000..30000",
+        ),
+        ('[session]\nmodel = "gpt-4o"\n', "session.model", "one of gpt-realtime"),
+        (
+            '[session]\ntranscription_model = "whisper-9"\n',
+            "session.transcription_model",
+            "Supported values are: 'whisper-1'",
+        ),
+        (WHISPER, "session.turn_detection.type", "does not support turn detection"),
+        ("[session]\nkey_lifetime_s = 7201\n", "session.key_lifetime_s", "an integer 10..7200"),
+    ],
+)
+def test_values_the_service_refuses_are_refused_at_load(
+    tmp_path: Path, text: str, key: str, expected: str
+) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(CompanionConfigError) as caught:
+        load_companion_config(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: {key}: ")
+    assert expected in message
+
+
+def test_values_at_the_service_limits_load_and_the_emulator_accepts_them(tmp_path: Path) -> None:
+    for text in (
+        "[session.turn_detection]\nidle_timeout_ms = 5000\nthreshold = 1.0\n",
+        "[session.turn_detection]\nidle_timeout_ms = 30000\nthreshold = 0.0\n",
+        WHISPER + '[session.turn_detection]\ntype = "none"\n',
+        '[session]\nmodel = "gpt-realtime-mini"\nkey_lifetime_s = 7200\n',
+    ):
+        config = load_companion_config(write(tmp_path, text))
+        create_session(config.session.session_object())  # raises if the service would refuse

@@ -139,7 +139,6 @@ command = ["date"]
             "[session]\nnoise_reduction = 'near_field'\n",
             r"session\.noise_reduction = .*companion's policy sets it \(\[session\] noise_red",
         ),
-        ("[session]\nmax_session_s = 3601\n", r"session\.max_session_s = 3601\.0: at most 3600"),
         ("[session]\nreply_timeout_s = 0\n", r"session\.reply_timeout_s = 0\.0: a positive"),
         (
             "[[tools]]\nname = 'end_conversation'\ncommand = ['true']\n",
@@ -280,3 +279,21 @@ def test_check_config_as_a_process_uses_the_env_variable(write_config):
     assert result.stderr.strip() == (
         f"{path}: log.level = 'loud': one of 'debug', 'info', 'warning', 'error'"
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "[session]\nmax_session_s = 3601\n",
+            r"session\.max_session_s = 3601\.0: at most 3600 seconds",
+        ),
+    ],
+)
+def test_values_the_service_refuses_are_refused_at_load(write_config, text, expected):
+    lines = problems_of(write_config(text))
+    assert any(re.search(expected, line) for line in lines), lines
+
+
+def test_values_at_the_service_limits_load(write_config):
+    load_config(write_config("[session]\nmax_session_s = 3600\n"))

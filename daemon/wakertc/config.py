@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .limits import MAX_SESSION_S
+from . import limits
 
 DEFAULT_PATH = Path("/etc/wakertc/wakertc.toml")
 ENV_VAR = "WAKERTC_CONFIG"
@@ -416,14 +416,7 @@ def _check_semantics(config: Config, source: Path) -> list[Problem]:
     ):
         if value <= 0:
             problems.append(Problem(name, value, "a positive number of seconds"))
-    if config.session.max_session_s > MAX_SESSION_S:
-        problems.append(
-            Problem(
-                "session.max_session_s",
-                config.session.max_session_s,
-                f"at most {MAX_SESSION_S:g} seconds (the Realtime API ends a session then)",
-            )
-        )
+    problems += _check_service_limits(config.session)
 
     if not config.wake.words:
         problems.append(Problem("wake.words", [], "at least one wake word"))
@@ -497,6 +490,24 @@ def _check_semantics(config: Config, source: Path) -> list[Problem]:
         problems.extend(_check_token_file(companion.token_file))
     if companion.ca_file is not None and not companion.ca_file.is_file():
         problems.append(Problem("companion.ca_file", str(companion.ca_file), "an existing file"))
+    return problems
+
+
+def _check_service_limits(session: SessionConfig) -> list[Problem]:
+    """What the Realtime service itself would refuse, from the one table in `wakertc.limits`.
+
+    The settings the service checks most (turn detection, transcription) are the companion's
+    policy, checked in its config from the same table; the device has only the session length.
+    """
+    problems = []
+    if session.max_session_s > limits.MAX_SESSION_S:
+        problems.append(
+            Problem(
+                "session.max_session_s",
+                session.max_session_s,
+                f"at most {limits.MAX_SESSION_S} seconds: the service ends every session then",
+            )
+        )
     return problems
 
 

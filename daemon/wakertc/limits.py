@@ -125,6 +125,11 @@ class Range:
             )
         return None
 
+    @property
+    def bounds(self) -> tuple[float, float]:
+        """(low, high)."""
+        return self.low, self.high
+
     def describe(self) -> str:
         """`5000..30000`, for config error messages."""
         text = f"{self.low:g}..{self.high:g}"
@@ -158,12 +163,15 @@ class Choice:
 
 Limit = Range | Choice
 
+VAD_THRESHOLD = Range(0.0, 1.0)
+"""server_vad's `threshold`."""
+
 LIMITS: dict[str, Limit] = {
     "type": Choice(SESSION_TYPES),
     "model": Choice(REALTIME_MODELS),
     "max_output_tokens": Range(1, 4096, integer=True, also=("inf",)),
     "audio.input.turn_detection.type": Choice(TURN_DETECTION_TYPES),
-    "audio.input.turn_detection.threshold": Range(0.0, 1.0),
+    "audio.input.turn_detection.threshold": VAD_THRESHOLD,
     "audio.input.turn_detection.idle_timeout_ms": Range(5000, 30000, integer=True),
     "audio.input.turn_detection.eagerness": Choice(EAGERNESS),
     "audio.input.noise_reduction.type": Choice(NOISE_REDUCTION_TYPES),

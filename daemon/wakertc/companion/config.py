@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-VOICES = ("alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar")
+from .. import limits
+
+VOICES = limits.VOICES
 DEFAULT_PORT = 8780
 DEFAULT_INSTRUCTIONS = (
     "You are a friendly voice assistant on a small speaker. Keep answers short and spoken-style."
@@ -73,7 +75,7 @@ class SessionPolicy:
     """System instructions (realtime sessions)."""
     voice: str = "marin"
     """Output voice (realtime sessions)."""
-    key_lifetime_s: int = 600
+    key_lifetime_s: int = limits.KEY_SECONDS_DEFAULT
     """Lifetime of each minted key, 10..7200 s (a started session outlives it)."""
     turn_detection: dict[str, Any] | None = field(
         default_factory=lambda: {
@@ -198,6 +200,19 @@ def read_api_key(config: CompanionConfig, environ: Mapping[str, str] | None = No
     return key
 
 
+# Where each session parameter the limits table checks comes from in this file.
+_CONFIG_KEYS = {
+    "model": "session.model",
+    "audio.output.voice": "session.voice",
+    "audio.input.turn_detection": "session.turn_detection.type",
+    "audio.input.turn_detection.threshold": "session.turn_detection.threshold",
+    "audio.input.turn_detection.idle_timeout_ms": "session.turn_detection.idle_timeout_ms",
+    "audio.input.turn_detection.eagerness": "session.turn_detection.eagerness",
+    "audio.input.noise_reduction.type": "session.noise_reduction",
+    "audio.input.transcription.model": "session.transcription_model",
+}
+
+
 class _Reader:
     """Walks the parsed TOML, checking each key against what it may hold."""
 
@@ -270,18 +285,32 @@ class _Reader:
         noise = self._choice(
             table, "session.noise_reduction", "far_field", ("near_field", "far_field", "off")
         )
-        return SessionPolicy(
+        policy = SessionPolicy(
             type=kind,
-            model=self._str(table, "session.model", "gpt-realtime", nonempty=True),
+            model=self._choice(table, "session.model", "gpt-realtime", limits.REALTIME_MODELS),
             instructions=self._str(table, "session.instructions", DEFAULT_INSTRUCTIONS),
             voice=self._choice(table, "session.voice", "marin", VOICES),
-            key_lifetime_s=self._int(table, "session.key_lifetime_s", 600, 10, 7200),
+            key_lifetime_s=self._int(
+                table,
+                "session.key_lifetime_s",
+                limits.KEY_SECONDS_DEFAULT,
+                limits.KEY_SECONDS_MIN,
+                limits.KEY_SECONDS_MAX,
+            ),
             turn_detection=self._turn_detection(table.get("turn_detection", {})),
             noise_reduction=None if noise == "off" else noise,
             transcription_model=self._str(table, "session.transcription_model", ""),
             language=self._str(table, "session.language", ""),
             tools=self._tools(table.get("tools", [])),
         )
+        self._check_limits(policy)
+        return policy
+
+    def _check_limits(self, policy: SessionPolicy) -> None:
+        """What the service would refuse in the session this policy sends, by config key."""
+        for problem in limits.check_session(policy.session_object(), prefix=""):
+            key = _CONFIG_KEYS.get(problem.param, "session")
+            raise CompanionConfigError(f"{self.path}: {key}: {problem.message}")
 
     def _turn_detection(self, table: Any) -> dict[str, Any] | None:
         where = "session.turn_detection"
@@ -312,8 +341,12 @@ class _Reader:
         result["silence_duration_ms"] = self._int(
             table, f"{where}.silence_duration_ms", 500, 0, 10_000
         )
-        idle = self._int(table, f"{where}.idle_timeout_ms", 0, 0, 3_600_000)
-        if idle:
+        idle = table.get("idle_timeout_ms", 0)
+        if idle != 0:  # 0 = off; else within the service's range
+            idle_range = limits.LIMITS["audio.input.turn_detection.idle_timeout_ms"]
+            if idle_range.problem(f"{where}.idle_timeout_ms", idle) is not None:
+                expected = f"0 (off) or an integer {idle_range.describe()} (got {idle!r})"
+                raise self._error(f"{where}.idle_timeout_ms", expected)
             result["idle_timeout_ms"] = idle
         return result
 

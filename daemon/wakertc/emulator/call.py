@@ -277,12 +277,13 @@ class EmulatedCall:
             seconds = limits.MAX_SESSION_S
         await asyncio.sleep(max(0.0, self.started + seconds - time.monotonic()))
         length = f"{seconds / 60:g} minutes" if seconds >= 60 else f"{seconds:g} seconds"
-        self._send_event(
-            error_event(
-                f"Your session hit the maximum duration of {length}.", code="session_expired"
+        if not self._faults.silent:
+            self._send_event(
+                error_event(
+                    f"Your session hit the maximum duration of {length}.", code="session_expired"
+                )
             )
-        )
-        await self._flush()
+            await self._flush()
         await self.close(f"maximum session length ({seconds:g} s)")
 
     async def _flush(self) -> None:

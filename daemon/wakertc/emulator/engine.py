@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from .. import limits
 from .audio_buffer import RATE, InputAudioBuffer, Samples, ms
 from .conversation import Conversation
 from .events import (
@@ -125,48 +126,35 @@ class RealtimeEngine:
             return
         client_event_id = message.get("event_id")
         client_event_id = client_event_id if isinstance(client_event_id, str) else None
+        kind = message.get("type")
         if self._validator is not None:
             problem = self._validator.check(message)
             if problem is not None:
-                self._send(
-                    error_event(
-                        problem.message,
-                        code=problem.code,
-                        param=problem.param,
-                        client_event_id=client_event_id,
-                    )
-                )
+                self._refuse(kind, problem.message, problem.code, problem.param, client_event_id)
                 return
-        kind = message.get("type")
         handler = self._HANDLERS.get(kind) if isinstance(kind, str) else None
         if handler is None:
-            self._send(
-                error_event(
-                    f"Invalid value: {kind!r}. Unknown client event type.",
-                    code="invalid_value",
-                    param="type",
-                    client_event_id=client_event_id,
-                )
-            )
+            message_text = f"Invalid value: {kind!r}. Unknown client event type."
+            self._refuse(kind, message_text, "invalid_value", "type", client_event_id)
             return
         try:
             handler(self, message)
         except _ClientError as exc:
-            self._send(
-                error_event(
-                    exc.message, code=exc.code, param=exc.param, client_event_id=client_event_id
-                )
-            )
+            self._refuse(kind, exc.message, exc.code, exc.param, client_event_id)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             # Shapes the SDK check would have caught; without the SDK, answer, never crash.
             log.info("malformed %s event: %r", kind, exc)
-            self._send(
-                error_event(
-                    f"Invalid '{kind}' event: {exc}",
-                    code="invalid_value",
-                    client_event_id=client_event_id,
-                )
+            self._refuse(
+                kind, f"Invalid '{kind}' event: {exc}", "invalid_value", None, client_event_id
             )
+
+    def _refuse(
+        self, kind: Any, message: str, code: str, param: str | None, client_event_id: str | None
+    ) -> None:
+        """Answer a client event the service would not accept; logged, since a client that
+        sends one has a bug a real call would show too."""
+        log.info("refused a %s event: %s (param %s): %s", kind, code, param, message)
+        self._send(error_event(message, code=code, param=param, client_event_id=client_event_id))
 
     def _on_session_update(self, message: dict[str, Any]) -> None:
         try:
@@ -269,6 +257,14 @@ class RealtimeEngine:
                 "conversation_already_has_active_response",
             )
         params = message.get("response") or {}
+        voice = (params.get("audio") or {}).get("output", {}).get("voice")
+        for path, value in (
+            ("max_output_tokens", params.get("max_output_tokens")),
+            ("audio.output.voice", voice),
+        ):
+            problem = limits.check(path, value, prefix="response.") if value is not None else None
+            if problem is not None:
+                raise _ClientError(problem.message, problem.code, problem.param)
         self._start_response(
             modalities=params.get("output_modalities"),
             metadata=params.get("metadata"),

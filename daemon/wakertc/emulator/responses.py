@@ -23,7 +23,16 @@ from typing import Any
 
 from .audio_buffer import RATE
 from .conversation import Conversation
-from .events import assistant_item, event, function_call_item, new_id, response_object, usage
+from .events import (
+    assistant_item,
+    audio_tokens,
+    event,
+    function_call_item,
+    new_id,
+    response_object,
+    text_tokens,
+    usage,
+)
 from .playout import ReplyTrack
 from .replies import Reply
 from .script import FunctionCall, ScriptTurn
@@ -40,16 +49,6 @@ ARGUMENT_CHUNKS = 8  # deltas a streamed function call's arguments come in
 
 class OutOfTokens(Exception):
     """The response reached its `max_output_tokens`; what was written so far is closed."""
-
-
-def audio_tokens(ms: float) -> int:
-    """Output tokens of `ms` of audio (the `usage` estimate)."""
-    return int(ms / 100)
-
-
-def text_tokens(text: str) -> int:
-    """Output tokens of some text (the `usage` estimate)."""
-    return max(1, len(text) // 4) if text else 0
 
 
 @dataclass
