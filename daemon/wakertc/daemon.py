@@ -335,7 +335,7 @@ class Daemon:
                 # A bug or an error nobody foresaw (e.g. from a library): the same error path, so
                 # the device is not left CONNECTING, where a wake word is ignored, until a restart.
                 log.exception("conversation failed unexpectedly")
-                self._show_error(f"unexpected error: {type(exc).__name__}: {exc}")
+                self._show_error(f"unexpected error: {type(exc).__name__}: {str(exc)[:200]}")
         finally:
             self._set_echo_cancelling(False)
             self._conversation = None
