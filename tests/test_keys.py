@@ -345,6 +345,31 @@ async def test_retry_after_on_a_503_sets_the_keepers_next_attempt(companion) -> 
         await client.aclose()
 
 
+async def test_keeper_survives_an_unexpected_error_and_keeps_trying(caplog):
+    """An error no handler foresaw (httpx.InvalidURL from a URL that bypassed the config's
+    checks) is a failed attempt like any other: the keeper's task goes on retrying, reports the
+    companion unhealthy, a conversation's `get` gets a CompanionError, and the traceback is
+    logged once, not at every retry."""
+    client = CompanionClient(CompanionConfig(url="http://[::1", timeout_s=1.0), "tok-123")
+    reports: list[CompanionError | None] = []
+    keeper = KeyKeeper(client, retry_initial_s=0.05, retry_max_s=0.1, on_health=reports.append)
+    task = asyncio.create_task(keeper.run())
+    try:
+        await asyncio.sleep(1.0)
+        assert not task.done(), task
+        assert len(reports) == 1 and "unexpected error: InvalidURL" in str(reports[0])
+        with pytest.raises(CompanionError, match="unexpected error: InvalidURL"):
+            await keeper.get()
+        tracebacks = [r for r in caplog.records if r.exc_info and r.name == "wakertc.keys"]
+        assert len(tracebacks) == 1
+        retries = caplog.text.count("could not renew the session key")
+        assert retries >= 5
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await client.aclose()
+
+
 @pytest.mark.parametrize(
     ("status", "headers", "expected"),
     [

@@ -381,6 +381,7 @@ class Daemon:
             tools=self.tools,
             woke_at=woke_at,
             on_transcript=self._on_transcript,
+            on_transcription_failed=self._on_transcription_failed,
         )
         for frame in self._preroll:
             conversation.push_mic(frame)
@@ -395,14 +396,12 @@ class Daemon:
             except SessionFailed as exc:
                 self.last_wake_to_live_s = conversation.wake_to_live_s
                 log.error("conversation failed: %s", exc)
-                self._conversation = None
-                self.phases.transition(Phase.ERROR, str(exc))
-                # Shown for a while by a timer, not by this task: a wake word or a press during
-                # the display starts the next conversation at once.
-                if self._error_timer is not None:
-                    self._error_timer.cancel()
-                loop = asyncio.get_running_loop()
-                self._error_timer = loop.call_later(ERROR_DISPLAY_S, self._error_shown)
+                self._show_error(str(exc))
+            except Exception as exc:
+                # A bug or an error nobody foresaw (e.g. from a library): the same error path, so
+                # the device is not left CONNECTING, where a wake word is ignored, until a restart.
+                log.exception("conversation failed unexpectedly")
+                self._show_error(f"unexpected error: {type(exc).__name__}: {str(exc)[:200]}")
         finally:
             self._set_echo_cancelling(False)
             self._conversation = None
@@ -413,6 +412,16 @@ class Daemon:
             # it used.
             asyncio.get_running_loop().call_later(RELEASE_AFTER_S, self._release_memory)
 
+    def _show_error(self, reason: str) -> None:
+        self._conversation = None
+        self.phases.transition(Phase.ERROR, reason)
+        # Shown for a while by a timer, not by this task: a wake word or a press during the
+        # display starts the next conversation at once.
+        if self._error_timer is not None:
+            self._error_timer.cancel()
+        loop = asyncio.get_running_loop()
+        self._error_timer = loop.call_later(ERROR_DISPLAY_S, self._error_shown)
+
     def _release_memory(self) -> None:
         if self._conversation_task is None:  # a collection pause must not hit a live call
             release_free_memory()
@@ -420,12 +429,18 @@ class Daemon:
     def _error_shown(self) -> None:
         """The error has been shown long enough: listen again, unless something took over."""
         self._error_timer = None
-        idle = self._conversation_task is None and not self._muted and not self._audio_lost
+        idle = self._conversation_task is None and not self._audio_lost
         if idle and self.phases.phase is Phase.ERROR:
-            self._listen_for_wake("listening again")
+            if self._muted:  # muted while the conversation was failing: the user's choice holds
+                self.phases.transition(Phase.MUTED, "microphone muted")
+            else:
+                self._listen_for_wake("listening again")
 
     def _on_transcript(self, text: str, item_id: str) -> None:
         self.hook.send({"event": "transcript", "text": text, "item_id": item_id})
+
+    def _on_transcription_failed(self, message: str, item_id: str) -> None:
+        self.hook.send({"event": "transcription_failed", "error": message, "item_id": item_id})
 
     # -- echo cancellation -------------------------------------------------------------------
 

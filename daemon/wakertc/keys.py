@@ -72,6 +72,10 @@ class CompanionBusy(CompanionError):
     retry_after_s: float
 
 
+class _Unexpected(CompanionError):
+    """Getting a key failed in a way no handler foresaw (a bug, a library error)."""
+
+
 @dataclass(frozen=True)
 class EphemeralKey:
     """A minted key and the session policy it carries."""
@@ -284,6 +288,14 @@ class KeyKeeper:
         except CompanionError as exc:
             self._set_health(exc)
             raise
+        except Exception as exc:
+            # A bug or an error nobody foresaw must not end the keeper's task for good: it is a
+            # failed attempt like any other, retried with backoff (traceback logged once).
+            if not isinstance(self.last_error, _Unexpected):
+                log.exception("unexpected error while getting a session key")
+            error = _Unexpected(f"unexpected error: {type(exc).__name__}: {exc}")
+            self._set_health(error)
+            raise error from exc
         self._set_health(None)
         self._key = key
         log.info(

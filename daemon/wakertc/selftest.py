@@ -34,7 +34,7 @@ import time
 import wave
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import numpy as np
@@ -43,6 +43,9 @@ from numpy.typing import NDArray
 from .audio import CAPTURE_RATE, PLAYBACK_RATE
 from .config import Config, ConfigError, config_path, load_config, read_token
 from .logs import redact, register_secret, setup_logging
+
+if TYPE_CHECKING:
+    from .keys import EphemeralKey
 
 log = logging.getLogger(__name__)
 
@@ -333,19 +336,19 @@ async def run_selftest(config: Config, *, reply_timeout_s: float = REPLY_TIMEOUT
         timeout=httpx.Timeout(config.session.connect_timeout_s),
         event_hooks={"request": [calls.request], "response": [calls.response]},
     ) as http:
-        await _call(config, key.value, http, calls, report, reply_timeout_s)
+        await _call(config, key, http, calls, report, reply_timeout_s)
     return report
 
 
 async def _call(
     config: Config,
-    key: str,
+    key: EphemeralKey,
     http: httpx.AsyncClient,
     calls: _HttpLog,
     report: Report,
     reply_timeout_s: float,
 ) -> None:
-    from .conversation import SILENCE_PEAK, session_update
+    from .conversation import SILENCE_PEAK, manual_turns, session_update
     from .tools import ToolRunner
     from .webrtc import CallError, MicTrack, RealtimeCall
 
@@ -375,7 +378,7 @@ async def _call(
         probe.started = time.monotonic()
         try:
             async with asyncio.timeout(session.connect_timeout_s):
-                await call.connect(key)
+                await call.connect(key.value)
         except CallError as exc:
             # A refusal's status and envelope are in the HTTP log already.
             if not any(f.where == "call" for f in report.errors):
@@ -393,7 +396,7 @@ async def _call(
                 timings["offer_answer"] = calls.timings_ms[path]
         timings["channel_open"] = _ms(time.monotonic() - probe.started)
         feeder = asyncio.get_running_loop().create_task(speaker.run(), name="selftest-microphone")
-        call.send(session_update(session, ToolRunner(config.tools)))
+        call.send(session_update(key.session, ToolRunner(config.tools)))
         configured = await probe.wait(
             lambda: probe.first("session.updated") is not None or bool(probe.error_events),
             session.connect_timeout_s,
@@ -416,7 +419,7 @@ async def _call(
         speaker.say(question)
         await speaker.said.wait()
         question_end = time.monotonic()
-        if session.turn_detection == "none":
+        if manual_turns(key.session):
             # Without VAD the device ends the turn itself, as the button does.
             call.send({"type": "input_audio_buffer.commit"})
             if session.mode != "transcription":
