@@ -7,7 +7,7 @@
 #
 # The root is installed from scratch each run by scripts/bootstrap.sh --test, as on a new machine;
 # the debootstrapped base and apt's and pip's downloads are cached in $WAKERTC_TRIXIE_ROOTS
-# (default /var/tmp/wakertc-trixie). Every mount is undone on exit, failed or not.
+# (default /var/tmp/wakertc-trixie). Every mount is undone on exit, failed, interrupted or not.
 set -euo pipefail
 
 src=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -66,4 +66,6 @@ status=0
 debroot_run "$work" "cd /root/wakertc && .venv/bin/python -m pytest -q -p no:cacheprovider ${args[*]}" ||
     status=$?
 log "pytest in Debian 13 took $((SECONDS - tests_start)) s; all of check-trixie.sh $((SECONDS - start)) s"
+# A failed root stays for a look inside (chroot $work); a good one is 2 GB of nothing.
+((status)) || debroot_remove "$work"
 exit $status

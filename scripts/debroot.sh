@@ -8,6 +8,7 @@
 #   debroot_run WORK COMMAND         run COMMAND with bash in WORK, in a clean environment
 #   debroot_copy_source SRC DIR      SRC's tracked and new files (as a clone has them, no models)
 #   debroot_umount WORK              unmount everything under WORK (also done on exit)
+#   debroot_remove WORK              unmount, then delete WORK
 
 DEBROOT_MIRROR=${DEBROOT_MIRROR:-http://deb.debian.org/debian}
 DEBROOT_MOUNTED=()
@@ -36,16 +37,29 @@ debroot_umount() {
         while read -r mount; do umount -l "$mount"; done
 }
 
+debroot_remove() {
+    local work=$1
+    debroot_umount "$work"
+    # Never delete through a mount: that would reach the host's /dev or a cache.
+    if awk -v p="$work/" 'index($2, p) == 1 { found = 1 } END { exit !found }' /proc/mounts; then
+        printf '[debroot] %s still has mounts; not deleting it\n' "$work" >&2
+        return 1
+    fi
+    rm -rf "$work"
+}
+
 _debroot_cleanup() {
     local work
     for work in "${DEBROOT_MOUNTED[@]}"; do debroot_umount "$work"; done
 }
 trap _debroot_cleanup EXIT
+# Interrupted or timed out: exit, so that the EXIT trap unmounts.
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 debroot_fresh() {
     local base=$1 work=$2 cache=$3
-    debroot_umount "$work"
-    rm -rf "$work"
+    debroot_remove "$work"
     cp -a "$base" "$work"
     DEBROOT_MOUNTED+=("$work")
     mount -t proc proc "$work/proc"
