@@ -73,7 +73,7 @@ if [[ ! -f $models/hey_jarvis_v0.1.tflite || ! -f $models/embedding_model.tflite
     log "fetching openWakeWord models into $models"
     tmp=$(mktemp -d)
     trap 'rm -rf "$tmp"' EXIT
-    "$venv/bin/pip" download -q --no-deps -d "$tmp" wyoming-openwakeword==1.8.2
+    "$venv/bin/pip" download -q --no-deps --require-hashes -d "$tmp" -r "$root/requirements/models.txt"
     mkdir -p "$models"
     unzip -q -j -o "$tmp"/wyoming_openwakeword-*.whl 'wyoming_openwakeword/models/*.tflite' -d "$models"
 fi
