@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Debian roots made with debootstrap, for scripts/check-arm64.sh and scripts/check-trixie.sh.
 # Sourced, not run. As root. A root is built once into a cache and copied for each run, so every
 # run installs into a fresh system; apt's and pip's download caches are kept between runs.

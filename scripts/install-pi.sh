@@ -242,8 +242,9 @@ install_gpio_rule() {
     install -m 0644 -o 0 -g 0 "$src/systemd/$rule" "$R/etc/udev/rules.d/$rule"
     log "GPIO: installed /etc/udev/rules.d/$rule (group gpio gets /dev/gpiochip*)"
     if ((live)) && command -v udevadm >/dev/null; then
-        udevadm control --reload-rules && udevadm trigger --subsystem-match=gpio ||
+        if ! { udevadm control --reload-rules && udevadm trigger --subsystem-match=gpio; }; then
             log "warning: udevadm could not apply $rule; it applies from the next boot"
+        fi
     fi
 }
 install_gpio_rule
