@@ -5,7 +5,7 @@
 # "hey jarvis" spoken by espeak-ng (made here: a device has no espeak-ng). As root; slow (qemu-user
 # runs everything ~10x slower: no timings from here mean anything on a Pi).
 #
-#   sudo scripts/check-arm64.sh [SUITE...]      default: bookworm trixie
+#   sudo scripts/check-arm64.sh [SUITE...]      default: bookworm trixie (one after the other)
 #
 # Prints one line per OS on stdout; the full logs go to $WAKERTC_ARM64_ROOTS/SUITE-run.log.
 # Roots are cached in $WAKERTC_ARM64_ROOTS (default /work/arm64-roots): the debootstrapped base
@@ -57,15 +57,23 @@ check() { # SUITE -> one line on stdout
         debroot_umount "$work"
         return 1
     fi
+    # Under qemu-user, /proc/cpuinfo describes the x86 host; with the host's /sys beside it,
+    # XNNPACK's CPU detection (in ai-edge-litert) takes the emulated arm64 for something it is
+    # not and crashes. Without /sys it falls back to the defaults, as it never needs to on a Pi.
+    umount -l "$work/sys"
     python=$(debroot_run "$work" "/opt/wakertc/venv/bin/python -c 'import sys; print(sys.version.split()[0])'")
     help=$(debroot_run "$work" "wakertc --help >/dev/null && echo ok || echo FAILED")
     check=$(debroot_run "$work" "runuser -u wakertc -- wakertc check-config /etc/wakertc/wakertc.toml 2>&1" |
         tee -a "$log" | head -n 1) || true
-    detect=$(debroot_run "$work" "runuser -u wakertc -- wakertc detect --config /etc/wakertc/wakertc.toml /tmp/hey-jarvis.wav 2>>/dev/null" |
+    detect=$(debroot_run "$work" "runuser -u wakertc -- wakertc detect --config /etc/wakertc/wakertc.toml /tmp/hey-jarvis.wav 2>>/tmp/detect.err" |
         tee -a "$log" | head -n 1) || true
+    best=$(grep -a 'best score' "$work/tmp/detect.err" | head -n 1) || true
+    cat "$work/tmp/detect.err" >>"$log"
     debroot_umount "$work"
+    # shellcheck disable=SC1091 # the root's os-release, read in a subshell
     line="$suite arm64 ($(. "$work/etc/os-release" && echo "$PRETTY_NAME"), Python $python): $status"
     line+="; --help $help; check-config: ${check:-no output}; detect: ${detect:-nothing detected}"
+    line+=" (${best:-no score: see the log})"
     echo "$line"
     [[ $help == ok && $detect == *'"word": "hey_jarvis"'* ]]
 }
