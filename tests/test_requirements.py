@@ -101,3 +101,42 @@ def test_bootstrap_refuses_a_python_without_a_set(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "no dependency set for Python 3.10 in requirements/" in result.stderr
     assert not (tmp_path / "venv").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="as a user, bootstrap.sh runs apt-get by sudo")
+@pytest.mark.parametrize(
+    ("mode", "wanted", "unwanted"),
+    [
+        ("--device", {"portaudio19-dev", "libsystemd-dev"}, {"espeak-ng", "sox", "pulseaudio"}),
+        ("", {"portaudio19-dev", "espeak-ng", "sox"}, {"pulseaudio"}),
+        ("--test", {"portaudio19-dev", "espeak-ng", "sox", "pulseaudio"}, set()),
+    ],
+    ids=["device", "demo", "test"],
+)
+def test_bootstrap_installs_demo_packages_only_off_the_device(
+    tmp_path: Path, mode: str, wanted: set[str], unwanted: set[str]
+) -> None:
+    """A device gets no espeak-ng or sox: seen by what bootstrap.sh asks apt-get to install."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    asked = tmp_path / "apt-args"
+    fakes = {
+        "dpkg-query": "exit 1\n",  # nothing is installed
+        "apt-get": f'[ "$1" = update ] && exit 0\necho "$@" > {asked}\nexit 1\n',
+    }
+    for name, body in fakes.items():
+        (bin_dir / name).write_text("#!/bin/sh\n" + body)
+        (bin_dir / name).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    env["WAKERTC_VENV"] = str(tmp_path / "venv")
+    result = subprocess.run(
+        ["bash", str(ROOT / "scripts/bootstrap.sh"), *filter(None, [mode])],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0  # the fake apt-get fails once it has been asked
+    packages = set(asked.read_text().split())
+    assert wanted <= packages and not unwanted & packages, packages
