@@ -29,6 +29,7 @@ FAST=(
     tests/test_notify.py                 # systemd-python's sd_notify (built from source on 3.13)
     tests/test_leds.py                   # gpiozero with the mock pin factory
     tests/test_install.py                # install-pi.sh, including its machine check, on Debian 13
+    tests/test_requirements.py           # the pinned sets; bootstrap.sh's choice of set and packages
     tests/test_units.py                  # systemd 257's systemd-analyze on our units
     # One chain: a wake phrase through PulseAudio and PyAudio into the daemon, a real WebRTC call
     # to the emulator, the reply back out of the speaker.
