@@ -34,6 +34,7 @@ from .logs import register_secret
 from .memory import limit_malloc_arenas, release_free_memory
 from .sounds import CueError
 from .state import Phase, PhaseMachine, Transition
+from .timers import Entry, Timers
 from .wakeword import Detection, WakeWordDetector, WakeWordError
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ class Edges:
     pin_factory: Any = None
     companion_transport: httpx.AsyncBaseTransport | None = None
     listeners: list[Any] = field(default_factory=list)
+    clock: Any = None  # the timers' wall and monotonic clocks (timers.Clock); None = the system's
 
 
 class Daemon:
@@ -87,6 +89,9 @@ class Daemon:
         self._audio_lost = False
         self._audio_flowing = asyncio.Event()
         self._error_timer: asyncio.TimerHandle | None = None
+        self.timers: Timers | None = None
+        self._ringing: list[Entry] = []  # what rings now, or will when the conversation ends
+        self._ring_timer: asyncio.TimerHandle | None = None
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -96,7 +101,9 @@ class Daemon:
         from .hooks import PhaseHook
         from .leds import StatusLeds
         from .notify import Systemd
+        from .ringtone import RingTone
         from .sounds import Cues
+        from .timers import TimerTools
         from .tools import ToolRunner
 
         loop = self._loop = asyncio.get_running_loop()
@@ -106,7 +113,10 @@ class Daemon:
         self.leds = StatusLeds(config.leds, self.edges.pin_factory)
         self.cues = Cues(config.sounds, self._play_cue)
         self.hook = PhaseHook(config.hook, loop)
-        for listener in (self.leds, self.cues, self.hook, self.systemd, *self.edges.listeners):
+        # Before the cues: leaving `ringing` silences the ring, not the cue that follows.
+        self.ringtone = RingTone(config.timers, self._play_cue, self._clear_playback)
+        listeners = (self.leds, self.ringtone, self.cues, self.hook, self.systemd)
+        for listener in (*listeners, *self.edges.listeners):
             self.phases.add_listener(listener)
         self.phases.add_listener(self._echo_cancel_when_speaking)
         self.button = make_button(
@@ -117,7 +127,16 @@ class Daemon:
             self.on_long_press,
             self.on_press,
         )
-        self.tools = ToolRunner(config.tools)
+        self.timers = Timers(
+            config.timers,
+            config.state.dir,
+            on_due=self._timers_due,
+            on_missed=self._timer_missed,
+            clock=self.edges.clock,
+        )
+        self.timers.load()
+        timer_tools = [TimerTools(self.timers)] if config.timers.enabled else []
+        self.tools = ToolRunner(config.tools, builtins=timer_tools)
         token = read_token(config.companion)
         register_secret(token)  # defence in depth: redacted should any log line ever carry it
         companion = CompanionClient(
@@ -135,6 +154,8 @@ class Daemon:
             audio.start(loop, self._on_frame)
             self._spawn(self.keys.run(), "key-keeper")
             self._listen_for_wake("listening for the wake word")
+            # Its first check rings what came due while the device was off (within the grace).
+            self._spawn(self.timers.run(), "timers")
             self.systemd.ready()
             self.systemd.start_watchdog()
             # Off the critical path: the first conversation should not wait for these imports
@@ -149,8 +170,9 @@ class Daemon:
         self._stopped.set()
 
     async def _shutdown(self, companion: CompanionClient) -> None:
-        if self._error_timer is not None:
-            self._error_timer.cancel()
+        for handle in (self._error_timer, self._ring_timer):
+            if handle is not None:
+                handle.cancel()
         self.systemd.stopping()
         self.phases.transition(Phase.STOPPING, "shutting down")
         if self._conversation_task is not None:
@@ -191,6 +213,10 @@ class Daemon:
     def _play_cue(self, samples: NDArray[np.int16]) -> None:
         if self._audio is not None:
             self._audio.play(samples)
+
+    def _clear_playback(self) -> None:
+        if self._audio is not None:
+            self._audio.clear_playback()
 
     def _audio_failed(self, error: Exception) -> None:
         if self._stopped.is_set():
@@ -260,6 +286,8 @@ class Daemon:
     def _on_detection(self, detection: Detection) -> None:
         log.info("wake word %s (score %.2f)", detection.word, detection.score)
         self.last_detection = detection
+        if self.stop_ringing(f"the wake word {detection.word}"):
+            return
         if self._conversation is not None:
             self._conversation.on_wake_word()
         elif self.phases.phase.awaits_wake or self.phases.phase is Phase.ERROR:
@@ -273,7 +301,9 @@ class Daemon:
         return False
 
     def on_short_press(self) -> None:
-        """Short press: start a conversation, or let the open one handle it."""
+        """Short press: stop ringing, start a conversation, or let the open one handle it."""
+        if self.stop_ringing("the button"):
+            return
         if self._muted:
             log.info("button pressed while muted; hold it to unmute")
         elif self._audio_lost:
@@ -284,7 +314,10 @@ class Daemon:
             self.start_conversation("button")
 
     def on_long_press(self) -> None:
-        """Long press: toggle microphone mute."""
+        """Long press: snooze what rings, else toggle microphone mute."""
+        if self.phases.phase is Phase.RINGING:
+            self._snooze()
+            return
         self._muted = not self._muted
         if self._muted:
             if self._conversation is not None:
@@ -300,6 +333,8 @@ class Daemon:
         """Open a conversation now (wake word or button)."""
         if self._conversation_task is not None:
             return
+        if self.phases.phase is Phase.RINGING:
+            self._end_ringing(f"a conversation started ({reason})")
         self._conversation_task = self._spawn(self._converse(reason, time.monotonic()), "converse")
 
     async def _converse(self, reason: str, woke_at: float) -> None:
@@ -343,6 +378,8 @@ class Daemon:
             self._conversation_task = None
             self._preroll.clear()
             self.detector.reset()
+            if self._ringing:  # a timer came due during the conversation: it rings now
+                self._ring()
             # Back to idle: once the call's objects are gone (its task has ended), return what
             # it used.
             asyncio.get_running_loop().call_later(RELEASE_AFTER_S, self._release_memory)
@@ -360,6 +397,64 @@ class Daemon:
 
     def _on_transcript(self, text: str, item_id: str) -> None:
         self.hook.send({"event": "transcript", "text": text, "item_id": item_id})
+
+    # -- timers and alarms ---------------------------------------------------------------------
+    #
+    # A timer that comes due during a conversation does not interrupt it: it rings as soon as the
+    # conversation ends (at most `session.max_session_s` later). Muted or not, it rings; stopping
+    # it goes back to where the device was (muted, the audio error, or listening).
+
+    def _timers_due(self, entries: list[Entry]) -> None:
+        assert self.timers is not None
+        self._ringing.extend(entries)
+        self.hook.send({"event": "timer", "state": "ringing", "timers": self._describe(entries)})
+        if self._conversation_task is not None:
+            log.info("%d timer(s) due: ringing when the conversation ends", len(entries))
+            return
+        self._ring()
+
+    def _timer_missed(self, entry: Entry, late_s: float) -> None:
+        timers = self._describe([entry])
+        self.hook.send({"event": "timer", "state": "missed", "late_s": late_s, "timers": timers})
+
+    def _describe(self, entries: list[Entry]) -> list[dict[str, Any]]:
+        assert self.timers is not None
+        return [entry.describe(self.timers.zone) for entry in entries]
+
+    def _ring(self) -> None:
+        what = ", ".join(f"{e.kind} {e.label or e.id}" for e in self._ringing)
+        self.phases.transition(Phase.RINGING, what)
+        if self._ring_timer is not None:
+            self._ring_timer.cancel()
+        loop = asyncio.get_running_loop()
+        timeout = self.config.timers.ring_timeout_s
+        self._ring_timer = loop.call_later(timeout, self.stop_ringing, "the ring timeout")
+
+    def stop_ringing(self, by: str) -> bool:
+        """Stop what rings (button, wake word, Home Assistant, timeout); False if nothing did."""
+        if self.phases.phase is not Phase.RINGING:
+            return False
+        self._end_ringing(by)
+        if self._muted:
+            self.phases.transition(Phase.MUTED, f"ringing stopped by {by}")
+        elif self._audio_lost:
+            self.phases.transition(Phase.ERROR, f"ringing stopped by {by}; audio device lost")
+        else:
+            self._listen_for_wake(f"ringing stopped by {by}")
+        return True
+
+    def _end_ringing(self, by: str) -> None:
+        log.info("ringing stopped by %s", by)
+        self._ringing.clear()
+        if self._ring_timer is not None:
+            self._ring_timer.cancel()
+            self._ring_timer = None
+
+    def _snooze(self) -> None:
+        assert self.timers is not None
+        for entry in self._ringing:
+            self.timers.snooze(entry, self.config.timers.snooze_s)
+        self.stop_ringing(f"a snooze of {self.config.timers.snooze_s:g} s")
 
     # -- echo cancellation -------------------------------------------------------------------
 
