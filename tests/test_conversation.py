@@ -206,7 +206,14 @@ async def test_command_tool_result_goes_back_to_the_model(tmp_path, models_dir):
         assert listening.reason == "reply finished"
         sent = chain.sent()
         declared = next(e for e in sent if e["type"] == "session.update")["session"]["tools"]
-        assert {t["name"] for t in declared} == {"end_conversation", "get_weather"}
+        assert {t["name"] for t in declared} == {
+            "end_conversation",
+            "set_timer",
+            "set_alarm",
+            "cancel_timer",
+            "list_timers",
+            "get_weather",
+        }
         call_id = next(
             e["call_id"]
             for e in chain.received()

@@ -225,7 +225,7 @@ class Timers:
             raise TimerError(f"seconds must be from 1 to {MAX_TIMER_S}")
         entry = self._add("timer", self.clock.wall() + seconds, label, seconds=float(seconds))
         self._deadlines[entry.id] = self.clock.monotonic() + seconds
-        self._changed()
+        self._changed(entry)
         return entry
 
     def set_alarm(self, hhmm: str, label: str = "", days: Sequence[str] = ()) -> Entry:
@@ -237,14 +237,14 @@ class Timers:
         weekdays = _weekdays(days)
         due = next_alarm(canonical, weekdays, self.clock.wall(), self.zone)
         entry = self._add("alarm", due, label, time=canonical, days=weekdays)
-        self._changed()
+        self._changed(entry)
         return entry
 
     def snooze(self, entry: Entry, seconds: float) -> Entry:
         """Ring `entry` again in `seconds`, as a one-off."""
         again = self._add("timer", self.clock.wall() + seconds, entry.label, seconds=seconds)
         self._deadlines[again.id] = self.clock.monotonic() + seconds
-        self._changed()
+        self._changed(again)
         return again
 
     def cancel(self, *, id: str = "", label: str = "") -> list[Entry]:
@@ -272,12 +272,14 @@ class Timers:
         entry = Entry(f"{kind[0]}{self._next_id}", kind, due, label.strip()[:MAX_LABEL], **fields)
         self._next_id += 1
         self._entries[entry.id] = entry
-        log.info("%s %s set for %s (%s)", kind, entry.id, _local(due, self.zone), entry.label)
         return entry
 
-    def _changed(self) -> None:
+    def _changed(self, added: Entry | None = None) -> None:
         self._save()
         self._wakeup.set()
+        if added is not None:  # logged once on disk: the line means a restart keeps it
+            when = _local(added.due, self.zone)
+            log.info("%s %s set for %s (%s)", added.kind, added.id, when, added.label)
 
     # -- ringing -------------------------------------------------------------------------------
 
