@@ -199,6 +199,9 @@ class ChainMic(AudioBackend):
     def clear_playback(self) -> None:
         self.file.clear_playback()
 
+    def set_volume(self, gain: float) -> bool:
+        return self.file.set_volume(gain)
+
     @property
     def playback_queued_s(self) -> float:
         return self.file.playback_queued_s

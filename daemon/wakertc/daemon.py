@@ -14,11 +14,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import signal
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -50,6 +52,9 @@ AUDIO_RETRY_S = (1.0, 30.0)
 RELEASE_AFTER_S = 1.0
 # A reopened device is back only once audio arrives: a source can open and deliver nothing.
 AUDIO_PROOF_S = 2.0
+# Announcements from Home Assistant: a WAV download is given this long and this many bytes.
+ANNOUNCE_TIMEOUT_S = 10.0
+ANNOUNCE_MAX_BYTES = 20_000_000
 
 
 @dataclass
@@ -90,6 +95,8 @@ class Daemon:
         self._audio_flowing = asyncio.Event()
         self._error_timer: asyncio.TimerHandle | None = None
         self.timers: Timers | None = None
+        self.mqtt: Any = None  # mqtt.HomeAssistant when [mqtt] names a broker
+        self._volume = config.audio.output_volume
         self._ringing: list[Entry] = []  # what rings now, or will when the conversation ends
         self._ring_timer: asyncio.TimerHandle | None = None
 
@@ -132,6 +139,7 @@ class Daemon:
             config.state.dir,
             on_due=self._timers_due,
             on_missed=self._timer_missed,
+            on_change=self._timers_changed,
             clock=self.edges.clock,
         )
         self.timers.load()
@@ -156,6 +164,8 @@ class Daemon:
             self._listen_for_wake("listening for the wake word")
             # Its first check rings what came due while the device was off (within the grace).
             self._spawn(self.timers.run(), "timers")
+            if config.mqtt.url:
+                self._start_mqtt()
             self.systemd.ready()
             self.systemd.start_watchdog()
             # Off the critical path: the first conversation should not wait for these imports
@@ -318,16 +328,29 @@ class Daemon:
         if self.phases.phase is Phase.RINGING:
             self._snooze()
             return
-        self._muted = not self._muted
+        self.set_muted(not self._muted, "the button")
+
+    @property
+    def muted(self) -> bool:
+        """Whether the microphone is muted."""
+        return self._muted
+
+    def set_muted(self, on: bool, by: str) -> None:
+        """Mute or unmute the microphone (the button, Home Assistant)."""
+        if on == self._muted:
+            return
+        self._muted = on
+        if self.phases.phase is Phase.RINGING:
+            return  # the ring goes on; when it stops, the device shows the new mute state
         if self._muted:
             if self._conversation is not None:
                 self._conversation.end("microphone muted")
             self._preroll.clear()
-            self.phases.transition(Phase.MUTED, "microphone muted by the button")
+            self.phases.transition(Phase.MUTED, f"microphone muted by {by}")
         else:
             self.detector.reset()
             if self._conversation_task is None:
-                self._listen_for_wake("microphone unmuted")
+                self._listen_for_wake(f"microphone unmuted by {by}")
 
     def start_conversation(self, reason: str, detection: Detection | None = None) -> None:
         """Open a conversation now (wake word or button)."""
@@ -397,6 +420,8 @@ class Daemon:
 
     def _on_transcript(self, text: str, item_id: str) -> None:
         self.hook.send({"event": "transcript", "text": text, "item_id": item_id})
+        if self.mqtt is not None:
+            self.mqtt.transcript(text)
 
     # -- timers and alarms ---------------------------------------------------------------------
     #
@@ -455,6 +480,82 @@ class Daemon:
         for entry in self._ringing:
             self.timers.snooze(entry, self.config.timers.snooze_s)
         self.stop_ringing(f"a snooze of {self.config.timers.snooze_s:g} s")
+
+    # -- Home Assistant (mqtt.Device) -----------------------------------------------------------
+
+    def _start_mqtt(self) -> None:
+        from .config import read_mqtt_password
+        from .mqtt import HomeAssistant
+
+        password = read_mqtt_password(self.config.mqtt)
+        register_secret(password)
+        self.mqtt = HomeAssistant(self.config.mqtt, password, self, on_status=self._mqtt_status)
+        self.phases.add_listener(self.mqtt)
+        self.mqtt(Transition(self.phases.phase, self.phases.phase, "mqtt started"))
+        self._spawn(self.mqtt.run(), "mqtt")
+
+    def _mqtt_status(self, connected: bool, detail: str) -> None:
+        state = "connected" if connected else "disconnected"
+        self.hook.send({"event": "mqtt", "state": state, "detail": detail})
+
+    def _timers_changed(self) -> None:
+        if self.mqtt is not None:
+            self.mqtt.timers_changed()
+
+    @property
+    def volume(self) -> float | None:
+        """The playback gain, or None when the audio backend cannot change it."""
+        audio = self._audio
+        controllable = audio is not None and type(audio).set_volume is not AudioBackend.set_volume
+        return self._volume if controllable else None
+
+    def set_volume(self, gain: float) -> None:
+        """Change the playback gain (until the next restart: the config holds the default)."""
+        self._volume = gain
+        if self._audio is not None:
+            self._audio.set_volume(gain)
+
+    def timers_summary(self) -> list[dict[str, Any]]:
+        """The timers and alarms set, soonest first."""
+        return self.timers.summary() if self.timers is not None else []
+
+    def stop_from_remote(self, by: str) -> None:
+        """Stop ringing, or else end the conversation."""
+        if not self.stop_ringing(by) and self._conversation is not None:
+            self._conversation.end(f"stopped by {by}")
+
+    async def announce(self, source: str, *, then_converse: bool) -> None:
+        """Play a WAV from an http(s) URL or from `mqtt.announce_dir`, then maybe converse."""
+        from .sounds import CueError, decode_wav, load_wav
+
+        if source.startswith(("http://", "https://")):
+            try:
+                response = await self.http.get(source, timeout=ANNOUNCE_TIMEOUT_S)
+            except httpx.HTTPError as exc:
+                raise ValueError(f"{source}: {exc or type(exc).__name__}") from exc
+            if response.status_code != 200 or len(response.content) > ANNOUNCE_MAX_BYTES:
+                raise ValueError(f"{source}: HTTP {response.status_code}, or too large")
+            load = functools.partial(decode_wav, response.content, source)
+        else:
+            folder = self.config.mqtt.announce_dir
+            name = Path(source).name
+            if folder is None or name != source or not name.lower().endswith(".wav"):
+                raise ValueError(f"{source!r}: a URL, or a .wav file name in mqtt.announce_dir")
+            load = functools.partial(load_wav, folder / name, "announcement")
+        try:
+            samples = await asyncio.to_thread(load)
+        except CueError as exc:
+            raise ValueError(str(exc)) from exc
+        log.info("announcing %s (%.1f s)", source, len(samples) / 24000)
+        self._play_cue(samples)
+        if then_converse:
+            # The queue has no completion event: poll until the announcement has been played.
+            deadline = time.monotonic() + len(samples) / 24000 + 5.0
+            while time.monotonic() < deadline:
+                if self._audio is None or self._audio.playback_queued_s <= 0:
+                    break
+                await asyncio.sleep(0.05)
+            self.start_conversation("Home Assistant, after an announcement")
 
     # -- echo cancellation -------------------------------------------------------------------
 
