@@ -488,7 +488,8 @@ class Daemon:
         from .mqtt import HomeAssistant
 
         password = read_mqtt_password(self.config.mqtt)
-        register_secret(password)
+        if password:
+            register_secret(password)
         self.mqtt = HomeAssistant(self.config.mqtt, password, self, on_status=self._mqtt_status)
         self.phases.add_listener(self.mqtt)
         self.mqtt(Transition(self.phases.phase, self.phases.phase, "mqtt started"))

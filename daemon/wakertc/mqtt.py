@@ -128,6 +128,8 @@ class HomeAssistant:
         self.connected = False
         self.connections = 0
         self._outage_reported = False
+        self.client: aiomqtt.Client | None = None
+        """The connection in use (or last used)."""
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- what the daemon reports (never blocks) ------------------------------------------------
@@ -172,6 +174,7 @@ class HomeAssistant:
             try:
                 async with self._client() as client:
                     delay = RETRY_S[0]
+                    self.client = client
                     await self._serve(client)
             except aiomqtt.MqttError as exc:
                 self._disconnected(f"{exc}; retrying in {delay:g} s")
