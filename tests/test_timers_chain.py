@@ -307,3 +307,48 @@ async def test_a_timer_survives_sigkill_and_restart_and_rings_once(tmp_path, mod
             await third.kill()
         assert third.count("-> ringing") == 0
         assert first.count("-> ringing") == 0 and second.count("-> ringing") == 1
+
+
+async def test_demo_shows_a_timer_from_a_script(tmp_path, models_dir):
+    """`wakertc demo --script`: a reply that calls set_timer; the timer rings after the
+    conversation, in amber, and the demo presses it off."""
+    script = tmp_path / "timer.json"
+    script.write_text(
+        json.dumps(
+            [
+                {
+                    "say": "Three seconds.",
+                    "call": {"name": "set_timer", "arguments": {"seconds": 3}},
+                },
+                {"call": {"name": "end_conversation"}},
+            ]
+        )
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "wakertc.cli",
+        "demo",
+        "--script",
+        str(script),
+        "--json",
+        "--models-dir",
+        str(models_dir),
+        "--workdir",
+        str(tmp_path / "work"),
+        "--out",
+        str(tmp_path / "reply.wav"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(90):
+        stdout, stderr = await process.communicate()
+    assert process.returncode == 0, stderr.decode()
+    lines = stdout.decode().splitlines()
+    result = json.loads(lines[-1])
+    assert result["ok"] and result["final_state"] == "idle"
+    states = result["states"]
+    assert states[states.index("ringing") - 1 :] == ["idle", "ringing", "idle"]
+    (ring_line,) = [line for line in lines if "-> ringing" in line]
+    assert "#ffb000 blink" in ring_line and "timer" in ring_line
+    assert not (tmp_path / "work" / "state" / "timers.json").read_text().count('"id"')
