@@ -352,3 +352,21 @@ async def test_demo_shows_a_timer_from_a_script(tmp_path, models_dir):
     (ring_line,) = [line for line in lines if "-> ringing" in line]
     assert "#ffb000 blink" in ring_line and "timer" in ring_line
     assert not (tmp_path / "work" / "state" / "timers.json").read_text().count('"id"')
+
+
+async def test_a_ring_cut_short_by_a_lost_audio_device_does_not_ring_again(tmp_path, models_dir):
+    """The audio device fails while ringing: the error takes over; once the device is back and a
+    conversation has come and gone, nothing rings again."""
+    from wakertc.audio import AudioDeviceError
+
+    seed(tmp_path, alarm_due(-1, "once"))
+    async with run_chain(tmp_path, models_dir, allow_tracebacks=True) as chain:
+        await chain.wait_phase(Phase.RINGING, timeout=5)
+        chain.mic.on_error(AudioDeviceError("unplugged"))
+        await chain.wait_phase(Phase.ERROR)
+        await chain.wait_phase(Phase.IDLE, timeout=10)  # reopened from the config's file
+        await chain.press()
+        await chain.expect(Phase.WAKE, Phase.CONNECTING, Phase.LISTENING)
+        await chain.wait_phase(Phase.IDLE, timeout=10)
+        await asyncio.sleep(0.5)
+        assert [s.new for s in chain.seen].count(Phase.RINGING) == 1, chain.describe()

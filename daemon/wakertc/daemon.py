@@ -126,6 +126,7 @@ class Daemon:
         for listener in (*listeners, *self.edges.listeners):
             self.phases.add_listener(listener)
         self.phases.add_listener(self._echo_cancel_when_speaking)
+        self.phases.add_listener(self._left_ringing)
         self.button = make_button(
             config.button,
             self.edges.pin_factory,
@@ -467,6 +468,12 @@ class Daemon:
         else:
             self._listen_for_wake(f"ringing stopped by {by}")
         return True
+
+    def _left_ringing(self, change: Transition) -> None:
+        # However the ring ended (a lost audio device takes over the phase too), it is over:
+        # nothing left to ring when the next conversation ends, no timeout pending.
+        if change.old is Phase.RINGING and self._ringing:
+            self._end_ringing(change.reason)
 
     def _end_ringing(self, by: str) -> None:
         log.info("ringing stopped by %s", by)

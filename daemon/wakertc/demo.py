@@ -234,8 +234,12 @@ async def run_demo(
             async with asyncio.timeout(timeout_s):
                 await asyncio.sleep(demo_input.duration_s)
                 while not done.is_set():
-                    if daemon.phases.phase.awaits_wake and not _timers_pending(daemon) and any(
-                        t.old is not Phase.STARTING and t.new.awaits_wake for t in transitions
+                    if (
+                        daemon.phases.phase.awaits_wake
+                        and not _timers_pending(daemon)
+                        and any(
+                            t.old is not Phase.STARTING and t.new.awaits_wake for t in transitions
+                        )
                     ):
                         break
                     try:

@@ -218,15 +218,25 @@ class HomeAssistant:
         log.info("mqtt: connected to %s as %s", self._config.url, topics.device_id)
         if self._on_status is not None:
             self._on_status(True, "connected")
-        publisher = asyncio.get_running_loop().create_task(
-            self._publish_states(client), name="mqtt-publisher"
-        )
+        loop = asyncio.get_running_loop()
+        tasks = {
+            loop.create_task(self._publish_states(client), name="mqtt-publisher"),
+            loop.create_task(self._obey(client), name="mqtt-commands"),
+        }
         try:
-            async for message in client.messages:
-                await self._command(client, str(message.topic), _text(message.payload))
+            # Either ending (the connection dropped) ends this connection; run() reconnects.
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()
+            raise aiomqtt.MqttError("the connection ended")
         finally:
-            publisher.cancel()
-            await asyncio.gather(publisher, return_exceptions=True)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _obey(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            await self._command(client, str(message.topic), _text(message.payload))
 
     async def _publish_states(self, client: aiomqtt.Client) -> None:
         while True:
