@@ -170,18 +170,21 @@ class HomeAssistant:
         self.timers_changed()
         self.volume_changed()
         delay, longest = RETRY_S
-        while True:
-            try:
-                async with self._client() as client:
-                    delay = RETRY_S[0]
-                    self.client = client
-                    await self._serve(client)
-            except aiomqtt.MqttError as exc:
-                self._disconnected(f"{exc}; retrying in {delay:g} s")
-            except OSError as exc:
-                self._disconnected(f"{exc.strerror or exc}; retrying in {delay:g} s")
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, longest)
+        try:
+            while True:
+                try:
+                    async with self._client() as client:
+                        delay = RETRY_S[0]
+                        self.client = client
+                        await self._serve(client)
+                except aiomqtt.MqttError as exc:
+                    self._disconnected(f"{exc}; retrying in {delay:g} s")
+                except OSError as exc:
+                    self._disconnected(f"{exc.strerror or exc}; retrying in {delay:g} s")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, longest)
+        finally:
+            await _cancel(self._tasks)  # announcements under way
 
     def _client(self) -> aiomqtt.Client:
         config, topics = self._config, self.topics
@@ -230,9 +233,7 @@ class HomeAssistant:
                 task.result()
             raise aiomqtt.MqttError("the connection ended")
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await _cancel(tasks)
 
     async def _obey(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
@@ -401,6 +402,23 @@ class HomeAssistant:
             entities[self.topics.config("sensor", "transcript")] = {}
         for topic, payload in entities.items():
             await client.publish(topic, json.dumps(payload) if payload else "", qos=1, retain=True)
+
+
+async def _cancel(tasks: set[asyncio.Task[None]]) -> None:
+    """Cancel `tasks` and wait for them, cancelling again while any is left.
+
+    Python 3.11's `asyncio.wait_for` (inside aiomqtt's publish) can swallow a cancellation that
+    arrives as its inner wait completes; a single cancel could then leave a publisher running
+    and the daemon's shutdown waiting for it.
+    """
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.1)
+    for task in tasks:
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("mqtt: %s ended: %r", task.get_name(), task.exception())
 
 
 def _announcement(payload: str) -> tuple[str, bool]:
