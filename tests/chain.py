@@ -652,6 +652,7 @@ async def run_chain(
     remote: Remote | None = None,
     keep_history: bool = True,
     real_audio: bool = False,
+    clock: Any = None,
 ) -> AsyncIterator[Chain]:
     """Start emulator, companion and daemon; yield the chain once the daemon is listening.
 
@@ -664,6 +665,7 @@ async def run_chain(
     `real_audio`: open the backend the device config's `[audio]` table names (pass it in
     `device`, e.g. a PulseRig's `audio_table()`), as the daemon would itself, instead of the
     file-backend `ChainMic`; `chain.mic` is then that backend (its playback queue is read).
+    `clock`: the timers' clock (`wakertc.timers.Clock`), e.g. one set to just before an alarm.
     `keep_history=False`: for soaks; the microphone, the pins and the log keep no history
     (only WARNING and above is logged), so what grows is the daemon's.
     On exit the daemon is stopped, and unless `allow_tracebacks`, no `wakertc` log record may
@@ -734,7 +736,7 @@ async def run_chain(
                     input_wav, output_wav, echo_gain=echo_gain, keep_history=keep_history
                 )
             factory = MockFactory(pin_class=RecordingPin if keep_history else MockPWMPin)
-            daemon = Daemon(config, Edges(audio=mic, pin_factory=factory))
+            daemon = Daemon(config, Edges(audio=mic, pin_factory=factory, clock=clock))
             chain = Chain(
                 workdir=workdir,
                 config=config,

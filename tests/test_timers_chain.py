@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import time
+import zoneinfo
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,13 @@ def alarm_due(seconds_from_now: float, label: str) -> dict[str, Any]:
     due = time.time() + seconds_from_now
     hhmm = dt.datetime.fromtimestamp(due).astimezone().strftime("%H:%M")
     return {"id": f"a-{label}", "kind": "alarm", "due": due, "label": label, "time": hhmm}
+
+
+async def wait_for(check: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)
 
 
 def assert_rang(chain: Chain, ringing: Any, stopped: Any) -> None:
@@ -177,6 +185,66 @@ async def test_ringing_while_muted_returns_to_muted(tmp_path, models_dir):
         assert back.reason == "ringing stopped by the button"
         led = chain.leds(back)
         assert led.effect == "solid" and led.is_colour(RED)
+
+
+class ShiftedClock:
+    """The real clocks, the wall clock shifted so that it reads a chosen local time now."""
+
+    def __init__(self, local: str, zone: str) -> None:
+        target = dt.datetime.fromisoformat(local).replace(tzinfo=zoneinfo.ZoneInfo(zone))
+        self.offset = target.timestamp() - time.time()
+
+    def wall(self) -> float:
+        return time.time() + self.offset
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+
+async def test_an_alarm_set_by_the_model_survives_restarts_and_rings_once(tmp_path, models_dir):
+    """The model sets "wake me at seven" at 06:59:50 (Paris time, by the timers' clock); the
+    daemon stops before seven and starts again; the alarm rings at 07:00:00 in the second run,
+    once, and a third run has nothing left to ring."""
+    clock = ShiftedClock("2026-12-07T06:59:50", "Europe/Paris")
+    device = {"timers": {"timezone": "Europe/Paris", "ring_timeout_s": 1.0}}
+    script = [{"call": {"name": "set_alarm", "arguments": {"time": "07:00", "label": "work"}}}]
+    async with run_chain(
+        tmp_path / "one", models_dir, script=script, device=device, clock=clock
+    ) as chain:
+        await chain.press()
+        await chain.expect(Phase.WAKE, Phase.CONNECTING, Phase.LISTENING)
+        chain.mic.speak(clip("wake me at seven"))
+        await chain.wait_log("alarm a1 set for Monday 07 December 2026 07:00:00 (work)")
+
+        def outputs() -> list[str]:
+            return [
+                e["item"]["output"]
+                for e in chain.sent()
+                if e["type"] == "conversation.item.create"
+                and e["item"].get("type") == "function_call_output"
+            ]
+
+        await wait_for(outputs)
+        assert json.loads(outputs()[0])["rings_at"] == "Monday 07 December 2026 07:00:00"
+        assert Phase.RINGING not in [s.new for s in chain.seen]
+    saved = (tmp_path / "one" / "state" / "timers.json").read_text()
+    for run in ("two", "three"):
+        seed_dir = tmp_path / run / "state"
+        seed_dir.mkdir(parents=True)
+        (seed_dir / "timers.json").write_text(saved)
+        async with run_chain(tmp_path / run, models_dir, device=device, clock=clock) as chain:
+            if run == "two":
+                ringing = await chain.wait_phase(Phase.RINGING, timeout=12)
+                local = dt.datetime.fromtimestamp(
+                    ringing.change.at + clock.offset, zoneinfo.ZoneInfo("Europe/Paris")
+                )
+                assert (local.hour, local.minute, local.second) == (7, 0, 0), local
+                await chain.wait_phase(Phase.IDLE, timeout=3)
+                saved = (seed_dir / "timers.json").read_text()
+                assert json.loads(saved)["timers"] == []
+            else:
+                await asyncio.sleep(1.0)
+                assert Phase.RINGING not in [s.new for s in chain.seen]
 
 
 # -- a real `wakertc run` killed and restarted ----------------------------------------------------
