@@ -27,7 +27,7 @@ import pytest
 from aiohttp import web
 
 from chain import clip, run_chain
-from process_helpers import free_port
+from process_helpers import Blackhole, free_port
 from test_sigterm import hook_config, payloads
 from wakertc.config import ConfigError, config_from_dict
 from wakertc.measure import write_wav
@@ -572,3 +572,19 @@ def test_mqtt_config_is_validated(tmp_path: Path) -> None:
     assert "mqtt.username" in text
     assert "mqtt.ca_file" in text
     assert "mqtt.base_topic = 'wakertc/#'" in text
+
+
+async def test_a_broker_that_never_answers_holds_nothing_up(tmp_path: Path, models_dir: Path):
+    """The broker's port accepts connections and never answers (a dead route, a hung broker):
+    the device starts, wakes and converses meanwhile; the connect times out into one log line."""
+    with Blackhole(free_port()) as hole:
+        device = {"mqtt": {"url": f"mqtt://127.0.0.1:{hole.port}", "device_id": DEVICE_ID}}
+        started = time.monotonic()
+        async with run_chain(tmp_path, models_dir, device=device) as chain:
+            assert time.monotonic() - started < 10
+            chain.mic.speak(clip("hey jarvis"))
+            await chain.expect(Phase.WAKE, Phase.CONNECTING, Phase.LISTENING)
+            assert not chain.logs.find("mqtt: broker")  # still waiting for the broker
+            _, line = await chain.wait_log("mqtt: broker", timeout=20)
+            assert "unavailable" in line
+            assert Phase.ERROR not in [s.new for s in chain.seen]
