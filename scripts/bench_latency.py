@@ -97,7 +97,8 @@ TURN_TIMEOUT_S = 15.0
 TURN_GAP_S = 0.8
 STAGE_WINDOW_S = 0.2  # the most one stage may take; below the clicks' least spacing (230 ms)
 # The emulator's VAD: a shorter end-of-turn and padding make turns quicker; neither is timed.
-SESSION = {"silence_duration_ms": 400, "prefix_padding_ms": 100}
+# Quicker turns, set where the session policy lives: the companion's config.
+COMPANION = "\n[session.turn_detection]\nsilence_duration_ms = 400\nprefix_padding_ms = 100\n"
 
 
 @dataclass(frozen=True)
@@ -370,7 +371,7 @@ async def variant_run(
         record_dir=workdir / "recording",
     )
     async with contextlib.AsyncExitStack() as stack:
-        services = await start_services(stack, workdir, options)
+        services = await start_services(stack, workdir, options, companion_extra=COMPANION)
         data = {
             "audio": {
                 "backend": "pyaudio",
@@ -385,7 +386,6 @@ async def variant_run(
                 "url": services.emulator.url,
                 "idle_timeout_s": 60.0,
                 "max_session_s": 300.0,
-                **SESSION,
             },
         }
         config = config_from_dict(data, workdir / "latency.toml")

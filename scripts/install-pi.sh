@@ -190,6 +190,27 @@ elif [[ -e $etc/device-token ]]; then
     log "keeping $etc/device-token"
 fi
 
+# --- audio devices ---------------------------------------------------------------------------------
+# Shows what can capture and play, and gives a config that names no microphone the first device that
+# can capture (Pi OS Lite's defaults, HDMI and the headphone jack, cannot). A user's choice is never
+# overwritten. WAKERTC_INSTALL_CLI: the wakertc command to run (tests; default: the venv's).
+choose_audio_devices() {
+    local cli=${WAKERTC_INSTALL_CLI:-$opt/venv/bin/wakertc}
+    if [[ ! -x $cli ]]; then
+        log "not listing audio devices: no $cli (--files-only)"
+        return 0
+    fi
+    log "audio devices (wakertc devices):"
+    "$cli" devices 2>&1 | sed 's/^/[install]   /' >&2 || true
+    local said
+    if said=$("$cli" devices --write-input "$etc/wakertc.toml" 2>&1); then
+        log "$said"
+    else
+        log "warning: could not choose a microphone: $said"
+    fi
+}
+choose_audio_devices
+
 # --- systemd units ---------------------------------------------------------------------------------
 enable_unit() {
     install -m 0644 -o 0 -g 0 "$src/systemd/$1" "$units/$1"
@@ -217,6 +238,15 @@ if ((companion)); then
     else
         log "installing $etc/companion.toml"
         install -m 0640 -o 0 -g "$cgid" "$src/config/companion.toml" "$etc/companion.toml"
+    fi
+    # Earlier examples kept the devices file beside this config, where `add-device` (as root) left
+    # it root's alone and the service could not read it: move it into the state directory.
+    old_devices=$etc/devices.json new_devices=$R/var/lib/wakertc-companion/devices.json
+    if [[ -f $old_devices && ! -e $new_devices ]] && grep -qx 'file = "devices.json"' "$etc/companion.toml"; then
+        log "moving $old_devices to $new_devices (the service's state directory)"
+        install -m 0600 -o "$cuid" -g "$cgid" "$old_devices" "$new_devices"
+        sed -i 's|^file = "devices.json"$|file = "/var/lib/wakertc-companion/devices.json"|' "$etc/companion.toml"
+        rm -f "$old_devices"
     fi
     if [[ -n $api_key_file ]]; then
         log "writing the API key to $etc/openai-api-key"

@@ -7,11 +7,18 @@ Deterministic: the same code writes byte-identical files, so the committed WAVs 
 against this script (tests/test_sounds.py does). Each cue is 24 kHz mono int16 and at most 0.5 s:
 short enough not to delay the conversation, with fades at both ends so speakers do not click.
 The timer ring (`ring.wav`, repeated while ringing) is longer, 0.9 s: two quick pairs of beeps.
+
+It also writes `question.wav`, the spoken question `wakertc selftest` says into a call (a device has
+no speech synthesiser): espeak-ng at the microphone's 16 kHz, mono int16. That one is only as
+reproducible as the installed espeak-ng, and is skipped when espeak-ng is missing.
 """
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import sys
+import tempfile
 import wave
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +26,9 @@ from pathlib import Path
 import numpy as np
 
 RATE = 24000
+QUESTION_RATE = 16000  # the microphone's rate (wakertc.audio.CAPTURE_RATE): sent as it is
+QUESTION_TEXT = "Hello, can you hear me?"
+QUESTION_PEAK = 0.7  # a voice at a normal level, well clear of the server's speech threshold
 PEAK = 0.5  # -6 dBFS: audible over a room, leaves headroom for `sounds.volume` and output gain
 FADE_S = 0.02
 DEFAULT_DIR = Path(__file__).resolve().parent.parent / "daemon" / "wakertc" / "sounds"
@@ -109,23 +119,58 @@ def to_int16(samples: np.ndarray) -> np.ndarray:
     return np.asarray(np.round(scaled * 32767), dtype=np.int16)
 
 
-def write_wav(path: Path, samples: np.ndarray) -> None:
-    """Write 24 kHz mono int16 PCM."""
+def question() -> np.ndarray | None:
+    """The self-test's question spoken by espeak-ng, 16 kHz int16, trimmed; None without it."""
+    binary = shutil.which("espeak-ng")
+    if binary is None:
+        return None
+    import soxr
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "question.wav"
+        subprocess.run(
+            [binary, "-v", "en-us", "-s", "150", "-w", str(path), QUESTION_TEXT],
+            check=True,
+            capture_output=True,
+        )
+        with wave.open(str(path), "rb") as wav:
+            rate = wav.getframerate()
+            raw = np.frombuffer(wav.readframes(wav.getnframes()), "<i2") / 32768.0
+    samples = np.asarray(soxr.resample(raw, rate, QUESTION_RATE), dtype=np.float64)
+    loud = np.flatnonzero(np.abs(samples) > 0.02)
+    samples = samples[loud[0] : loud[-1] + 1]
+    fade = int(FADE_S * QUESTION_RATE)
+    samples[:fade] *= np.linspace(0.0, 1.0, fade)
+    samples[-fade:] *= np.linspace(1.0, 0.0, fade)
+    scaled = samples / np.max(np.abs(samples)) * QUESTION_PEAK
+    return np.asarray(np.round(scaled * 32767), dtype=np.int16)
+
+
+def write_wav(path: Path, samples: np.ndarray, rate: int = RATE) -> None:
+    """Write mono int16 PCM (24 kHz unless told)."""
     with wave.open(str(path), "wb") as out:
         out.setnchannels(1)
         out.setsampwidth(2)
-        out.setframerate(RATE)
+        out.setframerate(rate)
         out.writeframes(samples.astype("<i2").tobytes())
 
 
 def main(argv: list[str]) -> int:
-    """Write every cue into the directory given (default: the package's sounds/)."""
+    """Write every cue and the question into the directory given (default: the package's
+    sounds/)."""
     out_dir = Path(argv[0]) if argv else DEFAULT_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, samples in cues().items():
         path = out_dir / f"{name}.wav"
         write_wav(path, to_int16(samples))
         print(f"{path}: {len(samples) / RATE:.2f} s")
+    spoken = question()
+    if spoken is None:
+        print("espeak-ng is not installed: question.wav not written", file=sys.stderr)
+    else:
+        path = out_dir / "question.wav"
+        write_wav(path, spoken, QUESTION_RATE)
+        print(f"{path}: {len(spoken) / QUESTION_RATE:.2f} s")
     return 0
 
 

@@ -393,7 +393,8 @@ class Chain:
     # phases ------------------------------------------------------------------------------------
 
     def _on_change(self, change: Transition) -> None:
-        self.seen.append(Seen(time.monotonic(), change, self.mic.playback_queued_s))
+        queued = self.mic.playback_queued_s if self.mic is not None else 0.0
+        self.seen.append(Seen(time.monotonic(), change, queued))
         self._changed.set()
 
     @property
@@ -653,6 +654,8 @@ async def run_chain(
     keep_history: bool = True,
     real_audio: bool = False,
     clock: Any = None,
+    daemon_opens_audio: bool = False,
+    ready: Phase = Phase.IDLE,
 ) -> AsyncIterator[Chain]:
     """Start emulator, companion and daemon; yield the chain once the daemon is listening.
 
@@ -666,6 +669,9 @@ async def run_chain(
     `device`, e.g. a PulseRig's `audio_table()`), as the daemon would itself, instead of the
     file-backend `ChainMic`; `chain.mic` is then that backend (its playback queue is read).
     `clock`: the timers' clock (`wakertc.timers.Clock`), e.g. one set to just before an alarm.
+    `daemon_opens_audio` (with `real_audio`): the daemon opens the devices itself, as `wakertc
+    run` does, so that a device missing at start-up is its to handle; `chain.mic` is None.
+    `ready`: the phase the daemon must reach before the chain is yielded.
     `keep_history=False`: for soaks; the microphone, the pins and the log keep no history
     (only WARNING and above is logged), so what grows is the daemon's.
     On exit the daemon is stopped, and unless `allow_tracebacks`, no `wakertc` log record may
@@ -727,7 +733,10 @@ async def run_chain(
             )
             config = config_from_dict(data, path)
             mic: Any
-            if real_audio:
+            if daemon_opens_audio:
+                assert real_audio, "daemon_opens_audio is for the real audio backend"
+                mic = None
+            elif real_audio:
                 # Opened here (as the daemon would) so that the harness can watch its queue.
                 mic = await asyncio.to_thread(open_backend, config.audio)
                 stack.callback(mic.close)
@@ -754,7 +763,7 @@ async def run_chain(
             runner = chain.runner = asyncio.create_task(daemon.run(), name="chain-daemon")
             runner.add_done_callback(lambda _: chain._changed.set())
             try:
-                await chain.wait_phase(Phase.IDLE, timeout=20.0)
+                await chain.wait_phase(ready, timeout=20.0)
                 yield chain
             finally:
                 daemon.stop()

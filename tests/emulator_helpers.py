@@ -312,10 +312,16 @@ def server_event_types() -> set[str]:
 
 
 async def spawn_server(
-    module: str, *args: str, env: dict[str, str] | None = None, timeout: float = 10.0
+    module: str,
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 10.0,
+    prefix: tuple[str, ...] = (),
+    cwd: Path | None = None,
 ) -> tuple[asyncio.subprocess.Process, str, float, list[str]]:
     """Start `wakertc.<module>.main` in a child; wait for its ready line.
 
+    `prefix` goes before the interpreter (e.g. `setpriv --reuid ...` to run as another user).
     Returns the process, the URL from `listening on URL`, the seconds it took, and the stderr
     lines read so far.
     """
@@ -326,6 +332,7 @@ async def spawn_server(
     code = f"import sys; from wakertc.{module} import main; sys.exit(main(sys.argv[1:]))"
     began = time.monotonic()
     proc = await asyncio.create_subprocess_exec(
+        *prefix,
         sys.executable,
         "-c",
         code,
@@ -333,6 +340,7 @@ async def spawn_server(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env={**os.environ, **(env or {})},
+        cwd=cwd,
     )
     assert proc.stderr is not None
     lines: list[str] = []
@@ -436,6 +444,7 @@ def companion_config_file(directory: Path, upstream_url: str, extra: str = "") -
     sections = _parse_sections(extra)
     server = sections.pop("server", "")
     upstream = sections.pop("upstream", "")
+    sections.setdefault("devices", 'file = "devices.json"\n')
     text = (
         f"[server]\nport = 0\n{server}\n"
         f'[upstream]\nurl = "{upstream_url}"\napi_key_file = "openai-key"\n{upstream}\n'

@@ -193,8 +193,10 @@ async def start_services(
     *,
     emulator_args: tuple[str, ...] = (),
     key_lifetime_s: int = 600,
+    companion_extra: str = "",
 ) -> Services:
-    """The emulator and a companion minting from it, as processes on fixed free ports."""
+    """The emulator and a companion minting from it, as processes on fixed free ports;
+    `companion_extra` is TOML appended to the companion's config (e.g. turn detection)."""
     emulator_port = free_port()
     emulator = ServiceProcess(
         "emulator",
@@ -225,7 +227,7 @@ key_lifetime_s = {key_lifetime_s}
 [limits]
 per_device_per_minute = 1000
 global_per_minute = 1000
-"""
+{companion_extra}"""
     )
     config.chmod(0o600)
     token = DeviceStore(load_companion_config(config).devices_file).add("kitchen")

@@ -33,7 +33,9 @@ from wakertc.memory import limit_malloc_arenas
 from wakertc.state import Phase
 
 WARM_UP = 5  # fds and threads are compared with their count after this many cycles
-DEVICE = {"session": {"idle_timeout_s": 10.0, "silence_duration_ms": 300}}
+DEVICE = {"session": {"idle_timeout_s": 10.0}}
+# Quicker turns: the companion's turn detection (the session policy is the companion's).
+COMPANION = "\n[session.turn_detection]\nsilence_duration_ms = 300\n"
 
 
 @dataclass(frozen=True)
@@ -108,7 +110,9 @@ async def soak(workdir: Path, models_dir: Path, cycles: int, every: int) -> dict
     # high-water mark.
     limit_malloc_arenas()
     (workdir / "services").mkdir(parents=True)
-    services = await start_services(workdir / "services", emulator_args=("--reply", "echo"))
+    services = await start_services(
+        workdir / "services", emulator_args=("--reply", "echo"), companion_extra=COMPANION
+    )
     remote = Remote(services.companion.url, services.emulator.url, services.token_file)
     samples: dict[int, dict[str, object]] = {}
     try:

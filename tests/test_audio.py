@@ -27,12 +27,11 @@ from wakertc.audio import (
     CaptureConverter,
     FileBackend,
     PyAudioBackend,
-    devices_main,
-    list_devices,
     open_backend,
     read_wav,
 )
 from wakertc.config import AudioConfig
+from wakertc.devices import devices_main, list_devices
 
 FADE = PLAYBACK_RATE // 200  # the backends' 5 ms ramps
 

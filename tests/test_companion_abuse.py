@@ -482,10 +482,12 @@ async def test_a_device_cannot_change_the_session_policy(tmp_path: Path) -> None
 
 
 async def test_browser_route_ignores_what_the_page_asks_for(tmp_path: Path) -> None:
-    extra = POLICY + "[server]\nbrowser_session = true\n"
+    extra = POLICY + '[server]\nbrowser_session = true\nbrowser_origin = "https://my.page"\n'
     async with served(tmp_path, extra) as server, httpx.AsyncClient(timeout=10) as http:
         response = await http.get(
-            server.url + "/session", params={"model": "gpt-4o", "voice": "alloy"}
+            server.url + "/session",
+            params={"model": "gpt-4o", "voice": "alloy"},
+            headers={"Origin": "https://my.page"},
         )
     assert response.status_code == 200
     session = response.json()["session"]

@@ -29,10 +29,10 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_example_file_states_the_defaults(tmp_path: Path) -> None:
     example = load_companion_config(EXAMPLE)
     empty = load_companion_config(write(tmp_path, ""))
-    assert example == CompanionConfig(path=EXAMPLE, devices_file=EXAMPLE.parent / "devices.json")
-    assert empty == CompanionConfig(
-        path=tmp_path / "companion.toml", devices_file=tmp_path / "devices.json"
-    )
+    # The devices file is in the service's state directory, where add-device writes it too.
+    state = Path("/var/lib/wakertc-companion/devices.json")
+    assert example == CompanionConfig(path=EXAMPLE, devices_file=state)
+    assert empty == CompanionConfig(path=tmp_path / "companion.toml", devices_file=state)
 
 
 def test_every_example_key_is_commented() -> None:
@@ -40,6 +40,14 @@ def test_every_example_key_is_commented() -> None:
     for index, line in enumerate(lines):
         if re.match(r"^[a-z_]+ = ", line):
             assert lines[index - 1].startswith("#"), f"line {index + 1} ({line!r}) has no comment"
+
+
+def test_browser_origin_is_kept_as_browsers_send_it(tmp_path: Path) -> None:
+    text = '[server]\nbrowser_session = true\nbrowser_origin = "HTTPS://My.Page:8443/"\n'
+    text += 'allowed_hosts = ["Pi.Home"]\n'
+    server = load_companion_config(write(tmp_path, text)).server
+    assert server.browser_origin == "https://my.page:8443"
+    assert server.allowed_hosts == ("pi.home",)
 
 
 def test_relative_paths_follow_the_config_file(tmp_path: Path) -> None:
@@ -64,6 +72,24 @@ def test_relative_paths_follow_the_config_file(tmp_path: Path) -> None:
         ('[server]\nport = "80"\n', "server.port", "an integer"),
         ("[server]\nhots = 1\n", "server.hots", "unknown key"),
         ('[server]\ntls_cert = "c.pem"\n', "server.tls_cert", "tls_cert and tls_key"),
+        ("[server]\nbrowser_session = true\n", "server.browser_origin", "required with"),
+        ('[server]\nbrowser_origin = "my.page"\n', "server.browser_origin", "an origin such as"),
+        (
+            '[server]\nbrowser_origin = "https://my.page/app"\n',
+            "server.browser_origin",
+            "an origin such as",
+        ),
+        (
+            '[server]\nbrowser_origin = "https://my.page:99999"\n',
+            "server.browser_origin",
+            "an origin such as",
+        ),
+        ('[server]\nallowed_hosts = "pi"\n', "server.allowed_hosts", "an array of host names"),
+        (
+            '[server]\nallowed_hosts = ["pi.home:8780"]\n',
+            "server.allowed_hosts",
+            "without ports",
+        ),
         ('[upstream]\napi_key = "sk-123"\n', "upstream.api_key", "no key in the config file"),
         ('[upstream]\nurl = "api.openai.com"\n', "upstream.url", "an http(s) URL"),
         ("[upstream]\ntimeout_s = 0\n", "upstream.timeout_s", "a number 0.1..300"),
@@ -186,3 +212,51 @@ def test_policy_becomes_a_session_the_api_accepts(tmp_path: Path) -> None:
     )
     td = create_session(semantic.session.session_object())["audio"]["input"]["turn_detection"]
     assert td["type"] == "semantic_vad" and td["eagerness"] == "high"
+
+
+WHISPER = '[session]\ntype = "transcription"\ntranscription_model = "gpt-realtime-whisper"\n'
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "expected"),
+    [
+        (
+            "[session.turn_detection]\nidle_timeout_ms = 4999\n",
+            "session.turn_detection.idle_timeout_ms",
+            "0 (off) or an integer 5000..30000",
+        ),
+        (
+            "[session.turn_detection]\nidle_timeout_ms = 30001\n",
+            "session.turn_detection.idle_timeout_ms",
+            "0 (off) or an integer 5000..30000",
+        ),
+        ('[session]\nmodel = "gpt-4o"\n', "session.model", "one of gpt-realtime"),
+        (
+            '[session]\ntranscription_model = "whisper-9"\n',
+            "session.transcription_model",
+            "Supported values are: 'whisper-1'",
+        ),
+        (WHISPER, "session.turn_detection.type", "does not support turn detection"),
+        ("[session]\nkey_lifetime_s = 7201\n", "session.key_lifetime_s", "an integer 10..7200"),
+    ],
+)
+def test_values_the_service_refuses_are_refused_at_load(
+    tmp_path: Path, text: str, key: str, expected: str
+) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(CompanionConfigError) as caught:
+        load_companion_config(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: {key}: ")
+    assert expected in message
+
+
+def test_values_at_the_service_limits_load_and_the_emulator_accepts_them(tmp_path: Path) -> None:
+    for text in (
+        "[session.turn_detection]\nidle_timeout_ms = 5000\nthreshold = 1.0\n",
+        "[session.turn_detection]\nidle_timeout_ms = 30000\nthreshold = 0.0\n",
+        WHISPER + '[session.turn_detection]\ntype = "none"\n',
+        '[session]\nmodel = "gpt-realtime-mini"\nkey_lifetime_s = 7200\n',
+    ):
+        config = load_companion_config(write(tmp_path, text))
+        create_session(config.session.session_object())  # raises if the service would refuse

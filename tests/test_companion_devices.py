@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import stat
 from pathlib import Path
 
@@ -49,6 +50,39 @@ def test_remove_revokes_and_other_processes_see_changes(tmp_path: Path) -> None:
 def test_bad_names(tmp_path: Path, name: str) -> None:
     with pytest.raises(DeviceError, match="device name"):
         DeviceStore(tmp_path / "d.json").add(name)
+
+
+@pytest.mark.parametrize("name", ["browser", "Browser", "BROWSER"])
+def test_the_browser_routes_name_is_reserved(tmp_path: Path, name: str) -> None:
+    # GET /session mints as "browser": a device with that name would share its rate limit and
+    # its log lines.
+    with pytest.raises(DeviceError, match="reserved for the companion's browser route"):
+        DeviceStore(tmp_path / "d.json").add(name)
+    assert not (tmp_path / "d.json").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file away needs root")
+def test_root_leaves_the_file_to_the_owner_of_its_directory(tmp_path: Path) -> None:
+    """`sudo wakertc companion add-device` must not take the file from the service's user, who
+    owns the state directory and reads the file as itself."""
+    service = (4321, 4322)
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    os.chown(state, *service)
+    path = state / "devices.json"
+    token = DeviceStore(path).add("kitchen")
+    assert (path.stat().st_uid, path.stat().st_gid) == service
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    # A file root took over earlier (before this fix) goes back to the service's user.
+    os.chown(path, 0, 0)
+    DeviceStore(path).add("hall")
+    assert (path.stat().st_uid, path.stat().st_gid) == service
+    # A file someone gave to another user keeps that owner.
+    os.chown(path, 4400, 4400)
+    DeviceStore(path).remove("hall")
+    assert (path.stat().st_uid, path.stat().st_gid) == (4400, 4400)
+    assert DeviceStore(path).identify(token) == "kitchen"
+    assert [p.name for p in state.iterdir()] == ["devices.json"]  # no temp file left
 
 
 def test_duplicate_and_corrupt(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from pulse import PulseRig, pulse_rig  # noqa: F401  (fixture)
 from wakertc.cli import main
 from wakertc.config import (
     DEFAULT_PATTERNS,
@@ -34,7 +36,7 @@ def test_empty_file_gives_documented_defaults(write_config):
     assert config.audio.backend == "pyaudio"
     assert [w.name for w in config.wake.words] == ["hey_jarvis"]
     assert config.wake.words[0].threshold == 0.5
-    assert config.session.turn_detection == "server_vad"
+    assert config.session.reply_timeout_s == 15.0
     assert config.leds.patterns == DEFAULT_PATTERNS
 
 
@@ -107,7 +109,39 @@ command = ["date"]
         ("[button]\nlong_press_s = 0\n", r"button\.long_press_s = 0\.0: a positive number"),
         ("[button]\npull_up = 1\n", r"button\.pull_up = 1: true or false"),
         ("[session]\nurl = 'api.openai.com'\n", r"session\.url = 'api\.openai\.com': an http"),
+        # URLs that once passed and then failed in every conversation (httpx.InvalidURL,
+        # "missing protocol", a name with a space) or at every mint.
+        ("[session]\nurl = 'http://[::1'\n", r"session\.url = 'http://\[::1': an http.*IPv6"),
+        ("[session]\nurl = 'https://'\n", r"session\.url = 'https://': an http.*host"),
+        ("[session]\nurl = 'http://exa mple.com'\n", r"session\.url = .*no spaces"),
+        ("[session]\nurl = 'http://h:99999'\n", r"session\.url = 'http://h:99999': .*range"),
+        ("[session]\nurl = 'http://h/?a=1'\n", r"session\.url = .*no query"),
+        ("[companion]\nurl = 'http://:8780'\n", r"companion\.url = 'http://:8780': .*host"),
+        ("[companion]\nurl = 'ftp://h'\n", r"companion\.url = 'ftp://h': .*scheme"),
+        (
+            "[session]\nice_servers = ['stun:stun.l.google.com:19302', 'stun.example.org']\n",
+            r"session\.ice_servers\[1\] = 'stun\.example\.org': a STUN/TURN URL",
+        ),
+        (
+            "[session]\nice_servers = ['stun:h:70000']\n",
+            r"session\.ice_servers\[0\] = 'stun:h:70000': .*1 to 65535",
+        ),
+        (
+            "[session]\nice_servers = ['stun:h?transport=udp']\n",
+            r"session\.ice_servers\[0\] = .*only for TURN",
+        ),
         ("[[tools]]\nname = 'x'\n", r"tools\[0\] = 'x': exactly one of 'command' or 'url'"),
+        # The companion's policy, which a device key would silently override.
+        (
+            "[session]\nturn_detection = 'none'\n",
+            r"session\.turn_detection = 'none': no such key here: the companion's policy sets it "
+            r"\(\[session\.turn_detection\] type in its config\)",
+        ),
+        (
+            "[session]\nnoise_reduction = 'near_field'\n",
+            r"session\.noise_reduction = .*companion's policy sets it \(\[session\] noise_red",
+        ),
+        ("[session]\nreply_timeout_s = 0\n", r"session\.reply_timeout_s = 0\.0: a positive"),
         (
             "[[tools]]\nname = 'end_conversation'\ncommand = ['true']\n",
             r"tools\[0\]\.name = 'end_conversation': a name not already in use",
@@ -123,6 +157,17 @@ def test_each_kind_of_invalid_value_names_file_key_value_and_expectation(
     lines = problems_of(path)
     assert any(re.search(expected, line) for line in lines), lines
     assert all(line.startswith(f"{path}: ") for line in lines)
+
+
+def test_good_urls_pass(write_config, token_file):
+    config = load_config(
+        write_config(
+            f"[companion]\ntoken_file = '{token_file}'\nurl = 'https://[fe80::1%25eth0]:8443/'\n"
+            "[session]\nurl = 'http://192.168.1.20:8765/base'\n"
+            "ice_servers = ['stun:stun.l.google.com:19302', 'turn:[2001:db8::1]?transport=tcp']\n"
+        )
+    )
+    assert config.session.ice_servers[1] == "turn:[2001:db8::1]?transport=tcp"
 
 
 def test_every_problem_is_reported_at_once(write_config):
@@ -239,3 +284,117 @@ def test_check_config_as_a_process_uses_the_env_variable(write_config):
     assert result.stderr.strip() == (
         f"{path}: log.level = 'loud': one of 'debug', 'info', 'warning', 'error'"
     )
+
+
+# -- check-config and the audio devices here ---------------------------------------------------
+
+# Devices a Pi has beside its microphone, on the private PulseAudio server: an output that cannot
+# capture (like HDMI or the headphone jack) and an input that cannot play.
+PI_LIKE_DEVICES = """
+pcm.wakertc_hdmi {
+    type asym
+    playback.pcm "wakertc_speaker"
+}
+pcm.wakertc_capture_only {
+    type asym
+    capture.pcm "wakertc_mic"
+}
+"""
+
+
+def check_config_process(path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`wakertc check-config PATH` as a process, with `env` (its audio devices) as given."""
+    source = os.pathsep.join(filter(None, [str(ROOT / "daemon"), env.get("PYTHONPATH")]))
+    return subprocess.run(
+        [sys.executable, "-m", "wakertc.cli", "check-config", str(path)],
+        env={**env, "PYTHONPATH": source},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.fixture
+def pi_like_rig(pulse_rig: PulseRig) -> PulseRig:  # noqa: F811
+    """The PulseAudio rig plus ALSA devices that only play or only capture."""
+    asoundrc = Path(pulse_rig.env_vars["XDG_CONFIG_HOME"]) / "alsa" / "asoundrc"
+    asoundrc.write_text(asoundrc.read_text() + PI_LIKE_DEVICES)
+    return pulse_rig
+
+
+@pytest.mark.pulse
+def test_check_config_reports_devices_that_cannot_capture_or_play_with_the_alternatives(
+    write_config, pi_like_rig: PulseRig
+):
+    path = write_config("[audio]\ninput_device = 'hdmi'\noutput_device = 'capture_only'\n")
+    result = check_config_process(path, pi_like_rig.env)
+    assert result.returncode == 2, result
+    assert result.stdout == ""
+    capture, play = result.stderr.splitlines()
+    assert capture.startswith(f"{path}: audio.input_device = 'hdmi' is [")
+    assert "] wakertc_hdmi (0 ch, " in capture and "), which cannot capture (no input" in capture
+    assert "devices that can capture: " in capture and f"] {pi_like_rig.input_device} (" in capture
+    assert "wakertc_hdmi" not in capture.split("devices that can capture: ")[1]
+    assert play.startswith(f"{path}: audio.output_device = 'capture_only' is [")
+    assert "which cannot play (no output channels)" in play
+    assert "devices that can play: " in play and f"] {pi_like_rig.output_device} (" in play
+
+
+@pytest.mark.pulse
+def test_check_config_warns_of_a_device_not_there_now_and_passes_a_good_one(
+    write_config, pi_like_rig: PulseRig
+):
+    """A microphone not plugged in is a warning (the daemon waits for it), not an error."""
+    path = write_config("[audio]\ninput_device = 'USB PnP'\n")
+    result = check_config_process(path, pi_like_rig.env)
+    assert result.returncode == 0, result
+    assert result.stdout.startswith(f"{path}: OK\n")
+    (warning,) = result.stderr.splitlines()
+    assert warning.startswith(f"{path}: warning: audio.input_device = 'USB PnP': no device's ")
+    assert f"] {pi_like_rig.input_device} (" in warning and "the daemon" in warning
+    good = write_config(
+        f"[audio]\ninput_device = '{pi_like_rig.input_device}'\n"
+        f"output_device = '{pi_like_rig.output_device}'\n",
+        name="good.toml",
+    )
+    result = check_config_process(good, pi_like_rig.env)
+    assert (result.returncode, result.stderr) == (0, ""), result
+    assert result.stdout.startswith(f"{good}: OK\n")
+
+
+@pytest.mark.skipif(Path("/dev/snd").exists(), reason="this machine has sound cards")
+def test_check_config_without_any_audio_devices_says_it_could_not_check_them(
+    write_config, tmp_path
+):
+    """A build machine: no sound card and no audio server. The config is still checked."""
+    path = write_config("[audio]\ninput_device = 'USB'\n")
+    (tmp_path / "empty-config").mkdir()
+    env = {"PATH": "/usr/bin:/bin", "XDG_CONFIG_HOME": str(tmp_path / "empty-config")}
+    result = check_config_process(path, env)
+    assert result.returncode == 0, result
+    assert result.stdout.startswith(f"{path}: OK\n")
+    assert result.stderr == (
+        f"{path}: warning: audio devices not checked: PortAudio lists none here (no sound card "
+        "or audio server, or this user is not in the `audio` group); check again on the device\n"
+    )
+    bad = write_config("[audio]\ninput_device = 'USB'\nvolume = 2\n", name="bad.toml")
+    assert check_config_process(bad, env).returncode == 2
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "[session]\nmax_session_s = 3601\n",
+            r"session\.max_session_s = 3601\.0: at most 3600 seconds",
+        ),
+    ],
+)
+def test_values_the_service_refuses_are_refused_at_load(write_config, text, expected):
+    lines = problems_of(write_config(text))
+    assert any(re.search(expected, line) for line in lines), lines
+
+
+def test_values_at_the_service_limits_load(write_config):
+    load_config(write_config("[session]\nmax_session_s = 3600\n"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sys
 
 from chain import BLUE, GREEN, RED, STORY, clip, run_chain
@@ -418,3 +419,165 @@ async def test_key_is_kept_ready_so_conversations_do_not_wait_for_the_companion(
         assert len(chain.calls()) == 2
         assert chain.daemon.last_wake_to_live_s is not None
         assert chain.daemon.last_wake_to_live_s < 1.0
+
+
+POLICY = """
+[session]
+noise_reduction = "near_field"
+
+[session.turn_detection]
+type = "server_vad"
+threshold = 0.6
+silence_duration_ms = 700
+create_response = true
+
+[[session.tools]]
+name = "get_weather"
+description = "Current weather for a city."
+parameters = { type = "object", properties = { city = { type = "string" } } }
+"""
+
+
+async def test_the_device_adds_its_tools_and_keeps_the_companions_policy(tmp_path, models_dir):
+    """The companion mints with its policy (turn detection, noise reduction, a tool); the
+    device's session.update names only the tools (the policy's, then its own), so the session
+    the service runs (its session.updated) still has the owner's settings."""
+    device = {"tools": [{"name": "get_time", "description": "time", "command": ["date"]}]}
+    async with run_chain(tmp_path, models_dir, companion_extra=POLICY, device=device) as chain:
+        await chain.press()
+        await chain.expect(Phase.WAKE, Phase.CONNECTING, Phase.LISTENING)
+        await chain.press()
+        await chain.expect(Phase.IDLE)
+        (update,) = [e for e in chain.sent() if e["type"] == "session.update"]
+        assert set(update["session"]) == {"type", "tools"}
+        names = [t["name"] for t in update["session"]["tools"]]
+        assert names == [
+            "get_weather",
+            "end_conversation",
+            "set_timer",
+            "set_alarm",
+            "cancel_timer",
+            "list_timers",
+            "get_time",
+        ]
+        updated = [e for e in chain.received() if e["type"] == "session.updated"][-1]["session"]
+        audio_in = updated["audio"]["input"]
+        assert audio_in["noise_reduction"] == {"type": "near_field"}
+        detection = audio_in["turn_detection"]
+        assert (detection["threshold"], detection["silence_duration_ms"]) == (0.6, 700)
+        assert [t["name"] for t in updated["tools"]] == names
+
+
+async def test_push_to_talk_follows_the_policys_manual_turns(tmp_path, models_dir):
+    """The companion's policy has no turn detection: the device learns it from the session and
+    a short press ends the user's turn (commit + response.create) instead of the conversation."""
+    policy = '\n[session.turn_detection]\ntype = "none"\n'
+    device = {"session": {"idle_timeout_s": 10.0}}  # no VAD: nothing says the user is talking
+    async with run_chain(
+        tmp_path, models_dir, companion_extra=policy, device=device, reply="tone"
+    ) as chain:
+        await chain.press()
+        await chain.expect(Phase.WAKE, Phase.CONNECTING, Phase.LISTENING)
+        await chain.mic.say(clip(QUESTION))
+        await chain.press()
+        (thinking,) = await chain.expect(Phase.THINKING)
+        assert thinking.reason == "button ended the turn"
+        await chain.expect(Phase.SPEAKING, Phase.LISTENING, timeout=10)
+        kinds = [e["type"] for e in chain.sent()]
+        assert kinds.index("input_audio_buffer.commit") < kinds.index("response.create")
+
+
+async def test_a_failed_transcription_is_logged_told_to_the_hook_and_listening_resumes(
+    tmp_path, models_dir
+):
+    """The service cannot transcribe the turn (transcription.failed): a warning, the hook gets
+    `transcription_failed`, and the device listens again at once (before: THINKING for good)."""
+    hook, received = tmp_path / "hook.py", tmp_path / "hook.jsonl"
+    hook.write_text(HOOK_CODE)
+    async with run_chain(
+        tmp_path / "chain",
+        models_dir,
+        faults=("transcription-failed",),
+        companion_extra='\n[session]\ntype = "transcription"\n',
+        device={
+            "session": {"mode": "transcription", "idle_timeout_s": 5.0},
+            "hook": {"command": [sys.executable, str(hook), str(received)]},
+        },
+    ) as chain:
+        await chain.press()
+        await chain.expect(Phase.WAKE, Phase.CONNECTING, Phase.LISTENING)
+        chain.mic.speak(clip(QUESTION))
+        stopped, listening = await chain.expect(Phase.THINKING, Phase.LISTENING, timeout=10)
+        assert listening.reason == "transcription failed"
+        assert listening.t - stopped.t < 2.0
+        (failed,) = [
+            e
+            for e in chain.received()
+            if e["type"] == "conversation.item.input_audio_transcription.failed"
+        ]
+        message = failed["error"]["message"]
+        assert chain.logs.find(f"the transcription of what the user said failed: {message}")
+        await chain.press()
+        await chain.expect(Phase.IDLE)
+    payloads = [json.loads(line) for line in received.read_text().splitlines()]
+    told = [p for p in payloads if p["event"] == "transcription_failed"]
+    assert told == [
+        {"event": "transcription_failed", "error": message, "item_id": failed["item_id"]}
+    ]
+
+
+async def test_a_session_the_service_ends_is_a_clean_end(tmp_path, models_dir):
+    """The service ends the session at its maximum length (error session_expired, then the call
+    closes): the conversation is over (done cue, LEDs off, one log line), not "connection lost"."""
+    device = {"session": {"idle_timeout_s": 20.0}}
+    async with run_chain(tmp_path, models_dir, faults=("max-session=2",), device=device) as chain:
+        await chain.press()
+        _, _, live = await chain.expect(Phase.WAKE, Phase.CONNECTING, Phase.LISTENING)
+        (idle,) = await chain.expect(Phase.IDLE, timeout=6)
+        assert idle.reason == "conversation over (the service ended the session)"
+        assert 1.5 <= idle.t - live.t <= 3.0
+        assert chain.logs.find(
+            "the service ended the session: Your session hit the maximum duration of 2 seconds."
+        )
+        assert not chain.logs.lines(logging.WARNING)
+        assert chain.leds(idle).effect == "off"
+        assert chain.daemon.conversations == 1
+
+
+MARK_CODE = "import sys; open(sys.argv[1], 'a').write('ran\\n'); print('sunny')"
+
+
+async def test_a_call_from_a_cancelled_response_is_dropped(tmp_path, models_dir):
+    """The model starts a tool call, the user talks over it and the server cancels that response
+    (it still sends the call's arguments, as upstream does): the tool never runs, the call is
+    dropped with a log line, and the user's new turn is answered."""
+    marker = tmp_path / "ran.txt"
+    tool = {
+        "name": "get_weather",
+        "description": "The weather forecast for a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        "command": [sys.executable, "-c", MARK_CODE, str(marker)],
+    }
+    script = [
+        {"call": {"name": "get_weather", "arguments": {"city": "Paris"}, "stream_s": 4}},
+        {"reply": "tone"},
+    ]
+    device = {"tools": [tool], "session": {"idle_timeout_s": 5.0}}
+    async with run_chain(tmp_path / "chain", models_dir, script=script, device=device) as chain:
+        await chain.press()
+        await chain.expect(Phase.WAKE, Phase.CONNECTING, Phase.LISTENING)
+        await chain.mic.say(clip("what is the weather in paris"))
+        await chain.wait_phase(Phase.THINKING)
+        await asyncio.sleep(1.0)
+        chain.mic.speak(clip("no wait, never mind"))
+        await chain.wait_phase(Phase.SPEAKING, timeout=10)
+        await chain.wait_phase(Phase.LISTENING, timeout=10)
+        done = [e["response"] for e in chain.received() if e["type"] == "response.done"]
+        assert [r["status"] for r in done] == ["cancelled", "completed"]
+        assert [e for e in chain.received() if e["type"] == "response.function_call_arguments.done"]
+        assert chain.logs.find(
+            "dropped the model's call to get_weather: its response was cancelled"
+        )
+        sent = [e["type"] for e in chain.sent()]
+        assert "conversation.item.create" not in sent and "response.create" not in sent
+    assert not marker.exists()

@@ -24,7 +24,9 @@ can be had again. After each, the emulator behaves again and "hey jarvis" must o
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import time
 
 import pytest
 
@@ -157,6 +159,11 @@ async def test_key_refresh_failing_while_idle_shows_offline_and_recovers(
         await wake_and_hang_up(chain)
 
 
+# Whether the service sends RTP between replies (nothing says it must): both ways.
+IDLE_AUDIO = [(), ("no-idle-audio",)]
+
+
+@pytest.mark.parametrize("idle_audio", IDLE_AUDIO, ids=["idle-audio", "no-idle-audio"])
 @pytest.mark.parametrize(
     ("fault", "fragment", "noticed_within_s"),
     [
@@ -165,11 +172,13 @@ async def test_key_refresh_failing_while_idle_shows_offline_and_recovers(
     ],
 )
 async def test_connection_lost_while_listening_shows_an_error_and_recovers(
-    tmp_path, models_dir, fault, fragment, noticed_within_s
+    tmp_path, models_dir, fault, fragment, noticed_within_s, idle_audio
 ):
-    """The path dies while the device waits for the user: noticed without a reply to watch."""
+    """The path dies while the device waits for the user: noticed without a reply to watch,
+    whether or not the service sends audio between replies."""
     device = {"session": {"connect_timeout_s": 2.0, "idle_timeout_s": 20.0}}
-    async with run_chain(tmp_path, models_dir, faults=(fault,), device=device) as chain:
+    faults = (fault, *idle_audio)
+    async with run_chain(tmp_path, models_dir, faults=faults, device=device) as chain:
         await chain.press()
         _, _, live = await chain.expect(Phase.WAKE, Phase.CONNECTING, Phase.LISTENING)
         (error,) = await chain.expect(Phase.ERROR, timeout=12)
@@ -177,20 +186,22 @@ async def test_connection_lost_while_listening_shows_an_error_and_recovers(
         await assert_error_shown_then_recovers(chain, error, fragment)
 
 
+@pytest.mark.parametrize("idle_audio", IDLE_AUDIO, ids=["idle-audio", "no-idle-audio"])
 @pytest.mark.parametrize(
     ("fault", "fragment"),
     [
         ("drop-after=3.5", "connection lost: event channel closed"),
-        ("consent-stop=3.5", "connection lost: no reply audio for"),
+        ("consent-stop=3.5", "connection lost: nothing received for 2."),
     ],
 )
 async def test_connection_lost_mid_reply_shows_an_error_and_recovers(
-    tmp_path, models_dir, fault, fragment
+    tmp_path, models_dir, fault, fragment, idle_audio
 ):
     """The peer drops, or the path goes silent, in the middle of a reply: the reply stops, the
     error is shown within a few seconds, then a wake works."""
+    faults = (fault, *idle_audio)
     async with run_chain(
-        tmp_path, models_dir, script=[{"say": STORY}], faults=(fault,), device=FAST_FAILURE
+        tmp_path, models_dir, script=[{"say": STORY}], faults=faults, device=FAST_FAILURE
     ) as chain:
         await chain.press()
         await chain.expect(Phase.WAKE, Phase.CONNECTING, Phase.LISTENING)
@@ -227,3 +238,117 @@ async def test_malformed_events_never_crash_the_conversation(tmp_path, models_di
         assert chain.logs.find("ignored a malformed event", logging.WARNING)
         assert not chain.logs.lines(logging.ERROR)
         assert chain.received_ratio((said.question_start_s, said.question_end_s)) >= 0.95
+
+
+async def test_an_unexpected_error_reaches_the_error_path_and_the_next_wake_works(
+    tmp_path, models_dir
+):
+    """An exception nobody foresaw in a conversation (httpx.InvalidURL from a session URL that
+    bypassed the config's checks): ERROR with its red blink and the display timer, one log line
+    with the traceback, then listening again; a wake word then opens a session (before, the
+    phase stayed CONNECTING, where wake words are ignored, until a restart)."""
+    async with run_chain(tmp_path, models_dir, allow_tracebacks=True) as chain:
+        good = chain.daemon.config
+        session = dataclasses.replace(good.session, url="http://[::1")
+        chain.daemon.config = dataclasses.replace(good, session=session)
+        await chain.press()
+        _, _, error = await chain.expect(Phase.WAKE, Phase.CONNECTING, Phase.ERROR, timeout=5)
+        assert error.reason.startswith("unexpected error: InvalidURL"), error.reason
+        (idle,) = await chain.expect(Phase.IDLE, timeout=5)
+        assert idle.reason == "listening again"
+        assert 1.8 <= idle.t - error.t <= 3.0
+        reading = chain.leds(error)
+        assert reading.effect == "blink" and reading.is_colour(RED), reading
+        tracebacks = [r for _, r in chain.logs.records if r.exc_info]
+        assert [r.getMessage() for r in tracebacks] == ["conversation failed unexpectedly"]
+
+        chain.daemon.config = good
+        await wake_and_hang_up(chain)
+
+
+@pytest.mark.parametrize("fault", ["calls-hang", "silent"])
+async def test_a_press_during_connecting_stops_the_connect_at_once(tmp_path, models_dir, fault):
+    """A press while the call is being set up (the offer unanswered, or the session never
+    configured) ends it at once: back to IDLE within half a second, no error when the connect
+    timeout would have passed, and a call the emulator did answer is hung up."""
+    device = {"session": {"connect_timeout_s": 3.0}}
+    async with run_chain(tmp_path, models_dir, faults=(fault,), device=device) as chain:
+        await chain.press()
+        _, connecting = await chain.expect(Phase.WAKE, Phase.CONNECTING)
+        await asyncio.sleep(0.5)
+        await chain.press()
+        (idle,) = await chain.expect(Phase.IDLE, timeout=2)
+        assert idle.reason == "conversation over (button)"
+        assert idle.t - connecting.t < 0.5 + 0.1 + 0.5  # the wait, the press, then at once
+        await asyncio.sleep(3.5)  # past the connect timeout: nothing more happens
+        assert chain.current is idle, chain.describe()
+        assert not chain.logs.lines(logging.ERROR)
+        for call in chain.calls():
+            assert call.close_reason == "hung up by the client"
+
+
+async def test_mute_during_connecting_stops_the_connect_and_stays_muted(tmp_path, models_dir):
+    """A long press while connecting mutes at once and stops the connect; the connect timeout
+    passing later leaves MUTED (before: ERROR, for good)."""
+    device = {"session": {"connect_timeout_s": 2.0}}
+    async with run_chain(tmp_path, models_dir, faults=("calls-hang",), device=device) as chain:
+        await chain.press()
+        await chain.expect(Phase.WAKE, Phase.CONNECTING)
+        muted = await chain.long_press(Phase.MUTED)
+        await asyncio.sleep(3.0)
+        assert chain.current is muted, chain.describe()
+        assert not chain.logs.lines(logging.ERROR)
+
+
+async def test_no_reply_after_the_user_stopped_ends_in_an_error(tmp_path, models_dir):
+    """The service never answers a finished turn (here the owner's policy has
+    create_response = false): the device does not sit in THINKING streaming the microphone until
+    max_session_s, but fails `reply_timeout_s` after the user stopped, then a wake works."""
+    policy = "\n[session.turn_detection]\ncreate_response = false\n"
+    device = {"session": {"reply_timeout_s": 2.0, "idle_timeout_s": 20.0}}
+    async with run_chain(tmp_path, models_dir, companion_extra=policy, device=device) as chain:
+        await chain.press()
+        await chain.expect(Phase.WAKE, Phase.CONNECTING, Phase.LISTENING)
+        chain.mic.speak(clip("what is the weather like today"))
+        thinking, error = await chain.expect(Phase.THINKING, Phase.ERROR, timeout=15)
+        assert 1.9 <= error.t - thinking.t <= 2.6
+        assert error.reason == "no reply 2 s after the user stopped speaking"
+        assert chain.calls()[0].close_reason == "hung up by the client"
+        await assert_error_shown_then_recovers(chain, error, "no reply")
+
+
+async def test_long_pauses_between_turns_without_idle_audio(tmp_path, models_dir):
+    """The service sends no RTP at all between replies (no-idle-audio): three turns, each after
+    a 12 s pause, and the conversation goes on (before: "connection lost" after 5 s)."""
+    device = {"session": {"idle_timeout_s": 20.0}}
+    async with run_chain(
+        tmp_path, models_dir, reply="tone", faults=("no-idle-audio",), device=device
+    ) as chain:
+        await chain.press()
+        await chain.expect(Phase.WAKE, Phase.CONNECTING, Phase.LISTENING)
+        for _turn in range(3):
+            await asyncio.sleep(12.0)
+            chain.mic.speak(clip("what is the weather like today"))
+            await chain.expect(Phase.THINKING, Phase.SPEAKING, Phase.LISTENING, timeout=15)
+        await chain.press()
+        await chain.expect(Phase.IDLE)
+        assert Phase.ERROR not in [s.new for s in chain.seen], chain.describe()
+        replies = [e for e in chain.received() if e["type"] == "response.done"]
+        assert len(replies) == 3
+        assert not chain.logs.lines(logging.WARNING)
+
+
+async def test_audio_failure_during_connecting_stops_the_connect_at_once(tmp_path, models_dir):
+    """The audio device fails while the call is being set up: the connect stops at once and the
+    error names the device (before: it ran on to the connect timeout and blamed that)."""
+    device = {"session": {"connect_timeout_s": 3.0}}
+    async with run_chain(tmp_path, models_dir, faults=("calls-hang",), device=device) as chain:
+        await chain.press()
+        await chain.expect(Phase.WAKE, Phase.CONNECTING)
+        failed_at = time.monotonic()
+        chain.mic.on_error(OSError("the device was unplugged"))  # as the backend reports it
+        (error,) = await chain.expect(Phase.ERROR, timeout=2)
+        assert error.reason == "audio device lost"
+        found, line = await chain.wait_log("conversation failed", timeout=2)
+        assert line == "conversation failed: the audio device failed"
+        assert found - failed_at < 0.5

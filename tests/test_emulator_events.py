@@ -459,15 +459,16 @@ async def test_text_only_response() -> None:
 async def test_idle_timeout_prompts_a_response() -> None:
     session = {
         "type": "realtime",
-        "audio": {"input": {"turn_detection": {"type": "server_vad", "idle_timeout_ms": 400}}},
+        # The service's minimum (5 s); it counts from the end of the reply's playback.
+        "audio": {"input": {"turn_detection": {"type": "server_vad", "idle_timeout_ms": 5000}}},
     }
     async with running_emulator(reply="tone") as emu:
         client = await connected_client(emu.url, session)
         client.send({"type": "response.create"})
         stopped = await client.wait_for("output_audio_buffer.stopped")
-        timeout = await client.wait_for("input_audio_buffer.timeout_triggered")
+        timeout = await client.wait_for("input_audio_buffer.timeout_triggered", timeout=8)
         waited = client.arrival(timeout) - client.arrival(stopped)
-        assert 0.35 <= waited < 1.0
+        assert 4.9 <= waited < 5.6
         assert (await client.next_event())["type"] == "input_audio_buffer.committed"
         await client.wait_for("response.created")
         assert_all_valid(client.events)
@@ -559,4 +560,209 @@ async def test_speech_queued_before_the_call_is_heard_from_the_first_word(
         )
         assert echoed_ms >= last_ms - first_ms - 40  # nothing of the start was lost
         assert_all_valid(client.events)
+        await client.close()
+
+
+END_TOOL = [
+    {
+        "type": "function",
+        "name": "end_conversation",
+        "parameters": {"type": "object", "properties": {"reason": {"type": "string"}}},
+    }
+]
+LONG_REASON = {"reason": "the user said goodbye and asked for the lights to be switched off"}
+
+
+async def test_a_cancelled_function_call_still_gets_its_arguments_done(tmp_path: Path) -> None:
+    script = tmp_path / "script.json"
+    call = {"name": "end_conversation", "arguments": LONG_REASON, "stream_s": 3.0}
+    script.write_text(json.dumps([{"call": call}]))
+    async with running_emulator(script=script) as emu:
+        client = await connected_client(emu.url, {**MANUAL, "tools": END_TOOL})
+        client.send({"type": "response.create"})
+        await client.wait_for("response.function_call_arguments.delta")
+        client.send({"type": "response.cancel"})
+        done_args = await client.wait_for("response.function_call_arguments.done")
+        full = json.dumps(LONG_REASON)
+        assert done_args["name"] == "end_conversation"
+        assert full.startswith(done_args["arguments"]) and done_args["arguments"] != full
+        item_done = await client.wait_for("response.output_item.done")
+        assert item_done["item"]["status"] == "incomplete"
+        assert item_done["item"]["call_id"] == done_args["call_id"]
+        response = (await client.wait_for("response.done"))["response"]
+        assert response["status"] == "cancelled"
+        assert response["output"][0]["arguments"] == done_args["arguments"]
+        types = client.types()
+        assert types.index("response.function_call_arguments.done") < types.index("response.done")
+        await asyncio.sleep(3.2)  # the cancelled task sends nothing more
+        assert types == client.types()
+        assert_all_valid(client.events)
+        await client.close()
+
+
+async def test_max_output_tokens_cuts_a_response_short(tmp_path: Path) -> None:
+    script = tmp_path / "script.json"
+    script.write_text(
+        json.dumps(
+            [
+                {"call": {"name": "end_conversation", "arguments": LONG_REASON}},
+                {"say": "This reply is far too long for the few tokens it is allowed."},
+            ]
+        )
+    )
+    async with running_emulator(script=script) as emu:
+        client = await connected_client(
+            emu.url, {**MANUAL, "tools": END_TOOL, "max_output_tokens": 5}
+        )
+        client.send({"type": "response.create"})
+        done_args = await client.wait_for("response.function_call_arguments.done")
+        assert done_args["arguments"] == json.dumps(LONG_REASON)[:20]  # 5 tokens x 4 characters
+        response = (await client.wait_for("response.done"))["response"]
+        assert response["status"] == "incomplete"
+        assert response["status_details"]["reason"] == "max_output_tokens"
+        assert response["output"][0]["status"] == "incomplete"
+
+        client.send({"type": "response.create", "response": {"max_output_tokens": 8}})
+        started = await client.wait_for("output_audio_buffer.started")
+        response = (await client.wait_for("response.done", timeout=15))["response"]
+        stopped = await client.wait_for("output_audio_buffer.stopped")
+        assert response["status"] == "incomplete"
+        assert response["status_details"]["reason"] == "max_output_tokens"
+        assert response["output"][0]["status"] == "incomplete"
+        assert response["usage"]["output_tokens"] <= 8
+        played = client.arrival(stopped) - client.arrival(started)
+        assert 0.2 < played < 1.1, played  # 8 tokens: under 0.8 s of audio (with its transcript)
+        assert_all_valid(client.events)
+        await client.close()
+
+
+VAD = {"type": "server_vad"}
+
+
+@pytest.mark.parametrize(
+    ("session", "param", "code"),
+    [
+        (
+            {
+                "type": "realtime",
+                "audio": {"input": {"turn_detection": {**VAD, "idle_timeout_ms": 4999}}},
+            },
+            "session.audio.input.turn_detection.idle_timeout_ms",
+            "integer_below_min_value",
+        ),
+        (
+            {
+                "type": "realtime",
+                "audio": {"input": {"turn_detection": {**VAD, "idle_timeout_ms": 30001}}},
+            },
+            "session.audio.input.turn_detection.idle_timeout_ms",
+            "integer_above_max_value",
+        ),
+        (
+            {
+                "type": "realtime",
+                "audio": {"input": {"turn_detection": {**VAD, "threshold": -0.1}}},
+            },
+            "session.audio.input.turn_detection.threshold",
+            "decimal_below_min_value",
+        ),
+        (
+            {"type": "realtime", "max_output_tokens": 0},
+            "session.max_output_tokens",
+            "integer_below_min_value",
+        ),
+        (
+            {"type": "realtime", "max_output_tokens": "all"},
+            "session.max_output_tokens",
+            "invalid_type",
+        ),
+        (
+            {"type": "realtime", "audio": {"output": {"speed": 1.75}}},
+            "session.audio.output.speed",
+            "decimal_above_max_value",
+        ),
+        (
+            {"type": "realtime", "audio": {"output": {"voice": "nova"}}},
+            "session.audio.output.voice",
+            "invalid_value",
+        ),
+        ({"instructions": "no type"}, "session.type", "missing_required_parameter"),
+        ({"type": "realtime", "model": "gpt-4o"}, "session.model", "invalid_value"),
+    ],
+)
+async def test_session_update_outside_the_limits_is_refused_and_changes_nothing(
+    session: dict[str, Any], param: str, code: str
+) -> None:
+    async with running_emulator() as emu:
+        client = await connected_client(emu.url)
+        before = await_one(client, "session.created")["session"]
+        client.send({"type": "session.update", "event_id": "evt_limit", "session": session})
+        error = (await client.wait_for("error"))["error"]
+        assert error["type"] == "invalid_request_error"
+        assert (error["param"], error["code"], error["event_id"]) == (param, code, "evt_limit")
+        client.send({"type": "session.update", "session": {"type": "realtime"}})
+        after = (await client.wait_for("session.updated"))["session"]
+        assert after == before
+        assert "session.updated" not in client.types()[: client.types().index("error")]
+        assert_all_valid(client.events)
+        await client.close()
+
+
+async def test_transcription_with_gpt_realtime_whisper_needs_turn_detection_off() -> None:
+    async with running_emulator() as emu:
+        client = await connected_client(emu.url, {"type": "transcription"})
+        whisper = {"transcription": {"model": "gpt-realtime-whisper"}}
+        client.send(
+            {
+                "type": "session.update",
+                "event_id": "evt_whisper",
+                "session": {"type": "transcription", "audio": {"input": whisper}},
+            }
+        )
+        error = (await client.wait_for("error"))["error"]
+        assert error["param"] == "session.audio.input.turn_detection"
+        assert error["event_id"] == "evt_whisper"
+        client.send(
+            {
+                "type": "session.update",
+                "session": {
+                    "type": "transcription",
+                    "audio": {"input": {**whisper, "turn_detection": None}},
+                },
+            }
+        )
+        updated = (await client.wait_for("session.updated"))["session"]
+        assert updated["audio"]["input"]["transcription"]["model"] == "gpt-realtime-whisper"
+        assert updated["audio"]["input"]["turn_detection"] is None
+        assert_all_valid(client.events)
+        await client.close()
+
+
+async def test_response_create_outside_the_limits_is_refused() -> None:
+    async with running_emulator(reply="tone") as emu:
+        client = await connected_client(emu.url, MANUAL)
+        for response, param, code in [
+            ({"max_output_tokens": 4097}, "response.max_output_tokens", "integer_above_max_value"),
+            (
+                {"audio": {"output": {"voice": "robot"}}},
+                "response.audio.output.voice",
+                "invalid_value",
+            ),
+        ]:
+            client.send({"type": "response.create", "event_id": "evt_r", "response": response})
+            error = (await client.wait_for("error"))["error"]
+            assert (error["param"], error["code"], error["event_id"]) == (param, code, "evt_r")
+        await asyncio.sleep(0.3)
+        assert "response.created" not in client.types()
+        await client.close()
+
+
+async def test_a_client_event_the_sdk_refuses_gets_an_error_naming_the_parameter() -> None:
+    async with running_emulator() as emu:
+        client = await connected_client(emu.url)
+        client.send({"type": "conversation.item.truncate", "event_id": "evt_t", "item_id": "x"})
+        error = (await client.wait_for("error"))["error"]
+        assert error["code"] == "missing_required_parameter"
+        assert error["event_id"] == "evt_t"
+        assert error["param"] in ("audio_end_ms", "content_index")
         await client.close()

@@ -7,9 +7,11 @@ import json
 import logging
 import secrets
 import time
+from pathlib import Path
 
 import aioice.ice
 import httpx
+import numpy as np
 import pytest
 from aioice import stun
 
@@ -18,6 +20,7 @@ from emulator_helpers import (
     RealtimeClient,
     assert_all_valid,
     connected_client,
+    espeak,
     host_candidates,
     ice_credentials,
     mint,
@@ -237,3 +240,120 @@ async def test_consent_stop_fails_the_clients_consent_checks(
         assert time.monotonic() - began > 0.5
         assert "Consent to send expired" in caplog.text
         await client.close()
+
+
+MANUAL = {"type": "realtime", "audio": {"input": {"turn_detection": None}}}
+
+
+async def rtp_packets_received(client: RealtimeClient) -> int:
+    """RTP packets the client's audio receiver has taken in so far."""
+    total = 0
+    for transceiver in client.pc.getTransceivers():
+        report = await transceiver.receiver.getStats()
+        total += sum(s.packetsReceived for s in report.values() if s.type == "inbound-rtp")
+    return total
+
+
+async def test_without_no_idle_audio_the_track_sends_silence_between_replies() -> None:
+    async with running_emulator() as emu:
+        client = await connected_client(emu.url, MANUAL)
+        await asyncio.sleep(1.0)
+        assert await rtp_packets_received(client) > 25  # 50 packets a second
+        await client.close()
+
+
+async def test_no_idle_audio_sends_rtp_only_while_a_reply_plays() -> None:
+    async with running_emulator(faults=("no-idle-audio",), reply="tone") as emu:
+        client = await connected_client(emu.url, MANUAL)
+        await asyncio.sleep(1.0)
+        assert await rtp_packets_received(client) == 0, "RTP flowed before any reply"
+        client.send({"type": "response.create"})
+        started = await client.wait_for("output_audio_buffer.started")
+        await client.wait_for("output_audio_buffer.stopped")
+        await asyncio.sleep(0.3)  # the last packets cross the loopback link
+        during = await rtp_packets_received(client)
+        assert during > 10, "the reply's audio did not arrive"
+        reply = client.audio_between(client.arrival(started), client.arrival(started) + 5)
+        assert np.abs(reply).max() > 1000, "the reply was silent"
+        await asyncio.sleep(1.5)
+        assert await rtp_packets_received(client) == during, "RTP flowed after the reply"
+        # The next reply flows again, at real-time pace (no catch-up burst for the gap).
+        client.send({"type": "response.create"})
+        first = await client.wait_for("output_audio_buffer.started")
+        last = await client.wait_for("output_audio_buffer.stopped")
+        assert client.arrival(last) - client.arrival(first) > 0.3
+        await asyncio.sleep(0.3)
+        assert await rtp_packets_received(client) > during + 10
+        assert_all_valid(client.events)
+        await client.close()
+
+
+async def test_no_idle_audio_sends_no_rtp_in_a_transcription_session(tmp_path: Path) -> None:
+    async with running_emulator(faults=("no-idle-audio",)) as emu:
+        client = await connected_client(emu.url, {"type": "transcription"})
+        client.mic.play(espeak("What time is it?", tmp_path))
+        await client.wait_for("conversation.item.input_audio_transcription.completed")
+        await asyncio.sleep(0.5)
+        assert await rtp_packets_received(client) == 0
+        assert emu.calls[client.call_id or ""].received_samples > 0  # the uplink is up
+        await client.close()
+
+
+@pytest.mark.parametrize(
+    "session",
+    [
+        {"type": "transcription"},
+        {
+            "type": "realtime",
+            "audio": {"input": {"transcription": {"model": "gpt-4o-transcribe"}}},
+        },
+    ],
+    ids=["transcription", "realtime"],
+)
+async def test_transcription_failed(session: dict, tmp_path: Path) -> None:
+    speech = espeak("What time is it?", tmp_path)
+    async with running_emulator() as emu:
+        client = await connected_client(emu.url, session)
+        client.mic.play(speech)
+        committed = await client.wait_for("input_audio_buffer.committed")
+        completed = await client.wait_for("conversation.item.input_audio_transcription.completed")
+        assert completed["item_id"] == committed["item_id"]
+        await client.close()
+    async with running_emulator(faults=("transcription-failed",)) as emu:
+        client = await connected_client(emu.url, session)
+        client.mic.play(speech)
+        committed = await client.wait_for("input_audio_buffer.committed")
+        failed = await client.wait_for("conversation.item.input_audio_transcription.failed")
+        assert failed["item_id"] == committed["item_id"]
+        assert failed["error"]["type"] == "transcription_error"
+        assert failed["error"]["message"]
+        await asyncio.sleep(0.3)
+        assert "conversation.item.input_audio_transcription.completed" not in client.types()
+        assert_all_valid(client.events)
+        await client.close()
+
+
+async def test_sessions_end_at_their_maximum_length_with_an_error() -> None:
+    async with running_emulator(faults=("max-session=1.5",)) as emu:
+        client = await connected_client(emu.url, MANUAL)
+        call = emu.calls[client.call_id or ""]
+        error = await client.wait_for("error", timeout=5)
+        assert error["error"]["code"] == "session_expired"
+        assert error["error"]["type"] == "invalid_request_error"
+        assert "maximum duration" in error["error"]["message"]
+        assert 1.4 <= time.monotonic() - call.started < 2.5
+        await asyncio.wait_for(client.channel_closed.wait(), 3)
+        await asyncio.wait_for(call.wait_closed(), 3)
+        assert call.close_reason == "maximum session length (1.5 s)"
+        assert client.types()[-1] == "error"  # nothing after it
+        assert_all_valid(client.events)
+        await client.close()
+
+
+def test_the_service_maximum_session_length_is_an_hour() -> None:
+    from wakertc import limits
+    from wakertc.emulator import Faults
+
+    assert limits.MAX_SESSION_S == 3600
+    assert Faults.parse([]).max_session_s is None  # calls then use limits.MAX_SESSION_S
+    assert Faults.parse(["max-session=5"]).max_session_s == 5.0

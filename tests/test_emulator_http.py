@@ -85,6 +85,12 @@ async def test_client_secret_returns_key_and_effective_session() -> None:
         assert default.json()["expires_at"] - int(time.time()) in range(598, 601)
 
 
+IDLE_4S = {"type": "server_vad", "idle_timeout_ms": 4999}
+IDLE_31S = {"type": "server_vad", "idle_timeout_ms": 30001}
+LOUD = {"type": "server_vad", "threshold": 1.01}
+WHISPER = {"model": "gpt-realtime-whisper"}
+
+
 @pytest.mark.parametrize(
     ("body", "param", "code"),
     [
@@ -95,8 +101,63 @@ async def test_client_secret_returns_key_and_effective_session() -> None:
             "session.audio.output.voice",
             "invalid_value",
         ),
-        ({"expires_after": {"seconds": 5}}, "expires_after.seconds", "integer_out_of_range"),
-        ({"expires_after": {"seconds": 7201}}, "expires_after.seconds", "integer_out_of_range"),
+        ({"expires_after": {"seconds": 9}}, "expires_after.seconds", "integer_below_min_value"),
+        ({"expires_after": {"seconds": 7201}}, "expires_after.seconds", "integer_above_max_value"),
+        (
+            {"session": {"type": "realtime", "audio": {"input": {"turn_detection": IDLE_4S}}}},
+            "session.audio.input.turn_detection.idle_timeout_ms",
+            "integer_below_min_value",
+        ),
+        (
+            {"session": {"type": "realtime", "audio": {"input": {"turn_detection": IDLE_31S}}}},
+            "session.audio.input.turn_detection.idle_timeout_ms",
+            "integer_above_max_value",
+        ),
+        (
+            {"session": {"type": "realtime", "audio": {"input": {"turn_detection": LOUD}}}},
+            "session.audio.input.turn_detection.threshold",
+            "decimal_above_max_value",
+        ),
+        (
+            {"session": {"type": "realtime", "max_output_tokens": 4097}},
+            "session.max_output_tokens",
+            "integer_above_max_value",
+        ),
+        (
+            {"session": {"type": "realtime", "max_output_tokens": 0}},
+            "session.max_output_tokens",
+            "integer_below_min_value",
+        ),
+        (
+            {"session": {"type": "realtime", "audio": {"output": {"speed": 1.6}}}},
+            "session.audio.output.speed",
+            "decimal_above_max_value",
+        ),
+        (
+            {"session": {"type": "realtime", "audio": {"output": {"speed": 0.2}}}},
+            "session.audio.output.speed",
+            "decimal_below_min_value",
+        ),
+        (
+            {"session": {"type": "realtime", "model": "gpt-5-realtime"}},
+            "session.model",
+            "invalid_value",
+        ),
+        (
+            {"session": {"type": "transcription", "audio": {"input": {"transcription": WHISPER}}}},
+            "session.audio.input.turn_detection",
+            "invalid_value",
+        ),
+        (
+            {
+                "session": {
+                    "type": "transcription",
+                    "audio": {"input": {"transcription": {"model": "whisper-9"}}},
+                }
+            },
+            "session.audio.input.transcription.model",
+            "invalid_value",
+        ),
     ],
 )
 async def test_client_secret_rejects_bad_sessions(body: dict, param: str, code: str) -> None:
@@ -334,3 +395,90 @@ async def test_official_sdk_mints_and_calls() -> None:
             await asyncio.to_thread(bad_key.realtime.client_secrets.create)
         sdk.close()
         bad_key.close()
+
+
+# -- what a browser calling the API directly needs ------------------------------------------------
+
+ORIGIN = {"Origin": "http://app.example:3000"}
+
+
+@pytest.mark.parametrize("path", ["/v1/realtime/calls", "/v1/realtime/client_secrets"])
+async def test_preflight_is_answered(path: str) -> None:
+    async with running_emulator() as emu, httpx.AsyncClient(timeout=10) as http:
+        response = await http.options(
+            emu.url + path,
+            headers={
+                **ORIGIN,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization,content-type",
+            },
+        )
+        assert response.status_code == 200
+        assert response.headers["access-control-allow-origin"] == "*"
+        assert "POST" in response.headers["access-control-allow-methods"]
+        allowed = response.headers["access-control-allow-headers"].lower()
+        assert "authorization" in allowed and "content-type" in allowed
+        assert not emu.calls
+
+
+async def test_every_answer_carries_cors_headers_and_exposes_location() -> None:
+    async with running_emulator() as emu:
+        key = await mint(emu.url)
+        client = RealtimeClient()
+        offer = await client.offer()
+        async with httpx.AsyncClient(timeout=10) as http:
+            created = await http.post(
+                emu.url + "/v1/realtime/calls",
+                content=offer.encode(),
+                headers={
+                    **ORIGIN,
+                    "Authorization": f"Bearer {key}",
+                    "Content-Type": "application/sdp",
+                },
+            )
+            refused = await http.post(
+                emu.url + "/v1/realtime/calls",
+                content=offer.encode(),
+                headers={
+                    **ORIGIN,
+                    "Authorization": "Bearer ek_wrong",
+                    "Content-Type": "application/sdp",
+                },
+            )
+            minted = await http.post(
+                emu.url + "/v1/realtime/client_secrets", json={}, headers={**ORIGIN, **AUTH}
+            )
+            bad = await http.post(
+                emu.url + "/v1/realtime/client_secrets",
+                json={"expires_after": {"seconds": 1}},
+                headers={**ORIGIN, **AUTH},
+            )
+        assert created.status_code == 201
+        assert "location" in created.headers["access-control-expose-headers"].lower()
+        for response in (created, refused, minted, bad):
+            assert response.headers["access-control-allow-origin"] == "*", response.status_code
+        assert_envelope(refused, 401, "invalid_api_key")
+        assert_envelope(bad, 400, "integer_below_min_value", "expires_after.seconds")
+        await client.close()
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/v1/realtime/nothing-here", 404),
+        ("POST", "/v1/models/gpt-realtime", 404),
+        ("GET", "/v1/realtime/client_secrets", 405),
+        ("PUT", "/v1/realtime/calls", 405),
+    ],
+)
+async def test_unknown_routes_and_methods_answer_in_the_error_envelope(
+    method: str, path: str, status: int
+) -> None:
+    async with running_emulator() as emu, httpx.AsyncClient(timeout=10) as http:
+        response = await http.request(method, emu.url + path, headers=ORIGIN)
+        error = assert_envelope(response, status, None)
+        assert error["type"] == "invalid_request_error"
+        assert error["message"] == f"Invalid URL ({method} {path})"
+        assert response.headers["access-control-allow-origin"] == "*"
+        if status == 405:
+            assert "POST" in response.headers["allow"]

@@ -88,7 +88,7 @@ def test_default_session_is_complete_and_validates_as_sdk_response() -> None:
         (
             {"type": "realtime", "audio": {"input": {"turn_detection": {"threshold": 2}}}},
             "session.audio.input.turn_detection.threshold",
-            "invalid_value",
+            "decimal_above_max_value",
         ),
         (
             {"type": "realtime", "output_modalities": ["audio", "text"]},
@@ -407,7 +407,13 @@ def test_client_events_are_checked_against_the_sdk() -> None:
     )
     assert item is not None and item.param == "item.call_id"
     wrong_type = validator.check({"type": "response.cancel", "response_id": 5})
-    assert wrong_type is not None and wrong_type.code == "invalid_value"
+    assert wrong_type is not None and wrong_type.code == "invalid_type"
+    # A union's member names (int, Literal['inf']) are not part of the parameter's path.
+    tokens = validator.check(
+        {"type": "session.update", "session": {"type": "realtime", "max_output_tokens": "all"}}
+    )
+    assert tokens is not None
+    assert (tokens.param, tokens.code) == ("session.max_output_tokens", "invalid_type")
 
 
 # -- the engine without WebRTC ------------------------------------------------------------------

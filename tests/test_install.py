@@ -7,14 +7,27 @@ write on a Pi, and skips only apt, the virtualenv and systemctl.
 
 from __future__ import annotations
 
+import configparser
+import json
 import os
 import shutil
+import signal
 import stat
 import subprocess
+import sys
+import tempfile
+import tomllib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
+
+from emulator_helpers import KEY, run_command, running_emulator, spawn_server, stop_server
+from pulse import PulseRig, pulse_rig  # noqa: F401  (fixture)
+from wakertc.companion import DeviceStore, load_companion_config
+from wakertc.devices import find_device, list_devices
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = Path("scripts/install-pi.sh")
@@ -79,15 +92,31 @@ def _copy_source(dest: Path) -> None:
             (dest / "config" / name).write_text(f"# placeholder {name}\n")
 
 
-@pytest.fixture
-def staging(tmp_path: Path) -> Staging:
-    src, root = tmp_path / "src", tmp_path / "root"
+def _staging_in(base: Path) -> Staging:
+    src, root = base / "src", base / "root"
     src.mkdir()
     _copy_source(src)
     (root / "etc").mkdir(parents=True)
     for name in ("passwd", "group", "shadow", "gshadow"):
         shutil.copy2(Path("/etc") / name, root / "etc" / name)
     return Staging(src, root)
+
+
+@pytest.fixture
+def staging(tmp_path: Path) -> Staging:
+    return _staging_in(tmp_path)
+
+
+@pytest.fixture
+def open_staging() -> Iterator[Staging]:
+    """A staging tree other users can walk into (pytest's tmp_path is root's alone), for
+    running the installed code as the service's user."""
+    base = Path(tempfile.mkdtemp(prefix="wakertc-install-"))
+    try:
+        base.chmod(0o755)
+        yield _staging_in(base)
+    finally:
+        shutil.rmtree(base)
 
 
 def _mode(path: Path) -> int:
@@ -199,6 +228,34 @@ def test_rerun_upgrades_in_place_and_keeps_config_and_secrets(staging: Staging) 
     assert token.read_text() == "wkt-rotated-token-0000000000\n" and _mode(token) == 0o600
 
 
+def test_upgrade_moves_devices_from_beside_the_config_to_the_state_directory(
+    staging: Staging,
+) -> None:
+    """An install made with the earlier example: `file = "devices.json"`, so `sudo add-device`
+    wrote /etc/wakertc/devices.json, root's alone. The upgrade gives it to the service."""
+    staging.ok("--companion")
+    config = staging.path("/etc/wakertc/companion.toml")
+    new_line = 'file = "/var/lib/wakertc-companion/devices.json"'
+    config.write_text(config.read_text().replace(new_line, 'file = "devices.json"'))
+    old = staging.path("/etc/wakertc/devices.json")
+    token = DeviceStore(old).add("kitchen")
+    assert (old.stat().st_uid, _mode(old)) == (0, 0o600)
+
+    output = staging.ok("--companion")
+    assert "moving" in output
+    moved = staging.path("/var/lib/wakertc-companion/devices.json")
+    users, groups = staging.ids("passwd"), staging.ids("group")
+    assert (moved.stat().st_uid, moved.stat().st_gid) == (
+        users["wakertc-companion"],
+        groups["wakertc-companion"],
+    )
+    assert _mode(moved) == 0o600 and not old.exists()
+    assert DeviceStore(moved).identify(token) == "kitchen"
+    assert new_line in config.read_text() and _mode(config) == 0o640
+    assert config.stat().st_gid == groups["wakertc-companion"]
+    assert "moving" not in staging.ok("--companion")  # once
+
+
 def test_without_a_passwd_file_users_are_skipped(tmp_path: Path) -> None:
     src, root = tmp_path / "src", tmp_path / "bare"
     src.mkdir()
@@ -224,3 +281,138 @@ def test_bad_input_changes_nothing(staging: Staging, tmp_path: Path) -> None:
     assert not staging.path("/etc/wakertc").exists()
     assert not staging.path("/opt").exists()
     assert "wakertc" not in staging.ids("passwd")
+
+
+@pytest.mark.pulse
+def test_the_first_microphone_goes_into_a_config_that_names_none(
+    staging: Staging,
+    pulse_rig: PulseRig,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """With a wakertc command (the installed one is skipped by --files-only, so the test gives
+    its own, on the private PulseAudio server's devices), the installer shows `wakertc devices`
+    and writes the first device that can capture into the new config's [audio] input_device,
+    keeping the file's mode and owner; a re-run, or a config the user set, is left alone."""
+    cli = tmp_path / "wakertc"
+    cli.write_text(f'#!/bin/sh\nexec {sys.executable} -m wakertc.cli "$@"\n')
+    cli.chmod(0o755)
+    env = {"WAKERTC_INSTALL_CLI": str(cli), "PYTHONPATH": str(staging.src / "daemon")}
+    output = staging.ok(env=env)
+    assert "audio devices (wakertc devices):" in output and "Inputs:" in output, output
+    assert "[install]   Inputs:" in output and pulse_rig.input_device in output, output
+
+    config = staging.path("/etc/wakertc/wakertc.toml")
+    chosen = tomllib.loads(config.read_text())["audio"]["input_device"]
+    devices = list_devices()
+    first = min(d.index for d in devices if d.max_input_channels > 0)
+    assert find_device(devices, chosen, "input").index == first, (chosen, devices)
+    assert f"set audio.input_device = {chosen!r}" in output, output
+    example = (staging.src / "config/wakertc.toml").read_text().splitlines()
+    written = config.read_text().splitlines()
+    changed = [(a, b) for a, b in zip(example, written, strict=True) if a != b]
+    assert changed == [
+        (
+            '# input_device = ""',
+            f"input_device = {json.dumps(chosen)}  # the first microphone found at install",
+        )
+    ]
+    assert _mode(config) == 0o640 and config.stat().st_gid == staging.ids("group")["wakertc"]
+
+    before = config.read_bytes()
+    assert "keeping audio.input_device" in staging.ok(env=env)
+    assert config.read_bytes() == before
+    config.write_text(config.read_text().replace(json.dumps(chosen), '"my usb mic"', 1))
+    user_set = config.read_bytes()
+    assert "keeping audio.input_device = 'my usb mic'" in staging.ok(env=env)
+    assert config.read_bytes() == user_set
+
+
+async def test_readme_companion_steps_end_with_a_device_getting_a_key(
+    open_staging: Staging,
+) -> None:
+    """The README's companion install, in order, as a user would: install-pi.sh --companion, edit
+    companion.toml, `sudo wakertc companion add-device`, the service starts as its own user with
+    the API key as a systemd credential, and the device's token mints a key over HTTP."""
+    staging = open_staging
+    key_file = staging.root.parent / "openai.key"
+    key_file.write_text(KEY + "\n")
+    key_file.chmod(0o600)
+    # 1. sudo scripts/install-pi.sh --companion --api-key-file openai.key
+    staging.ok("--companion", "--api-key-file", str(key_file))
+    users, groups = staging.ids("passwd"), staging.ids("group")
+    service_ids = (users["wakertc-companion"], groups["wakertc-companion"])
+
+    # The installed config keeps devices where the unit's state directory is.
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.read(staging.path("/etc/systemd/system/wakertc-companion.service"))
+    state_dir = Path("/var/lib") / unit["Service"]["StateDirectory"]
+    config_path = staging.path("/etc/wakertc/companion.toml")
+    assert load_companion_config(config_path).devices_file == state_dir / "devices.json"
+
+    async with running_emulator() as emulator:
+        # 2. Configure /etc/wakertc/companion.toml: OpenAI (here the emulator) and a port; the
+        # devices file at the staging root's copy of its default place.
+        text = config_path.read_text()
+        staged_state = staging.path(str(state_dir))
+        edits = {
+            'url = "https://api.openai.com"': f'url = "{emulator.url}"',
+            "port = 8780": "port = 0",
+            f'file = "{state_dir}/devices.json"': f'file = "{staged_state}/devices.json"',
+        }
+        for old, new in edits.items():
+            assert old in text, old
+            text = text.replace(old, new)
+        config_path.write_text(text)
+
+        # 3. sudo wakertc companion add-device kitchen --config /etc/wakertc/companion.toml,
+        # with the installed code.
+        installed = {"PYTHONPATH": str(staging.path("/opt/wakertc/src/daemon"))}
+        code, out, err = await run_command(
+            "cli", "companion", "add-device", "kitchen", "--config", str(config_path), env=installed
+        )
+        assert code == 0, err
+        token = out.strip()
+        devices = staged_state / "devices.json"
+        assert (devices.stat().st_uid, devices.stat().st_gid) == service_ids
+        assert _mode(devices) == 0o600
+
+        # 4. systemctl start wakertc-companion: as its user, the key from LoadCredential= in a
+        # directory only that user can read, in its working directory.
+        credentials = staging.root.parent / "credentials"
+        credentials.mkdir(mode=0o500)
+        shutil.copy(staging.path("/etc/wakertc/openai-api-key"), credentials / "openai-api-key")
+        (credentials / "openai-api-key").chmod(0o400)
+        for path in (credentials / "openai-api-key", credentials):
+            os.chown(path, *service_ids)
+        as_service = (
+            "setpriv",
+            f"--reuid={service_ids[0]}",
+            f"--regid={service_ids[1]}",
+            "--clear-groups",
+        )
+        environment = {
+            **installed,
+            "CREDENTIALS_DIRECTORY": str(credentials),
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
+        proc, url, _, lines = await spawn_server(
+            "cli",
+            "companion",
+            "--config",
+            str(config_path),
+            env=environment,
+            prefix=as_service,
+            cwd=staged_state,
+        )
+        try:
+            # 5. The device asks for a key with its token.
+            async with httpx.AsyncClient(timeout=10) as http:
+                response = await http.post(
+                    url + "/v1/session", headers={"Authorization": f"Bearer {token}"}, json={}
+                )
+            assert response.status_code == 200, response.text
+            assert response.json()["value"].startswith("ek_")
+        finally:
+            code, _, rest = await stop_server(proc, signal.SIGTERM)
+        assert code == 0, "".join(lines) + rest
+        assert token not in "".join(lines) + rest and KEY not in "".join(lines) + rest

@@ -388,6 +388,7 @@ PHASE_EVENTS = (
     "response.done",
     "response.function_call_arguments.done",
     "conversation.item.input_audio_transcription.completed",
+    "conversation.item.input_audio_transcription.failed",
 )
 OTHER_TYPES = (
     "session.updated",
@@ -415,6 +416,9 @@ class PhaseModel:
     ending: bool = False
     tasks: bool = False  # a tool or the goodbye is pending (nothing runs inside one burst)
     clears: int = 0
+    ended: bool = False  # ended normally (the service ended the session)
+    active: bool = False  # a response is in progress
+    calls: dict[str, list[tuple[str, str]]] = dataclasses.field(default_factory=dict)
 
     def apply(self, raw: str) -> None:
         """Advance the model by one message from the channel."""
@@ -428,13 +432,16 @@ class PhaseModel:
         if kind == "session.updated":
             self.live = True
         elif kind == "error" and not self.live:
-            self.failed = True
+            self.failed = not self.ended
+        elif kind == "error" and _error_code(message) == "session_expired":
+            self.ended = not self.failed
         elif kind == "input_audio_buffer.speech_started":
             self.clears += self.phase is Phase.SPEAKING
             self.phase = Phase.LISTENING
         elif kind == "input_audio_buffer.speech_stopped":
             self.phase = Phase.THINKING
         elif kind == "response.created":
+            self.active = True
             self.reply_audio = False
             if self.phase is not Phase.SPEAKING:
                 self.phase = Phase.THINKING
@@ -447,15 +454,37 @@ class PhaseModel:
             elif self.phase is Phase.SPEAKING:
                 self.phase = Phase.LISTENING
         elif kind == "response.function_call_arguments.done":
-            if isinstance(message.get("name"), str) and isinstance(message.get("call_id"), str):
-                if message["name"] == END_CONVERSATION:
+            # Noted only: a call runs once its response completed.
+            call = (message.get("name"), message.get("call_id"))
+            response_id = message.get("response_id")
+            if all(isinstance(x, str) for x in (*call, response_id)):
+                self.calls.setdefault(response_id, []).append(call)
+        elif kind == "response.done":
+            self.active = False
+            response = message.get("response")
+            response = response if isinstance(response, dict) else {}
+            response_id = response.get("id")
+            calls = self.calls.pop(response_id, []) if isinstance(response_id, str) else []
+            output = response.get("output")
+            for item in output if isinstance(output, list) else []:
+                if isinstance(item, dict) and item.get("type") == "function_call":
+                    call = (item.get("name"), item.get("call_id"))
+                    noted = {c[1] for c in calls}
+                    if all(isinstance(x, str) for x in call) and call[1] not in noted:
+                        calls.append(call)
+            if response.get("status") != "completed":
+                calls = []
+            for name, _ in calls:
+                if name == END_CONVERSATION:
                     self.ending = True
                     self.tasks = self.tasks or self.phase is not Phase.SPEAKING
                 else:
                     self.tasks = True
-        elif kind == "response.done":
             quiet = not self.reply_audio and not self.ending and not self.tasks
             if quiet and self.phase is Phase.THINKING:
+                self.phase = Phase.LISTENING
+        elif kind == "conversation.item.input_audio_transcription.failed":
+            if self.phase is Phase.THINKING and not self.active:
                 self.phase = Phase.LISTENING
         elif (
             kind == "conversation.item.input_audio_transcription.completed"
@@ -463,6 +492,13 @@ class PhaseModel:
             and self.transcription
         ):
             self.phase = Phase.LISTENING
+
+
+def _error_code(message: dict[str, Any]) -> Any:
+    """The code the daemon reads from an `error` event (its code, else its type)."""
+    error = message.get("error")
+    details = error if isinstance(error, dict) else {}
+    return str(details.get("code") or details.get("type") or "error")[:100]
 
 
 json_values = st.recursive(
@@ -493,7 +529,8 @@ well_formed = st.one_of(
             "name": st.sampled_from([END_CONVERSATION, "lights", ""]) | text,
             "call_id": text,
             "arguments": st.builds(json.dumps, json_values) | text,
-        }
+        },
+        optional={"response_id": st.sampled_from(["r1", "r2"]) | json_values},
     ),
     st.fixed_dictionaries(
         {
@@ -502,7 +539,8 @@ well_formed = st.one_of(
                 {},
                 optional={
                     "type": text,
-                    "code": st.sampled_from(["response_cancel_not_active", "x"]) | json_values,
+                    "code": st.sampled_from(["response_cancel_not_active", "session_expired", "x"])
+                    | json_values,
                     "message": json_values,
                 },
             ),
@@ -513,7 +551,21 @@ well_formed = st.one_of(
             "type": st.just("response.done"),
             "response": st.fixed_dictionaries(
                 {"status": st.sampled_from(["completed", "failed", "cancelled"]) | json_values},
-                optional={"status_details": json_values},
+                optional={
+                    "status_details": json_values,
+                    "id": st.sampled_from(["r1", "r2"]) | json_values,
+                    "output": st.lists(
+                        st.fixed_dictionaries(
+                            {
+                                "type": st.sampled_from(["function_call", "message"]),
+                                "name": st.sampled_from([END_CONVERSATION, "lights"]) | text,
+                                "call_id": text,
+                            }
+                        )
+                        | json_values,
+                        max_size=2,
+                    ),
+                },
             ),
         }
     ),
@@ -550,8 +602,12 @@ messages = st.one_of(
 # One compact event of each kind that matters, so that long sequences of them are common.
 CANONICAL = [
     *({"type": kind} for kind in PHASE_EVENTS),
-    {"type": PHASE_EVENTS[6], "name": END_CONVERSATION, "call_id": "c1", "arguments": "{}"},
-    {"type": PHASE_EVENTS[6], "name": "lights", "call_id": "c2", "arguments": '{"on": true}'},
+    {"type": PHASE_EVENTS[6], "name": END_CONVERSATION, "call_id": "c1", "response_id": "r1"},
+    {"type": PHASE_EVENTS[6], "name": "lights", "call_id": "c2", "response_id": "r1"},
+    {"type": "response.done", "response": {"id": "r1", "status": "completed"}},
+    {"type": "response.done", "response": {"id": "r1", "status": "cancelled"}},
+    {"type": PHASE_EVENTS[8], "item_id": "i1", "error": {"message": "unintelligible"}},
+    {"type": "error", "error": {"code": "session_expired", "message": "60 minutes"}},
     {"type": PHASE_EVENTS[7], "transcript": "turn the lights on"},
     {"type": "session.updated", "session": {}},
     {"type": "error", "error": {"code": "x", "message": "y"}},
@@ -615,6 +671,7 @@ async def _run_burst(
     # reporting a never-retrieved exception.
     ended = conversation._ended
     failed = ended.done() and ended.exception() is not None
+    assert (ended.done() and not failed) == model.ended
     return model, audio, failed, conversation.live, seen
 
 

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import signal
 import sys
+import time
+from pathlib import Path
 
 import pytest
 from aiohttp import web
 
 from wakertc.config import ToolConfig
-from wakertc.tools import END_CONVERSATION, ToolRunner
+from wakertc.tools import END_CONVERSATION, MAX_RESULT_CHARS, ToolRunner
 
 ECHO_ARGS = [sys.executable, "-c", "import json,sys; a=json.load(sys.stdin); print(a['x'] * 2)"]
 
@@ -66,6 +71,105 @@ async def test_http_tool_posts_json_and_returns_the_body(aiohttp_free_server):
     assert json.loads(await runner.run("broken", "{}"))["error"].startswith("HTTP 404")
 
 
+async def test_http_get_keeps_the_configured_query_and_json_encodes_values(aiohttp_free_server):
+    url, seen = aiohttp_free_server
+    runner = ToolRunner(
+        [ToolConfig(name="q", url=f"{url}/light?entity=lamp&token=abc", method="GET")]
+    )
+    args = {"entity": "door", "token": "x", "on": True, "level": 3, "ratio": 0.5, "room": "hall"}
+    assert await runner.run("q", json.dumps(args)) == "done"
+    # The configured entity and token stay; the model's other arguments are added, JSON-encoded.
+    assert seen[-1] == (
+        "GET",
+        None,
+        {
+            "entity": "lamp",
+            "token": "abc",
+            "on": "true",
+            "level": "3",
+            "ratio": "0.5",
+            "room": "hall",
+        },
+    )
+
+
+async def test_http_tool_gets_its_own_timeout_not_httpx_default(aiohttp_free_server):
+    url, _ = aiohttp_free_server
+    runner = ToolRunner([ToolConfig(name="slow", url=f"{url}/slow", timeout_s=8.0)])
+    # httpx's default is 5 s: a tool allowed 8 s must get an answer that takes 5.5 s.
+    assert await runner.run("slow", "{}") == "late"
+
+
+async def test_command_leaving_a_background_child_returns_when_it_exits():
+    # The background `sleep` inherits stdout; the command itself exits at once.
+    runner = ToolRunner(
+        [ToolConfig(name="bg", command=("sh", "-c", "sleep 30 & echo $!"), timeout_s=5.0)]
+    )
+    started = time.monotonic()
+    result = await runner.run("bg", "{}")
+    elapsed = time.monotonic() - started
+    pid = int(result)  # not a timeout: the command's output
+    try:
+        assert elapsed < 2.0
+        assert _alive(pid)  # left running: starting something in the background is allowed
+    finally:
+        os.kill(pid, signal.SIGKILL)
+
+
+async def test_command_timeout_kills_its_whole_process_group(tmp_path):
+    pid_file = tmp_path / "pid"
+    script = f"sleep 30 & echo $! > {pid_file}; wait"
+    runner = ToolRunner([ToolConfig(name="hang", command=("sh", "-c", script), timeout_s=0.5)])
+    started = time.monotonic()
+    assert json.loads(await runner.run("hang", "{}")) == {"error": "timed out after 0.5 s"}
+    assert time.monotonic() - started < 3.0  # not held until the background child ends
+    pid = int(pid_file.read_text())
+    try:
+        deadline = time.monotonic() + 3.0
+        while _alive(pid) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert not _alive(pid), "the command's background child outlived the timeout"
+    finally:
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+async def test_command_printing_without_end_is_cut_not_read_until_the_timeout():
+    runner = ToolRunner([ToolConfig(name="yes", command=("yes",), timeout_s=5.0)])
+    started = time.monotonic()
+    result = await runner.run("yes", "{}")
+    assert time.monotonic() - started < 2.0
+    assert result == ("y\n" * MAX_RESULT_CHARS)[:MAX_RESULT_CHARS]
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    ['{"x": ' + "1" * 5000 + "}", "[" * 100_000 + "]" * 100_000],
+    ids=["5000-digit integer", "nested 100k deep"],
+)
+async def test_unusable_arguments_still_get_an_output(arguments):
+    runner = ToolRunner([ToolConfig(name="double", command=tuple(ECHO_ARGS))])
+    assert json.loads(await runner.run("double", arguments)) == {
+        "error": "arguments were not valid JSON"
+    }
+
+
+async def test_any_failure_of_a_tool_run_becomes_an_output(caplog):
+    # httpx.InvalidURL is not an httpx.HTTPError: it escaped the tool's own error handling.
+    runner = ToolRunner([ToolConfig(name="bad", url="http://[::1/x")])
+    assert json.loads(await runner.run("bad", "{}")) == {"error": "the tool failed: InvalidURL"}
+    assert "tool bad failed unexpectedly" in caplog.text
+
+
+def _alive(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
 @pytest.fixture
 async def aiohttp_free_server(serve):
     seen = []
@@ -75,6 +179,11 @@ async def aiohttp_free_server(serve):
         seen.append((request.method, body, dict(request.query)))
         return web.Response(text="done")
 
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(5.5)
+        return web.Response(text="late")
+
     app = web.Application()
     app.router.add_route("*", "/light", light)
+    app.router.add_route("*", "/slow", slow)
     return await serve(app), seen

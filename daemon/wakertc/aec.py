@@ -69,15 +69,23 @@ class EchoCanceller:
 
 
 def make_echo_canceller(enabled: bool) -> EchoCanceller | None:
-    """An echo canceller when enabled and available; None (with a warning) otherwise."""
+    """An echo canceller when enabled and it loads; None otherwise, and the caller falls back
+    to half-duplex (the warning says so).
+
+    Any failure counts, not only ImportError: livekit's native library can be missing, built
+    for another machine or need a newer glibc (OSError from the loader, raised at import by some
+    versions, wrapped in ImportError at first use by others), or fail in its own set-up.
+    """
     if not enabled:
         return None
     try:
         return EchoCanceller()
-    except ImportError as exc:
+    except Exception as exc:
+        reason = " ".join(str(exc).split())  # livekit's messages span lines; the log's must not
         log.warning(
-            "echo cancellation unavailable (%s); set session.half_duplex = true "
-            "so the device does not hear itself",
-            exc,
+            "echo cancellation unavailable (%s: %s); falling back to half-duplex: the "
+            "microphone is closed while the device speaks",
+            type(exc).__name__,
+            reason,
         )
         return None

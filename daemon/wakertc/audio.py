@@ -19,34 +19,40 @@ audio) and the conversions (see `_QUALITY`). A capture device opened at 16 kHz s
 conversion entirely.
 
 Errors: `AudioDeviceError` for a device that cannot be found, opened or kept running (a message
-naming the device, what was asked and what exists); failures after `start` go to `on_error`.
+naming the device, what was asked and what exists), `DeviceMissing` when it is not there now;
+failures after `start` go to `on_error`. Which device the config means: `devices.py`.
 """
 
 from __future__ import annotations
 
 import abc
-import argparse
 import asyncio
 import collections
-import contextlib
-import json
 import logging
-import os
-import sys
-import tempfile
 import threading
 import time
 import wave
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Any, BinaryIO
 
 import numpy as np
 import numpy.typing as npt
 import soxr
 
 from .config import AudioConfig
+from .devices import AudioDeviceError as AudioDeviceError  # the backends' errors, re-exported
+from .devices import (
+    DeviceInfo,
+    Kind,
+    enumerate_devices,
+    find_device,
+    list_devices,
+    native_stderr_to_debug_log,
+    portaudio,
+    pyaudio_module,
+)
+from .devices import DeviceMissing as DeviceMissing
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +76,6 @@ _STALL_S = 2.0  # no capture callback for this long = the input device is gone
 Int16Array = npt.NDArray[np.int16]
 Float32Array = npt.NDArray[np.float32]
 FrameCallback = Callable[[Int16Array], None]
-
-
-class AudioDeviceError(Exception):
-    """An audio device (or WAV file standing in for one) cannot be found, opened or kept running."""
 
 
 class AudioBackend(abc.ABC):
@@ -600,140 +602,11 @@ class FileBackend(AudioBackend):
             self._handoff.error(AudioDeviceError(f"writing {self.output_file} failed: {exc}"))
 
 
-# --- PortAudio devices --------------------------------------------------------------------------
-
-Kind = Literal["input", "output"]
-
-
-@dataclass(frozen=True)
-class DeviceInfo:
-    """One PortAudio device, as `wakertc devices` lists it."""
-
-    index: int
-    name: str
-    host_api: str
-    max_input_channels: int
-    max_output_channels: int
-    default_rate: float
-    default_input: bool = False
-    default_output: bool = False
-
-    def channels(self, kind: Kind) -> int:
-        """How many channels it offers for `kind`."""
-        return self.max_input_channels if kind == "input" else self.max_output_channels
-
-    def is_default(self, kind: Kind) -> bool:
-        """Whether it is the system's default for `kind`."""
-        return self.default_input if kind == "input" else self.default_output
-
-    def describe(self, kind: Kind) -> str:
-        """`[3] USB Audio (2 ch, 48000 Hz)`, the form used in listings and errors."""
-        return f"[{self.index}] {self.name} ({self.channels(kind)} ch, {self.default_rate:.0f} Hz)"
-
-
-@contextlib.contextmanager
-def _native_stderr_to_debug_log(what: str) -> Iterator[None]:
-    """Route C-level stderr to the debug log for a moment.
-
-    PortAudio probing ALSA and JACK prints dozens of harmless lines straight to fd 2 (missing
-    cards, no JACK server); under systemd they would bury the journal. Only used around
-    PortAudio start-up and stream opening.
-    """
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            sink.seek(0)
-            text = sink.read().decode(errors="replace").strip()
-            if text:
-                log.debug("%s: native library messages:\n%s", what, text)
-
-
-def _pyaudio() -> Any:
-    """The pyaudio module, imported only when real devices are used."""
-    try:
-        import pyaudio
-    except ImportError as exc:
-        raise AudioDeviceError(f"PyAudio is not available ({exc}); install portaudio19") from exc
-    return pyaudio
-
-
-def _portaudio() -> Any:
-    """A started PyAudio instance (call `terminate()` when done)."""
-    pyaudio = _pyaudio()
-    with _native_stderr_to_debug_log("PortAudio start-up"):
-        return pyaudio.PyAudio()
-
-
-def _enumerate(pa: Any) -> list[DeviceInfo]:
-    def default_index(getter: Callable[[], dict[str, Any]]) -> int:
-        try:
-            return int(getter()["index"])
-        except OSError:  # PortAudio's way of saying "there is none"
-            return -1
-
-    default_in = default_index(pa.get_default_input_device_info)
-    default_out = default_index(pa.get_default_output_device_info)
-    devices = []
-    for i in range(pa.get_device_count()):
-        info = pa.get_device_info_by_index(i)
-        devices.append(
-            DeviceInfo(
-                index=i,
-                name=str(info["name"]),
-                host_api=str(pa.get_host_api_info_by_index(info["hostApi"])["name"]),
-                max_input_channels=int(info["maxInputChannels"]),
-                max_output_channels=int(info["maxOutputChannels"]),
-                default_rate=float(info["defaultSampleRate"]),
-                default_input=i == default_in,
-                default_output=i == default_out,
-            )
-        )
-    return devices
-
-
-def list_devices() -> list[DeviceInfo]:
-    """Every PortAudio device, inputs and outputs alike."""
-    pa = _portaudio()
-    try:
-        return _enumerate(pa)
-    finally:
-        pa.terminate()
-
-
-def _find_device(devices: list[DeviceInfo], spec: str | int, kind: Kind) -> DeviceInfo:
-    """The device `spec` (index, name substring, or "" for the default) names, or a clear error."""
-    candidates = [d for d in devices if d.channels(kind) > 0]
-    listing = "; ".join(d.describe(kind) for d in candidates) or "none"
-    hint = f"available {kind}s: {listing}. Set audio.{kind}_device to an index or a unique part of a name (see `wakertc devices`)"  # noqa: E501
-    if spec == "":
-        found = [d for d in candidates if d.is_default(kind)]
-        if not found:
-            raise AudioDeviceError(f"there is no default {kind} device; {hint}")
-        return found[0]
-    if isinstance(spec, int):
-        found = [d for d in candidates if d.index == spec]
-        if not found:
-            raise AudioDeviceError(f"{kind} device {spec}: no {kind} device has that index; {hint}")
-        return found[0]
-    needle = spec.lower()
-    found = [d for d in candidates if needle in d.name.lower()]
-    exact = [d for d in found if d.name.lower() == needle]
-    if len(exact) == 1 or len(found) == 1:
-        return (exact or found)[0]
-    if not found:
-        raise AudioDeviceError(f"{kind} device {spec!r}: no {kind} device name contains it; {hint}")
-    names = ", ".join(d.describe(kind) for d in found)
-    raise AudioDeviceError(f"{kind} device {spec!r} is ambiguous: it matches {names}; {hint}")
+# --- PortAudio devices (which ones: devices.py) -------------------------------------------------
 
 
 def _check_format(pa: Any, device: DeviceInfo, kind: Kind, rate: int, channels: int) -> None:
-    pyaudio = _pyaudio()
+    pyaudio = pyaudio_module()
     arguments: dict[str, Any] = {
         f"{kind}_device": device.index,
         f"{kind}_channels": channels,
@@ -751,9 +624,9 @@ def _check_format(pa: Any, device: DeviceInfo, kind: Kind, rate: int, channels: 
         ):
             # Not a format problem: the device is gone (unplugged, its sound server sink
             # unloaded) or busy. Config advice would send the user the wrong way.
-            raise AudioDeviceError(
-                f"{kind} device {device.describe(kind)} is not available ({reason}): "
-                "is it connected?"
+            raise DeviceMissing(
+                f"{kind} device {device.describe(kind)} (audio.{kind}_device) is not available "
+                f"({reason}): is it connected?"
             ) from exc
         raise AudioDeviceError(
             f"{kind} device {device.describe(kind)} cannot {('record', 'play')[kind == 'output']} "
@@ -782,14 +655,16 @@ class PyAudioBackend(AudioBackend):
     def __init__(self, config: AudioConfig, *, prebuffer_s: float = 0.02) -> None:
         self.on_render = None
         self.on_error = None
-        self._pyaudio = _pyaudio()
-        self._pa = _portaudio()
+        self._pyaudio = pyaudio_module()
+        self._pa = portaudio()
         try:
-            devices = _enumerate(self._pa)
-            self.input_device = _find_device(devices, config.input_device, "input")
-            self.output_device = _find_device(devices, config.output_device, "output")
-            self.input_rate, self.input_channels = self._capture_format(config)
-            self.output_rate, self.output_channels = self._playback_format(config)
+            devices = enumerate_devices(self._pa)
+            self.input_device = find_device(devices, config.input_device, "input")
+            self.output_device = find_device(devices, config.output_device, "output")
+            # Probing a device that is away makes ALSA print to fd 2, at every retry.
+            with native_stderr_to_debug_log("checking audio formats"):
+                self.input_rate, self.input_channels = self._capture_format(config)
+                self.output_rate, self.output_channels = self._playback_format(config)
             self._converter = CaptureConverter(
                 self.input_rate, self.input_channels, config.input_channel
             )
@@ -852,7 +727,7 @@ class PyAudioBackend(AudioBackend):
         self._on_frame = on_frame
         self._last_capture = time.monotonic()
         try:
-            with _native_stderr_to_debug_log("opening audio streams"):
+            with native_stderr_to_debug_log("opening audio streams"):
                 self._out_stream = self._pa.open(
                     format=pyaudio.paInt16,
                     channels=self.output_channels,
@@ -996,41 +871,44 @@ def open_backend(config: AudioConfig) -> AudioBackend:
     return PyAudioBackend(config)
 
 
-def devices_main(argv: list[str]) -> int:
-    """`wakertc devices`: list inputs and outputs with index, name, channels and default rate."""
-    parser = argparse.ArgumentParser(
-        prog="wakertc devices",
-        description="List audio inputs and outputs; set audio.input_device / audio.output_device "
-        "to an index or a unique part of a name.",
-    )
-    parser.add_argument("--json", action="store_true", help="one JSON object per device")
-    args = parser.parse_args(argv)
+def check_devices(config: AudioConfig) -> tuple[list[str], list[str]]:
+    """What `check-config` says of the configured devices on this machine: (errors, warnings).
+
+    A device that is there and cannot do its job is an error; one that is not there now is a
+    warning (a USB microphone may be plugged in later: the daemon waits for it); so is a machine
+    with no audio devices at all, such as a build machine, where nothing can be checked.
+    """
+    if config.backend != "pyaudio":
+        return [], []
     try:
         devices = list_devices()
     except AudioDeviceError as exc:
-        print(f"wakertc devices: {exc}", file=sys.stderr)
-        return 1
-    if args.json:
-        for device in devices:
-            print(json.dumps(asdict(device)))
-        return 0
-    sections: tuple[tuple[Kind, str], ...] = (("input", "Inputs"), ("output", "Outputs"))
-    for kind, title in sections:
-        print(f"{title}:")
-        shown = [d for d in devices if d.channels(kind) > 0]
-        for d in shown:
-            mark = "*" if d.is_default(kind) else " "
-            print(
-                f" {mark}{d.index:3d}  {d.name}  ({d.channels(kind)} ch, "
-                f"{d.default_rate:.0f} Hz, {d.host_api})"
-            )
-        if not shown:
-            print("  (none)")
-    print("* = default")
+        return [], [f"audio devices not checked: {exc}"]
     if not devices:
-        print(
-            "no audio devices found: is the sound card's driver loaded (`aplay -l`), and is this "
-            "user in the `audio` group?",
-            file=sys.stderr,
-        )
-    return 0
+        return [], [
+            "audio devices not checked: PortAudio lists none here (no sound card or audio "
+            "server, or this user is not in the `audio` group); check again on the device"
+        ]
+    errors: list[str] = []
+    warnings: list[str] = []
+    waits = "; until it appears, the daemon shows the error and waits for it"
+    chosen: tuple[tuple[Kind, str | int], ...] = (
+        ("input", config.input_device),
+        ("output", config.output_device),
+    )
+    for kind, spec in chosen:
+        try:
+            find_device(devices, spec, kind)
+        except DeviceMissing as exc:
+            warnings.append(f"{exc}{waits}")
+        except AudioDeviceError as exc:
+            errors.append(str(exc))
+    if errors or warnings:
+        return errors, warnings
+    try:  # the rates and channel counts, exactly as start-up will choose them
+        PyAudioBackend(config).close()
+    except DeviceMissing as exc:
+        warnings.append(f"{exc}{waits}")
+    except AudioDeviceError as exc:
+        errors.append(str(exc))
+    return errors, warnings

@@ -26,7 +26,8 @@ def _run(argv: list[str]) -> int:
 def _check_config(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="wakertc check-config",
-        description="Validate a config file: exit 0 and a summary, or 2 and a line per problem.",
+        description="Validate a config file and the audio devices it names: exit 0 and a summary "
+        "(plus warnings, e.g. a device not plugged in now), or 2 and a line per problem.",
     )
     parser.add_argument("path", nargs="?", help="config file (default $WAKERTC_CONFIG or /etc/...)")
     parser.add_argument("--config", dest="config_opt", help=argparse.SUPPRESS)
@@ -39,7 +40,16 @@ def _check_config(argv: list[str]) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
+    from .audio import check_devices
+
+    errors, warnings = check_devices(config.audio)
+    for error in errors:
+        print(f"{path}: {error}", file=sys.stderr)
+    if errors:
+        return 2
     print(summary(config))
+    for warning in warnings:
+        print(f"{path}: warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -58,8 +68,9 @@ def _lazy(module: str, func: str) -> Callable[[list[str]], int]:
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "run": (_run, "run the device daemon"),
     "check-config": (_check_config, "validate a config file"),
-    "devices": (_lazy(".audio", "devices_main"), "list audio inputs and outputs"),
+    "devices": (_lazy(".devices", "devices_main"), "list audio inputs and outputs"),
     "detect": (_lazy(".wakeword", "detect_main"), "run the wake word over a WAV file"),
+    "selftest": (_lazy(".selftest", "main"), "one call with this device's config, reported"),
     "demo": (_lazy(".demo", "main"), "run the whole chain locally, no hardware"),
     "emulator": (_lazy(".emulator", "main"), "local stand-in for the OpenAI Realtime API"),
     "companion": (_lazy(".companion", "main"), "the key server that holds the API key"),

@@ -19,11 +19,14 @@ import stat
 import tomllib
 import types
 import typing
+import urllib.parse
 import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+from . import limits
 
 DEFAULT_PATH = Path("/etc/wakertc/wakertc.toml")
 # Functions the device itself provides; a configured tool may not take one of these names.
@@ -206,8 +209,10 @@ class CompanionConfig:
     """The token inline instead of `token_file`; then this file must not be readable by others."""
     ca_file: Path | None = None
     """CA certificate to trust for a self-signed companion; unset = the system's CAs."""
-    timeout_s: float = 5.0
-    """Give up on one request to the companion after this long."""
+    timeout_s: float = 12.0
+    """Give up on one request to the companion after this long: longer than the companion's own
+    `upstream.timeout_s` (10 s by default), so that a slow mint ends in its answer (a key, or a
+    504 naming the cause), not in our timeout."""
 
 
 @dataclass(frozen=True)
@@ -225,27 +230,13 @@ class SessionConfig:
     idle_timeout_s: float = 8.0
     """End the conversation after this long with nobody speaking since the last reply."""
     max_session_s: float = 300.0
-    """End any conversation after this long."""
-    turn_detection: Literal["server_vad", "semantic_vad", "none"] = "server_vad"
-    """How the server finds the end of the user's turn."""
-    vad_threshold: float = 0.5
-    """server_vad: speech probability threshold 0..1 (raise it in noisy rooms)."""
-    prefix_padding_ms: int = 300
-    """server_vad: audio kept before detected speech."""
-    silence_duration_ms: int = 500
-    """server_vad: silence that ends a turn."""
-    eagerness: Literal["low", "medium", "high", "auto"] = "auto"
-    """semantic_vad: how soon to answer."""
-    noise_reduction: Literal["near_field", "far_field", "off"] = "far_field"
-    """Server-side input noise reduction: near_field for headsets, far_field for room mics."""
+    """End any conversation after this long (at most the service's own limit, 60 minutes)."""
+    reply_timeout_s: float = 15.0
+    """Give up waiting for a reply (or a transcript) this long after the user stopped speaking."""
     echo_cancellation: bool = True
     """Cancel the device's own voice from the microphone (WebRTC AEC3) when available."""
     half_duplex: bool = False
     """Mute the microphone path while the device speaks (fallback when AEC is unavailable)."""
-    transcription_model: str = "gpt-4o-transcribe"
-    """transcription mode: the model used."""
-    transcription_language: str = ""
-    """transcription mode: ISO-639-1 language hint; "" = detect."""
 
 
 @dataclass(frozen=True)
@@ -379,8 +370,29 @@ class ConfigError(Exception):
         super().__init__("\n".join(p.render(source) for p in problems))
 
 
+# Session settings that are the companion's policy: it mints every key with them, and a device
+# sending its own would silently replace the owner's choice (see the README).
+_COMPANION_POLICY = types.MappingProxyType(
+    {
+        "session.turn_detection": "[session.turn_detection] type",
+        "session.vad_threshold": "[session.turn_detection] threshold",
+        "session.prefix_padding_ms": "[session.turn_detection] prefix_padding_ms",
+        "session.silence_duration_ms": "[session.turn_detection] silence_duration_ms",
+        "session.eagerness": "[session.turn_detection] eagerness",
+        "session.noise_reduction": "[session] noise_reduction",
+        "session.transcription_model": "[session] transcription_model",
+        "session.transcription_language": "[session] language",
+    }
+)
+
 _MISSING = object()
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+# A DNS name or IPv4 address (urlsplit strips the brackets of an IPv6 one, allowed too).
+_HOST = re.compile(r"[A-Za-z0-9_.-]+|[0-9A-Fa-f:.]+(%[A-Za-z0-9_.-]+)?")
+_ICE_URL = re.compile(
+    r"(?P<scheme>stuns?|turns?):(?P<host>[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\])"
+    r"(?::(?P<port>[0-9]{1,5}))?(?:\?transport=(?P<transport>udp|tcp))?"
+)
 
 
 def config_path(cli_path: str | os.PathLike[str] | None = None) -> Path:
@@ -451,7 +463,6 @@ def _check_semantics(config: Config, source: Path) -> list[Problem]:
         ("leds.brightness", config.leds.brightness, 0.0, 1.0),
         ("sounds.volume", config.sounds.volume, 0.0, 1.0),
         ("timers.ring_volume", config.timers.ring_volume, 0.0, 1.0),
-        ("session.vad_threshold", config.session.vad_threshold, 0.0, 1.0),
     ):
         if not low <= value <= high:
             problems.append(Problem(name, value, f"a number from {low} to {high}"))
@@ -462,8 +473,6 @@ def _check_semantics(config: Config, source: Path) -> list[Problem]:
         ("audio.output_channels", audio.output_channels),
         ("audio.input_channel", audio.input_channel),
         ("wake.preroll_ms", config.wake.preroll_ms),
-        ("session.prefix_padding_ms", config.session.prefix_padding_ms),
-        ("session.silence_duration_ms", config.session.silence_duration_ms),
     ):
         if value < 0:
             problems.append(Problem(name, value, "zero or a positive integer"))
@@ -474,11 +483,13 @@ def _check_semantics(config: Config, source: Path) -> list[Problem]:
         ("session.connect_timeout_s", config.session.connect_timeout_s),
         ("session.idle_timeout_s", config.session.idle_timeout_s),
         ("session.max_session_s", config.session.max_session_s),
+        ("session.reply_timeout_s", config.session.reply_timeout_s),
         ("timers.ring_timeout_s", config.timers.ring_timeout_s),
         ("timers.snooze_s", config.timers.snooze_s),
     ):
         if value <= 0:
             problems.append(Problem(name, value, "a positive number of seconds"))
+    problems += _check_service_limits(config.session)
 
     if not config.wake.words:
         problems.append(Problem("wake.words", [], "at least one wake word"))
@@ -524,10 +535,20 @@ def _check_semantics(config: Config, source: Path) -> list[Problem]:
             )
 
     companion = config.companion
-    if not companion.url.startswith(("http://", "https://")):
-        problems.append(Problem("companion.url", companion.url, "an http:// or https:// URL"))
-    if not config.session.url.startswith(("http://", "https://")):
-        problems.append(Problem("session.url", config.session.url, "an http:// or https:// URL"))
+    for name, url in (("companion.url", companion.url), ("session.url", config.session.url)):
+        problem = _http_url_problem(url)
+        if problem:
+            problems.append(Problem(name, url, f"an http:// or https:// base URL ({problem})"))
+    for i, url in enumerate(config.session.ice_servers):
+        problem = _ice_url_problem(url)
+        if problem:
+            problems.append(
+                Problem(
+                    f"session.ice_servers[{i}]",
+                    url,
+                    f"a STUN/TURN URL like 'stun:host:3478' ({problem})",
+                )
+            )
     if companion.token:
         if _readable_by_others(source):
             problems.append(
@@ -613,6 +634,24 @@ def read_mqtt_password(config: MqttConfig) -> str:
     return config.password_file.read_text(encoding="utf-8").strip()
 
 
+def _check_service_limits(session: SessionConfig) -> list[Problem]:
+    """What the Realtime service itself would refuse, from the one table in `wakertc.limits`.
+
+    The settings the service checks most (turn detection, transcription) are the companion's
+    policy, checked in its config from the same table; the device has only the session length.
+    """
+    problems = []
+    if session.max_session_s > limits.MAX_SESSION_S:
+        problems.append(
+            Problem(
+                "session.max_session_s",
+                session.max_session_s,
+                f"at most {limits.MAX_SESSION_S} seconds: the service ends every session then",
+            )
+        )
+    return problems
+
+
 def _check_token_file(path: Path) -> list[Problem]:
     try:
         mode = path.stat().st_mode
@@ -635,6 +674,39 @@ def _check_token_file(path: Path) -> list[Problem]:
             )
         ]
     return []
+
+
+def _http_url_problem(url: str) -> str:
+    """What is wrong with an HTTP base URL, or "" when it will work as one."""
+    if any(c.isspace() or not c.isprintable() for c in url):
+        return "no spaces or control characters"
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port  # raises ValueError when out of range or not a number
+    except ValueError as exc:
+        return str(exc)
+    if parts.scheme not in ("http", "https"):
+        return "the scheme must be http or https"
+    if not parts.hostname or not _HOST.fullmatch(parts.hostname):
+        return "a host name or address is missing or malformed"
+    if port == 0:
+        return "port 0"
+    if parts.query or parts.fragment:
+        return "no query or fragment"
+    return ""
+
+
+def _ice_url_problem(url: str) -> str:
+    """What is wrong with a STUN/TURN URL (RFC 7064/7065 as aiortc parses them), or ""."""
+    match = _ICE_URL.fullmatch(url)
+    if match is None:
+        return "stun:, stuns:, turn: or turns:, a host, an optional port; transport only for TURN"
+    port = match["port"]
+    if port is not None and not 0 < int(port) < 65536:
+        return "a port from 1 to 65535"
+    if match["transport"] and not match["scheme"].startswith("turn"):
+        return "a transport only for TURN"
+    return ""
 
 
 def _readable_by_others(path: Path) -> bool:
@@ -747,6 +819,11 @@ def _convert_dataclass(
     hints = typing.get_type_hints(tp)
     fields = {f.name: f for f in dataclasses.fields(tp) if f.name != "source"}
     for unknown in sorted(set(value) - set(fields)):
+        moved = _COMPANION_POLICY.get(_join(key, unknown))
+        if moved is not None:
+            expected = f"no such key here: the companion's policy sets it ({moved} in its config)"
+            problems.append(Problem(_join(key, unknown), value[unknown], expected))
+            continue
         known = ", ".join(sorted(fields))
         problems.append(Problem(_join(key, unknown), value[unknown], f"a known key ({known})"))
     kwargs: dict[str, Any] = {}

@@ -17,6 +17,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -24,7 +25,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .audio import AudioBackend
-from .config import Config, SessionConfig
+from .config import Config
 from .keys import CompanionError, KeyKeeper
 from .state import Phase, PhaseMachine
 from .tools import END_CONVERSATION, ToolRunner
@@ -41,54 +42,47 @@ LOG_TEXT_LIMIT = 500
 # When the server says a reply's output stopped, its last ~100 ms are still in the network and the
 # jitter buffer: the reply has been heard once nothing audible has arrived for this long.
 REPLY_TAIL_S = 0.25
-# A reply whose audio stops arriving for this long means the path died without a word (ICE consent
-# checks would only notice after ~30 s): the conversation fails instead of "speaking" on.
+# Nothing at all from the peer for this long (no packet of any kind, and no answer to the call's
+# probes: see webrtc.py) means the path died without a word; ICE consent checks would only notice
+# after ~30 s. Mid-reply the user hears it stop, so sooner; otherwise they would talk to no one.
 REPLY_STALL_S = 2.0
-# Between replies the remote track carries silence (with Opus DTX, still a packet every 400 ms):
-# nothing at all for this long means the path is dead, and the user would talk to no one.
 PATH_STALL_S = 5.0
+# The `error` code with which the service ends a session at its maximum length, before it closes
+# the call.
+SESSION_EXPIRED = "session_expired"
 
 
 class SessionFailed(Exception):
     """The conversation could not start or was cut off; the message says why, for the log."""
 
 
-def session_update(config: SessionConfig, tools: ToolRunner) -> dict[str, Any]:
-    """The `session.update` event carrying the device-side settings."""
-    turn_detection: dict[str, Any] | None
-    if config.turn_detection == "server_vad":
-        turn_detection = {
-            "type": "server_vad",
-            "threshold": config.vad_threshold,
-            "prefix_padding_ms": config.prefix_padding_ms,
-            "silence_duration_ms": config.silence_duration_ms,
-            "create_response": True,
-            "interrupt_response": True,
-        }
-    elif config.turn_detection == "semantic_vad":
-        turn_detection = {"type": "semantic_vad", "eagerness": config.eagerness}
-    else:
-        turn_detection = None
-    audio_input: dict[str, Any] = {
-        "noise_reduction": (
-            None if config.noise_reduction == "off" else {"type": config.noise_reduction}
-        ),
-        "turn_detection": turn_detection,
-    }
-    if config.mode == "transcription":
-        transcription: dict[str, Any] = {"model": config.transcription_model}
-        if config.transcription_language:
-            transcription["language"] = config.transcription_language
-        audio_input["transcription"] = transcription
-        session: dict[str, Any] = {"type": "transcription", "audio": {"input": audio_input}}
-    else:
-        session = {
-            "type": "realtime",
-            "audio": {"input": audio_input},
-            "tools": tools.definitions(),
-            "tool_choice": "auto",
-        }
-    return {"type": "session.update", "session": session}
+def session_update(minted: dict[str, Any], tools: ToolRunner) -> dict[str, Any]:
+    """The `session.update` event: only what the device owns, on top of the minted session.
+
+    The companion minted the key with the owner's policy (model, voice, instructions, turn
+    detection, noise reduction, transcription, tools) and returned that session; an update
+    replaces every field it names, so it names only the tools, the device's own: the policy's
+    tools first, then the device's (end_conversation and `[[tools]]`) under names not taken.
+    A transcription session has nothing of the device's: the update only names its type, and
+    its answer (`session.updated`) says the session is ready.
+    """
+    kind = minted.get("type")
+    if kind == "transcription":
+        return {"type": "session.update", "session": {"type": "transcription"}}
+    policy_tools = minted.get("tools")
+    merged = (
+        [t for t in policy_tools if isinstance(t, dict)] if isinstance(policy_tools, list) else []
+    )
+    taken = {t.get("name") for t in merged}
+    for tool in tools.definitions():
+        if tool["name"] in taken:
+            log.warning(
+                "the session policy already has a tool %s: the device's is not sent",
+                _clip(tool["name"], 60),
+            )
+        else:
+            merged.append(tool)
+    return {"type": "session.update", "session": {"type": "realtime", "tools": merged}}
 
 
 class Conversation:
@@ -105,6 +99,7 @@ class Conversation:
         tools: ToolRunner,
         woke_at: float,
         on_transcript: Callable[[str, str], None] | None = None,
+        on_transcription_failed: Callable[[str, str], None] | None = None,
     ) -> None:
         self._config = config
         self._session = config.session
@@ -115,6 +110,7 @@ class Conversation:
         self._tools = tools
         self._woke_at = woke_at
         self._on_transcript = on_transcript
+        self._on_transcription_failed = on_transcription_failed
         self.mic = MicTrack()
         self._call: RealtimeCall | None = None
         self._live = asyncio.Event()
@@ -131,12 +127,17 @@ class Conversation:
         self._replied = False  # the model's voice has been played in this conversation
         self._user_speaking = False  # between speech_started and speech_stopped
         self._last_audio_at = 0.0  # when audible reply audio was last received
-        self._audio_received_at = 0.0  # when any remote audio was last received
         self._speaker_quiet_since = 0.0
         self._ending_after_reply: str | None = None
         self._response_audio = False
+        self._response_active = False  # between response.created and response.done
+        # Function calls by response id, run only once their response completed.
+        self._calls: dict[str, list[_FunctionCall]] = {}
+        self._tool_runs = 0  # tool batches running; their outputs then get one response.create
+        self._create_after_response = False  # outputs sent while a response was active
         self._transcript: list[str] = []
         self._stage = "starting"
+        self._manual_turns = False  # no turn detection: the button ends the user's turn
         self._last_problem: str | None = None
         self.wake_to_live_s: float | None = None
         self.handlers: dict[str, Callable[[dict[str, Any]], None]] = {
@@ -153,6 +154,7 @@ class Conversation:
             "response.function_call_arguments.done": self._function_call,
             "response.done": self._response_done,
             "conversation.item.input_audio_transcription.completed": self._user_transcript,
+            "conversation.item.input_audio_transcription.failed": self._transcription_failed,
         }
 
     # -- the daemon's side -------------------------------------------------------------------
@@ -164,7 +166,7 @@ class Conversation:
         try:
             try:
                 async with asyncio.timeout(self._session.connect_timeout_s):
-                    await self._connect()
+                    await self._connect_unless_ended()
             except TimeoutError:
                 last = f" (last error: {self._last_problem})" if self._last_problem else ""
                 raise SessionFailed(
@@ -213,14 +215,11 @@ class Conversation:
         phase = self._phases.phase
         if phase is Phase.SPEAKING:
             self.barge_in("button")
-        elif (
-            phase is Phase.LISTENING
-            and self._session.turn_detection == "none"
-            and self._live.is_set()
-        ):
+        elif phase is Phase.LISTENING and self._manual_turns and self._live.is_set():
             self._send({"type": "input_audio_buffer.commit"})
             self._send({"type": "response.create"})
             self._phases.transition(Phase.THINKING, "button ended the turn")
+            self._await_reply()
         else:
             self.end("button")
 
@@ -260,10 +259,25 @@ class Conversation:
 
     # -- set-up ------------------------------------------------------------------------------
 
+    async def _connect_unless_ended(self) -> None:
+        """Connect, but stop at once when the conversation ends meanwhile (a press, mute, the
+        audio device failing): the user is not kept waiting, and no call is set up in vain."""
+        connecting = asyncio.ensure_future(self._connect())
+        try:
+            waiting: set[asyncio.Future[Any]] = {connecting, self._ended}
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not connecting.done():
+                connecting.cancel()
+                await asyncio.wait({connecting})
+        if not connecting.cancelled():
+            connecting.result()  # its error, if it failed
+
     async def _connect(self) -> None:
         for attempt in range(3):
             self._stage = "getting a session key from the companion"
             key = await self._get_key()
+            self._check_session_type(key.session)
             self._stage = "connecting to the Realtime API"
             call = RealtimeCall(
                 base_url=self._session.url,
@@ -295,8 +309,18 @@ class Conversation:
                 await call.close(hang_up=False)
                 raise SessionFailed(str(exc)) from exc
         self._stage = "waiting for the session to be configured"
-        self._send(session_update(self._session, self._tools))
+        self._manual_turns = manual_turns(key.session)
+        self._send(session_update(key.session, self._tools))
         await self._settled.wait()  # session.updated, or ended/failed meanwhile
+
+    def _check_session_type(self, minted: dict[str, Any]) -> None:
+        kind = minted.get("type")
+        wanted = "transcription" if self._session.mode == "transcription" else "realtime"
+        if isinstance(kind, str) and kind != wanted:
+            raise SessionFailed(
+                f"the companion mints {_clip(kind, 40)} sessions but session.mode is "
+                f"{self._session.mode!r}: make them agree (the companion's [session] type)"
+            )
 
     async def _get_key(self) -> Any:
         delay = 0.5
@@ -339,6 +363,9 @@ class Conversation:
             log.exception("could not handle a %s event; ignored", _clip(event["type"]))
 
     def _session_updated(self, event: dict[str, Any]) -> None:
+        session = event.get("session")
+        if isinstance(session, dict):  # the effective config, whoever changed it
+            self._manual_turns = manual_turns(session)
         self._live.set()
         self._settled.set()
 
@@ -349,6 +376,11 @@ class Conversation:
         code = _clip(str(details.get("code") or details.get("type") or "error"), 100)
         if not self._live.is_set():
             self.fail(f"the Realtime API refused the session ({code}: {message})")
+        elif code == SESSION_EXPIRED:
+            # The service's maximum session length: it closes the call next. A normal end,
+            # not a lost connection.
+            log.info("the service ended the session: %s", message)
+            self.end("the service ended the session")
         elif code == "response_cancel_not_active":
             log.debug("nothing to cancel")
         else:
@@ -356,6 +388,7 @@ class Conversation:
 
     def _speech_started(self, event: dict[str, Any]) -> None:
         self._disarm("idle")
+        self._disarm("reply")
         self._user_speaking = True
         if self._phases.phase is Phase.SPEAKING:
             # The server interrupted its own reply for the user; stop what is still queued here.
@@ -366,9 +399,11 @@ class Conversation:
     def _speech_stopped(self, event: dict[str, Any]) -> None:
         self._user_speaking = False
         self._phases.transition(Phase.THINKING, "user stopped speaking")
+        self._await_reply()
 
     def _response_created(self, event: dict[str, Any]) -> None:
         self._disarm("idle")
+        self._response_active = True
         self._response_audio = False
         self._discarding = False
         if self._phases.phase is not Phase.SPEAKING:
@@ -376,10 +411,10 @@ class Conversation:
 
     def _speaking_started(self, event: dict[str, Any]) -> None:
         self._disarm("idle")
+        self._disarm("reply")
         self._response_audio = True
         self._server_speaking = True
         self._replied = True
-        self._audio_received_at = time.monotonic()
         self._phases.transition(Phase.SPEAKING, "reply audio")
 
     def _speaking_stopped(self, event: dict[str, Any]) -> None:
@@ -416,57 +451,138 @@ class Conversation:
         if self._on_transcript is not None:
             self._on_transcript(text, str(event.get("item_id", "")))
         if self._session.mode == "transcription":
+            self._disarm("reply")
             self._phases.transition(Phase.LISTENING, "transcript received")
             self._arm("idle", self._session.idle_timeout_s, "idle timeout")
 
+    def _transcription_failed(self, event: dict[str, Any]) -> None:
+        error = event.get("error")
+        message = _short((error if isinstance(error, dict) else {}).get("message", "no message"))
+        item_id = _clip(str(event.get("item_id", "")), 100)
+        log.warning("the transcription of what the user said failed: %s", message)
+        if self._on_transcription_failed is not None:
+            self._on_transcription_failed(message, item_id)
+        # Nothing will come of this turn in a transcription session; in a conversation, a reply
+        # may still come (it does not wait for the transcript), and then the phase follows it.
+        if self._phases.phase is Phase.THINKING and not self._response_active:
+            self._disarm("reply")
+            self._phases.transition(Phase.LISTENING, "transcription failed")
+            self._arm("idle", self._session.idle_timeout_s, "idle timeout")
+
     def _function_call(self, event: dict[str, Any]) -> None:
-        name, call_id = event.get("name"), event.get("call_id")
-        if not isinstance(name, str) or not isinstance(call_id, str):
-            log.warning("ignored a function call without a name or call_id")
+        # Only noted here: the call runs once its response has completed (response.done), as a
+        # cancelled or cut-short response also reports its calls' arguments.
+        call = _FunctionCall.of(event)
+        response_id = event.get("response_id")
+        if call is None or not isinstance(response_id, str):
+            log.warning("ignored a function call without a name, call_id or response_id")
             return
-        arguments = event.get("arguments")
-        arguments = arguments if isinstance(arguments, str) else "{}"
-        if name == END_CONVERSATION:
-            log.info("the model ended the conversation")
-            self._send_output(call_id, json.dumps({"ok": True}))
-            self._ending_after_reply = "model called end_conversation"
-            if self._phases.phase is not Phase.SPEAKING:
-                self._spawn(self._end_when_played(self._ending_after_reply), "end-after-reply")
-            return
-        self._spawn(self._run_tool(name, call_id, arguments), f"tool-{_clip(name, 60)}")
+        self._calls.setdefault(response_id, []).append(call)
 
     def _response_done(self, event: dict[str, Any]) -> None:
+        self._response_active = False
+        self._disarm("reply")
         response = event.get("response")
-        if isinstance(response, dict) and response.get("status") == "failed":
+        response = response if isinstance(response, dict) else {}
+        status = response.get("status")
+        response_id = response.get("id")
+        calls = self._calls.pop(response_id, []) if isinstance(response_id, str) else []
+        # The response's own record of its calls, should an arguments event have been missed.
+        noted = {call.call_id for call in calls}
+        output = response.get("output")
+        for item in output if isinstance(output, list) else []:
+            call = _FunctionCall.of(item) if isinstance(item, dict) else None
+            if (
+                call is not None
+                and item.get("type") == "function_call"
+                and call.call_id not in noted
+            ):
+                calls.append(call)
+        if status == "failed":
             log.warning("the reply failed: %s", _short(response.get("status_details")))
+        if status != "completed":
+            for call in calls:
+                log.info(
+                    "dropped the model's call to %s: its response was %s",
+                    _clip(call.name, 60),
+                    _clip(str(status), 40),
+                )
+            calls = []
+        if calls:
+            self._create_after_response = False  # this batch's response.create covers them
+            self._run_calls(calls)
+        elif self._create_after_response and not self._tool_runs:
+            # Tool outputs were sent while this response was running: it did not see them.
+            self._create_after_response = False
+            self._create_response()
+            return
         # A reply without audio (text, or a tool call still running): nothing will be played.
         if (
             not self._response_audio
             and self._phases.phase is Phase.THINKING
             and self._ending_after_reply is None
-            and not self._tasks
+            and not self._tool_runs
         ):
             self._phases.transition(Phase.LISTENING, "reply without audio")
             self._arm("idle", self._session.idle_timeout_s, "idle timeout")
 
+    def _run_calls(self, calls: list[_FunctionCall]) -> None:
+        tools = [call for call in calls if call.name != END_CONVERSATION]
+        if len(tools) < len(calls):
+            log.info("the model ended the conversation")
+            for call in calls:
+                if call.name == END_CONVERSATION:
+                    self._send_output(call.call_id, json.dumps({"ok": True}))
+            self._ending_after_reply = "model called end_conversation"
+            if self._phases.phase is not Phase.SPEAKING:
+                self._spawn(self._end_when_played(self._ending_after_reply), "end-after-reply")
+        if tools:
+            self._tool_runs += 1
+            self._spawn(self._run_tools(tools), "tools")
+
     # -- helpers -----------------------------------------------------------------------------
 
-    async def _run_tool(self, name: str, call_id: str, arguments: str) -> None:
-        log.info("the model called %s", _clip(name))
-        output = await self._tools.run(name, arguments)
-        self._send_output(call_id, output)
+    async def _run_tools(self, calls: list[_FunctionCall]) -> None:
+        """Run one response's tool calls together; all outputs, then one response.create."""
+        try:
+            await asyncio.gather(*(self._run_tool(call) for call in calls))
+        finally:
+            self._tool_runs -= 1
+        if self._tool_runs or self._ending_after_reply is not None:
+            return  # another batch's create covers these outputs too; or no more replies
+        if self._response_active:
+            self._create_after_response = True  # sent when that response is done
+        else:
+            self._create_response()
+
+    async def _run_tool(self, call: _FunctionCall) -> None:
+        log.info("the model called %s", _clip(call.name))
+        try:
+            output = await self._tools.run(call.name, call.arguments)
+        except Exception as exc:  # the model must get an output whatever happened
+            log.exception("the tool %s failed", _clip(call.name, 60))
+            output = json.dumps({"ok": False, "error": f"the tool failed: {type(exc).__name__}"})
+        self._send_output(call.call_id, output)
+
+    def _create_response(self) -> None:
         self._send({"type": "response.create"})
+        self._await_reply("the tool results were sent")
+
+    def _await_reply(self, after: str = "the user stopped speaking") -> None:
+        """The user's turn (or the tools' outputs) went in: a reply must start in time."""
+        seconds = self._session.reply_timeout_s
+        what = "transcript" if self._session.mode == "transcription" else "reply"
+        self._arm("reply", seconds, f"no {what} {seconds:g} s after {after}", failure=True)
 
     async def _watch_path(self) -> None:
-        self._audio_received_at = max(self._audio_received_at, time.monotonic())
-        while True:
-            await asyncio.sleep(REPLY_STALL_S / 4)
-            silent_for = time.monotonic() - self._audio_received_at
-            if self._server_speaking and silent_for > REPLY_STALL_S:
-                self.fail(f"connection lost: no reply audio for {silent_for:.1f} s mid-reply")
+        while self._call is not None:
+            await asyncio.sleep(REPLY_STALL_S / 8)
+            quiet_for = time.monotonic() - self._call.heard_at
+            if self._server_speaking and quiet_for > REPLY_STALL_S:
+                self.fail(f"connection lost: nothing received for {quiet_for:.1f} s mid-reply")
                 return
-            if silent_for > PATH_STALL_S:
-                self.fail(f"connection lost: nothing received for {silent_for:.1f} s")
+            if quiet_for > PATH_STALL_S:
+                self.fail(f"connection lost: nothing received for {quiet_for:.1f} s")
                 return
 
     async def _end_when_played(self, reason: str) -> None:
@@ -493,7 +609,6 @@ class Conversation:
             log.debug("could not send %s: channel not open", _clip(event["type"]))
 
     def _play(self, samples: NDArray[np.int16]) -> None:
-        self._audio_received_at = time.monotonic()
         if self._discarding:
             return
         # The remote track carries silence between replies; queueing it would keep the speaker
@@ -521,9 +636,11 @@ class Conversation:
         else:
             self.fail(f"connection failed: {why}")
 
-    def _arm(self, name: str, seconds: float, reason: str) -> None:
+    def _arm(self, name: str, seconds: float, reason: str, *, failure: bool = False) -> None:
+        """In `seconds`, end the conversation (or fail it) for `reason`, unless disarmed."""
         self._disarm(name)
-        self._timers[name] = asyncio.get_running_loop().call_later(seconds, self.end, reason)
+        action = self.fail if failure else self.end
+        self._timers[name] = asyncio.get_running_loop().call_later(seconds, action, reason)
 
     def _disarm(self, name: str) -> None:
         timer = self._timers.pop(name, None)
@@ -534,6 +651,34 @@ class Conversation:
         task = asyncio.get_running_loop().create_task(coro, name=f"conversation-{name}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+@dataclass(frozen=True)
+class _FunctionCall:
+    """A function call the model made."""
+
+    name: str
+    call_id: str
+    arguments: str
+
+    @classmethod
+    def of(cls, data: dict[str, Any]) -> _FunctionCall | None:
+        """From a function_call_arguments.done event or a function_call item; None if broken."""
+        name, call_id, arguments = data.get("name"), data.get("call_id"), data.get("arguments")
+        if not isinstance(name, str) or not isinstance(call_id, str):
+            return None
+        return cls(name, call_id, arguments if isinstance(arguments, str) else "{}")
+
+
+def manual_turns(session: dict[str, Any]) -> bool:
+    """Whether a session has no turn detection (a press ends the user's turn)."""
+    audio = session.get("audio")
+    audio_in = audio.get("input") if isinstance(audio, dict) else None
+    return (
+        isinstance(audio_in, dict)
+        and "turn_detection" in audio_in
+        and (audio_in["turn_detection"] is None)
+    )
 
 
 def _is_silent(samples: NDArray[np.int16]) -> bool:

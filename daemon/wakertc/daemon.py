@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import functools
 import logging
 import signal
@@ -55,6 +56,9 @@ AUDIO_PROOF_S = 2.0
 # Announcements from Home Assistant: a WAV download is given this long and this many bytes.
 ANNOUNCE_TIMEOUT_S = 10.0
 ANNOUNCE_MAX_BYTES = 20_000_000
+# The phase reason while the audio device has not been there since start-up (systemd STATUS shows
+# "error: waiting for the audio device").
+WAITING_FOR_AUDIO = "waiting for the audio device"
 
 
 @dataclass
@@ -92,6 +96,7 @@ class Daemon:
         self._aec: Any = None
         self._aec_active = False
         self._audio_lost = False
+        self._audio_wait_reason = ""  # the ERROR phase's reason while the audio device is away
         self._audio_flowing = asyncio.Event()
         self._error_timer: asyncio.TimerHandle | None = None
         self.timers: Timers | None = None
@@ -153,20 +158,31 @@ class Daemon:
         )
         self.keys = KeyKeeper(companion, on_health=self._key_health)
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(config.session.connect_timeout_s))
-        # Opening devices makes PortAudio probe them (50-300 ms): keep the loop free meanwhile.
-        audio = self.edges.audio
-        if audio is None:
-            audio = await asyncio.to_thread(open_backend, config.audio)
-        self._audio = audio
         try:
-            audio.on_error = self._audio_failed
-            audio.start(loop, self._on_frame)
+            missing = await self._open_audio(loop)
             self._spawn(self.keys.run(), "key-keeper")
-            self._listen_for_wake("listening for the wake word")
+            if missing is None:
+                self._listen_for_wake("listening for the wake word")
+            else:
+                # A USB microphone often appears seconds after boot: wait for it through the
+                # reopening path (error shown, retries with backoff) instead of exiting, which
+                # would make systemd give up after its start limit.
+                log.warning(
+                    "%s (retrying at most every %.0f s; the LEDs show the error until then): %s",
+                    WAITING_FOR_AUDIO,
+                    AUDIO_RETRY_S[1],
+                    missing,
+                )
+                self._wait_for_audio(WAITING_FOR_AUDIO, str(missing))
             # Its first check rings what came due while the device was off (within the grace).
             self._spawn(self.timers.run(), "timers")
             if config.mqtt.url:
                 self._start_mqtt()
+            # READY=1 now even while waiting for the audio device: the daemon is up, showing
+            # why it cannot listen (STATUS=error: waiting for the audio device) and feeding the
+            # watchdog. Holding READY=1 back until audio flows would block `systemctl start`
+            # (and the installer) and fail the unit after TimeoutStartSec, restarting it into
+            # the same wait until the start limit gives up: the very failure this avoids.
             self.systemd.ready()
             self.systemd.start_watchdog()
             # Off the critical path: the first conversation should not wait for these imports
@@ -229,33 +245,74 @@ class Daemon:
         if self._audio is not None:
             self._audio.clear_playback()
 
+    async def _open_audio(self, loop: asyncio.AbstractEventLoop) -> AudioDeviceError | None:
+        """Open and start the configured devices; the error when they are not usable now."""
+        audio = self.edges.audio
+        try:
+            if audio is None:
+                # Opening devices makes PortAudio probe them (50-300 ms): keep the loop free.
+                audio = await asyncio.to_thread(open_backend, self.config.audio)
+            audio.on_error = self._audio_failed
+            self._audio = audio
+            audio.start(loop, self._on_frame)
+        except AudioDeviceError as exc:
+            if self.config.audio.backend == "file":
+                raise  # a WAV file does not get plugged in later
+            return exc
+        return None
+
+    def _start_backend(self) -> AudioBackend:
+        """Open the devices the config names and start them (a worker thread's job)."""
+        assert self._loop is not None
+        audio = open_backend(self.config.audio)  # a closed backend cannot restart: a new one
+        audio.on_error = self._audio_failed
+        try:
+            audio.start(self._loop, self._on_frame)
+        except BaseException:
+            audio.close()
+            raise
+        return audio
+
     def _audio_failed(self, error: Exception) -> None:
         if self._stopped.is_set():
             return
         log.error("audio device failed: %s", error)
         if not self._audio_lost:  # else the reopening under way deals with it
-            # The error stays shown (a failed conversation's display timer leaves it alone)
-            # until the device is back: the device must not claim to listen without a microphone.
-            self._audio_lost = True
-            self._spawn(self._reopen_audio(), "audio-reopen")
+            self._wait_for_audio("audio device lost", str(error))
 
-    async def _reopen_audio(self) -> None:
+    def _wait_for_audio(self, reason: str, error: str) -> None:
+        """Show the error (`reason`) and reopen the audio device until audio flows again.
+
+        Used at start-up (the device not there yet) and after a device failed. The error stays
+        shown (a failed conversation's display timer leaves it alone) until the device is back:
+        the device must not claim to listen without a microphone.
+        """
+        self._audio_lost = True
+        self._audio_wait_reason = reason
         if self._conversation is not None:
             self._conversation.fail("the audio device failed")
-        self.phases.transition(Phase.ERROR, "audio device lost")
+        self.phases.transition(Phase.ERROR, reason)
+        self._spawn(self._reopen_audio(error), "audio-reopen")
+
+    async def _reopen_audio(self, first_error: str) -> None:
+        """Retry the configured devices with backoff until audio flows.
+
+        Each distinct failure is logged once (`first_error` already was); the same one again
+        only at DEBUG, so a device away for hours does not fill the journal.
+        """
+        logged = {first_error}
+        started = time.monotonic()
         delay, longest = AUDIO_RETRY_S
         while True:
-            assert self._audio is not None
-            self._audio.close()
+            if self._audio is not None:
+                # Closing joins the dead device's threads and opening probes devices (each up
+                # to ~0.5 s on a loaded Pi): both off the loop, which feeds the watchdog.
+                await asyncio.to_thread(self._audio.close)
             await asyncio.sleep(delay)
             delay = min(delay * 2, longest)
             try:
-                # A closed backend cannot restart: reopen the device the config names.
-                self._audio = await asyncio.to_thread(open_backend, self.config.audio)
-                self._audio.on_error = self._audio_failed
-                assert self._loop is not None
                 self._audio_flowing.clear()
-                self._audio.start(self._loop, self._on_frame)
+                self._audio = await asyncio.to_thread(self._start_backend)
                 try:
                     await asyncio.wait_for(self._audio_flowing.wait(), AUDIO_PROOF_S)
                 except TimeoutError:
@@ -263,9 +320,14 @@ class Daemon:
                         f"it opened but delivered no audio for {AUDIO_PROOF_S:g} s"
                     ) from None
             except Exception as exc:
-                log.warning("audio device still unavailable: %s (next try in %.0f s)", exc, delay)
+                level = logging.DEBUG if str(exc) in logged else logging.WARNING
+                logged.add(str(exc))
+                log.log(
+                    level, "audio device still unavailable: %s (next try in %.0f s)", exc, delay
+                )
                 continue
-            log.info("audio device back")
+            log.info("audio device back after %.1f s", time.monotonic() - started)
+            self._audio.set_volume(self._volume)  # as Home Assistant last set it
             self._audio_lost = False
             self.detector.reset()
             if self._muted:
@@ -318,7 +380,10 @@ class Daemon:
         if self._muted:
             log.info("button pressed while muted; hold it to unmute")
         elif self._audio_lost:
-            log.info("button pressed while the audio device is unavailable")
+            log.info(
+                "button pressed, but there is no audio device to talk with (%s)",
+                self._audio_wait_reason,
+            )
         elif self._conversation is not None:
             self._conversation.on_button()
         elif self._conversation_task is None:
@@ -350,7 +415,9 @@ class Daemon:
             self.phases.transition(Phase.MUTED, f"microphone muted by {by}")
         else:
             self.detector.reset()
-            if self._conversation_task is None:
+            if self._audio_lost:  # still no microphone: back to showing why
+                self.phases.transition(Phase.ERROR, self._audio_wait_reason)
+            elif self._conversation_task is None:
                 self._listen_for_wake(f"microphone unmuted by {by}")
 
     def start_conversation(self, reason: str, detection: Detection | None = None) -> None:
@@ -374,6 +441,7 @@ class Daemon:
             tools=self.tools,
             woke_at=woke_at,
             on_transcript=self._on_transcript,
+            on_transcription_failed=self._on_transcription_failed,
         )
         for frame in self._preroll:
             conversation.push_mic(frame)
@@ -388,14 +456,12 @@ class Daemon:
             except SessionFailed as exc:
                 self.last_wake_to_live_s = conversation.wake_to_live_s
                 log.error("conversation failed: %s", exc)
-                self._conversation = None
-                self.phases.transition(Phase.ERROR, str(exc))
-                # Shown for a while by a timer, not by this task: a wake word or a press during
-                # the display starts the next conversation at once.
-                if self._error_timer is not None:
-                    self._error_timer.cancel()
-                loop = asyncio.get_running_loop()
-                self._error_timer = loop.call_later(ERROR_DISPLAY_S, self._error_shown)
+                self._show_error(str(exc))
+            except Exception as exc:
+                # A bug or an error nobody foresaw (e.g. from a library): the same error path, so
+                # the device is not left CONNECTING, where a wake word is ignored, until a restart.
+                log.exception("conversation failed unexpectedly")
+                self._show_error(f"unexpected error: {type(exc).__name__}: {str(exc)[:200]}")
         finally:
             self._set_echo_cancelling(False)
             self._conversation = None
@@ -408,6 +474,16 @@ class Daemon:
             # it used.
             asyncio.get_running_loop().call_later(RELEASE_AFTER_S, self._release_memory)
 
+    def _show_error(self, reason: str) -> None:
+        self._conversation = None
+        self.phases.transition(Phase.ERROR, reason)
+        # Shown for a while by a timer, not by this task: a wake word or a press during the
+        # display starts the next conversation at once.
+        if self._error_timer is not None:
+            self._error_timer.cancel()
+        loop = asyncio.get_running_loop()
+        self._error_timer = loop.call_later(ERROR_DISPLAY_S, self._error_shown)
+
     def _release_memory(self) -> None:
         if self._conversation_task is None:  # a collection pause must not hit a live call
             release_free_memory()
@@ -415,9 +491,12 @@ class Daemon:
     def _error_shown(self) -> None:
         """The error has been shown long enough: listen again, unless something took over."""
         self._error_timer = None
-        idle = self._conversation_task is None and not self._muted and not self._audio_lost
+        idle = self._conversation_task is None and not self._audio_lost
         if idle and self.phases.phase is Phase.ERROR:
-            self._listen_for_wake("listening again")
+            if self._muted:  # muted while the conversation was failing: the user's choice holds
+                self.phases.transition(Phase.MUTED, "microphone muted")
+            else:
+                self._listen_for_wake("listening again")
 
     def _on_transcript(self, text: str, item_id: str) -> None:
         self.hook.send({"event": "transcript", "text": text, "item_id": item_id})
@@ -464,7 +543,7 @@ class Daemon:
         if self._muted:
             self.phases.transition(Phase.MUTED, f"ringing stopped by {by}")
         elif self._audio_lost:
-            self.phases.transition(Phase.ERROR, f"ringing stopped by {by}; audio device lost")
+            self.phases.transition(Phase.ERROR, self._audio_wait_reason)
         else:
             self._listen_for_wake(f"ringing stopped by {by}")
         return True
@@ -565,6 +644,9 @@ class Daemon:
                 await asyncio.sleep(0.05)
             self.start_conversation("Home Assistant, after an announcement")
 
+    def _on_transcription_failed(self, message: str, item_id: str) -> None:
+        self.hook.send({"event": "transcription_failed", "error": message, "item_id": item_id})
+
     # -- echo cancellation -------------------------------------------------------------------
 
     def _preload(self) -> None:
@@ -574,6 +656,11 @@ class Daemon:
             from .aec import make_echo_canceller
 
             self._aec = make_echo_canceller(True)
+            if self._aec is None and not self.config.session.half_duplex:
+                # Without a canceller the reply's echo would reach the session and interrupt
+                # it: close the microphone while the device speaks instead.
+                session = dataclasses.replace(self.config.session, half_duplex=True)
+                self.config = dataclasses.replace(self.config, session=session)
 
     def _echo_cancel_when_speaking(self, change: Transition) -> None:
         # The canceller runs from the first reply of a conversation to its end. Not earlier: its

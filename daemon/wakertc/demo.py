@@ -34,6 +34,7 @@ from .state import Phase, Transition
 
 if TYPE_CHECKING:
     from .companion import Companion
+    from .daemon import Daemon
     from .emulator import Emulator, EmulatorOptions
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,9 @@ LEAD_SILENCE_S = 0.5
 TAIL_SILENCE_S = 1.0
 # A timer the script set is left to ring this long, then "pressed" off like a user would.
 RING_SHOWN_S = 2.0
+# With no wake word heard by the end of the input, the demo waits this long (a wake word at the
+# very end of the file scores only once the silence after it has reached the detector), then ends.
+NO_WAKE_GRACE_S = 1.0
 
 
 @dataclass
@@ -72,6 +76,8 @@ class DemoResult:
     reply_audio_s: float = 0.0
     errors: list[str] = field(default_factory=list)
     recovered: bool = False
+    turns: int = 0
+    """Replies heard to their end."""
 
     def as_json(self) -> dict[str, Any]:
         """The JSON object the issue specifies (plus `recovered` for fault runs)."""
@@ -83,6 +89,7 @@ class DemoResult:
             "wake_to_live_ms": self.wake_to_live_ms,
             "utterance_received_ratio": self.utterance_received_ratio,
             "reply_audio_s": self.reply_audio_s,
+            "turns": self.turns,
             "errors": self.errors,
             "recovered": self.recovered,
         }
@@ -180,6 +187,7 @@ async def run_demo(
     """Run emulator, companion and daemon together; return what happened."""
     from gpiozero.pins.mock import MockFactory, MockPWMPin
 
+    from .audio import FileBackend, open_backend
     from .daemon import Daemon, Edges
     from .emulator import EmulatorOptions
 
@@ -214,38 +222,34 @@ async def run_demo(
         factory = MockFactory(pin_class=MockPWMPin)
         started = time.time()
         view = TerminalView(config.leds.patterns, started, stream=stream)
-        daemon = Daemon(config, Edges(pin_factory=factory, listeners=[view]))
+        # Opened here, not by the daemon, to know when the whole input has been heard.
+        audio = open_backend(config.audio)
+        assert isinstance(audio, FileBackend)  # the demo's config asks for it
+        daemon = Daemon(config, Edges(audio=audio, pin_factory=factory, listeners=[view]))
         transitions: list[Transition] = []
-        done = asyncio.Event()
 
         def watch(change: Transition) -> None:
             transitions.append(change)
             if change.new is Phase.RINGING:
                 # A script's timer went off: let it ring a little, then press the button.
                 asyncio.get_running_loop().call_later(RING_SHOWN_S, _press, factory)
-            fed = time.time() - started >= demo_input.duration_s
-            settled = fed and not _timers_pending(daemon)
-            if change.new.awaits_wake and change.old is not Phase.STARTING and settled:
-                done.set()
 
         daemon.phases.add_listener(watch)
         runner = asyncio.create_task(daemon.run(), name="demo-daemon")
         try:
             async with asyncio.timeout(timeout_s):
-                await asyncio.sleep(demo_input.duration_s)
-                while not done.is_set():
-                    if (
-                        daemon.phases.phase.awaits_wake
-                        and not _timers_pending(daemon)
-                        and any(
-                            t.old is not Phase.STARTING and t.new.awaits_wake for t in transitions
-                        )
+                fed = asyncio.create_task(audio.wait_input_finished(), name="demo-input")
+                await asyncio.wait({fed, runner}, return_when=asyncio.FIRST_COMPLETED)
+                fed.cancel()
+                await asyncio.gather(fed, return_exceptions=True)
+                fed_at = time.monotonic()
+                while not runner.done() and not _back_to_waiting(daemon, transitions):
+                    if not _woke(daemon, transitions) and (
+                        time.monotonic() - fed_at >= NO_WAKE_GRACE_S
                     ):
+                        log.error("%s", _no_wake_word(daemon, demo_input))  # shown, and in errors
                         break
-                    try:
-                        await asyncio.wait_for(done.wait(), 0.25)
-                    except TimeoutError:
-                        continue
+                    await asyncio.sleep(0.1)
         except TimeoutError:
             errors.lines.append(f"demo timed out after {timeout_s:g} s")
         final = daemon.phases.phase
@@ -266,9 +270,45 @@ async def run_demo(
     result.recovered = final.awaits_wake and any(
         t.new.awaits_wake and t.old is not Phase.STARTING for t in transitions
     )
+    result.turns = _turns(transitions)
     result.reply_audio_s = _duration(output_wav)
     result.utterance_received_ratio = _utterance_ratio(demo_input, record_dir, daemon)
     return result
+
+
+def _back_to_waiting(daemon: Daemon, transitions: list[Transition]) -> bool:
+    """A conversation (or a failure) is over and the daemon waits for the wake word again (and
+    no timer it set is still to ring: the demo waits to show it)."""
+    return (
+        daemon.phases.phase.awaits_wake
+        and not _timers_pending(daemon)
+        and any(t.old is not Phase.STARTING and t.new.awaits_wake for t in transitions)
+    )
+
+
+def _woke(daemon: Daemon, transitions: list[Transition]) -> bool:
+    return daemon.last_detection is not None or any(t.new is Phase.WAKE for t in transitions)
+
+
+def _no_wake_word(daemon: Daemon, demo_input: DemoInput) -> str:
+    """The error for a recording in which no wake word was heard: how close each word came."""
+    best = daemon.detector.best_scores
+    scores = "; ".join(
+        f"best score {best.get(word.name, 0.0):.4f} for {word.name} (threshold {word.threshold:g})"
+        for word in daemon.config.wake.words
+    )
+    return f"no wake word heard in {demo_input.path.name} ({demo_input.duration_s:.1f} s): {scores}"
+
+
+def _turns(transitions: list[Transition]) -> int:
+    """Replies heard to their end: the speaking phase left because the reply finished, or because
+    the conversation ended once the model's last reply had played (its goodbye). A reply cut by
+    barge-in, the button, a failure or the maximum length does not count."""
+    return sum(
+        t.old is Phase.SPEAKING
+        and (t.reason == "reply finished" or (t.new.awaits_wake and "end_conversation" in t.reason))
+        for t in transitions
+    )
 
 
 def _press(factory: Any) -> None:

@@ -5,9 +5,15 @@ a short-lived `ek_...` key with the owner's session policy. Minting costs a roun
 `KeyKeeper` keeps one valid key in hand and renews it before it expires; a conversation only waits
 for the companion when no key is ready.
 
+A key's remaining life is kept on the monotonic clock from the moment it was asked for, with its
+lifetime measured by the companion's clock (`expires_in`, which our companion sends, else its
+`Date` header): a device without a real-time clock boots with a wrong wall clock that NTP later
+steps, and neither must make it keep an expired key or throw away a fresh one.
+
 Exceptions::
 
-    CompanionError            the companion did not give us a key
+    CompanionError            the companion did not give us a key (`retry_after_s` if it said when
+     |                        to come back: a 503 with Retry-After)
      +-- CompanionRejected    401/403: our token is wrong; retrying will not help
      +-- CompanionBusy        429: retry after the delay it asked for
 """
@@ -16,12 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
 import logging
 import random
 import ssl
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -36,12 +43,21 @@ RENEW_MARGIN_S = 60.0
 MIN_VALIDITY_S = 15.0
 # With keys too short-lived to keep one ready, how often the keeper still asks for one (health).
 SHORT_KEY_CHECK_S = 300.0
+# The longest Retry-After honoured (a companion asking for more is wrong or hostile).
+MAX_RETRY_AFTER_S = 300.0
+# Retry-After when a 429 gives none (or one that cannot be read).
+DEFAULT_RETRY_AFTER_S = 5.0
 
 
 class CompanionError(Exception):
     """The companion server did not provide a key."""
 
     retryable = True
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+        """Seconds the companion asked us to wait before the next attempt, if it said."""
 
 
 class CompanionRejected(CompanionError):
@@ -53,9 +69,11 @@ class CompanionRejected(CompanionError):
 class CompanionBusy(CompanionError):
     """The companion rate-limited us."""
 
-    def __init__(self, message: str, retry_after_s: float) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
+    retry_after_s: float
+
+
+class _Unexpected(CompanionError):
+    """Getting a key failed in a way no handler foresaw (a bug, a library error)."""
 
 
 @dataclass(frozen=True)
@@ -64,16 +82,32 @@ class EphemeralKey:
 
     value: str
     expires_at: float
+    """Expiry as the server wrote it (its wall clock; informational, the device's may differ)."""
     session: dict[str, Any]
     lifetime_s: float = 0.0
-    """How long it was valid for when it arrived."""
+    """How long it was valid for when it arrived (by the companion's clock)."""
+    received_at: float | None = None
+    """`clock()` when it was asked for: its life is counted from there (None: a key made
+    without one, counted from `expires_at` on this device's wall clock)."""
+    clock: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
+    """A clock that wall-clock steps do not move (time.monotonic)."""
 
     def __repr__(self) -> str:  # never show the key itself
         return f"EphemeralKey(expires_at={self.expires_at:.0f}, value=[redacted])"
 
     def seconds_left(self, now: float | None = None) -> float:
-        """Seconds until the key expires."""
-        return self.expires_at - (time.time() if now is None else now)
+        """Seconds until the key expires (`now` from `clock`)."""
+        if self.received_at is None:
+            return self.expires_at - (time.time() if now is None else now)
+        return self.received_at + self.lifetime_s - (self.clock() if now is None else now)
+
+
+def companion_tls(config: CompanionConfig) -> ssl.SSLContext | bool:
+    """What the device trusts as the companion's certificate (httpx's `verify`)."""
+    # A self-signed home server is trusted only through the CA the config names.
+    if config.ca_file is not None:
+        return ssl.create_default_context(cafile=str(config.ca_file))
+    return True
 
 
 class CompanionClient:
@@ -85,17 +119,17 @@ class CompanionClient:
         token: str,
         *,
         transport: httpx.AsyncBaseTransport | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
+        """`clock` counts the keys' lives (monotonic); `wall_clock` is the device's own time,
+        used only with a companion that sends neither `expires_in` nor a `Date` header."""
+        self._clock = clock
+        self._wall_clock = wall_clock
         self._url = config.url.rstrip("/") + "/v1/session"
         self._timeout = config.timeout_s
-        # A self-signed home server is trusted only through the CA the config names.
-        verify: ssl.SSLContext | bool = (
-            ssl.create_default_context(cafile=str(config.ca_file))
-            if config.ca_file is not None
-            else True
-        )
         self._client = httpx.AsyncClient(
-            verify=verify,
+            verify=companion_tls(config),
             transport=transport,
             headers={"Authorization": f"Bearer {token}"},
             timeout=httpx.Timeout(config.timeout_s),
@@ -103,6 +137,8 @@ class CompanionClient:
 
     async def mint(self) -> EphemeralKey:
         """One request for a new key; raises `CompanionError` with the reason on failure."""
+        # The key's life is counted from before we asked: never longer than it really has.
+        asked_at = self._clock()
         try:
             response = await self._client.post(self._url, json={})
         except httpx.TimeoutException as exc:
@@ -114,12 +150,14 @@ class CompanionClient:
                 f"companion refused this device's token ({response.status_code}); "
                 "check companion.token_file"
             )
+        retry_after = _retry_after(response)
         if response.status_code == 429:
-            retry_after = _retry_after(response.headers.get("Retry-After"))
-            raise CompanionBusy(f"companion rate limit (retry in {retry_after:g} s)", retry_after)
+            wait = DEFAULT_RETRY_AFTER_S if retry_after is None else retry_after
+            raise CompanionBusy(f"companion rate limit (retry in {wait:g} s)", wait)
         if response.status_code != 200:
             raise CompanionError(
-                f"companion answered {response.status_code}: {error_message(response)}"
+                f"companion answered {response.status_code}: {error_message(response)}",
+                retry_after,
             )
         try:
             body = response.json()
@@ -128,13 +166,27 @@ class CompanionClient:
                 value=str(body["value"]),
                 expires_at=expires_at,
                 session=dict(body.get("session") or {}),
-                lifetime_s=expires_at - time.time(),
+                lifetime_s=self._lifetime(body, expires_at, response),
+                received_at=asked_at,
+                clock=self._clock,
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise CompanionError("companion answered 200 with an unexpected body") from exc
         if not key.value:
             raise CompanionError("companion answered 200 without a key")
         return key
+
+    def _lifetime(self, body: dict[str, Any], expires_at: float, response: httpx.Response) -> float:
+        """Seconds the key had left when the companion answered, by the companion's clock: its
+        `expires_in`, else `expires_at` less its `Date` (whole seconds, so one is taken off),
+        else, for a companion that sends neither, by this device's wall clock."""
+        expires_in = body.get("expires_in")
+        if isinstance(expires_in, int | float) and not isinstance(expires_in, bool):
+            return float(expires_in)
+        sent = _http_date(response.headers.get("Date"))
+        if sent is not None:
+            return expires_at - sent - 1.0
+        return expires_at - self._wall_clock()
 
     async def aclose(self) -> None:
         """Close the connection pool."""
@@ -202,7 +254,8 @@ class KeyKeeper:
                         key = await self._mint()
                     delay = self._retry_initial_s
                 except CompanionError as exc:
-                    wait = exc.retry_after_s if isinstance(exc, CompanionBusy) else delay
+                    # The companion's Retry-After (bounded when read) beats our own backoff.
+                    wait = delay if exc.retry_after_s is None else exc.retry_after_s
                     if not exc.retryable:
                         wait = self._retry_max_s
                     log.warning(
@@ -235,6 +288,14 @@ class KeyKeeper:
         except CompanionError as exc:
             self._set_health(exc)
             raise
+        except Exception as exc:
+            # A bug or an error nobody foresaw must not end the keeper's task for good: it is a
+            # failed attempt like any other, retried with backoff (traceback logged once).
+            if not isinstance(self.last_error, _Unexpected):
+                log.exception("unexpected error while getting a session key")
+            error = _Unexpected(f"unexpected error: {type(exc).__name__}: {exc}")
+            self._set_health(error)
+            raise error from exc
         self._set_health(None)
         self._key = key
         log.info(
@@ -256,11 +317,33 @@ class KeyKeeper:
             await asyncio.wait_for(self._changed.wait(), seconds)
 
 
-def _retry_after(header: str | None) -> float:
+def _retry_after(response: httpx.Response) -> float | None:
+    """Seconds the companion asks us to wait (Retry-After: seconds, or an HTTP date read against
+    its own Date header, not our clock), within 1..MAX_RETRY_AFTER_S; None if it says nothing
+    usable."""
+    header = response.headers.get("Retry-After")
+    if not header:
+        return None
     try:
-        return max(1.0, min(float(header or 5), 300.0))
+        seconds = float(header)
     except ValueError:
-        return 5.0
+        then, now = _http_date(header), _http_date(response.headers.get("Date"))
+        if then is None or now is None:
+            return None
+        seconds = then - now
+    if seconds != seconds:  # NaN
+        return None
+    return max(1.0, min(seconds, MAX_RETRY_AFTER_S))
+
+
+def _http_date(header: str | None) -> float | None:
+    """An HTTP date as a Unix time, or None."""
+    if not header:
+        return None
+    try:
+        return email.utils.parsedate_to_datetime(header).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
 
 
 def error_message(response: httpx.Response) -> str:

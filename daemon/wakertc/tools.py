@@ -9,8 +9,12 @@ that stalls the conversation.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import os
+import signal
+import subprocess
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -32,6 +36,12 @@ END_CONVERSATION_TOOL = {
     "parameters": {"type": "object", "properties": {}},
 }
 MAX_RESULT_CHARS = 16_000
+# A command's stdout beyond this is not read (the model gets MAX_RESULT_CHARS of it at most); the
+# command is then ended, as a command printing without end would otherwise run until its timeout.
+MAX_STDOUT_BYTES = 4 * MAX_RESULT_CHARS
+MAX_STDERR_BYTES = 4096
+# After a command exits, how long its pipes may take to deliver what it wrote.
+EXIT_GRACE_S = 0.5
 
 
 class Builtin(Protocol):
@@ -73,16 +83,29 @@ class ToolRunner:
         ]
 
     async def run(self, name: str, arguments: str) -> str:
-        """Run tool `name` with JSON `arguments`; always returns the string for the model."""
+        """Run tool `name` with JSON `arguments`; always returns the string for the model (an
+        error text if need be), never raises: the model waits for an output for every call."""
+        try:
+            return await self._run(name, arguments)
+        except Exception as exc:
+            # Whatever went wrong, the call still gets an answer, or the model (and the device,
+            # in THINKING) would wait for one until the session ends.
+            log.exception("tool %.60s failed unexpectedly", name)
+            return _failure(f"the tool failed: {type(exc).__name__}")
+
+    async def _run(self, name: str, arguments: str) -> str:
         builtin = next((b for b in self._builtins if name in b.names), None)
         if builtin is not None:
             return await self._run_builtin(builtin, name, arguments)
         tool = self._tools.get(name)
         if tool is None:
+            log.warning("the model called unknown tool %r", name[:60])  # the model's text
             return _failure(f"unknown tool {name!r}")
         try:
             args = json.loads(arguments or "{}")
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
+            # JSONDecodeError, but also an integer too long to convert or nesting too deep.
+            log.warning("tool %s: arguments were not usable JSON", name)
             return _failure("arguments were not valid JSON")
         try:
             async with asyncio.timeout(tool.timeout_s):
@@ -113,32 +136,61 @@ class ToolRunner:
         return await builtin.run(name, args)
 
     async def _run_command(self, tool: ToolConfig, args: Any) -> str:
+        payload = json.dumps(args).encode()
+        loop = asyncio.get_running_loop()
         try:
-            process = await asyncio.create_subprocess_exec(
+            # Its own session and process group, so a timeout ends whatever the command
+            # started, not only the command itself.
+            transport, protocol = await loop.subprocess_exec(
+                lambda: _CommandProtocol(loop),
                 *tool.command,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
             )
         except OSError as exc:
             raise ToolFailed(f"could not start {tool.command[0]}: {exc.strerror}") from exc
+        assert protocol.stdin and protocol.stdout and protocol.stderr
+        stdout, stderr = bytearray(), bytearray()
+        feeder = asyncio.create_task(_feed(protocol.stdin, payload))
+        readers = [
+            asyncio.create_task(_read_head(protocol.stdout, stdout, MAX_STDOUT_BYTES)),
+            asyncio.create_task(_read_tail(protocol.stderr, stderr, MAX_STDERR_BYTES)),
+        ]
+        overflowed = False
         try:
-            stdout, stderr = await process.communicate(json.dumps(args).encode())
+            await asyncio.wait([protocol.exited, readers[0]], return_when=asyncio.FIRST_COMPLETED)
+            if not protocol.exited.done() and len(stdout) >= MAX_STDOUT_BYTES:
+                # Printing without end: the result is what we have, and the command is done.
+                overflowed = True
+                _kill_group(transport.get_pid())
+            await protocol.exited
+            # The command has exited and what it wrote is in the pipes; a background child it
+            # left may hold them open: take what is there rather than wait for that child.
+            await asyncio.wait(readers, timeout=EXIT_GRACE_S)
         except asyncio.CancelledError:
-            process.kill()
-            await process.wait()
+            _kill_group(transport.get_pid())
+            await protocol.exited
             raise
-        if process.returncode != 0:
+        finally:
+            for task in (feeder, *readers):
+                task.cancel()
+            transport.close()  # our ends of the pipes; a background child keeps running
+        status = transport.get_returncode()
+        if status != 0 and not overflowed:
             detail = stderr.decode(errors="replace").strip()[-200:]
-            raise ToolFailed(f"exited with status {process.returncode}: {detail}")
+            raise ToolFailed(f"exited with status {status}: {detail}")
         return stdout.decode(errors="replace").strip()
 
     async def _run_http(self, tool: ToolConfig, args: Any) -> str:
-        async with httpx.AsyncClient(transport=self._transport) as client:
+        # httpx's own 5 s default would otherwise cut a tool allowed longer.
+        async with httpx.AsyncClient(
+            transport=self._transport, timeout=httpx.Timeout(tool.timeout_s)
+        ) as client:
             try:
                 if tool.method == "GET":
-                    params = {k: str(v) for k, v in args.items()} if isinstance(args, dict) else {}
-                    response = await client.get(tool.url, params=params)
+                    response = await client.get(_query_url(tool.url, args))
                 else:
                     response = await client.request(tool.method, tool.url, json=args)
             except httpx.HTTPError as exc:
@@ -148,9 +200,67 @@ class ToolRunner:
         return response.text
 
 
+class _CommandProtocol(asyncio.subprocess.SubprocessStreamProtocol):
+    """asyncio's stream protocol, plus a future done when the process exits: on Python 3.11
+    `Process.wait()` also waits for the pipes to close, which a background child can hold open."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(limit=2**16, loop=loop)
+        self.exited: asyncio.Future[None] = loop.create_future()
+
+    def process_exited(self) -> None:
+        super().process_exited()
+        if not self.exited.done():
+            self.exited.set_result(None)
+
+
 class ToolFailed(Exception):
     """A tool's action did not produce a result."""
 
 
 def _failure(message: str) -> str:
     return json.dumps({"error": message})
+
+
+def _query_url(url: str, args: Any) -> httpx.URL:
+    """`url` with the model's arguments added as query parameters. Parameters already in the
+    configured URL stay as configured (the model cannot replace an entity or a token); values
+    that are not strings are JSON-encoded (`true`, `3`, `null`, `{"a":1}`)."""
+    base = httpx.URL(url)
+    if not isinstance(args, dict):
+        return base
+    added = {
+        str(key): value if isinstance(value, str) else json.dumps(value)
+        for key, value in args.items()
+        if str(key) not in base.params
+    }
+    return base.copy_merge_params(added)
+
+
+async def _feed(stdin: asyncio.StreamWriter, payload: bytes) -> None:
+    # A command that does not read its stdin may exit before taking it all.
+    with contextlib.suppress(ConnectionError):
+        stdin.write(payload)
+        await stdin.drain()
+        stdin.close()
+
+
+async def _read_head(stream: asyncio.StreamReader, into: bytearray, limit: int) -> None:
+    """Read into `into` until EOF or `limit` bytes (the rest would never reach the model)."""
+    while len(into) < limit:
+        chunk = await stream.read(limit - len(into))
+        if not chunk:
+            return
+        into += chunk
+
+
+async def _read_tail(stream: asyncio.StreamReader, into: bytearray, limit: int) -> None:
+    """Read until EOF keeping only the last `limit` bytes (stderr's end says why it failed)."""
+    while chunk := await stream.read(65536):
+        into += chunk
+        del into[:-limit]
+
+
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)

@@ -242,6 +242,8 @@ class WakeWordDetector:
         self._chunks = 0
         self.last_scores: dict[str, float] = {w.config.name: 0.0 for w in self._words}
         """Each word's score for the most recent chunk (for debugging and tuning)."""
+        self.best_scores: dict[str, float] = {w.config.name: 0.0 for w in self._words}
+        """Each word's highest score since the detector was made: how close the word came."""
         log.info(
             "wake words: %s (models in %s)",
             ", ".join(f"{w.config.name} >= {w.config.threshold}" for w in self._words),
@@ -288,6 +290,7 @@ class WakeWordDetector:
             cfg = word.config
             score = word.score(self._front.features)
             self.last_scores[cfg.name] = score
+            self.best_scores[cfg.name] = max(self.best_scores[cfg.name], score)
             if score < cfg.threshold / 2:
                 continue
             log.debug(

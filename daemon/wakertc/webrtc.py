@@ -4,6 +4,14 @@
 each received audio frame to the callbacks it was given, and reports when the peer is gone.
 `conversation.py` decides what the events mean.
 
+Liveness (`heard_at`) rests on nothing the service may or may not send (it need not send audio
+between replies): every datagram the peer sends through DTLS counts, as the transport's
+`packetsReceived` (W3C stats, `getStats()`): its RTP, its RTCP (receiver reports on the device's
+own microphone audio, which always flows, and sender reports), and SCTP (data, SACKs). When the
+peer has been quiet for `PROBE_AFTER_S`, the call asks for an answer every peer must give: an SCTP
+HEARTBEAT, which any SCTP stack acknowledges at once (RFC 9260 8.3), so a live path is heard
+within a round trip whatever the peer's RTCP interval (libwebrtc's for audio is 5 s on average).
+
 Exceptions::
 
     CallError                 the call could not be set up or was lost
@@ -17,6 +25,7 @@ import collections
 import fractions
 import json
 import logging
+import struct
 import time
 from collections.abc import Callable
 from typing import Any
@@ -31,6 +40,7 @@ from aiortc import (
     RTCSessionDescription,
 )
 from aiortc.mediastreams import MediaStreamError
+from aiortc.rtcsctptransport import HeartbeatChunk  # for RealtimeCall._probe
 from av import AudioFrame, AudioResampler
 from numpy.typing import NDArray
 
@@ -41,6 +51,12 @@ log = logging.getLogger(__name__)
 
 # Cap on audio waiting to be sent (the sender only starts pulling once DTLS is up).
 MAX_QUEUED_S = 15.0
+# How often the transport's received-packet count is read.
+HEARD_POLL_S = 0.25
+# After this long without a packet from the peer, ask for an acknowledgement (and again as often).
+PROBE_AFTER_S = 1.0
+# SCTP's Heartbeat Info parameter type (RFC 9260 3.3.5); its value comes back unchanged.
+HEARTBEAT_INFO = 1
 SEND_RATE = 48000  # Opus's own rate: aiortc's encoder passes such frames straight through
 
 
@@ -167,6 +183,10 @@ class RealtimeCall:
         self._closed = False
         self.call_id: str | None = None
         self._key: str | None = None
+        self.heard_at = time.monotonic()
+        """When something from the peer last arrived (monotonic): any packet, message or frame."""
+        self.probes = 0
+        """Acknowledgements asked for because the peer was quiet (for logs and tests)."""
 
         @self._channel.on("open")
         def _open() -> None:
@@ -174,6 +194,7 @@ class RealtimeCall:
 
         @self._channel.on("message")
         def _message(message: Any) -> None:
+            self.heard_at = time.monotonic()
             if isinstance(message, bytes):
                 message = message.decode("utf-8", "replace")
             self._on_event(message)
@@ -239,7 +260,14 @@ class RealtimeCall:
         except ValueError as exc:
             raise CallError(f"the Realtime API sent an unusable answer: {exc}") from exc
         await self._channel_open.wait()
+        self.heard_at = time.monotonic()
+        self._spawn(self._watch_peer(), "watch-peer")
         log.info("call %s connected in %.0f ms", self.call_id, (time.monotonic() - started) * 1000)
+
+    @property
+    def peer_connection(self) -> RTCPeerConnection:
+        """The underlying peer connection, for diagnostics (states, statistics, ICE)."""
+        return self._pc
 
     def send(self, event: dict[str, Any]) -> bool:
         """Send one client event; False when the channel is not open."""
@@ -277,6 +305,53 @@ class RealtimeCall:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def _watch_peer(self) -> None:
+        """Keep `heard_at` current from the transport's packet count; probe a quiet peer."""
+        received = -1
+        probed_at = 0.0
+        while True:
+            await asyncio.sleep(HEARD_POLL_S)
+            count = await self._packets_received()
+            now = time.monotonic()
+            if count != received:
+                received = count
+                self.heard_at = now
+            if now - self.heard_at >= PROBE_AFTER_S and now - probed_at >= PROBE_AFTER_S:
+                probed_at = now
+                await self._probe()
+
+    async def _packets_received(self) -> int:
+        """Datagrams received through DTLS so far (RTP, RTCP and SCTP alike)."""
+        try:
+            report = await self._pc.getStats()
+        except Exception as exc:  # closing underneath us: nothing new was heard
+            log.debug("could not read the call's statistics: %s", exc)
+            return -1
+        return sum(
+            int(getattr(stats, "packetsReceived", 0) or 0)
+            for stats in report.values()
+            if getattr(stats, "type", None) == "transport"
+        )
+
+    async def _probe(self) -> None:
+        """Ask the peer's SCTP stack for a HEARTBEAT ACK, which arrives as a received packet.
+
+        aiortc has no public call for this: `RTCSctpTransport._send_chunk` (in aiortc since
+        2018, and what aiortc itself uses to answer a peer's heartbeats) is wrapped here alone.
+        Should it go, the other signals remain and only the quiet-peer case loses its answer.
+        """
+        sctp = self._pc.sctp
+        send_chunk = getattr(sctp, "_send_chunk", None)
+        if sctp is None or send_chunk is None:
+            return
+        chunk = HeartbeatChunk()
+        chunk.params = [(HEARTBEAT_INFO, struct.pack("!d", time.time()))]
+        self.probes += 1
+        try:
+            await send_chunk(chunk)
+        except Exception as exc:  # DTLS closed, or aiortc changed: the watchdog decides
+            log.debug("could not send a heartbeat: %s", exc)
+
     async def _pump_audio(self, track: MediaStreamTrack) -> None:
         """Received audio -> 24 kHz mono -> `on_audio`, until the track ends."""
         resampler = AudioResampler(format="s16", layout="mono", rate=PLAYBACK_RATE)
@@ -285,6 +360,7 @@ class RealtimeCall:
                 frame = await track.recv()
             except MediaStreamError:
                 return
+            self.heard_at = time.monotonic()
             if not isinstance(frame, AudioFrame):
                 continue
             for out in resampler.resample(frame):

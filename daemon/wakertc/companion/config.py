@@ -18,8 +18,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-VOICES = ("alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar")
+from .. import limits
+
+VOICES = limits.VOICES
 DEFAULT_PORT = 8780
+# Devices give up on the companion after their `companion.timeout_s`, 12 s by default: a mint
+# must end (with a key or a 504) before that, so upstream.timeout_s stays this far below it.
+DEVICE_TIMEOUT_S = 12.0
+DEVICE_TIMEOUT_MARGIN_S = 2.0
+# The state directory of wakertc-companion.service (StateDirectory=), which its user owns.
+DEFAULT_DEVICES_FILE = "/var/lib/wakertc-companion/devices.json"
 DEFAULT_INSTRUCTIONS = (
     "You are a friendly voice assistant on a small speaker. Keep answers short and spoken-style."
 )
@@ -44,7 +52,12 @@ class ServerSettings:
     browser_session: bool = False
     """Serve `GET /session` for browser pages: anyone who reaches the server can mint keys."""
     browser_origin: str = ""
-    """`Access-Control-Allow-Origin` for `GET /session` ("" = no CORS header)."""
+    """The origin of the page allowed to use `GET /session` (e.g. `https://my.page`); its
+    `Origin` header must match (required with `browser_session`)."""
+    allowed_hosts: tuple[str, ...] = ()
+    """Names accepted in the `Host` header of `GET /session` (against DNS rebinding); empty =
+    `localhost`, this machine's host name (and NAME.local) and the listen address. An IP
+    address the request arrived on is always accepted."""
 
 
 @dataclass(frozen=True)
@@ -58,7 +71,8 @@ class UpstreamSettings:
     api_key_file: Path | None = None
     """File holding the standard API key instead (takes precedence over the variable)."""
     timeout_s: float = 10.0
-    """Give up on one mint request after this long (the device then gets 504)."""
+    """Give up on one mint request after this long (the device then gets 504); keep it at least
+    `DEVICE_TIMEOUT_MARGIN_S` below the devices' `companion.timeout_s` (12 s by default)."""
 
 
 @dataclass(frozen=True)
@@ -73,7 +87,7 @@ class SessionPolicy:
     """System instructions (realtime sessions)."""
     voice: str = "marin"
     """Output voice (realtime sessions)."""
-    key_lifetime_s: int = 600
+    key_lifetime_s: int = limits.KEY_SECONDS_DEFAULT
     """Lifetime of each minted key, 10..7200 s (a started session outlives it)."""
     turn_detection: dict[str, Any] | None = field(
         default_factory=lambda: {
@@ -139,7 +153,8 @@ class CompanionConfig:
     path: Path
     """The file this came from (relative paths were resolved against its directory)."""
     devices_file: Path
-    """Where device token hashes are stored (JSON, mode 0600)."""
+    """Where device token hashes are stored (JSON, mode 0600); by default in the service's state
+    directory, `/var/lib/wakertc-companion/devices.json`."""
     server: ServerSettings = ServerSettings()
     upstream: UpstreamSettings = UpstreamSettings()
     session: SessionPolicy = SessionPolicy()
@@ -198,6 +213,19 @@ def read_api_key(config: CompanionConfig, environ: Mapping[str, str] | None = No
     return key
 
 
+# Where each session parameter the limits table checks comes from in this file.
+_CONFIG_KEYS = {
+    "model": "session.model",
+    "audio.output.voice": "session.voice",
+    "audio.input.turn_detection": "session.turn_detection.type",
+    "audio.input.turn_detection.threshold": "session.turn_detection.threshold",
+    "audio.input.turn_detection.idle_timeout_ms": "session.turn_detection.idle_timeout_ms",
+    "audio.input.turn_detection.eagerness": "session.turn_detection.eagerness",
+    "audio.input.noise_reduction.type": "session.noise_reduction",
+    "audio.input.transcription.model": "session.transcription_model",
+}
+
+
 class _Reader:
     """Walks the parsed TOML, checking each key against what it may hold."""
 
@@ -213,7 +241,7 @@ class _Reader:
         self._only(devices, "devices.", {"file"})
         return CompanionConfig(
             path=self.path,
-            devices_file=self._required_path(devices, "devices.file", "devices.json"),
+            devices_file=self._required_path(devices, "devices.file", DEFAULT_DEVICES_FILE),
             server=self._server(),
             upstream=self._upstream(),
             session=self._session(),
@@ -222,21 +250,66 @@ class _Reader:
 
     def _server(self) -> ServerSettings:
         table = self._table("server")
-        keys = {"host", "port", "tls_cert", "tls_key", "browser_session", "browser_origin"}
+        keys = {
+            "host", "port", "tls_cert", "tls_key", "browser_session", "browser_origin",
+            "allowed_hosts",
+        }  # fmt: skip
         self._only(table, "server.", keys)
         cert = self._path(table, "server.tls_cert", "")
         key = self._path(table, "server.tls_key", "")
         if (cert is None) != (key is None):
             raise self._error("server.tls_cert", "tls_cert and tls_key set together (or neither)")
         port = self._int(table, "server.port", DEFAULT_PORT, 0, 65535)
+        browser_session = self._bool(table, "server.browser_session", False)
+        origin = self._origin(self._str(table, "server.browser_origin", ""))
+        if browser_session and not origin:
+            raise self._error(
+                "server.browser_origin",
+                'the origin of the page that may use GET /session (e.g. "https://my.page"), '
+                "required with browser_session = true",
+            )
         return ServerSettings(
             host=self._str(table, "server.host", "127.0.0.1", nonempty=True),
             port=port,
             tls_cert=cert,
             tls_key=key,
-            browser_session=self._bool(table, "server.browser_session", False),
-            browser_origin=self._str(table, "server.browser_origin", ""),
+            browser_session=browser_session,
+            browser_origin=origin,
+            allowed_hosts=self._hosts(table.get("allowed_hosts", [])),
         )
+
+    def _origin(self, value: str) -> str:
+        """A web origin as browsers send it: scheme://host[:port], lower case, nothing after."""
+        if not value:
+            return ""
+        origin = value.strip().lower().rstrip("/")
+        try:
+            parsed = urlparse(origin)
+            parsed.port  # noqa: B018 (raises ValueError for a bad port)
+        except ValueError:
+            parsed = None
+        if (
+            parsed is None
+            or parsed.scheme not in ("http", "https")
+            or not parsed.hostname
+            or parsed.username is not None
+            or parsed.path
+            or parsed.query
+            or parsed.fragment
+        ):
+            raise self._error(
+                "server.browser_origin", f"an origin such as https://my.page:8443, got {value!r}"
+            )
+        return origin
+
+    def _hosts(self, value: Any) -> tuple[str, ...]:
+        key = "server.allowed_hosts"
+        if not isinstance(value, list) or not all(
+            isinstance(host, str) and host.strip() and not any(c in host for c in "/:@ ")
+            for host in value
+        ):
+            raise self._error(key, 'an array of host names without ports, e.g. ["pi.home"]')
+        return tuple(host.strip().lower().strip("[]") for host in value)
 
     def _upstream(self) -> UpstreamSettings:
         table = self._table("upstream")
@@ -270,18 +343,32 @@ class _Reader:
         noise = self._choice(
             table, "session.noise_reduction", "far_field", ("near_field", "far_field", "off")
         )
-        return SessionPolicy(
+        policy = SessionPolicy(
             type=kind,
-            model=self._str(table, "session.model", "gpt-realtime", nonempty=True),
+            model=self._choice(table, "session.model", "gpt-realtime", limits.REALTIME_MODELS),
             instructions=self._str(table, "session.instructions", DEFAULT_INSTRUCTIONS),
             voice=self._choice(table, "session.voice", "marin", VOICES),
-            key_lifetime_s=self._int(table, "session.key_lifetime_s", 600, 10, 7200),
+            key_lifetime_s=self._int(
+                table,
+                "session.key_lifetime_s",
+                limits.KEY_SECONDS_DEFAULT,
+                limits.KEY_SECONDS_MIN,
+                limits.KEY_SECONDS_MAX,
+            ),
             turn_detection=self._turn_detection(table.get("turn_detection", {})),
             noise_reduction=None if noise == "off" else noise,
             transcription_model=self._str(table, "session.transcription_model", ""),
             language=self._str(table, "session.language", ""),
             tools=self._tools(table.get("tools", [])),
         )
+        self._check_limits(policy)
+        return policy
+
+    def _check_limits(self, policy: SessionPolicy) -> None:
+        """What the service would refuse in the session this policy sends, by config key."""
+        for problem in limits.check_session(policy.session_object(), prefix=""):
+            key = _CONFIG_KEYS.get(problem.param, "session")
+            raise CompanionConfigError(f"{self.path}: {key}: {problem.message}")
 
     def _turn_detection(self, table: Any) -> dict[str, Any] | None:
         where = "session.turn_detection"
@@ -312,8 +399,12 @@ class _Reader:
         result["silence_duration_ms"] = self._int(
             table, f"{where}.silence_duration_ms", 500, 0, 10_000
         )
-        idle = self._int(table, f"{where}.idle_timeout_ms", 0, 0, 3_600_000)
-        if idle:
+        idle = table.get("idle_timeout_ms", 0)
+        if idle != 0:  # 0 = off; else within the service's range
+            idle_range = limits.LIMITS["audio.input.turn_detection.idle_timeout_ms"]
+            if idle_range.problem(f"{where}.idle_timeout_ms", idle) is not None:
+                expected = f"0 (off) or an integer {idle_range.describe()} (got {idle!r})"
+                raise self._error(f"{where}.idle_timeout_ms", expected)
             result["idle_timeout_ms"] = idle
         return result
 

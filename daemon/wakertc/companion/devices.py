@@ -1,11 +1,12 @@
 """Device tokens: named, shown once, stored only as SHA-256 hashes.
 
 The devices file is JSON (`{"devices": {"NAME": {"sha256": "...", "added_at": <unix s>}}}`),
-written atomically with mode 0600, and refused when others may read it or others (or the group)
-may write it: whoever can write it can add a device. The running server re-reads it when its
-mtime changes, so `add-device` / `remove-device` take effect without a restart. Tokens are
-compared with `hmac.compare_digest` against every stored hash, so timing reveals neither which
-device nor how much of a hash matched.
+written atomically with mode 0600 (written by root, as by `sudo wakertc companion add-device`, it
+goes to the owner of its directory: the service's user for its state directory), and refused when
+others may read it or others (or the group) may write it: whoever can write it can add a device.
+The running server re-reads it when its mtime changes, so `add-device` / `remove-device` take
+effect without a restart. Tokens are compared with `hmac.compare_digest` against every stored
+hash, so timing reveals neither which device nor how much of a hash matched.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ log = logging.getLogger(__name__)
 TOKEN_PREFIX = "wkd_"  # noqa: S105 (a prefix, not a secret)
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 UNSAFE_MODE = stat.S_IROTH | stat.S_IWOTH | stat.S_IWGRP
+# The name `GET /session` mints under (its rate limit and its log lines): no device may take it.
+BROWSER_DEVICE = "browser"
 
 
 class DeviceError(ValueError):
@@ -59,6 +62,11 @@ class DeviceStore:
             raise DeviceError(
                 f"device name {name!r}: use 1-64 letters, digits, '.', '_' or '-' "
                 "(starting with a letter or digit)"
+            )
+        if name.lower() == BROWSER_DEVICE:
+            raise DeviceError(
+                f"device name {name!r} is reserved for the companion's browser route "
+                "(GET /session); choose another name"
             )
         self._refresh()
         if name in self._devices:
@@ -124,6 +132,9 @@ class DeviceStore:
         payload = json.dumps({"devices": self._devices}, indent=2, sort_keys=True) + "\n"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
+            owner = self._owner()
+            if owner is not None:
+                os.fchown(fd, *owner)
             with os.fdopen(fd, "w", encoding="utf-8") as out:
                 out.write(payload)
                 out.flush()
@@ -134,3 +145,18 @@ class DeviceStore:
             tmp.unlink(missing_ok=True)
             raise
         self._stamp = None  # re-read our own write next time, like anyone else's
+
+    def _owner(self) -> tuple[int, int] | None:
+        """Who should own the file when root writes it: the service reads it as its own user, so
+        root must not take it over. The existing file's owner if that is not root (someone chose
+        it), else the directory's owner (the service's state directory is the service's)."""
+        if os.geteuid() != 0:
+            return None  # written as ourselves; we could not give it away anyway
+        try:
+            info = self.path.stat()
+            if info.st_uid != 0:
+                return info.st_uid, info.st_gid
+        except FileNotFoundError:
+            pass
+        info = self.path.parent.stat()
+        return info.st_uid, info.st_gid

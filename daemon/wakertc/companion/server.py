@@ -1,9 +1,13 @@
 """The companion's HTTP(S) server: devices trade their token for an ephemeral key.
 
-    POST /v1/session   Authorization: Bearer <device token> -> 200 {value, expires_at, session,
-                       client_secret: {value, expires_at}}; 401 unknown token; 429 + Retry-After;
+    POST /v1/session   Authorization: Bearer <device token> -> 200 {value, expires_at, expires_in,
+                       session, client_secret: {value, expires_at}}; 401 unknown token; 429 +
+                       Retry-After;
                        502 upstream failed; 504 upstream timed out
-    GET  /session      the same without a token, for browser pages (only if enabled)
+    GET  /session      the same without a token, for browser pages (only if enabled): only with
+                       `Origin: <browser_origin>` and a `Host` of this machine, 403 otherwise (a
+                       page elsewhere, or one using DNS rebinding, cannot mint); OPTIONS answers
+                       the CORS preflight by the same rules
     GET  /healthz      200 {"status": "ok"}
 
 Errors use the OpenAI envelope `{"error": {"message", "type", "param", "code"}}`, including
@@ -19,25 +23,34 @@ complete request head, and again for the body: a stalled (slowloris) connection 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
-import ssl
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from .config import CompanionConfig, CompanionConfigError, read_api_key
-from .devices import DeviceError, DeviceStore
+from .config import (
+    DEVICE_TIMEOUT_MARGIN_S,
+    DEVICE_TIMEOUT_S,
+    CompanionConfig,
+    CompanionConfigError,
+    read_api_key,
+)
+from .devices import BROWSER_DEVICE, DeviceError, DeviceStore
 from .ratelimit import RateLimiter
+from .tls import CHECK_S as CERT_CHECK_S
+from .tls import Certificate, CertificateError
 from .upstream import UpstreamClient, UpstreamError, UpstreamTimeout
 
 log = logging.getLogger(__name__)
 
-BROWSER_DEVICE = "browser"
 # A device sends `{}`: anything near this size is not a device.
 MAX_BODY = 16 * 1024
 # Time a client gets for its request head (and again for a body) before the connection closes.
@@ -76,9 +89,14 @@ class Companion:
         api_key: str | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
         client_timeout_s: float = CLIENT_TIMEOUT_S,
+        cert_check_s: float = CERT_CHECK_S,
     ) -> None:
+        """`clock` drives the rate limits; `wall_clock` reads upstream's `expires_at`; the TLS
+        certificate files are checked for a renewal every `cert_check_s` seconds."""
         self.config = config
+        self._wall_clock = wall_clock
         self._client_timeout_s = client_timeout_s
         self._api_key = api_key if api_key is not None else read_api_key(config)
         self._transport = transport
@@ -86,7 +104,11 @@ class Companion:
         self.limiter = RateLimiter(
             config.limits.per_device_per_minute, config.limits.global_per_minute, clock=clock
         )
-        self._ssl = _ssl_context(config)
+        self._certificate = _certificate(config)
+        self._ssl = self._certificate.context if self._certificate else None
+        self._cert_check_s = cert_check_s
+        self._cert_watch: asyncio.Task[None] | None = None
+        self._allowed_hosts = _allowed_hosts(config)
         self._upstream: UpstreamClient | None = None
         self._runner: web.AppRunner | None = None
         self.url = ""
@@ -109,6 +131,7 @@ class Companion:
         app.router.add_get("/healthz", self._healthz)
         if self.config.server.browser_session:
             app.router.add_get("/session", self._browser_session)
+            app.router.add_route("OPTIONS", "/session", self._browser_preflight)
         self._runner = web.AppRunner(
             app,
             shutdown_timeout=0.5,
@@ -127,10 +150,37 @@ class Companion:
         port = self._runner.addresses[0][1]
         scheme = "https" if self._ssl else "http"
         self.url = f"{scheme}://{server.host}:{port}"
+        if self._certificate is not None:
+            self._cert_watch = asyncio.create_task(
+                self._certificate.watch(self._cert_check_s), name="companion-cert-watch"
+            )
+        self._warn_about_setup()
         return self.url
+
+    def _warn_about_setup(self) -> None:
+        """One line for each setting that works but will hurt."""
+        server, upstream = self.config.server, self.config.upstream
+        if self._ssl is None and not _is_loopback(server.host):
+            log.warning(
+                "serving plain HTTP beyond this machine (%s): device tokens and keys cross the "
+                "network readable by anyone on it; set server.tls_cert and server.tls_key",
+                server.host,
+            )
+        if upstream.timeout_s > DEVICE_TIMEOUT_S - DEVICE_TIMEOUT_MARGIN_S:
+            log.warning(
+                "upstream.timeout_s is %g s: devices with the default companion.timeout_s "
+                "(%g s) give up before a slow mint ends; set theirs above %g s",
+                upstream.timeout_s,
+                DEVICE_TIMEOUT_S,
+                upstream.timeout_s + DEVICE_TIMEOUT_MARGIN_S,
+            )
 
     async def stop(self) -> None:
         """Stop listening and close the upstream connection pool."""
+        if self._cert_watch is not None:
+            self._cert_watch.cancel()
+            await asyncio.gather(self._cert_watch, return_exceptions=True)
+            self._cert_watch = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -192,11 +242,72 @@ class Companion:
         return None
 
     async def _browser_session(self, request: web.Request) -> web.StreamResponse:
+        refused = self._check_browser(request)
+        if refused is not None:
+            return refused
         response = await self._mint(BROWSER_DEVICE)
-        origin = self.config.server.browser_origin
-        if origin:
-            response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Access-Control-Allow-Origin"] = self.config.server.browser_origin
+        response.headers["Vary"] = "Origin"
         return response
+
+    async def _browser_preflight(self, request: web.Request) -> web.StreamResponse:
+        refused = self._check_browser(request)
+        if refused is not None:
+            return refused
+        headers = {
+            "Access-Control-Allow-Origin": self.config.server.browser_origin,
+            "Access-Control-Allow-Methods": "GET",
+            "Access-Control-Max-Age": "600",
+            "Vary": "Origin",
+        }
+        requested = request.headers.get("Access-Control-Request-Headers")
+        if requested:
+            headers["Access-Control-Allow-Headers"] = requested[:200]
+        return web.Response(status=204, headers=headers)
+
+    def _check_browser(self, request: web.Request) -> web.Response | None:
+        """None if the request comes from the configured page to this machine by a name of ours,
+        else the 403 to send. The route has no token: what keeps other web pages out is that a
+        browser always sends the page's true `Origin`, and a page using DNS rebinding reaches us
+        under its own name, which is not one of ours."""
+        host = request.headers.get("Host", "")
+        if not self._is_our_host(host, request):
+            log.info("browser session refused: Host %r is not this companion", host[:60])
+            return api_error(
+                403,
+                "Host not allowed for /session.",
+                "invalid_request_error",
+                code="host_not_allowed",
+            )
+        origin = request.headers.get("Origin", "")
+        if origin.lower() != self.config.server.browser_origin:
+            log.info("browser session refused: Origin %r is not browser_origin", origin[:60])
+            return api_error(
+                403,
+                "Origin not allowed for /session.",
+                "invalid_request_error",
+                code="origin_not_allowed",
+            )
+        return None
+
+    def _is_our_host(self, host: str, request: web.Request) -> bool:
+        try:
+            name = urlsplit(f"//{host}").hostname
+        except ValueError:
+            return False
+        if not name:
+            return False
+        if name in self._allowed_hosts:
+            return True
+        # An IP address is ours when the request arrived on it; no rebinding uses a bare address.
+        transport = request.transport
+        sockname = transport.get_extra_info("sockname") if transport is not None else None
+        if not sockname:
+            return False
+        try:
+            return _same_address(name, str(sockname[0]))
+        except ValueError:
+            return False
 
     async def _mint(self, device: str) -> web.Response:
         wait = self.limiter.check(device)
@@ -225,14 +336,24 @@ class Companion:
             return api_error(
                 502, f"Upstream error ({status}): {exc}.", "upstream_error", code="upstream_error"
             )
+        # What is left of the key: a device counts its life from this, not from `expires_at`
+        # against its own wall clock, which may be far off after a boot without a real-time
+        # clock. Ours may be too (a companion on the Pi itself): the key was created after we
+        # asked, so it has at most its lifetime less the time we waited, whatever our clock says.
+        waited = time.monotonic() - started
+        expires_in = max(
+            0.0,
+            min(minted["expires_at"] - self._wall_clock(), policy.key_lifetime_s - waited),
+        )
         log.info(
-            "mint for device %s: ok (valid %d s, %.0f ms)",
+            "mint for device %s: ok (valid %.0f s, %.0f ms)",
             device,
-            minted["expires_at"] - int(time.time()),
+            expires_in,
             (time.monotonic() - started) * 1000,
         )
         body: dict[str, Any] = {
             **minted,
+            "expires_in": round(expires_in, 3),
             "client_secret": {"value": minted["value"], "expires_at": minted["expires_at"]},
         }
         return web.json_response(body, headers={"Cache-Control": "no-store"})
@@ -296,16 +417,48 @@ def _bearer(request: web.Request) -> str | None:
     return token.strip()
 
 
-def _ssl_context(config: CompanionConfig) -> ssl.SSLContext | None:
+def _allowed_hosts(config: CompanionConfig) -> frozenset[str]:
+    """Host names `GET /session` answers to: the configured ones, else ours."""
+    server = config.server
+    if server.allowed_hosts:
+        return frozenset(server.allowed_hosts)
+    hostname = socket.gethostname().lower()
+    names = {"localhost", hostname, f"{hostname.split('.')[0]}.local"}
+    try:
+        wildcard = ipaddress.ip_address(server.host.strip("[]")).is_unspecified
+    except ValueError:
+        wildcard = False  # a name
+    if not wildcard:
+        names.add(server.host.lower().strip("[]"))
+    return frozenset(names)
+
+
+def _same_address(a: str, b: str) -> bool:
+    """Whether two IP addresses are the same (IPv4 also when mapped into IPv6); ValueError if
+    `a` is not an address."""
+    first, second = ipaddress.ip_address(a), ipaddress.ip_address(b.split("%")[0])
+    if isinstance(first, ipaddress.IPv6Address) and first.ipv4_mapped:
+        first = first.ipv4_mapped
+    if isinstance(second, ipaddress.IPv6Address) and second.ipv4_mapped:
+        second = second.ipv4_mapped
+    return first == second
+
+
+def _certificate(config: CompanionConfig) -> Certificate | None:
     server = config.server
     if server.tls_cert is None or server.tls_key is None:
         return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
-        context.load_cert_chain(server.tls_cert, server.tls_key)
-    except (OSError, ssl.SSLError) as exc:
-        raise CompanionConfigError(
-            f"{config.path}: server.tls_cert: cannot load {server.tls_cert} with "
-            f"{server.tls_key}: {exc}"
-        ) from None
-    return context
+        return Certificate(server.tls_cert, server.tls_key)
+    except CertificateError as exc:
+        raise CompanionConfigError(f"{config.path}: server.tls_cert: {exc}") from None
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether `host` (an address or a name) listens on this machine alone."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # another name: it may well resolve to a network address

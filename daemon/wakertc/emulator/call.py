@@ -9,6 +9,7 @@ silent, bad-event, consent-stop) live here because they are about the transport,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -23,9 +24,10 @@ from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import SessionDescription
 from av import AudioResampler
 
+from .. import limits
 from .audio_buffer import Samples
 from .engine import RealtimeEngine
-from .events import new_id
+from .events import error_event, new_id
 from .faults import Faults
 from .playout import ReplyTrack
 from .recorder import CallRecorder
@@ -38,6 +40,7 @@ log = logging.getLogger(__name__)
 EVENTS_LABEL = "oai-events"
 RATE = 48000
 CLOSE_TIMEOUT_S = 3.0
+FLUSH_TIMEOUT_S = 1.0  # for the last event to leave before the peer connection closes
 MAX_EARLY_EVENTS = 1000
 BAD_JSON = '{"type": "response.output_audio_transcript.delta", "delta": "unterminated'
 
@@ -101,7 +104,7 @@ class EmulatedCall:
         self.record_path = context.record_dir / self.id if context.record_dir else None
         self._recorder = CallRecorder(self.record_path) if self.record_path else None
         self._pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        self._track = ReplyTrack()
+        self._track = ReplyTrack(idle_audio=not self._faults.no_idle_audio)
         if self._recorder is not None:
             self._track.on_frame = self._recorder.sent
         self.engine = RealtimeEngine(
@@ -112,6 +115,7 @@ class EmulatedCall:
             synth=context.synth,
             reply_text=context.reply_text,
             validator=context.validator,
+            transcription_fails=self._faults.transcription_failed,
         )
         self._channel: Any = None
         self._inbox: asyncio.Queue[str] = asyncio.Queue()
@@ -145,6 +149,7 @@ class EmulatedCall:
         self._pc.addTrack(self._track)
         await self._pc.setLocalDescription(await self._pc.createAnswer())
         self._spawn(self._watch_connect(), "connect-watchdog")
+        self._spawn(self._expire(), "max-session")
         log.info("call %s answered", self.id)
         return str(self._pc.localDescription.sdp)
 
@@ -264,6 +269,34 @@ class EmulatedCall:
             await asyncio.wait_for(self._connected.wait(), self._context.connect_timeout_s)
         except TimeoutError:
             await self.close(f"peer did not connect within {self._context.connect_timeout_s:g} s")
+
+    async def _expire(self) -> None:
+        """The service ends every session at its maximum length: an `error`, then hang-up."""
+        seconds = self._faults.max_session_s
+        if seconds is None:
+            seconds = limits.MAX_SESSION_S
+        await asyncio.sleep(max(0.0, self.started + seconds - time.monotonic()))
+        length = f"{seconds / 60:g} minutes" if seconds >= 60 else f"{seconds:g} seconds"
+        if not self._faults.silent:
+            self._send_event(
+                error_event(
+                    f"Your session hit the maximum duration of {length}.", code="session_expired"
+                )
+            )
+            await self._flush()
+        await self.close(f"maximum session length ({seconds:g} s)")
+
+    async def _flush(self) -> None:
+        """Until the event channel has handed everything queued to SCTP (bounded)."""
+        channel = self._channel
+        if channel is None:
+            return
+        if channel.bufferedAmount:
+            drained = asyncio.Event()
+            channel.once("bufferedamountlow", drained.set)  # threshold 0: all handed over
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(drained.wait(), FLUSH_TIMEOUT_S)
+        await asyncio.sleep(0.05)  # and SCTP to put it on the wire before the abort
 
     async def _drop_after(self, seconds: float) -> None:
         await asyncio.sleep(seconds)

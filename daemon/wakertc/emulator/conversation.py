@@ -15,6 +15,14 @@ class Conversation:
         """The id of the newest item (the `previous_item_id` of the next one)."""
         return str(self.items[-1]["id"]) if self.items else None
 
+    def previous_id(self, item_id: str) -> str | None:
+        """The id of the item before `item_id` (None when it is first or gone)."""
+        ids = [item.get("id") for item in self.items]
+        if item_id not in ids:
+            return None
+        index = ids.index(item_id)
+        return str(ids[index - 1]) if index else None
+
     def find(self, item_id: Any) -> dict[str, Any] | None:
         """The item with this id, if any."""
         return next((item for item in self.items if item.get("id") == item_id), None)

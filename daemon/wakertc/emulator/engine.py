@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from .. import limits
 from .audio_buffer import RATE, InputAudioBuffer, Samples, ms
 from .conversation import Conversation
 from .events import (
@@ -32,7 +33,7 @@ from .events import (
 )
 from .playout import ReplyTrack
 from .replies import Reply, SpeechSynth, echo, tone
-from .responses import Response, ResponseWriter, Send, response_view
+from .responses import OutOfTokens, Response, ResponseWriter, Send, response_view
 from .script import ScriptTurn, TurnPlan
 from .session import SessionError, turn_detection, update_session
 from .vad import EnergyVad, SpeechStarted, SpeechStopped, VadEvent, VadSettings
@@ -57,6 +58,7 @@ class RealtimeEngine:
         synth: SpeechSynth,
         reply_text: str,
         validator: ClientEventValidator | None = None,
+        transcription_fails: bool = False,
     ) -> None:
         self.session = session
         self._send = send
@@ -65,6 +67,7 @@ class RealtimeEngine:
         self._synth = synth
         self._reply_text = reply_text
         self._validator = validator
+        self._transcription_fails = transcription_fails
         self.conversation_id = new_id("conv")
         self.buffer = InputAudioBuffer()
         self._vad: EnergyVad | None = None
@@ -123,48 +126,35 @@ class RealtimeEngine:
             return
         client_event_id = message.get("event_id")
         client_event_id = client_event_id if isinstance(client_event_id, str) else None
+        kind = message.get("type")
         if self._validator is not None:
             problem = self._validator.check(message)
             if problem is not None:
-                self._send(
-                    error_event(
-                        problem.message,
-                        code=problem.code,
-                        param=problem.param,
-                        client_event_id=client_event_id,
-                    )
-                )
+                self._refuse(kind, problem.message, problem.code, problem.param, client_event_id)
                 return
-        kind = message.get("type")
         handler = self._HANDLERS.get(kind) if isinstance(kind, str) else None
         if handler is None:
-            self._send(
-                error_event(
-                    f"Invalid value: {kind!r}. Unknown client event type.",
-                    code="invalid_value",
-                    param="type",
-                    client_event_id=client_event_id,
-                )
-            )
+            message_text = f"Invalid value: {kind!r}. Unknown client event type."
+            self._refuse(kind, message_text, "invalid_value", "type", client_event_id)
             return
         try:
             handler(self, message)
         except _ClientError as exc:
-            self._send(
-                error_event(
-                    exc.message, code=exc.code, param=exc.param, client_event_id=client_event_id
-                )
-            )
+            self._refuse(kind, exc.message, exc.code, exc.param, client_event_id)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             # Shapes the SDK check would have caught; without the SDK, answer, never crash.
             log.info("malformed %s event: %r", kind, exc)
-            self._send(
-                error_event(
-                    f"Invalid '{kind}' event: {exc}",
-                    code="invalid_value",
-                    client_event_id=client_event_id,
-                )
+            self._refuse(
+                kind, f"Invalid '{kind}' event: {exc}", "invalid_value", None, client_event_id
             )
+
+    def _refuse(
+        self, kind: Any, message: str, code: str, param: str | None, client_event_id: str | None
+    ) -> None:
+        """Answer a client event the service would not accept; logged, since a client that
+        sends one has a bug a real call would show too."""
+        log.info("refused a %s event: %s (param %s): %s", kind, code, param, message)
+        self._send(error_event(message, code=code, param=param, client_event_id=client_event_id))
 
     def _on_session_update(self, message: dict[str, Any]) -> None:
         try:
@@ -267,8 +257,18 @@ class RealtimeEngine:
                 "conversation_already_has_active_response",
             )
         params = message.get("response") or {}
+        voice = (params.get("audio") or {}).get("output", {}).get("voice")
+        for path, value in (
+            ("max_output_tokens", params.get("max_output_tokens")),
+            ("audio.output.voice", voice),
+        ):
+            problem = limits.check(path, value, prefix="response.") if value is not None else None
+            if problem is not None:
+                raise _ClientError(problem.message, problem.code, problem.param)
         self._start_response(
-            modalities=params.get("output_modalities"), metadata=params.get("metadata")
+            modalities=params.get("output_modalities"),
+            metadata=params.get("metadata"),
+            max_tokens=params.get("max_output_tokens"),
         )
 
     def _on_response_cancel(self, message: dict[str, Any]) -> None:
@@ -398,17 +398,36 @@ class RealtimeEngine:
         self._send(
             event("conversation.item.done", previous_item_id=previous, item=copy.deepcopy(item))
         )
-        if self.session["type"] == "transcription":
-            seconds = (end - start) / RATE
+        self._transcribe(item_id, (end - start) / RATE)
+
+    def _transcribe(self, item_id: str, seconds: float) -> None:
+        """Transcribe a committed user turn, when the session asks for it."""
+        if self.session["audio"]["input"]["transcription"] is None:
+            return
+        if self._transcription_fails:
             self._send(
                 event(
-                    "conversation.item.input_audio_transcription.completed",
+                    "conversation.item.input_audio_transcription.failed",
                     item_id=item_id,
                     content_index=0,
-                    transcript=f"[{seconds * 1000:.0f} ms of audio]",
-                    usage={"type": "duration", "seconds": round(seconds, 3)},
+                    error={
+                        "type": "transcription_error",
+                        "code": "audio_unintelligible",
+                        "message": "Audio file might be corrupted or unsupported",
+                        "param": "file",
+                    },
                 )
             )
+            return
+        self._send(
+            event(
+                "conversation.item.input_audio_transcription.completed",
+                item_id=item_id,
+                content_index=0,
+                transcript=f"[{seconds * 1000:.0f} ms of audio]",
+                usage={"type": "duration", "seconds": round(seconds, 3)},
+            )
+        )
 
     # -- idle timeout --------------------------------------------------------------------------
 
@@ -443,16 +462,21 @@ class RealtimeEngine:
 
     # -- responses -----------------------------------------------------------------------------
 
-    def _start_response(self, *, modalities: Any = None, metadata: Any = None) -> None:
+    def _start_response(
+        self, *, modalities: Any = None, metadata: Any = None, max_tokens: Any = None
+    ) -> None:
         self._disarm_idle()
         if modalities not in (["audio"], ["text"]):
             modalities = list(self.session.get("output_modalities") or ["audio"])
+        if max_tokens is None:
+            max_tokens = self.session.get("max_output_tokens", "inf")
         response = Response(
             id=new_id("resp"),
             turn=self._plan.next(),
             modalities=modalities,
             metadata=metadata,
             input_ms=len(self._last_utterance) * 1000 / RATE,
+            max_tokens=max_tokens if isinstance(max_tokens, int) else None,
         )
         self._responses[response.id] = response
         self._active = response
@@ -472,6 +496,8 @@ class RealtimeEngine:
             declared = {tool.get("name") for tool in self.session.get("tools") or []}
             await self._writer.write(response, reply, declared)
             self._finish(response, "completed")
+        except OutOfTokens:
+            self._finish(response, "incomplete", "max_output_tokens")
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -492,6 +518,7 @@ class RealtimeEngine:
     def _cancel(self, response: Response, reason: str) -> None:
         if response.task is not None and not response.task.done():
             response.task.cancel()
+        self._writer.cut_short(response)
         for item in response.output:
             if item.get("status") == "in_progress":
                 item["status"] = "incomplete"

@@ -2,7 +2,9 @@
 
 Each fault mirrors a failure the device must survive against the real API: a key server that errs
 or stalls, a call that is refused or never answered, a peer that vanishes, a channel that stays mute
-or talks nonsense, and a network path that silently dies (ICE consent stops).
+or talks nonsense, a network path that silently dies (ICE consent stops), a media track that only
+carries packets while a reply plays, transcriptions that fail, and sessions cut at their maximum
+length.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ FAULT_HELP = {
     "silent": "connect, but never send an event",
     "bad-event": "send malformed JSON and unknown event types between real events",
     "consent-stop[=S]": "S seconds (default 0) after session.created, stop answering ICE checks",
+    "no-idle-audio": "send no RTP at all while no reply is playing (nor in transcription sessions)",
+    "transcription-failed": "every input audio transcription fails (...transcription.failed)",
+    "max-session=S": "end sessions after S seconds instead of the service's 60 minutes",
 }
 
 
@@ -45,6 +50,9 @@ class Faults:
     silent: bool = False
     bad_event: bool = False
     consent_stop_s: float | None = None
+    no_idle_audio: bool = False
+    transcription_failed: bool = False
+    max_session_s: float | None = None
 
     @classmethod
     def parse(cls, specs: Iterable[str]) -> Faults:
@@ -84,11 +92,14 @@ _FLAGS = {
     "calls-hang": "calls_hang",
     "silent": "silent",
     "bad-event": "bad_event",
+    "no-idle-audio": "no_idle_audio",
+    "transcription-failed": "transcription_failed",
 }
 _TIMED: dict[str, tuple[str, float | None]] = {
     "mint-slow": ("mint_slow_s", MINT_SLOW_DEFAULT_S),
     "drop-after": ("drop_after_s", None),
     "consent-stop": ("consent_stop_s", 0.0),
+    "max-session": ("max_session_s", None),
 }
 
 

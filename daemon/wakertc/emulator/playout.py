@@ -1,5 +1,10 @@
 """The emulator's outgoing audio track: reply audio, paced in real time, silence in between.
 
+Nothing in the API promises that silence: with `idle_audio=False` (the `no-idle-audio` fault)
+the track hands out no frame at all while nothing is queued, so no RTP flows between replies (and
+none in a transcription session); when a reply comes, its frames carry the wall-clock timestamps
+they would have had, so the RTP timestamps jump over the gap as a discontinuous sender's do.
+
 Responses queue their audio under their id; the track tells its listener when a response's first
 frame leaves (`output_audio_buffer.started`) and when its last one has (`...stopped`). `clear()`
 drops everything queued at once, which is what `output_audio_buffer.clear` and barge-in need.
@@ -46,8 +51,10 @@ class ReplyTrack(MediaStreamTrack):
 
     kind = "audio"
 
-    def __init__(self) -> None:
+    def __init__(self, *, idle_audio: bool = True) -> None:
         super().__init__()
+        self._idle_audio = idle_audio
+        self._fed = asyncio.Event()
         self.listener: PlayoutListener | None = None
         self.on_frame: Callable[[Samples, float], None] | None = None
         self._segments: collections.deque[tuple[str, Samples]] = collections.deque()
@@ -62,6 +69,7 @@ class ReplyTrack(MediaStreamTrack):
         """Queue int16 mono 48 kHz audio for a response."""
         if len(samples):
             self._segments.append((response_id, samples.astype(np.int16, copy=False)))
+            self._fed.set()
 
     def finish(self, response_id: str) -> None:
         """No more audio will come for `response_id`; it stops once its queue drains."""
@@ -100,6 +108,8 @@ class ReplyTrack(MediaStreamTrack):
             wait = self._start + self._pts / RATE - loop.time()
             if wait > 0:
                 await asyncio.sleep(wait)
+        if not self._idle_audio and not self._segments:
+            await self._wait_for_audio(loop.time)
         samples, started, stopped = self._next_samples()
         frame = AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = RATE
@@ -114,6 +124,15 @@ class ReplyTrack(MediaStreamTrack):
         for response_id in stopped:
             self._notify_stopped(response_id)
         return frame
+
+    async def _wait_for_audio(self, clock: Callable[[], float]) -> None:
+        """Hand out nothing until audio is queued, then resume on the wall clock (no burst)."""
+        while not self._segments:
+            self._fed.clear()
+            await self._fed.wait()
+        assert self._start is not None
+        elapsed = int((clock() - self._start) * RATE) // FRAME * FRAME
+        self._pts = max(self._pts, elapsed)
 
     def _next_samples(self) -> tuple[Samples, list[str], list[str]]:
         out = np.zeros(FRAME, dtype=np.int16)

@@ -3,7 +3,9 @@
 `DIR/rtc_<id>/input.wav` holds every decoded audio frame received from the client, in order and
 concatenated (gaps in the RTP stream are not filled), as 48 kHz mono 16-bit PCM.
 `DIR/rtc_<id>/output.wav` holds every frame the outgoing track handed to the encoder, silence
-included, so its sample k left in frame k // 960 (48 kHz mono 16-bit PCM).
+included, so its sample k left in frame k // 960 (48 kHz mono 16-bit PCM). Under the
+`no-idle-audio` fault no frame is handed out between replies, so the file has no gaps for them:
+`frames.jsonl` has when each frame left.
 `DIR/rtc_<id>/events.jsonl` has one line per event both ways:
 `{"t": <seconds since the call started, monotonic>, "dir": "in"|"out", "event": {...}}`.
 A client message that is not a JSON object is recorded as `"raw": "<text>"` instead of `"event"`;

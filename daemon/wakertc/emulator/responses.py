@@ -2,7 +2,12 @@
 
 `ResponseWriter.write` streams what a turn says (audio at real-time pace, a little ahead of
 playout, with transcript deltas keeping up) and the function call a script asks for. It does not
-decide when a response starts, ends or is cancelled: the engine does, and cancels the task.
+decide when a response starts, ends or is cancelled: the engine does, and cancels the task; then
+`cut_short` closes what was being written, as upstream does: a function call whose arguments were
+streaming still gets `response.function_call_arguments.done` (with the arguments so far) and
+`response.output_item.done` (status `incomplete`). A response that reaches its
+`max_output_tokens` (about 10 tokens a second of audio, 4 characters a token of text) stops where
+it is and raises `OutOfTokens`; the engine ends it `incomplete`.
 """
 
 from __future__ import annotations
@@ -18,7 +23,16 @@ from typing import Any
 
 from .audio_buffer import RATE
 from .conversation import Conversation
-from .events import assistant_item, event, function_call_item, new_id, response_object, usage
+from .events import (
+    assistant_item,
+    audio_tokens,
+    event,
+    function_call_item,
+    new_id,
+    response_object,
+    text_tokens,
+    usage,
+)
 from .playout import ReplyTrack
 from .replies import Reply
 from .script import FunctionCall, ScriptTurn
@@ -30,6 +44,11 @@ FEED_STEP_S = 0.02
 START_WAIT_S = 0.5  # wait this long for the first frame to leave before sending transcript
 
 Send = Callable[[dict[str, Any]], None]
+ARGUMENT_CHUNKS = 8  # deltas a streamed function call's arguments come in
+
+
+class OutOfTokens(Exception):
+    """The response reached its `max_output_tokens`; what was written so far is closed."""
 
 
 @dataclass
@@ -47,6 +66,16 @@ class Response:
     audio_ms: float = 0.0
     text: str = ""
     done: bool = False
+    max_tokens: int | None = None
+    """`max_output_tokens` of this response; None = "inf"."""
+    call_tokens: int = 0
+
+    def tokens_left(self) -> int | None:
+        """Output tokens this response may still produce (None: no limit)."""
+        if self.max_tokens is None:
+            return None
+        used = audio_tokens(self.audio_ms) + text_tokens(self.text) + self.call_tokens
+        return max(0, self.max_tokens - used)
 
 
 class ResponseWriter:
@@ -62,7 +91,13 @@ class ResponseWriter:
         if reply is not None:
             await self._message(response, reply)
         if response.turn.call is not None:
-            self._call(response, response.turn.call, declared)
+            await self._call(response, response.turn.call, declared)
+
+    def cut_short(self, response: Response) -> None:
+        """The response was cancelled: close the function call whose arguments were streaming."""
+        for index, item in enumerate(response.output):
+            if item.get("type") == "function_call" and item.get("status") == "in_progress":
+                self._close_call(response, index, item, "incomplete")
 
     async def _message(self, response: Response, reply: Reply) -> None:
         audio_mode = response.modalities == ["audio"]
@@ -88,8 +123,9 @@ class ResponseWriter:
         )
         self._send(event("response.content_part.added", **where, content_index=0, part=part))
         words = re.findall(r"\S+\s*", reply.transcript) or [reply.transcript]
+        cut = False
         if audio_mode:
-            await self._play(response, reply, words, where)
+            cut = await self._play(response, reply, words, where)
             content = {"type": "output_audio", "transcript": response.text}
             self._send(event("response.output_audio.done", **where, content_index=0))
             self._send(
@@ -103,6 +139,11 @@ class ResponseWriter:
             part = {"type": "audio", "transcript": response.text}
         else:
             for word in words:
+                left = response.tokens_left()
+                grown = text_tokens(response.text + word) - text_tokens(response.text)
+                if left is not None and grown > left:
+                    cut = True
+                    break
                 response.text += word
                 self._send(
                     event("response.output_text.delta", **where, content_index=0, delta=word)
@@ -113,7 +154,7 @@ class ResponseWriter:
             )
             part = {"type": "text", "text": response.text}
         self._send(event("response.content_part.done", **where, content_index=0, part=part))
-        item["status"] = "completed"
+        item["status"] = "incomplete" if cut else "completed"
         item["content"] = [content]
         self._send(
             event("conversation.item.done", previous_item_id=previous, item=copy.deepcopy(item))
@@ -126,18 +167,32 @@ class ResponseWriter:
                 item=copy.deepcopy(item),
             )
         )
+        if cut:
+            raise OutOfTokens
 
     async def _play(
         self, response: Response, reply: Reply, words: list[str], where: dict[str, Any]
-    ) -> None:
-        """Feed the reply audio in real time, with transcript deltas keeping pace."""
+    ) -> bool:
+        """Feed the reply audio in real time, with transcript deltas keeping pace.
+
+        Returns True when the response ran out of tokens before the end of the reply.
+        """
         loop = asyncio.get_running_loop()
         audio = reply.audio
         total = len(audio)
+        left = response.tokens_left()
+        needed = audio_tokens(reply.duration_ms) + text_tokens(reply.transcript)
+        cut = left is not None and needed > left
+        if cut:
+            assert left is not None
+            total = total * left // needed  # audio and transcript shortened alike
+            words = words[: len(words) * total // max(len(audio), 1)]
+            while words and audio_tokens(total * 1000 / RATE) + text_tokens("".join(words)) > left:
+                words.pop()
         lead = int(LEAD_S * RATE)
         fed = min(total, lead)
         self._track.feed(response.id, audio[:fed])
-        response.audio_ms = reply.duration_ms
+        response.audio_ms = total * 1000 / RATE
         try:
             # Upstream order: output_audio_buffer.started comes before the transcript deltas.
             await asyncio.wait_for(response.started.wait(), START_WAIT_S)
@@ -163,10 +218,11 @@ class ResponseWriter:
                 )
                 emitted += 1
             if fed >= total:
-                return
+                return cut
             await asyncio.sleep(FEED_STEP_S)
 
-    def _call(self, response: Response, call: FunctionCall, declared: set[str]) -> None:
+    async def _call(self, response: Response, call: FunctionCall, declared: set[str]) -> None:
+        """Stream a function call's arguments (over `call.stream_s`), then close the item."""
         if call.name not in declared:
             log.warning("script calls %r, which the session does not declare", call.name)
         index = len(response.output)
@@ -176,7 +232,8 @@ class ResponseWriter:
         item = function_call_item(
             item_id, call_id=call_id, name=call.name, arguments="", status="in_progress"
         )
-        previous = self._conversation.last_id()
+        response.output.append(item)
+        previous = self._conversation.append(item)
         where = {"response_id": response.id, "item_id": item_id, "output_index": index}
         self._send(
             event(
@@ -189,23 +246,42 @@ class ResponseWriter:
         self._send(
             event("conversation.item.added", previous_item_id=previous, item=copy.deepcopy(item))
         )
-        self._send(
-            event(
-                "response.function_call_arguments.delta", **where, call_id=call_id, delta=arguments
+        left = response.tokens_left()
+        cut = left is not None and text_tokens(arguments) > left
+        if cut:
+            assert left is not None
+            arguments = arguments[: left * 4]
+        step = -(-len(arguments) // ARGUMENT_CHUNKS) or 1
+        for start in range(0, len(arguments), step):
+            if start and call.stream_s:
+                await asyncio.sleep(call.stream_s / ARGUMENT_CHUNKS)
+            delta = arguments[start : start + step]
+            item["arguments"] += delta
+            response.call_tokens = text_tokens(item["arguments"])
+            self._send(
+                event(
+                    "response.function_call_arguments.delta", **where, call_id=call_id, delta=delta
+                )
             )
-        )
+        self._close_call(response, index, item, "incomplete" if cut else "completed")
+        if cut:
+            raise OutOfTokens
+
+    def _close_call(
+        self, response: Response, index: int, item: dict[str, Any], status: str
+    ) -> None:
+        item["status"] = status
+        where = {"response_id": response.id, "item_id": item["id"], "output_index": index}
         self._send(
             event(
                 "response.function_call_arguments.done",
                 **where,
-                call_id=call_id,
-                name=call.name,
-                arguments=arguments,
+                call_id=item["call_id"],
+                name=item["name"],
+                arguments=item["arguments"],
             )
         )
-        item.update(arguments=arguments, status="completed")
-        response.output.append(item)
-        self._conversation.append(item)
+        previous = self._conversation.previous_id(item["id"])
         self._send(
             event("conversation.item.done", previous_item_id=previous, item=copy.deepcopy(item))
         )

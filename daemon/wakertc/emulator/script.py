@@ -4,6 +4,8 @@ A script is a JSON list of turns (or a JSON/TOML table with a `turns` list; in T
 `[[turns]]`). Each turn has at most one of `say` (text spoken with espeak-ng) and `reply`
 (`echo`, `tone` or `speech`), and optionally `call` (a function call that ends the response);
 for example `{"say": "Goodbye", "call": {"name": "end_conversation", "arguments": {}}}`.
+`call.stream_s` spreads the call's argument deltas over that many seconds (default 0: at once),
+so a client can cancel the response while the arguments stream.
 Responses take turns in order; when the script runs out the `--reply` policy answers.
 """
 
@@ -28,6 +30,7 @@ class FunctionCall:
 
     name: str
     arguments: dict[str, Any] = field(default_factory=dict)
+    stream_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -85,7 +88,15 @@ def _turn(item: Any, where: str) -> ScriptTurn:
         arguments = raw.get("arguments", {})
         if not isinstance(arguments, dict):
             raise ScriptError(f"{where}: `call.arguments` must be a table/object")
-        call = FunctionCall(name=raw["name"], arguments=dict(arguments))
+        unknown = set(raw) - {"name", "arguments", "stream_s"}
+        if unknown:
+            raise ScriptError(f"{where}: unknown key(s) in `call`: {sorted(unknown)}")
+        stream_s = raw.get("stream_s", 0.0)
+        if isinstance(stream_s, bool) or not isinstance(stream_s, int | float):
+            raise ScriptError(f"{where}: `call.stream_s` must be a number of seconds")
+        if not 0 <= stream_s <= 60:
+            raise ScriptError(f"{where}: `call.stream_s` must be within 0..60, got {stream_s}")
+        call = FunctionCall(name=raw["name"], arguments=dict(arguments), stream_s=float(stream_s))
     return ScriptTurn(say=say, reply=reply, call=call)
 
 

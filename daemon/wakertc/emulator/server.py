@@ -10,7 +10,11 @@ Routes (all under the API's own paths, so the official SDK works with `base_url=
     POST /v1/realtime?model=...            beta: SDP offer -> 201 answer
     GET  /healthz                          liveness for scripts
 
-Errors use the API's envelope `{"error": {"message", "type", "param", "code"}}`.
+Errors use the API's envelope `{"error": {"message", "type", "param", "code"}}`, the emulator's
+own 404 and 405 included. Browsers may call the API directly (OpenAI's WebRTC sample posts the
+offer from the page), so every answer carries CORS headers as upstream's do: a preflight
+`OPTIONS` on `/v1/*` is answered, every response (errors too) has `Access-Control-Allow-Origin`,
+and `Location` (the call id) is exposed to scripts.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,7 +49,11 @@ from .validation import ClientEventValidator
 
 log = logging.getLogger(__name__)
 
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
 MAX_BODY = 256 * 1024
+CORS_METHODS = "GET, POST, DELETE, OPTIONS"
+CORS_MAX_AGE_S = 600
 STOP_TIMEOUT_S = 2.5
 KEEP_CLOSED_CALLS = 50
 
@@ -88,7 +96,7 @@ class Emulator:
 
     async def start(self) -> str:
         """Listen; returns the base URL (`http://HOST:PORT`, the real port when port was 0)."""
-        app = web.Application(client_max_size=MAX_BODY)
+        app = web.Application(client_max_size=MAX_BODY, middlewares=[_cors, _api_errors])
         app.router.add_post("/v1/realtime/client_secrets", self._client_secrets)
         app.router.add_post("/v1/realtime/sessions", self._beta_sessions)
         app.router.add_post("/v1/realtime/calls", self._calls)
@@ -325,6 +333,41 @@ def api_error(
     """A JSON error in the API's envelope."""
     body = {"error": {"message": message, "type": error_type, "param": param, "code": code}}
     return web.json_response(body, status=status, headers=headers)
+
+
+@web.middleware
+async def _cors(request: web.Request, handler: _Handler) -> web.StreamResponse:
+    """Answer preflights; put the CORS headers on every response (errors included)."""
+    if request.method == "OPTIONS" and request.path.startswith("/v1/"):
+        requested = request.headers.get("Access-Control-Request-Headers", "")
+        response: web.StreamResponse = web.Response(
+            status=200,
+            headers={
+                "Access-Control-Allow-Methods": CORS_METHODS,
+                "Access-Control-Allow-Headers": requested or "authorization, content-type",
+                "Access-Control-Max-Age": str(CORS_MAX_AGE_S),
+            },
+        )
+    else:
+        response = await handler(request)
+    response.headers["Access-Control-Allow-Origin"] = "*"
+    response.headers["Access-Control-Expose-Headers"] = "Location"
+    return response
+
+
+@web.middleware
+async def _api_errors(request: web.Request, handler: _Handler) -> web.StreamResponse:
+    """aiohttp's own errors (no such route, wrong method, body too large) in the API's envelope."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        message = f"Invalid URL ({request.method} {request.path})"
+        if exc.status == 413:
+            message = f"The request body is too large (the limit is {MAX_BODY} bytes)."
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return api_error(exc.status, message, headers=headers)
 
 
 def _invalid_key() -> web.Response:

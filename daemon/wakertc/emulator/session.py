@@ -3,7 +3,8 @@
 A session is kept as the plain JSON object the API shows in `session.created` / `session.updated`
 (the *effective* config, every default filled in), so events can carry it unchanged. Everything
 that reaches here from a client is untrusted; errors name the parameter the way upstream does
-(`session.audio.output.voice`).
+(`session.audio.output.voice`). The service's own limits (ranges, voices, models, the rules of
+transcription models) come from the package's one table, `wakertc.limits`.
 """
 
 from __future__ import annotations
@@ -12,17 +13,18 @@ import copy
 import time
 from typing import Any
 
+from .. import limits
 from .events import new_id
 
-VOICES = ("alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar")
-SESSION_TYPES = ("realtime", "transcription")
+VOICES = limits.VOICES
+SESSION_TYPES = limits.SESSION_TYPES
 DEFAULT_MODEL = "gpt-realtime"
 DEFAULT_VOICE = "marin"
 DEFAULT_INSTRUCTIONS = "You are a helpful, witty and friendly voice assistant. Keep replies short."
 DEFAULT_TRANSCRIPTION_MODEL = "gpt-4o-transcribe"
-# The API's own range for `expires_after.seconds` and the beta keys' fixed lifetime.
-KEY_SECONDS_MIN, KEY_SECONDS_MAX, KEY_SECONDS_DEFAULT = 10, 7200, 600
-BETA_KEY_SECONDS = 60
+KEY_SECONDS_MIN, KEY_SECONDS_MAX = limits.KEY_SECONDS_MIN, limits.KEY_SECONDS_MAX
+KEY_SECONDS_DEFAULT = limits.KEY_SECONDS_DEFAULT
+BETA_KEY_SECONDS = 60  # the beta keys' fixed lifetime
 
 PCM24: dict[str, Any] = {"type": "audio/pcm", "rate": 24000}
 SERVER_VAD: dict[str, Any] = {
@@ -78,7 +80,7 @@ def create_session(request: Any, *, expires_at: int = 0, prefix: str = "session"
     _check_choice(kind, SESSION_TYPES, f"{prefix}.type")
     base = _defaults(kind)
     base["expires_at"] = expires_at
-    return _merge(base, request, prefix)
+    return _check_whole(_merge(base, request, prefix), prefix)
 
 
 def update_session(current: dict[str, Any], update: Any, *, voice_locked: bool) -> dict[str, Any]:
@@ -98,7 +100,7 @@ def update_session(current: dict[str, Any], update: Any, *, voice_locked: bool) 
         raise SessionError(
             f"Cannot update a {current['type']} session to type '{kind}'.", "session.type"
         )
-    merged = _merge(copy.deepcopy(current), update, prefix)
+    merged = _check_whole(_merge(copy.deepcopy(current), update, prefix), prefix)
     if voice_locked and _voice(merged) != _voice(current):
         raise SessionError(
             "Cannot update a conversation's voice if assistant audio is present.",
@@ -169,24 +171,11 @@ def beta_view(session: dict[str, Any], key: str, expires_at: int) -> dict[str, A
 
 def key_seconds(expires_after: Any) -> int:
     """Validate `expires_after` and return the key lifetime in seconds."""
+    for problem in limits.check_expires_after(expires_after):
+        raise SessionError(problem.message, problem.param, problem.code)
     if expires_after is None:
         return KEY_SECONDS_DEFAULT
-    if not isinstance(expires_after, dict):
-        raise SessionError("Invalid type for 'expires_after': expected an object.", "expires_after")
-    anchor = expires_after.get("anchor", "created_at")
-    _check_choice(anchor, ("created_at",), "expires_after.anchor")
-    seconds = expires_after.get("seconds", KEY_SECONDS_DEFAULT)
-    if (
-        isinstance(seconds, bool)
-        or not isinstance(seconds, int)
-        or not KEY_SECONDS_MIN <= seconds <= KEY_SECONDS_MAX
-    ):
-        raise SessionError(
-            f"Invalid 'expires_after.seconds': expected an integer between {KEY_SECONDS_MIN} and "
-            f"{KEY_SECONDS_MAX}, got {seconds!r}.",
-            "expires_after.seconds",
-            "integer_out_of_range",
-        )
+    seconds: int = expires_after.get("seconds", KEY_SECONDS_DEFAULT)
     return seconds
 
 
@@ -246,6 +235,21 @@ def _defaults(kind: str) -> dict[str, Any]:
     return session
 
 
+def _check_whole(session: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """Rules that hold between parameters (a transcription model and turn detection)."""
+    for problem in limits.check_session(session, prefix=f"{prefix}."):
+        raise SessionError(problem.message, problem.param, problem.code)
+    return session
+
+
+def _check_limit(path: str, value: Any, param: str) -> Any:
+    """`value` if `limits.LIMITS[path]` accepts it, else SessionError naming `param`."""
+    problem = limits.LIMITS[path].problem(param, value)
+    if problem is not None:
+        raise SessionError(problem.message, problem.param, problem.code)
+    return value
+
+
 def _merge(session: dict[str, Any], request: dict[str, Any], prefix: str) -> dict[str, Any]:
     allowed = _TRANSCRIPTION_KEYS if session["type"] == "transcription" else _REALTIME_KEYS
     for key, value in request.items():
@@ -297,7 +301,7 @@ def _turn_detection(value: Any, current: dict[str, Any] | None, param: str) -> A
         return None
     _check_object(value, param)
     kind = value.get("type", current["type"] if current else None)
-    _check_choice(kind, ("server_vad", "semantic_vad"), f"{param}.type")
+    _check_limit("audio.input.turn_detection.type", kind, f"{param}.type")
     base = dict(current) if current and current["type"] == kind else {}
     result = dict(SERVER_VAD if kind == "server_vad" else SEMANTIC_VAD)
     result.update(base)
@@ -308,13 +312,21 @@ def _turn_detection(value: Any, current: dict[str, Any] | None, param: str) -> A
             )
         result[key] = item
     if kind == "server_vad":
-        _check_number(result["threshold"], 0.0, 1.0, f"{param}.threshold")
+        _check_limit(
+            "audio.input.turn_detection.threshold", result["threshold"], f"{param}.threshold"
+        )
         _check_int(result["prefix_padding_ms"], 0, 10_000, f"{param}.prefix_padding_ms")
         _check_int(result["silence_duration_ms"], 0, 10_000, f"{param}.silence_duration_ms")
         if result["idle_timeout_ms"] is not None:
-            _check_int(result["idle_timeout_ms"], 1, 3_600_000, f"{param}.idle_timeout_ms")
+            _check_limit(
+                "audio.input.turn_detection.idle_timeout_ms",
+                result["idle_timeout_ms"],
+                f"{param}.idle_timeout_ms",
+            )
     else:
-        _check_choice(result["eagerness"], ("low", "medium", "high", "auto"), f"{param}.eagerness")
+        _check_limit(
+            "audio.input.turn_detection.eagerness", result["eagerness"], f"{param}.eagerness"
+        )
     for flag in ("create_response", "interrupt_response"):
         _check_bool(result[flag], f"{param}.{flag}")
     return result
@@ -338,15 +350,6 @@ def _check_int(value: Any, low: int, high: int, param: str) -> Any:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise SessionError(
             f"Invalid '{param}': expected an integer between {low} and {high}, got {value!r}.",
-            param,
-        )
-    return value
-
-
-def _check_number(value: Any, low: float, high: float, param: str) -> Any:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-        raise SessionError(
-            f"Invalid '{param}': expected a number between {low:g} and {high:g}, got {value!r}.",
             param,
         )
     return value
@@ -395,9 +398,11 @@ def _check_tool_choice(value: Any, param: str) -> Any:
 
 
 def _check_max_tokens(value: Any, param: str) -> Any:
-    if value == "inf":
-        return value
-    return _check_int(value, 1, 4096, param)
+    return _check_limit("max_output_tokens", value, param)
+
+
+def _check_model(value: Any, param: str) -> Any:
+    return _check_limit("model", value, param)
 
 
 def _check_format(value: Any, param: str) -> Any:
@@ -413,7 +418,7 @@ def _check_noise_reduction(value: Any, param: str) -> Any:
     if value is None:
         return None
     _check_object(value, param)
-    _check_choice(value.get("type"), ("near_field", "far_field"), f"{param}.type")
+    _check_limit("audio.input.noise_reduction.type", value.get("type"), f"{param}.type")
     return dict(value)
 
 
@@ -423,18 +428,17 @@ def _check_transcription(value: Any, param: str) -> Any:
     _check_object(value, param)
     result = {"model": DEFAULT_TRANSCRIPTION_MODEL, "language": None, "prompt": ""}
     result.update(value)
-    _check_str(result["model"], f"{param}.model")
+    _check_limit("audio.input.transcription.model", result["model"], f"{param}.model")
     return result
 
 
 def _check_voice(value: Any, param: str) -> Any:
-    if isinstance(value, dict) and isinstance(value.get("id"), str):
-        return dict(value)  # custom voice reference
-    return _check_choice(value, VOICES, param)
+    _check_limit("audio.output.voice", value, param)
+    return dict(value) if isinstance(value, dict) else value  # a dict: a custom voice
 
 
 def _check_speed(value: Any, param: str) -> Any:
-    return _check_number(value, 0.25, 1.5, param)
+    return _check_limit("audio.output.speed", value, param)
 
 
 def _check_any(value: Any, param: str) -> Any:
@@ -442,7 +446,7 @@ def _check_any(value: Any, param: str) -> Any:
 
 
 _CHECKS = {
-    "model": _check_str,
+    "model": _check_model,
     "instructions": _check_str,
     "output_modalities": _check_modalities,
     "tools": _check_tools,

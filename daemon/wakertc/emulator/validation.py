@@ -93,6 +93,9 @@ def _describe(errors: list[dict[str, Any]]) -> Problem:
     if chosen["type"] == "missing":
         message = f"Missing required parameter: '{param}'."
         return Problem(message, "missing_required_parameter", param)
+    if chosen["type"].endswith(("_type", "_parsing")):
+        message = f"Invalid type for '{param}': {chosen['msg']}."
+        return Problem(message, "invalid_type", param)
     return Problem(f"Invalid value for '{param}': {chosen['msg']}.", "invalid_value", param)
 
 
@@ -112,5 +115,11 @@ def _pick(errors: list[dict[str, Any]]) -> dict[str, Any]:
     return errors[0]
 
 
+_PLAIN_TAGS = frozenset({"int", "float", "str", "bool", "none", "dict", "list"})
+
+
 def _is_union_tag(part: Any) -> bool:
-    return isinstance(part, str) and (part[:1].isupper() or "[" in part or "-" in part)
+    """A union member pydantic names in `loc` (`RealtimeSessionCreateRequest`, `int`, ...)."""
+    if not isinstance(part, str):
+        return False
+    return part[:1].isupper() or "[" in part or "-" in part or part in _PLAIN_TAGS

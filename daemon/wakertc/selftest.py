@@ -1,0 +1,718 @@
+"""`wakertc selftest`: one real call with this device's config and token, and a report of it.
+
+Run it after installing, or when something seems wrong. It does what the daemon does after a wake
+word, with the daemon's own pieces (`keys.CompanionClient`, `webrtc.RealtimeCall` and `MicTrack`,
+`conversation.session_update`), against whatever `[companion]` and `[session]` point at: OpenAI's
+service or `wakertc emulator`. It does not touch the microphone or the speaker:
+
+1. it asks the companion for a key (timed);
+2. opens a call (timed: HTTP offer/answer, ICE connected, data channel open, `session.created`, and
+   `session.updated` in answer to the device's own `session.update`);
+3. sends silence for a moment, then a recorded question (`sounds/question.wav`), then silence;
+4. waits for the reply, and listens for a moment after it.
+
+The report gives each step's timing, the server's events in order (a run of one type counted
+once), how much RTP arrived before the question, during the reply and after it (nothing says the
+service sends any between replies, and the daemon must not need it), the ICE candidate types of
+the pair in use, and every error with its HTTP status and OpenAI error envelope. Text by default,
+`--json` for a bug report. The device token and the key are registered with `logs.redact`, which
+the whole report passes through before it is printed.
+
+Exit status: 0 when a reply was heard, 1 when not (the last line says why), 2 when the config or
+the token cannot be read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.resources
+import json
+import logging
+import sys
+import time
+import wave
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import numpy as np
+from numpy.typing import NDArray
+
+from .audio import CAPTURE_RATE, PLAYBACK_RATE
+from .config import Config, ConfigError, config_path, load_config, read_token
+from .logs import redact, register_secret, setup_logging
+
+if TYPE_CHECKING:
+    from .keys import EphemeralKey
+
+log = logging.getLogger(__name__)
+
+QUESTION_WAV = "question.wav"  # in sounds/, made by scripts/make_sounds.py (16 kHz mono)
+FRAME = CAPTURE_RATE // 50  # 20 ms, as the daemon's microphone delivers it
+# Silence sent between `session.updated` and the question: the window for RTP before a reply.
+LEAD_S = 1.5
+# Listened for after the reply ended: the window for RTP after a reply.
+AFTER_S = 2.0
+# When the server says a reply's output stopped, its last packets are still in the network and
+# the jitter buffer: the reply's window ends this much later.
+REPLY_TAIL_S = 0.3
+# A reply whose end the server never announces is over once no audible audio came for this long.
+REPLY_QUIET_S = 1.5
+REPLY_TIMEOUT_S = 20.0
+TEXT_LIMIT = 300
+
+
+@dataclass
+class Failure:
+    """One thing that went wrong, as precisely as it was reported to us."""
+
+    where: str
+    """`companion`, `call` (the Realtime API's HTTP side), `session` (an `error` event) or
+    `connection`."""
+    message: str
+    status: int | None = None
+    """The HTTP status, when an HTTP request failed."""
+    error: dict[str, Any] | None = None
+    """The OpenAI error envelope's `error` object (type, code, param, message, event_id)."""
+
+
+@dataclass
+class EventRun:
+    """Consecutive server events of one type."""
+
+    type: str
+    count: int
+    at_ms: float
+    """When the first of them arrived, in ms after the call started."""
+
+
+@dataclass
+class RtpWindow:
+    """RTP packets received in one stretch of the call."""
+
+    seconds: float
+    packets: int
+
+
+@dataclass
+class Report:
+    """What `--json` prints; `render()` is the text form."""
+
+    ok: bool = False
+    verdict: str = ""
+    companion_url: str = ""
+    session_url: str = ""
+    mode: str = ""
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    events: list[EventRun] = field(default_factory=list)
+    rtp: dict[str, RtpWindow] = field(default_factory=dict)
+    rtp_totals: dict[str, int] = field(default_factory=dict)
+    ice: dict[str, Any] = field(default_factory=dict)
+    question_s: float = 0.0
+    reply_audio_s: float = 0.0
+    reply_transcript: str = ""
+    response_status: str | None = None
+    errors: list[Failure] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        """The report as plain JSON types."""
+        return asdict(self)
+
+    def fail(self, verdict: str) -> Report:
+        """Record why no reply was heard (one sentence); returns self."""
+        self.ok = False
+        self.verdict = _sentence(verdict)
+        return self
+
+
+class _HttpLog:
+    """Times each request and keeps the status and error envelope of each one that failed."""
+
+    def __init__(self, where: str, errors: list[Failure]) -> None:
+        self._where = where
+        self._errors = errors
+        self._started: dict[int, float] = {}
+        self.timings_ms: dict[str, float] = {}
+        """Per URL path, how long the last request took to its response headers."""
+
+    async def request(self, request: httpx.Request) -> None:
+        """httpx request hook."""
+        self._started[id(request)] = time.monotonic()
+
+    async def response(self, response: httpx.Response) -> None:
+        """httpx response hook."""
+        await self.answered(response.request, response)
+
+    async def answered(self, request: httpx.Request, response: httpx.Response) -> None:
+        """Note the answer to `request`."""
+        started = self._started.pop(id(request), None)
+        if started is not None:
+            self.timings_ms[request.url.path] = _ms(time.monotonic() - started)
+        if response.status_code >= 400:
+            await response.aread()
+            envelope = _error_envelope(response.content)
+            message = f"{request.method} {request.url.path} answered {response.status_code}"
+            if envelope is None:
+                message += f" ({response.reason_phrase or 'no details'}, no error envelope)"
+            self._errors.append(Failure(self._where, message, response.status_code, envelope))
+
+
+class _LoggedTransport(httpx.AsyncBaseTransport):
+    """A transport running an `_HttpLog`, for a client whose hooks cannot be set from here."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, http_log: _HttpLog) -> None:
+        self._inner = inner
+        self._log = http_log
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        await self._log.request(request)
+        response = await self._inner.handle_async_request(request)
+        await self._log.answered(request, response)
+        return response
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+class _Probe:
+    """Receives the call's events and audio; remembers what arrived and when."""
+
+    def __init__(self, silence_peak: int) -> None:
+        self._silence_peak = silence_peak  # audio with a lower peak is not part of a reply
+        self.started = time.monotonic()
+        self.events: list[tuple[float, str]] = []
+        self.error_events: list[dict[str, Any]] = []
+        # (arrival, audible, samples at 24 kHz) per received frame.
+        self.frames: list[tuple[float, bool, int]] = []
+        self.transcript: list[str] = []
+        self.transcript_done: str | None = None
+        self.response_status: str | None = None
+        self.lost: str | None = None
+        self._arrived = asyncio.Event()
+
+    def on_event(self, raw: str) -> None:
+        try:
+            event = json.loads(raw)
+        except (ValueError, RecursionError):
+            event = None
+        kind = event.get("type") if isinstance(event, dict) else None
+        if not isinstance(event, dict) or not isinstance(kind, str):
+            self.events.append((time.monotonic(), "(malformed event)"))
+            self._arrived.set()
+            return
+        self.events.append((time.monotonic(), kind[:100]))
+        if kind == "error":
+            error = event.get("error")
+            self.error_events.append(_clip_fields(error if isinstance(error, dict) else {}))
+        elif kind == "response.output_audio_transcript.delta":
+            if isinstance(event.get("delta"), str):
+                self.transcript.append(event["delta"])
+        elif kind == "response.output_audio_transcript.done":
+            if isinstance(event.get("transcript"), str):
+                self.transcript_done = event["transcript"]
+        elif kind == "response.done":
+            response = event.get("response")
+            status = response.get("status") if isinstance(response, dict) else None
+            self.response_status = str(status)[:40] if status is not None else None
+        self._arrived.set()
+
+    def on_audio(self, samples: NDArray[np.int16]) -> None:
+        audible = bool(samples.size) and int(np.abs(samples).max()) >= self._silence_peak
+        self.frames.append((time.monotonic(), audible, len(samples)))
+        if audible:
+            self._arrived.set()
+
+    def on_lost(self, why: str) -> None:
+        if self.lost is None:
+            self.lost = why
+        self._arrived.set()
+
+    def first(self, kind: str, after: float = 0.0) -> float | None:
+        """When the first event of `kind` arrived at or after `after` (monotonic time)."""
+        return next((at for at, seen in self.events if seen == kind and at >= after), None)
+
+    def audible_after(self, start: float, end: float = float("inf")) -> list[tuple[float, int]]:
+        """(arrival, samples) of audible frames that arrived between two times."""
+        return [(at, n) for at, audible, n in self.frames if audible and start <= at <= end]
+
+    async def wait(self, done: Callable[[], bool], timeout_s: float) -> bool:
+        """Until `done()` holds (True), the call is lost or the time is up (False)."""
+        deadline = time.monotonic() + timeout_s
+        while not done():
+            left = deadline - time.monotonic()
+            if self.lost is not None or left <= 0:
+                return False
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), min(left, 0.1))
+            except TimeoutError:
+                continue
+        return True
+
+    def runs(self) -> list[EventRun]:
+        """The events in order, consecutive ones of a type folded into one run."""
+        runs: list[EventRun] = []
+        for at, kind in self.events:
+            if runs and runs[-1].type == kind:
+                runs[-1].count += 1
+            else:
+                runs.append(EventRun(kind, 1, _ms(at - self.started)))
+        return runs
+
+
+class _Speaker:
+    """The microphone side: 20 ms frames at real-time pace, silence unless a recording is queued."""
+
+    def __init__(self, push: Callable[[NDArray[np.int16]], None]) -> None:
+        self._push = push
+        self._pending = np.zeros(0, np.int16)
+        self.said = asyncio.Event()
+
+    def say(self, samples: NDArray[np.int16]) -> None:
+        """Send `samples` next, in place of silence; `said` is set once all have gone out."""
+        self._pending = samples
+        self.said.clear()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while True:
+            chunk = self._pending[:FRAME]
+            self._pending = self._pending[FRAME:]
+            if len(chunk) < FRAME:
+                chunk = np.concatenate([chunk, np.zeros(FRAME - len(chunk), np.int16)])
+            self._push(chunk)
+            if not len(self._pending):
+                self.said.set()
+            next_at += FRAME / CAPTURE_RATE
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+
+
+def load_question() -> NDArray[np.int16]:
+    """The bundled spoken question, 16 kHz mono int16."""
+    resource = importlib.resources.files(__package__ or "wakertc").joinpath("sounds", QUESTION_WAV)
+    with resource.open("rb") as file, wave.open(file, "rb") as wav:
+        if (wav.getframerate(), wav.getnchannels(), wav.getsampwidth()) != (CAPTURE_RATE, 1, 2):
+            raise ValueError(f"bundled {QUESTION_WAV}: expected 16 kHz mono 16-bit PCM")
+        return np.frombuffer(wav.readframes(wav.getnframes()), "<i2").astype(np.int16)
+
+
+async def run_selftest(config: Config, *, reply_timeout_s: float = REPLY_TIMEOUT_S) -> Report:
+    """One key, one call, one question; the report of what happened (never raises for a failed
+    step: that is in the report). Reading the token may raise OSError."""
+    from .keys import CompanionClient, CompanionError, companion_tls
+
+    report = Report(
+        companion_url=config.companion.url,
+        session_url=config.session.url,
+        mode=config.session.mode,
+    )
+    token = read_token(config.companion)
+    register_secret(token)
+    # The companion is on the owner's network: its client is the daemon's, on a plain transport
+    # (environment proxies, which httpx applies only without one, are not used for it).
+    transport = _LoggedTransport(
+        httpx.AsyncHTTPTransport(verify=companion_tls(config.companion)),
+        _HttpLog("companion", report.errors),
+    )
+    companion = CompanionClient(config.companion, token, transport=transport)
+    started = time.monotonic()
+    try:
+        key = await companion.mint()
+    except CompanionError as exc:
+        if not report.errors:  # no HTTP answer at all: unreachable, or timed out
+            report.errors.append(Failure("companion", str(exc)))
+        return report.fail(f"No key from the companion at {config.companion.url}: {exc}")
+    finally:
+        await companion.aclose()
+    register_secret(key.value)
+    report.timings_ms["companion_key"] = _ms(time.monotonic() - started)
+
+    # The same client as the daemon's (daemon.py), watched through its hooks.
+    calls = _HttpLog("call", report.errors)
+    async with httpx.AsyncClient(
+        timeout=httpx.Timeout(config.session.connect_timeout_s),
+        event_hooks={"request": [calls.request], "response": [calls.response]},
+    ) as http:
+        await _call(config, key, http, calls, report, reply_timeout_s)
+    return report
+
+
+async def _call(
+    config: Config,
+    key: EphemeralKey,
+    http: httpx.AsyncClient,
+    calls: _HttpLog,
+    report: Report,
+    reply_timeout_s: float,
+) -> None:
+    from .conversation import SILENCE_PEAK, manual_turns, session_update
+    from .tools import ToolRunner
+    from .webrtc import CallError, MicTrack, RealtimeCall
+
+    session = config.session
+    probe = _Probe(SILENCE_PEAK)
+    mic = MicTrack()
+    call = RealtimeCall(
+        base_url=session.url,
+        http=http,
+        ice_servers=session.ice_servers,
+        mic=mic,
+        on_event=probe.on_event,
+        on_audio=probe.on_audio,
+        on_lost=probe.on_lost,
+    )
+    pc = call.peer_connection
+    timings = report.timings_ms
+
+    def _ice_state() -> None:
+        if pc.iceConnectionState in ("connected", "completed"):
+            timings.setdefault("ice_connected", _ms(time.monotonic() - probe.started))
+
+    pc.on("iceconnectionstatechange", _ice_state)
+    speaker = _Speaker(mic.push)
+    feeder: asyncio.Task[None] | None = None
+    try:
+        probe.started = time.monotonic()
+        try:
+            async with asyncio.timeout(session.connect_timeout_s):
+                await call.connect(key.value)
+        except CallError as exc:
+            # A refusal's status and envelope are in the HTTP log already.
+            if not any(f.where == "call" for f in report.errors):
+                report.errors.append(Failure("call", str(exc)))
+            report.fail(str(exc))
+            return
+        except TimeoutError:
+            state = f"ICE {pc.iceConnectionState}, connection {pc.connectionState}"
+            report.errors.append(Failure("connection", f"not connected ({state})"))
+            report.fail(f"The call was not up within {session.connect_timeout_s:g} s ({state}).")
+            return
+        finally:
+            path = next((p for p in calls.timings_ms if p.endswith("/realtime/calls")), None)
+            if path is not None:
+                timings["offer_answer"] = calls.timings_ms[path]
+        timings["channel_open"] = _ms(time.monotonic() - probe.started)
+        feeder = asyncio.get_running_loop().create_task(speaker.run(), name="selftest-microphone")
+        call.send(session_update(key.session, ToolRunner(config.tools)))
+        configured = await probe.wait(
+            lambda: probe.first("session.updated") is not None or bool(probe.error_events),
+            session.connect_timeout_s,
+        )
+        for kind in ("session.created", "session.updated"):
+            at = probe.first(kind)
+            if at is not None:
+                timings[kind.replace(".", "_")] = _ms(at - probe.started)
+        if not configured or probe.first("session.updated") is None:
+            report.fail(_not_configured(probe, session.connect_timeout_s))
+            return
+
+        # Before the question: is there RTP while nothing is being said?
+        before = await _rtp_window(pc, probe, LEAD_S)
+        report.rtp["before_question"] = before
+        question = load_question()
+        report.question_s = round(len(question) / CAPTURE_RATE, 2)
+        packets_at_question = await _packets_received(pc)
+        asked_at = time.monotonic()
+        speaker.say(question)
+        await speaker.said.wait()
+        question_end = time.monotonic()
+        if manual_turns(key.session):
+            # Without VAD the device ends the turn itself, as the button does.
+            call.send({"type": "input_audio_buffer.commit"})
+            if session.mode != "transcription":
+                call.send({"type": "response.create"})
+        replied = await probe.wait(
+            lambda: _reply_over(probe, session.mode, asked_at), reply_timeout_s
+        )
+        reply_end = time.monotonic()
+        await asyncio.sleep(REPLY_TAIL_S)
+        packets_after_reply = await _packets_received(pc)
+        report.rtp["question_and_reply"] = RtpWindow(
+            round(time.monotonic() - asked_at, 2), packets_after_reply - packets_at_question
+        )
+        if replied and probe.lost is None:
+            report.rtp["after_reply"] = await _rtp_window(pc, probe, AFTER_S)
+        _reply_timings(report, probe, question_end, reply_end)
+        report.ok, verdict = _verdict(report, probe, session.mode, replied, reply_timeout_s)
+        report.verdict = _sentence(verdict)
+    finally:
+        report.ice = _ice_summary(pc)
+        report.rtp_totals = await _rtp_totals(pc)
+        if feeder is not None:
+            feeder.cancel()
+            await asyncio.gather(feeder, return_exceptions=True)
+        await call.close()
+        report.timings_ms = dict(sorted(timings.items(), key=_timing_order))
+        report.events = probe.runs()
+        report.response_status = probe.response_status
+        transcript = probe.transcript_done or "".join(probe.transcript)
+        report.reply_transcript = transcript[:TEXT_LIMIT]
+        for error in probe.error_events:
+            message = str(error.get("message") or error.get("code") or "error event")
+            report.errors.append(Failure("session", message, None, error))
+        if probe.lost is not None:
+            report.errors.append(Failure("connection", probe.lost))
+
+
+def _reply_over(probe: _Probe, mode: str, asked_at: float) -> bool:
+    if mode == "transcription":
+        return any(
+            probe.first(kind, asked_at) is not None
+            for kind in (
+                "conversation.item.input_audio_transcription.completed",
+                "conversation.item.input_audio_transcription.failed",
+            )
+        )
+    done = probe.first("response.done", asked_at)
+    if done is None:
+        return False
+    started = probe.first("output_audio_buffer.started", asked_at)
+    if started is None:
+        return True  # a reply without audio: nothing more will come
+    if probe.first("output_audio_buffer.stopped", started) is not None:
+        return True
+    heard = probe.audible_after(started)
+    last = heard[-1][0] if heard else started
+    return time.monotonic() - max(last, done) > REPLY_QUIET_S
+
+
+def _reply_timings(report: Report, probe: _Probe, question_end: float, reply_end: float) -> None:
+    """Reply milestones, in ms after the question's last sample went out."""
+    heard = probe.audible_after(question_end, reply_end + REPLY_TAIL_S)
+    report.reply_audio_s = round(sum(n for _, n in heard) / PLAYBACK_RATE, 2)
+    marks = {
+        "speech_stopped": probe.first("input_audio_buffer.speech_stopped", question_end - 1.0),
+        "response_created": probe.first("response.created", question_end - 1.0),
+        "reply_first_audio": heard[0][0] if heard else None,
+        "response_done": probe.first("response.done", question_end - 1.0),
+        "reply_stopped": probe.first("output_audio_buffer.stopped", question_end - 1.0),
+    }
+    for name, at in marks.items():
+        if at is not None:
+            report.timings_ms[f"{name}_after_question"] = _ms(at - question_end)
+
+
+def _verdict(
+    report: Report, probe: _Probe, mode: str, replied: bool, timeout_s: float
+) -> tuple[bool, str]:
+    if mode == "transcription":
+        if probe.first("conversation.item.input_audio_transcription.completed") is not None:
+            return True, "OK: the question was transcribed."
+        if replied:
+            return False, "The transcription of the question failed."
+    elif report.reply_audio_s > 0:
+        return True, f"OK: a reply was heard ({report.reply_audio_s:g} s of audio)."
+    elif replied:
+        status = f" (status {report.response_status or probe.response_status})"
+        return False, f"A reply came, but without audio{status}."
+    if probe.lost is not None:
+        return False, f"The call was lost before a reply: {probe.lost}."
+    last = probe.events[-1][1] if probe.events else "none"
+    return False, f"No reply within {timeout_s:g} s of the question (last event: {last})."
+
+
+def _not_configured(probe: _Probe, timeout_s: float) -> str:
+    if probe.error_events:
+        error = probe.error_events[0]
+        code = error.get("code") or error.get("type") or "error"
+        return f"The Realtime API refused the session update ({code}: {error.get('message')})."
+    if probe.lost is not None:
+        return f"The call was lost before the session was configured: {probe.lost}."
+    return f"No session.updated within {timeout_s:g} s of the session.update."
+
+
+async def _rtp_window(pc: Any, probe: _Probe, seconds: float) -> RtpWindow:
+    """RTP packets received over the next `seconds` (shorter if the call is lost)."""
+    first = await _packets_received(pc)
+    began = time.monotonic()
+    await probe.wait(lambda: False, seconds)
+    return RtpWindow(round(time.monotonic() - began, 2), await _packets_received(pc) - first)
+
+
+async def _packets_received(pc: Any) -> int:
+    stats = await pc.getStats()
+    return sum(int(s.packetsReceived) for s in stats.values() if s.type == "inbound-rtp")
+
+
+async def _rtp_totals(pc: Any) -> dict[str, int]:
+    """Packets over the whole call: received and lost (inbound), sent, and lost as the far end
+    reported in its RTCP receiver reports."""
+    totals = {"received": 0, "lost": 0, "sent": 0, "receiver_reports_lost": 0}
+    try:
+        stats = await pc.getStats()
+    except Exception as exc:  # a closed or half-built connection: the totals are only a bonus
+        log.debug("no statistics: %s", exc)
+        return totals
+    for s in stats.values():
+        if s.type == "inbound-rtp":
+            totals["received"] += int(s.packetsReceived)
+            totals["lost"] += int(s.packetsLost)
+        elif s.type == "outbound-rtp":
+            totals["sent"] += int(s.packetsSent)
+        elif s.type == "remote-inbound-rtp":
+            totals["receiver_reports_lost"] += int(s.packetsLost)
+    return totals
+
+
+def _ice_summary(pc: Any) -> dict[str, Any]:
+    """Candidate types gathered here and offered by the far end, and the pair in use."""
+    transceivers = pc.getTransceivers()
+    dtls = transceivers[0].sender.transport if transceivers else None
+    if dtls is None:
+        return {}
+    ice = dtls.transport
+    summary: dict[str, Any] = {
+        "local_candidates": sorted({c.type for c in ice.iceGatherer.getLocalCandidates()}),
+        "remote_candidates": sorted({c.type for c in ice.getRemoteCandidates()}),
+        "used": None,
+    }
+    # aiortc does not expose the selected pair: it is aioice's nominated pair for component 1
+    # (RTP; the call is bundled, so the data channel uses it too).
+    pair = getattr(getattr(ice, "_connection", None), "_nominated", {}).get(1)
+    if pair is not None:
+        local, remote = pair.local_candidate, pair.remote_candidate
+        summary["used"] = {"local": local.type, "remote": remote.type, "protocol": local.transport}
+    return summary
+
+
+def _error_envelope(body: bytes) -> dict[str, Any] | None:
+    try:
+        error = json.loads(body)["error"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return _clip_fields(error) if isinstance(error, dict) else None
+
+
+def _clip_fields(error: dict[str, Any]) -> dict[str, Any]:
+    """The envelope's known fields, each bounded (a hostile server cannot flood the report)."""
+    fields = ("type", "code", "param", "message", "event_id")
+    return {k: None if error.get(k) is None else str(error[k])[:TEXT_LIMIT] for k in fields}
+
+
+def _sentence(text: str) -> str:
+    text = text.strip()
+    text = text[:1].upper() + text[1:]
+    return text if text.endswith((".", "!", "?")) else text + "."
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 1)
+
+
+# -- the text form ---------------------------------------------------------------------------
+
+_TIMING_LABELS = {
+    "companion_key": "key from the companion",
+    "offer_answer": "call: HTTP offer/answer",
+    "ice_connected": "call: ICE connected",
+    "channel_open": "call: data channel open",
+    "session_created": "call: session.created",
+    "session_updated": "call: session.updated",
+    "speech_stopped_after_question": "reply: speech_stopped",
+    "response_created_after_question": "reply: response.created",
+    "reply_first_audio_after_question": "reply: first audio",
+    "response_done_after_question": "reply: response.done",
+    "reply_stopped_after_question": "reply: output_audio_buffer.stopped",
+}
+
+
+def _timing_order(item: tuple[str, float]) -> int:
+    names = list(_TIMING_LABELS)
+    return names.index(item[0]) if item[0] in names else len(names)
+
+
+def render(report: Report) -> str:
+    """The report as text for a terminal."""
+    lines = [
+        f"wakertc selftest: companion {report.companion_url}, Realtime API {report.session_url} "
+        f"({report.mode})",
+        "timings (ms; the call's from its start, the reply's from the end of the question):",
+    ]
+    for name, value in sorted(report.timings_ms.items(), key=_timing_order):
+        lines.append(f"  {_TIMING_LABELS.get(name, name):<36} {value:8.0f}")
+    if report.ice:
+        used = report.ice.get("used") or {}
+        pair = f"{used['local']} -> {used['remote']} over {used['protocol']}" if used else "none"
+        lines.append(
+            f"ICE: pair in use {pair}; candidates here {', '.join(report.ice['local_candidates'])}"
+            f", there {', '.join(report.ice['remote_candidates']) or 'none'}"
+        )
+    labels = {
+        "before_question": "before the question",
+        "question_and_reply": "question and reply",
+        "after_reply": "after the reply",
+    }
+    if report.rtp:
+        parts = [
+            f"{labels.get(name, name)} {w.packets} in {w.seconds:g} s"
+            for name, w in report.rtp.items()
+        ]
+        lines.append("RTP packets received: " + "; ".join(parts))
+    if report.rtp_totals:
+        t = report.rtp_totals
+        lines.append(
+            f"RTP over the call: {t['received']} received ({t['lost']} lost), {t['sent']} sent "
+            f"({t['receiver_reports_lost']} lost as the far end reports)"
+        )
+    if report.question_s:
+        lines.append(
+            f"question {report.question_s:g} s; reply {report.reply_audio_s:g} s of audio"
+            + (f", status {report.response_status}" if report.response_status else "")
+            + (f": {report.reply_transcript!r}" if report.reply_transcript else "")
+        )
+    if report.events:
+        lines.append("events (ms after the call started):")
+        for run in report.events:
+            count = f" x{run.count}" if run.count > 1 else ""
+            lines.append(f"  {run.at_ms:8.0f}  {run.type}{count}")
+    lines.append("errors:" if report.errors else "errors: none")
+    for failure in report.errors:
+        envelope = ""
+        if failure.error:
+            shown = {k: v for k, v in failure.error.items() if v is not None}
+            envelope = " " + json.dumps(shown)
+        lines.append(f"  [{failure.where}] {failure.message}{envelope}")
+    lines.append(report.verdict)
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    """`wakertc selftest`: exit 0 when a reply was heard."""
+    parser = argparse.ArgumentParser(
+        prog="wakertc selftest",
+        description="Open one call with this device's config and token, ask a recorded question "
+        "and report what arrived (exit 0 when a reply was heard).",
+    )
+    parser.add_argument("--config", help="config file (default $WAKERTC_CONFIG or /etc/wakertc)")
+    parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=REPLY_TIMEOUT_S,
+        help="seconds to wait for the reply after the question (%(default)g)",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    args = parser.parse_args(argv)
+    if not args.timeout > 0:
+        parser.error(f"--timeout {args.timeout}: expected a positive number of seconds")
+    setup_logging("info" if args.verbose else "warning")
+    path = config_path(args.config)
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    try:
+        report = asyncio.run(run_selftest(config, reply_timeout_s=args.timeout))
+    except OSError as exc:
+        where = config.companion.token_file
+        print(
+            f"{path}: cannot read the device token {where}: {exc.strerror or exc}", file=sys.stderr
+        )
+        return 2
+    text = json.dumps(report.as_json()) if args.json else render(report)
+    print(redact(text))
+    return 0 if report.ok else 1
