@@ -524,11 +524,14 @@ async def test_tls_and_passwords(tmp_path: Path, models_dir: Path, tls: bool, pa
     await broker.start()
     try:
         device = {"mqtt": broker.device_table(tmp_path)}
-        async with observe(broker) as ha, run_chain(tmp_path, models_dir, device=device):
-            check_discovery(await discovery(ha))
-            await ha.wait(f"{BASE}/availability", "online")
-            await ha.send("mute/set", "ON")
-            await ha.wait(f"{BASE}/phase", "muted")
+        async with observe(broker) as ha:
+            async with run_chain(tmp_path, models_dir, device=device):
+                check_discovery(await discovery(ha))
+                await ha.wait(f"{BASE}/availability", "online")
+                await ha.send("mute/set", "ON")
+                await ha.wait(f"{BASE}/phase", "muted")
+            # A clean stop says goodbye itself (the last will is for a connection that drops).
+            await ha.wait(f"{BASE}/availability", "offline", timeout=3)
     finally:
         broker.stop()
 

@@ -27,6 +27,7 @@ Topics, under `base` (`wakertc/<device_id>` by default)::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import socket
@@ -232,6 +233,13 @@ class HomeAssistant:
             for task in done:
                 task.result()
             raise aiomqtt.MqttError("the connection ended")
+        except asyncio.CancelledError:
+            # The daemon stops: say so (the last will is only sent for a connection that drops).
+            await _cancel(tasks)
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(1.0):
+                    await client.publish(topics.of("availability"), "offline", qos=1, retain=True)
+            raise
         finally:
             await _cancel(tasks)
 
