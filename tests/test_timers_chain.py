@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 
 from chain import RED, Chain, clip, run_chain, silence
+from test_daemon import device_config, notify, spawn, stop  # noqa: F401 (fixtures)
+from test_daemon import wait_for as wait_for_notify
 from test_sigterm import hook_config, payloads
 from wakertc.demo import start_services, write_device_config
 from wakertc.emulator import EmulatorOptions
@@ -438,3 +440,29 @@ async def test_a_ring_cut_short_by_a_lost_audio_device_does_not_ring_again(tmp_p
         await chain.wait_phase(Phase.IDLE, timeout=10)
         await asyncio.sleep(0.5)
         assert [s.new for s in chain.seen].count(Phase.RINGING) == 1, chain.describe()
+
+
+def test_systemd_status_and_the_hook_show_ringing(device_config, notify, tmp_path):  # noqa: F811
+    """`wakertc run` under a notify socket: STATUS=ringing, and the hook hears the phase and the
+    timer event (a missed alarm inside the grace, ringing at start-up, with no network at all)."""
+    seed(tmp_path, alarm_due(-5, "status"))
+    state = f'\n[state]\ndir = "{state_dir(tmp_path)}"\n'
+    device_config.write_text(device_config.read_text() + state)
+    process = spawn(device_config, notify)
+    try:
+        wait_for_notify(notify, lambda m: m == "STATUS=ringing: alarm status", timeout=15)
+        deadline = time.monotonic() + 10
+        hook = tmp_path / "hook.jsonl"
+        while time.monotonic() < deadline:
+            lines = hook.read_text().splitlines() if hook.exists() else []
+            events = [json.loads(line) for line in lines if line.strip()]
+            kinds = {(e.get("event"), e.get("new")) for e in events}
+            if {("timer", None), ("phase", "ringing")} <= kinds:
+                break
+            time.sleep(0.1)
+    finally:
+        stderr = stop(process)
+    assert "Traceback" not in stderr
+    assert any(e.get("new") == "ringing" and e.get("reason") == "alarm status" for e in events)
+    (timer,) = [e for e in events if e.get("event") == "timer"]
+    assert timer["state"] == "ringing" and timer["timers"][0]["label"] == "status"
