@@ -310,7 +310,7 @@ async def test_long_press_mutes_and_unmutes(tmp_path, models_dir):
         assert chain.daemon.last_detection is None
         assert len(chain.calls()) == 1
         unmuted = await chain.long_press(expect=Phase.IDLE)
-        assert unmuted.reason == "microphone unmuted"
+        assert unmuted.reason == "microphone unmuted by the button"
         reading = chain.leds(muted)
         assert reading.effect == "solid" and reading.is_colour(RED), reading
         assert chain.leds(unmuted).effect == "off"
