@@ -62,10 +62,12 @@ async def services(tmp_path: Path) -> AsyncIterator[ServicesFactory]:
     """Start the emulator (recording into tmp_path/recording) and a companion as processes."""
     started: list[Services] = []
 
-    async def start(*emulator_args: str) -> Services:
+    async def start(*emulator_args: str, companion_extra: str = "") -> Services:
         record = tmp_path / "recording"
         args = ("--record", str(record), *emulator_args)
-        running = await start_services(tmp_path, emulator_args=args)
+        running = await start_services(
+            tmp_path, emulator_args=args, companion_extra=companion_extra
+        )
         started.append(running)
         return running
 
@@ -163,7 +165,14 @@ def assert_reply_report(report: dict[str, Any], tmp_path: Path, config: Path) ->
     # The device's own session.update, and the question, reached the "model".
     updates = [line["event"] for line in lines if line["dir"] == "in"]
     device = load_config(config)
-    assert updates[0] == session_update(device.session, ToolRunner(device.tools))
+    # Only what the device owns, its tools, on top of the session the companion minted (here a
+    # policy without tools of its own).
+    device_tools = ToolRunner(device.tools).definitions()
+    assert updates[0] == {
+        "type": "session.update",
+        "session": {"type": "realtime", "tools": device_tools},
+    }
+    assert updates[0] == session_update({"type": "realtime"}, ToolRunner(device.tools))
     heard = wav_to_48k_mono((call / "input.wav").read_bytes())
     question = wav_to_48k_mono(QUESTION.read_bytes())
     assert envelope_correlation(question, heard) > 0.8
@@ -236,10 +245,11 @@ async def test_selftest_reports_no_rtp_between_replies_in_no_idle_audio_mode(
 async def test_selftest_ends_the_turn_itself_without_vad(
     tmp_path: Path, services: ServicesFactory
 ) -> None:
-    """A device with `turn_detection = "none"` ends its turn by committing the buffer and asking
-    for a response, as its button does: the reply is heard without any VAD event."""
-    running = await services()
-    config = device_config(tmp_path, running, 'turn_detection = "none"')
+    """A session policy without turn detection: the device ends its turn by committing the
+    buffer and asking for a response, as its button does; the reply is heard without any VAD
+    event."""
+    running = await services(companion_extra='\n[session.turn_detection]\ntype = "none"\n')
+    config = device_config(tmp_path, running)
     status, out, err = await selftest(config, "--json")
     assert status == 0, (out, err)
     report = json.loads(out)
@@ -302,24 +312,44 @@ async def test_selftest_reports_a_failure_and_exits_non_zero(
     assert_secret_free(running, out, err, text, text_err)
 
 
-async def test_selftest_reports_an_error_event_from_the_session(
+async def test_selftest_says_when_the_minted_session_cannot_serve_the_device(
     tmp_path: Path, services: ServicesFactory
 ) -> None:
     """A device set up for transcription whose companion mints keys for realtime sessions: the
-    service answers its session.update with an `error` event, which the report shows in full."""
+    self-test says they disagree (as the daemon would) before opening any call, and exits 1."""
     running = await services()
-    config = device_config(tmp_path, running, 'mode = "transcription"\nturn_detection = "none"')
+    config = device_config(tmp_path, running, 'mode = "transcription"')
     status, out, err = await selftest(config, "--json")
     assert status == 1, (out, err)
     report = json.loads(out)
-    assert [run["type"] for run in report["events"]] == ["session.created", "error"]
+    assert report["events"] == []
     (failure,) = report["errors"]
-    assert failure["where"] == "session" and failure["status"] is None
+    assert failure["where"] == "companion" and failure["status"] is None
+    assert "mints realtime sessions but session.mode is 'transcription'" in failure["message"]
+    assert report["verdict"].startswith("The key cannot serve this device: ")
+    assert "companion_key" in report["timings_ms"] and "channel_open" not in report["timings_ms"]
+    assert_secret_free(running, out, err)
+
+
+async def test_selftest_reports_an_error_event_from_the_session(
+    tmp_path: Path, services: ServicesFactory
+) -> None:
+    """The service ends the session with an `error` event (here its maximum length, shortened
+    by the emulator's fault to 1 s, before the question is asked): the report shows the event in
+    full, and no reply was heard."""
+    running = await services("--fault", "max-session=1")
+    config = device_config(tmp_path, running)
+    status, out, err = await selftest(config, "--json")
+    assert status == 1, (out, err)
+    report = json.loads(out)
+    types = [run["type"] for run in report["events"]]
+    assert types[:2] == ["session.created", "session.updated"] and types[-1] == "error", types
+    (failure,) = [f for f in report["errors"] if f["where"] == "session"]
+    assert failure["status"] is None
     assert failure["error"]["type"] == "invalid_request_error"
-    assert failure["error"]["param"] == "session.type"
-    code = failure["error"]["code"]
-    assert report["verdict"].startswith(f"The Realtime API refused the session update ({code}: ")
-    assert "session_updated" not in report["timings_ms"]
+    assert failure["error"]["code"] == "session_expired"
+    assert failure["error"]["message"]
+    assert report["ok"] is False and "reply_first_audio_after_question" not in report["timings_ms"]
     assert_secret_free(running, out, err)
 
 

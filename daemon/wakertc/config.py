@@ -345,6 +345,9 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     source: Path | None = field(default=None, compare=False)
     """The file this was loaded from (not a key in the file)."""
+    warnings: tuple[str, ...] = field(default=(), compare=False)
+    """Lines about keys that are ignored (not a key in the file): logged at start-up and printed
+    by `check-config`."""
 
 
 @dataclass(frozen=True)
@@ -354,6 +357,8 @@ class Problem:
     key: str
     value: Any
     expected: str
+    warning: bool = False
+    """Ignored rather than refused: the file still loads."""
 
     def render(self, source: Path | str) -> str:
         """`FILE: KEY = VALUE: expected ...`, the line users see."""
@@ -371,7 +376,9 @@ class ConfigError(Exception):
 
 
 # Session settings that are the companion's policy: it mints every key with them, and a device
-# sending its own would silently replace the owner's choice (see the README).
+# sending its own would silently replace the owner's choice (see the README). Configs written for
+# earlier versions set them on the device: they are ignored with a warning, not refused, so that an
+# upgrade does not leave a device that was working unable to start.
 _COMPANION_POLICY = types.MappingProxyType(
     {
         "session.turn_detection": "[session.turn_detection] type",
@@ -424,12 +431,14 @@ def load_config(path: str | os.PathLike[str]) -> Config:
 
 def config_from_dict(data: Mapping[str, Any], source: Path) -> Config:
     """Validate already-parsed TOML `data` that came from `source`."""
-    problems: list[Problem] = []
+    found: list[Problem] = []
     base = source.parent
-    config = _convert(data, Config, "", base, problems)
+    config = _convert(data, Config, "", base, found)
+    problems = [p for p in found if not p.warning]
     if not problems:
         assert isinstance(config, Config)
-        config = dataclasses.replace(config, source=source)
+        warnings = tuple(p.render(source) for p in found if p.warning)
+        config = dataclasses.replace(config, source=source, warnings=warnings)
         problems.extend(_check_semantics(config, source))
     if problems:
         raise ConfigError(source, problems)
@@ -821,8 +830,10 @@ def _convert_dataclass(
     for unknown in sorted(set(value) - set(fields)):
         moved = _COMPANION_POLICY.get(_join(key, unknown))
         if moved is not None:
-            expected = f"no such key here: the companion's policy sets it ({moved} in its config)"
-            problems.append(Problem(_join(key, unknown), value[unknown], expected))
+            expected = (
+                f"ignored: the companion's policy sets it ({moved} in its config); remove it here"
+            )
+            problems.append(Problem(_join(key, unknown), value[unknown], expected, warning=True))
             continue
         known = ", ".join(sorted(fields))
         problems.append(Problem(_join(key, unknown), value[unknown], f"a known key ({known})"))

@@ -314,13 +314,9 @@ class Conversation:
         await self._settled.wait()  # session.updated, or ended/failed meanwhile
 
     def _check_session_type(self, minted: dict[str, Any]) -> None:
-        kind = minted.get("type")
-        wanted = "transcription" if self._session.mode == "transcription" else "realtime"
-        if isinstance(kind, str) and kind != wanted:
-            raise SessionFailed(
-                f"the companion mints {_clip(kind, 40)} sessions but session.mode is "
-                f"{self._session.mode!r}: make them agree (the companion's [session] type)"
-            )
+        problem = session_type_mismatch(minted, self._session.mode)
+        if problem is not None:
+            raise SessionFailed(problem)
 
     async def _get_key(self) -> Any:
         delay = 0.5
@@ -668,6 +664,18 @@ class _FunctionCall:
         if not isinstance(name, str) or not isinstance(call_id, str):
             return None
         return cls(name, call_id, arguments if isinstance(arguments, str) else "{}")
+
+
+def session_type_mismatch(minted: dict[str, Any], mode: str) -> str | None:
+    """Why a minted session cannot serve the device's `session.mode`, or None if it can."""
+    kind = minted.get("type")
+    wanted = "transcription" if mode == "transcription" else "realtime"
+    if isinstance(kind, str) and kind != wanted:
+        return (
+            f"the companion mints {_clip(kind, 40)} sessions but session.mode is "
+            f"{mode!r}: make them agree (the companion's [session] type)"
+        )
+    return None
 
 
 def manual_turns(session: dict[str, Any]) -> bool:

@@ -702,6 +702,8 @@ def run_daemon(path: str | None) -> int:
         print(exc, file=sys.stderr)
         return 2
     setup_logging(config.log.level)
+    for line in config.warnings:
+        log.warning("config: %s", line)
     limit_malloc_arenas()
     daemon = Daemon(config)
 

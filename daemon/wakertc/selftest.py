@@ -329,6 +329,12 @@ async def run_selftest(config: Config, *, reply_timeout_s: float = REPLY_TIMEOUT
         await companion.aclose()
     register_secret(key.value)
     report.timings_ms["companion_key"] = _ms(time.monotonic() - started)
+    from .conversation import session_type_mismatch
+
+    mismatch = session_type_mismatch(key.session, config.session.mode)
+    if mismatch is not None:
+        report.errors.append(Failure("companion", mismatch))
+        return report.fail(f"The key cannot serve this device: {mismatch}")
 
     # The same client as the daemon's (daemon.py), watched through its hooks.
     calls = _HttpLog("call", report.errors)
