@@ -226,6 +226,9 @@ def test_example_config_documents_every_key_and_is_valid(tmp_path, token_file):
         "companion": c.CompanionConfig,
         "session": c.SessionConfig,
         "tools": c.ToolConfig,
+        "state": c.StateConfig,
+        "timers": c.TimersConfig,
+        "mqtt": c.MqttConfig,
         "log": c.LogConfig,
     }
     for section, cls in sections.items():

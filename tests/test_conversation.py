@@ -207,7 +207,14 @@ async def test_command_tool_result_goes_back_to_the_model(tmp_path, models_dir):
         assert listening.reason == "reply finished"
         sent = chain.sent()
         declared = next(e for e in sent if e["type"] == "session.update")["session"]["tools"]
-        assert {t["name"] for t in declared} == {"end_conversation", "get_weather"}
+        assert {t["name"] for t in declared} == {
+            "end_conversation",
+            "set_timer",
+            "set_alarm",
+            "cancel_timer",
+            "list_timers",
+            "get_weather",
+        }
         call_id = next(
             e["call_id"]
             for e in chain.received()
@@ -303,7 +310,7 @@ async def test_long_press_mutes_and_unmutes(tmp_path, models_dir):
         assert chain.daemon.last_detection is None
         assert len(chain.calls()) == 1
         unmuted = await chain.long_press(expect=Phase.IDLE)
-        assert unmuted.reason == "microphone unmuted"
+        assert unmuted.reason == "microphone unmuted by the button"
         reading = chain.leds(muted)
         assert reading.effect == "solid" and reading.is_colour(RED), reading
         assert chain.leds(unmuted).effect == "off"
@@ -444,7 +451,15 @@ async def test_the_device_adds_its_tools_and_keeps_the_companions_policy(tmp_pat
         (update,) = [e for e in chain.sent() if e["type"] == "session.update"]
         assert set(update["session"]) == {"type", "tools"}
         names = [t["name"] for t in update["session"]["tools"]]
-        assert names == ["get_weather", "end_conversation", "get_time"]
+        assert names == [
+            "get_weather",
+            "end_conversation",
+            "set_timer",
+            "set_alarm",
+            "cancel_timer",
+            "list_timers",
+            "get_time",
+        ]
         updated = [e for e in chain.received() if e["type"] == "session.updated"][-1]["session"]
         audio_in = updated["audio"]["input"]
         assert audio_in["noise_reduction"] == {"type": "near_field"}

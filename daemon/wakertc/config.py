@@ -20,6 +20,7 @@ import tomllib
 import types
 import typing
 import urllib.parse
+import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,10 @@ from typing import Any, Literal
 from . import limits
 
 DEFAULT_PATH = Path("/etc/wakertc/wakertc.toml")
+# Functions the device itself provides; a configured tool may not take one of these names.
+BUILTIN_TOOL_NAMES = frozenset(
+    {"end_conversation", "set_timer", "set_alarm", "cancel_timer", "list_timers"}
+)
 ENV_VAR = "WAKERTC_CONFIG"
 
 PHASES_WITH_PATTERNS = (
@@ -40,6 +45,7 @@ PHASES_WITH_PATTERNS = (
     "speaking",
     "muted",
     "error",
+    "ringing",
 )
 
 
@@ -139,6 +145,8 @@ DEFAULT_PATTERNS: Mapping[str, LedPattern] = types.MappingProxyType(
         "speaking": LedPattern("pulse", "#00ff40", 0.6),
         "muted": LedPattern("solid", "#ff0000"),
         "error": LedPattern("blink", "#ff0000", 0.2),
+        # A timer or alarm going off: a bright amber flash, unlike any conversation phase.
+        "ringing": LedPattern("blink", "#ffb000", 0.5),
     }
 )
 
@@ -253,6 +261,63 @@ class ToolConfig:
     """Give up on the action after this long and tell the model it failed."""
 
 
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+@dataclass(frozen=True)
+class StateConfig:
+    """Where the device keeps what must survive a restart (timers and alarms)."""
+
+    dir: Path = Path("/var/lib/wakertc")
+    """Directory for state files; created on first write (systemd's StateDirectory=)."""
+
+
+@dataclass(frozen=True)
+class TimersConfig:
+    """Timers and alarms: built-in tools of the model that ring on the device itself."""
+
+    enabled: bool = True
+    """Offer set_timer, set_alarm, cancel_timer and list_timers to the model."""
+    timezone: str = ""
+    """IANA zone alarms are set in, e.g. "Europe/Paris"; "" = the system's ($TZ, /etc/localtime)."""
+    ring_timeout_s: float = 180.0
+    """Stop ringing by itself after this long."""
+    snooze_s: float = 540.0
+    """A long press while ringing snoozes for this long."""
+    missed_grace_s: float = 900.0
+    """An alarm due while the device was off rings at start-up if at most this late; else logged."""
+    ring_sound: Path | None = None
+    """WAV played, repeated, while ringing; unset = the bundled ring."""
+    ring_volume: float = 0.8
+    """Ring gain 0..1, on top of `audio.output_volume`."""
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    """Home Assistant over MQTT: discovery, state and commands."""
+
+    url: str = ""
+    """Broker as mqtt://host[:1883] or mqtts://host[:8883]; "" = no MQTT."""
+    ca_file: Path | None = None
+    """CA certificate for an mqtts:// broker with its own CA; unset = the system's CAs."""
+    username: str = ""
+    """User name at the broker; "" = anonymous."""
+    password_file: Path | None = None
+    """File holding the password (mode 0600: refused if readable by others)."""
+    base_topic: str = ""
+    """Prefix of this device's topics; "" = `wakertc/<device_id>`."""
+    device_id: str = ""
+    """Unique id of this device in Home Assistant; "" = the host name."""
+    device_name: str = ""
+    """Name shown in Home Assistant; "" = `wakertc <device_id>`."""
+    discovery_prefix: str = "homeassistant"
+    """Home Assistant's discovery prefix."""
+    expose_transcript: bool = False
+    """Publish what the user said as a sensor (privacy: off unless enabled)."""
+    announce_dir: Path | None = None
+    """Directory WAV files named by the announce command may come from; unset = URLs only."""
+
+
 @dataclass(frozen=True)
 class LogConfig:
     """Logging."""
@@ -274,6 +339,9 @@ class Config:
     companion: CompanionConfig = field(default_factory=CompanionConfig)
     session: SessionConfig = field(default_factory=SessionConfig)
     tools: tuple[ToolConfig, ...] = ()
+    state: StateConfig = field(default_factory=StateConfig)
+    timers: TimersConfig = field(default_factory=TimersConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
     log: LogConfig = field(default_factory=LogConfig)
     source: Path | None = field(default=None, compare=False)
     """The file this was loaded from (not a key in the file)."""
@@ -403,6 +471,7 @@ def _check_semantics(config: Config, source: Path) -> list[Problem]:
         ("audio.output_volume", audio.output_volume, 0.0, 2.0),
         ("leds.brightness", config.leds.brightness, 0.0, 1.0),
         ("sounds.volume", config.sounds.volume, 0.0, 1.0),
+        ("timers.ring_volume", config.timers.ring_volume, 0.0, 1.0),
     ):
         if not low <= value <= high:
             problems.append(Problem(name, value, f"a number from {low} to {high}"))
@@ -424,6 +493,8 @@ def _check_semantics(config: Config, source: Path) -> list[Problem]:
         ("session.idle_timeout_s", config.session.idle_timeout_s),
         ("session.max_session_s", config.session.max_session_s),
         ("session.reply_timeout_s", config.session.reply_timeout_s),
+        ("timers.ring_timeout_s", config.timers.ring_timeout_s),
+        ("timers.snooze_s", config.timers.snooze_s),
     ):
         if value <= 0:
             problems.append(Problem(name, value, "a positive number of seconds"))
@@ -462,7 +533,7 @@ def _check_semantics(config: Config, source: Path) -> list[Problem]:
         key = f"tools[{i}]"
         if not tool.name or not tool.name.replace("_", "").replace("-", "").isalnum():
             problems.append(Problem(f"{key}.name", tool.name, "a name of letters, digits, _ or -"))
-        if tool.name in names or tool.name == "end_conversation":
+        if tool.name in names or tool.name in BUILTIN_TOOL_NAMES:
             problems.append(Problem(f"{key}.name", tool.name, "a name not already in use"))
         names.add(tool.name)
         if bool(tool.command) == bool(tool.url):
@@ -501,7 +572,75 @@ def _check_semantics(config: Config, source: Path) -> list[Problem]:
         problems.extend(_check_token_file(companion.token_file))
     if companion.ca_file is not None and not companion.ca_file.is_file():
         problems.append(Problem("companion.ca_file", str(companion.ca_file), "an existing file"))
+    problems.extend(_check_timers(config.timers))
+    problems.extend(_check_mqtt(config.mqtt))
     return problems
+
+
+def _check_timers(timers: TimersConfig) -> list[Problem]:
+    problems: list[Problem] = []
+    if timers.timezone:
+        try:
+            zoneinfo.ZoneInfo(timers.timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            problems.append(
+                Problem("timers.timezone", timers.timezone, "an IANA zone like 'Europe/Paris'")
+            )
+    if timers.missed_grace_s < 0:
+        problems.append(Problem("timers.missed_grace_s", timers.missed_grace_s, "seconds >= 0"))
+    return problems
+
+
+def _check_mqtt(mqtt: MqttConfig) -> list[Problem]:
+    problems: list[Problem] = []
+    if not mqtt.url:
+        return problems
+    if not re.fullmatch(r"mqtts?://[^/:@\s]+(:\d{1,5})?/?", mqtt.url):
+        problems.append(Problem("mqtt.url", mqtt.url, "mqtt://host[:port] or mqtts://host[:port]"))
+    if mqtt.ca_file is not None:
+        if not mqtt.url.startswith("mqtts://"):
+            problems.append(Problem("mqtt.ca_file", str(mqtt.ca_file), "only with an mqtts:// url"))
+        elif not mqtt.ca_file.is_file():
+            problems.append(Problem("mqtt.ca_file", str(mqtt.ca_file), "an existing file"))
+    if mqtt.password_file is not None:
+        if not mqtt.username:
+            problems.append(Problem("mqtt.username", "", "a user name (password_file is set)"))
+        try:
+            mode = mqtt.password_file.stat().st_mode
+        except OSError as exc:
+            problems.append(
+                Problem("mqtt.password_file", str(mqtt.password_file), f"a file ({exc.strerror})")
+            )
+        else:
+            if mode & stat.S_IROTH:
+                problems.append(
+                    Problem(
+                        "mqtt.password_file",
+                        str(mqtt.password_file),
+                        f"a file not readable by others (chmod 600 {mqtt.password_file})",
+                    )
+                )
+    for key, value in (
+        ("mqtt.base_topic", mqtt.base_topic),
+        ("mqtt.discovery_prefix", mqtt.discovery_prefix),
+        ("mqtt.device_id", mqtt.device_id),
+    ):
+        if any(c in value for c in "#+\0") or value.startswith("/") or value.endswith("/"):
+            problems.append(Problem(key, value, "a topic without wildcards or edge slashes"))
+    if not mqtt.discovery_prefix:
+        problems.append(Problem("mqtt.discovery_prefix", "", "a topic prefix"))
+    if mqtt.device_id and not re.fullmatch(r"[A-Za-z0-9_-]+", mqtt.device_id):
+        problems.append(Problem("mqtt.device_id", mqtt.device_id, "letters, digits, _ or -"))
+    if mqtt.announce_dir is not None and not mqtt.announce_dir.is_dir():
+        problems.append(Problem("mqtt.announce_dir", str(mqtt.announce_dir), "a directory"))
+    return problems
+
+
+def read_mqtt_password(config: MqttConfig) -> str:
+    """The broker password from its file ("" when none is configured)."""
+    if config.password_file is None:
+        return ""
+    return config.password_file.read_text(encoding="utf-8").strip()
 
 
 def _check_service_limits(session: SessionConfig) -> list[Problem]:

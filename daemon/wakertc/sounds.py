@@ -9,6 +9,7 @@ register it to get the right cue on each change.
 from __future__ import annotations
 
 import importlib.resources
+import io
 import logging
 import wave
 from collections.abc import Callable
@@ -126,6 +127,11 @@ def load_wav(path: Path, key: str = "sound") -> Samples:
             return _read(file, f"{key} = {path}")
     except OSError as exc:
         raise CueError(f"{key} = {path}: cannot read the file ({exc.strerror or exc})") from exc
+
+
+def decode_wav(data: bytes, where: str) -> Samples:
+    """WAV bytes (a download) as 24 kHz mono int16; a `CueError` names `where` when unusable."""
+    return _read(io.BytesIO(data), where)
 
 
 def _read(file: IO[bytes], where: str) -> Samples:

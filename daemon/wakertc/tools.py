@@ -16,7 +16,7 @@ import os
 import signal
 import subprocess
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -44,18 +44,35 @@ MAX_STDERR_BYTES = 4096
 EXIT_GRACE_S = 0.5
 
 
+class Builtin(Protocol):
+    """Tools the device itself provides (timers): described per session, run in-process."""
+
+    names: frozenset[str]
+
+    def definitions(self) -> list[dict[str, Any]]:
+        """Their definitions, built now (they may carry the time of day)."""
+
+    async def run(self, name: str, args: dict[str, Any]) -> str:
+        """Run one; the output for the model, failures included."""
+
+
 class ToolRunner:
     """Describes the tools to the session and runs them when called."""
 
     def __init__(
-        self, tools: Sequence[ToolConfig], *, transport: httpx.AsyncBaseTransport | None = None
+        self,
+        tools: Sequence[ToolConfig],
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        builtins: Sequence[Builtin] = (),
     ) -> None:
         self._tools = {tool.name: tool for tool in tools}
         self._transport = transport
+        self._builtins = tuple(builtins)
 
     def definitions(self) -> list[dict[str, Any]]:
         """Tool definitions for `session.update`, the built-in end_conversation first."""
-        return [END_CONVERSATION_TOOL] + [
+        return [END_CONVERSATION_TOOL, *self._builtin_definitions()] + [
             {
                 "type": "function",
                 "name": tool.name,
@@ -77,6 +94,9 @@ class ToolRunner:
             return _failure(f"the tool failed: {type(exc).__name__}")
 
     async def _run(self, name: str, arguments: str) -> str:
+        builtin = next((b for b in self._builtins if name in b.names), None)
+        if builtin is not None:
+            return await self._run_builtin(builtin, name, arguments)
         tool = self._tools.get(name)
         if tool is None:
             log.warning("the model called unknown tool %r", name[:60])  # the model's text
@@ -101,6 +121,19 @@ class ToolRunner:
             return _failure(str(exc))
         log.info("tool %s returned %d characters", name, len(result))
         return result[:MAX_RESULT_CHARS]
+
+    def _builtin_definitions(self) -> list[dict[str, Any]]:
+        return [definition for builtin in self._builtins for definition in builtin.definitions()]
+
+    async def _run_builtin(self, builtin: Builtin, name: str, arguments: str) -> str:
+        try:
+            args = json.loads(arguments or "{}")
+        except json.JSONDecodeError:
+            return _failure("arguments were not valid JSON")
+        if not isinstance(args, dict):
+            return _failure("arguments must be a JSON object")
+        log.info("built-in tool %s", name)
+        return await builtin.run(name, args)
 
     async def _run_command(self, tool: ToolConfig, args: Any) -> str:
         payload = json.dumps(args).encode()
