@@ -419,6 +419,13 @@ class Conversation:
         if self._ending_after_reply is not None:
             self._spawn(self._end_when_played(self._ending_after_reply), "end-after-reply")
             return
+        if self._tool_runs:
+            # The reply was "let me check": the tools it called (started at its response.done,
+            # which comes first) are still running, and their outputs get a reply under the
+            # reply deadline. The user is waiting, not idle.
+            if self._phases.phase is Phase.SPEAKING:
+                self._phases.transition(Phase.THINKING, "reply finished, tools running")
+            return
         if self._phases.phase is Phase.SPEAKING:
             self._phases.transition(Phase.LISTENING, "reply finished")
         self._arm("idle", self._session.idle_timeout_s, "idle timeout")
@@ -534,6 +541,9 @@ class Conversation:
                 self._spawn(self._end_when_played(self._ending_after_reply), "end-after-reply")
         if tools:
             self._tool_runs += 1
+            self._disarm("idle")  # armed if the reply's audio stopped before its response.done
+            if self._phases.phase is Phase.LISTENING and not self._user_speaking:
+                self._phases.transition(Phase.THINKING, "tools running")
             self._spawn(self._run_tools(tools), "tools")
 
     # -- helpers -----------------------------------------------------------------------------
