@@ -138,6 +138,9 @@ class Conversation:
         self._transcript: list[str] = []
         self._stage = "starting"
         self._manual_turns = False  # no turn detection: the button ends the user's turn
+        # Turn detection with create_response = false: the server commits the turn, the device
+        # asks for the reply.
+        self._create_on_commit = False
         self._last_problem: str | None = None
         self.wake_to_live_s: float | None = None
         self.handlers: dict[str, Callable[[dict[str, Any]], None]] = {
@@ -145,6 +148,7 @@ class Conversation:
             "error": self._error,
             "input_audio_buffer.speech_started": self._speech_started,
             "input_audio_buffer.speech_stopped": self._speech_stopped,
+            "input_audio_buffer.committed": self._committed,
             "response.created": self._response_created,
             "output_audio_buffer.started": self._speaking_started,
             "output_audio_buffer.stopped": self._speaking_stopped,
@@ -310,6 +314,7 @@ class Conversation:
                 raise SessionFailed(str(exc)) from exc
         self._stage = "waiting for the session to be configured"
         self._manual_turns = manual_turns(key.session)
+        self._create_on_commit = device_creates_responses(key.session)
         self._send(session_update(key.session, self._tools))
         await self._settled.wait()  # session.updated, or ended/failed meanwhile
 
@@ -362,6 +367,7 @@ class Conversation:
         session = event.get("session")
         if isinstance(session, dict):  # the effective config, whoever changed it
             self._manual_turns = manual_turns(session)
+            self._create_on_commit = device_creates_responses(session)
         self._live.set()
         self._settled.set()
 
@@ -396,6 +402,15 @@ class Conversation:
         self._user_speaking = False
         self._phases.transition(Phase.THINKING, "user stopped speaking")
         self._await_reply()
+
+    def _committed(self, event: dict[str, Any]) -> None:
+        # The server's VAD committed the turn (a press's own commit needs no second create).
+        if not self._create_on_commit or self._manual_turns:
+            return
+        if self._response_active:
+            self._create_after_response = True  # asked for once that response is done
+        else:
+            self._send({"type": "response.create"})
 
     def _response_created(self, event: dict[str, Any]) -> None:
         self._disarm("idle")
@@ -696,6 +711,19 @@ def manual_turns(session: dict[str, Any]) -> bool:
         isinstance(audio_in, dict)
         and "turn_detection" in audio_in
         and (audio_in["turn_detection"] is None)
+    )
+
+
+def device_creates_responses(session: dict[str, Any]) -> bool:
+    """Whether the server's turn detection commits turns but leaves the reply to the device
+    (`create_response: false` in a realtime session)."""
+    audio = session.get("audio")
+    audio_in = audio.get("input") if isinstance(audio, dict) else None
+    detection = audio_in.get("turn_detection") if isinstance(audio_in, dict) else None
+    return (
+        session.get("type", "realtime") == "realtime"
+        and isinstance(detection, dict)
+        and detection.get("create_response") is False
     )
 
 
