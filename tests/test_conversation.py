@@ -518,6 +518,26 @@ async def test_push_to_talk_follows_the_policys_manual_turns(tmp_path, models_di
         assert kinds.index("input_audio_buffer.commit") < kinds.index("response.create")
 
 
+async def test_push_to_talk_in_a_transcription_session_only_commits(tmp_path, models_dir):
+    """Manual turns in a transcription session: a press commits the turn and asks for no reply
+    (the service refuses response.create there); the transcript comes and listening resumes."""
+    policy = '\n[session]\ntype = "transcription"\n\n[session.turn_detection]\ntype = "none"\n'
+    device = {"session": {"mode": "transcription", "idle_timeout_s": 10.0}}
+    async with run_chain(tmp_path, models_dir, companion_extra=policy, device=device) as chain:
+        await chain.press()
+        await chain.expect(Phase.WAKE, Phase.CONNECTING, Phase.LISTENING)
+        await chain.mic.say(clip(QUESTION))
+        await chain.press()
+        thinking, transcribed = await chain.expect(Phase.THINKING, Phase.LISTENING, timeout=10)
+        assert thinking.reason == "button ended the turn"
+        assert transcribed.reason == "transcript received"
+        kinds = [e["type"] for e in chain.sent()]
+        assert kinds.count("input_audio_buffer.commit") == 1
+        assert "response.create" not in kinds
+        assert not [e for e in chain.received() if e["type"] == "error"]
+        assert not chain.logs.find("Realtime API error", logging.WARNING)
+
+
 async def test_a_failed_transcription_is_logged_told_to_the_hook_and_listening_resumes(
     tmp_path, models_dir
 ):

@@ -141,6 +141,7 @@ class Conversation:
         # Turn detection with create_response = false: the server commits the turn, the device
         # asks for the reply.
         self._create_on_commit = False
+        self._turn_end: list[dict[str, Any]] = []  # what a press sends to end a manual turn
         self._last_problem: str | None = None
         self.wake_to_live_s: float | None = None
         self.handlers: dict[str, Callable[[dict[str, Any]], None]] = {
@@ -220,8 +221,8 @@ class Conversation:
         if phase is Phase.SPEAKING:
             self.barge_in("button")
         elif phase is Phase.LISTENING and self._manual_turns and self._live.is_set():
-            self._send({"type": "input_audio_buffer.commit"})
-            self._send({"type": "response.create"})
+            for event in self._turn_end:
+                self._send(event)
             self._phases.transition(Phase.THINKING, "button ended the turn")
             self._await_reply()
         else:
@@ -315,6 +316,7 @@ class Conversation:
         self._stage = "waiting for the session to be configured"
         self._manual_turns = manual_turns(key.session)
         self._create_on_commit = device_creates_responses(key.session)
+        self._turn_end = end_turn_events(key.session)
         self._send(session_update(key.session, self._tools))
         await self._settled.wait()  # session.updated, or ended/failed meanwhile
 
@@ -368,6 +370,7 @@ class Conversation:
         if isinstance(session, dict):  # the effective config, whoever changed it
             self._manual_turns = manual_turns(session)
             self._create_on_commit = device_creates_responses(session)
+            self._turn_end = end_turn_events(session)
         self._live.set()
         self._settled.set()
 
@@ -712,6 +715,15 @@ def manual_turns(session: dict[str, Any]) -> bool:
         and "turn_detection" in audio_in
         and (audio_in["turn_detection"] is None)
     )
+
+
+def end_turn_events(session: dict[str, Any]) -> list[dict[str, Any]]:
+    """The client events that end the user's turn without turn detection: commit, and in a
+    realtime session ask for the reply (a transcription session refuses response.create)."""
+    events: list[dict[str, Any]] = [{"type": "input_audio_buffer.commit"}]
+    if session.get("type") != "transcription":
+        events.append({"type": "response.create"})
+    return events
 
 
 def device_creates_responses(session: dict[str, Any]) -> bool:

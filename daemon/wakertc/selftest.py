@@ -354,7 +354,7 @@ async def _call(
     report: Report,
     reply_timeout_s: float,
 ) -> None:
-    from .conversation import SILENCE_PEAK, manual_turns, session_update
+    from .conversation import SILENCE_PEAK, end_turn_events, manual_turns, session_update
     from .tools import ToolRunner
     from .webrtc import CallError, MicTrack, RealtimeCall
 
@@ -427,9 +427,8 @@ async def _call(
         question_end = time.monotonic()
         if manual_turns(key.session):
             # Without VAD the device ends the turn itself, as the button does.
-            call.send({"type": "input_audio_buffer.commit"})
-            if session.mode != "transcription":
-                call.send({"type": "response.create"})
+            for event in end_turn_events(key.session):
+                call.send(event)
         replied = await probe.wait(
             lambda: _reply_over(probe, session.mode, asked_at), reply_timeout_s
         )
