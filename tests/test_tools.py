@@ -220,3 +220,12 @@ async def aiohttp_free_server(serve):
     app.router.add_route("*", "/light", light)
     app.router.add_route("*", "/slow", slow)
     return await serve(app), seen
+
+
+@pytest.mark.parametrize("doc", ["README.md", "config/wakertc.toml"])
+def test_the_documented_result_bounds_are_the_codes(doc: str) -> None:
+    """What the docs promise a tool's author: how much output is read, how much the model gets."""
+    lines = (Path(__file__).resolve().parent.parent / doc).read_text().splitlines()
+    text = " ".join(line.strip().lstrip("#").strip() for line in lines)  # unwrapped
+    assert f"first {MAX_STDOUT_BYTES // 1000} KB of" in text
+    assert f"up to {MAX_RESULT_CHARS:,} characters" in text
