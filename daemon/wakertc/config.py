@@ -197,6 +197,10 @@ class HookConfig:
     """Kill the hook if it runs longer than this."""
 
 
+COMPANION_TIMEOUT_S = 12.0
+"""The default of `companion.timeout_s`; the companion keeps its own upstream timeout below it."""
+
+
 @dataclass(frozen=True)
 class CompanionConfig:
     """The owner's companion server, which mints ephemeral keys for this device."""
@@ -209,7 +213,7 @@ class CompanionConfig:
     """The token inline instead of `token_file`; then this file must not be readable by others."""
     ca_file: Path | None = None
     """CA certificate to trust for a self-signed companion; unset = the system's CAs."""
-    timeout_s: float = 12.0
+    timeout_s: float = COMPANION_TIMEOUT_S
     """Give up on one request to the companion after this long: longer than the companion's own
     `upstream.timeout_s` (10 s by default), so that a slow mint ends in its answer (a key, or a
     504 naming the cause), not in our timeout."""

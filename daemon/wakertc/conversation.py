@@ -138,6 +138,10 @@ class Conversation:
         self._transcript: list[str] = []
         self._stage = "starting"
         self._manual_turns = False  # no turn detection: the button ends the user's turn
+        # Turn detection with create_response = false: the server commits the turn, the device
+        # asks for the reply.
+        self._create_on_commit = False
+        self._turn_end: list[dict[str, Any]] = []  # what a press sends to end a manual turn
         self._last_problem: str | None = None
         self.wake_to_live_s: float | None = None
         self.handlers: dict[str, Callable[[dict[str, Any]], None]] = {
@@ -145,6 +149,7 @@ class Conversation:
             "error": self._error,
             "input_audio_buffer.speech_started": self._speech_started,
             "input_audio_buffer.speech_stopped": self._speech_stopped,
+            "input_audio_buffer.committed": self._committed,
             "response.created": self._response_created,
             "output_audio_buffer.started": self._speaking_started,
             "output_audio_buffer.stopped": self._speaking_stopped,
@@ -216,8 +221,8 @@ class Conversation:
         if phase is Phase.SPEAKING:
             self.barge_in("button")
         elif phase is Phase.LISTENING and self._manual_turns and self._live.is_set():
-            self._send({"type": "input_audio_buffer.commit"})
-            self._send({"type": "response.create"})
+            for event in self._turn_end:
+                self._send(event)
             self._phases.transition(Phase.THINKING, "button ended the turn")
             self._await_reply()
         else:
@@ -310,6 +315,8 @@ class Conversation:
                 raise SessionFailed(str(exc)) from exc
         self._stage = "waiting for the session to be configured"
         self._manual_turns = manual_turns(key.session)
+        self._create_on_commit = device_creates_responses(key.session)
+        self._turn_end = end_turn_events(key.session)
         self._send(session_update(key.session, self._tools))
         await self._settled.wait()  # session.updated, or ended/failed meanwhile
 
@@ -362,6 +369,8 @@ class Conversation:
         session = event.get("session")
         if isinstance(session, dict):  # the effective config, whoever changed it
             self._manual_turns = manual_turns(session)
+            self._create_on_commit = device_creates_responses(session)
+            self._turn_end = end_turn_events(session)
         self._live.set()
         self._settled.set()
 
@@ -397,6 +406,15 @@ class Conversation:
         self._phases.transition(Phase.THINKING, "user stopped speaking")
         self._await_reply()
 
+    def _committed(self, event: dict[str, Any]) -> None:
+        # The server's VAD committed the turn (a press's own commit needs no second create).
+        if not self._create_on_commit or self._manual_turns:
+            return
+        if self._response_active:
+            self._create_after_response = True  # asked for once that response is done
+        else:
+            self._send({"type": "response.create"})
+
     def _response_created(self, event: dict[str, Any]) -> None:
         self._disarm("idle")
         self._response_active = True
@@ -418,6 +436,13 @@ class Conversation:
         self._speaker_quiet_since = time.monotonic()
         if self._ending_after_reply is not None:
             self._spawn(self._end_when_played(self._ending_after_reply), "end-after-reply")
+            return
+        if self._tool_runs:
+            # The reply was "let me check": the tools it called (started at its response.done,
+            # which comes first) are still running, and their outputs get a reply under the
+            # reply deadline. The user is waiting, not idle.
+            if self._phases.phase is Phase.SPEAKING:
+                self._phases.transition(Phase.THINKING, "reply finished, tools running")
             return
         if self._phases.phase is Phase.SPEAKING:
             self._phases.transition(Phase.LISTENING, "reply finished")
@@ -534,6 +559,9 @@ class Conversation:
                 self._spawn(self._end_when_played(self._ending_after_reply), "end-after-reply")
         if tools:
             self._tool_runs += 1
+            self._disarm("idle")  # armed if the reply's audio stopped before its response.done
+            if self._phases.phase is Phase.LISTENING and not self._user_speaking:
+                self._phases.transition(Phase.THINKING, "tools running")
             self._spawn(self._run_tools(tools), "tools")
 
     # -- helpers -----------------------------------------------------------------------------
@@ -686,6 +714,28 @@ def manual_turns(session: dict[str, Any]) -> bool:
         isinstance(audio_in, dict)
         and "turn_detection" in audio_in
         and (audio_in["turn_detection"] is None)
+    )
+
+
+def end_turn_events(session: dict[str, Any]) -> list[dict[str, Any]]:
+    """The client events that end the user's turn without turn detection: commit, and in a
+    realtime session ask for the reply (a transcription session refuses response.create)."""
+    events: list[dict[str, Any]] = [{"type": "input_audio_buffer.commit"}]
+    if session.get("type") != "transcription":
+        events.append({"type": "response.create"})
+    return events
+
+
+def device_creates_responses(session: dict[str, Any]) -> bool:
+    """Whether the server's turn detection commits turns but leaves the reply to the device
+    (`create_response: false` in a realtime session)."""
+    audio = session.get("audio")
+    audio_in = audio.get("input") if isinstance(audio, dict) else None
+    detection = audio_in.get("turn_detection") if isinstance(audio_in, dict) else None
+    return (
+        session.get("type", "realtime") == "realtime"
+        and isinstance(detection, dict)
+        and detection.get("create_response") is False
     )
 
 

@@ -187,7 +187,7 @@ class Daemon:
             self.systemd.start_watchdog()
             # Off the critical path: the first conversation should not wait for these imports
             # (WebRTC ~160 ms, the echo canceller ~100 ms on this class of machine).
-            self._spawn(asyncio.to_thread(self._preload), "preload")
+            self._spawn(self._preload(), "preload")
             await self._stopped.wait()
         finally:
             await self._shutdown(companion)
@@ -649,18 +649,18 @@ class Daemon:
 
     # -- echo cancellation -------------------------------------------------------------------
 
-    def _preload(self) -> None:
-        from . import conversation  # noqa: F401  (aiortc, av)
-
-        if self.config.session.echo_cancellation:
-            from .aec import make_echo_canceller
-
-            self._aec = make_echo_canceller(True)
-            if self._aec is None and not self.config.session.half_duplex:
-                # Without a canceller the reply's echo would reach the session and interrupt
-                # it: close the microphone while the device speaks instead.
-                session = dataclasses.replace(self.config.session, half_duplex=True)
-                self.config = dataclasses.replace(self.config, session=session)
+    async def _preload(self) -> None:
+        """Load in a thread; apply here, on the loop, which alone reads and writes the daemon."""
+        wanted = self.config.session.echo_cancellation
+        aec = await asyncio.to_thread(_load_heavy_parts, wanted)
+        if not wanted:
+            return
+        self._aec = aec
+        if aec is None and not self.config.session.half_duplex:
+            # Without a canceller the reply's echo would reach the session and interrupt
+            # it: close the microphone while the device speaks instead.
+            session = dataclasses.replace(self.config.session, half_duplex=True)
+            self.config = dataclasses.replace(self.config, session=session)
 
     def _echo_cancel_when_speaking(self, change: Transition) -> None:
         # The canceller runs from the first reply of a conversation to its end. Not earlier: its
@@ -689,6 +689,17 @@ class Daemon:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("task %s crashed", task.get_name(), exc_info=task.exception())
+
+
+def _load_heavy_parts(echo_cancellation: bool) -> Any:
+    """Import WebRTC and load the echo canceller (None if not wanted or it will not load)."""
+    from . import conversation  # noqa: F401  (aiortc, av)
+
+    if not echo_cancellation:
+        return None
+    from .aec import make_echo_canceller
+
+    return make_echo_canceller(True)
 
 
 def run_daemon(path: str | None) -> int:

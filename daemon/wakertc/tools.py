@@ -36,8 +36,9 @@ END_CONVERSATION_TOOL = {
     "parameters": {"type": "object", "properties": {}},
 }
 MAX_RESULT_CHARS = 16_000
-# A command's stdout beyond this is not read (the model gets MAX_RESULT_CHARS of it at most); the
-# command is then ended, as a command printing without end would otherwise run until its timeout.
+# A command's stdout (or an HTTP tool's body) beyond this is not read (the model gets
+# MAX_RESULT_CHARS of it at most); the command or request is then ended, as one sending without end
+# would otherwise run until its timeout, and fill the memory meanwhile.
 MAX_STDOUT_BYTES = 4 * MAX_RESULT_CHARS
 MAX_STDERR_BYTES = 4096
 # After a command exits, how long its pipes may take to deliver what it wrote.
@@ -188,16 +189,22 @@ class ToolRunner:
         async with httpx.AsyncClient(
             transport=self._transport, timeout=httpx.Timeout(tool.timeout_s)
         ) as client:
+            if tool.method == "GET":
+                request = client.build_request("GET", _query_url(tool.url, args))
+            else:
+                request = client.build_request(tool.method, tool.url, json=args)
             try:
-                if tool.method == "GET":
-                    response = await client.get(_query_url(tool.url, args))
-                else:
-                    response = await client.request(tool.method, tool.url, json=args)
+                response = await client.send(request, stream=True)
+                try:
+                    body = await _read_body(response, MAX_STDOUT_BYTES)
+                finally:
+                    await response.aclose()  # the rest of the body is never read
             except httpx.HTTPError as exc:
                 raise ToolFailed(f"request failed: {str(exc) or type(exc).__name__}") from exc
+        text = body.decode(response.encoding or "utf-8", errors="replace")
         if response.status_code >= 400:
-            raise ToolFailed(f"HTTP {response.status_code}: {response.text[:200]}")
-        return response.text
+            raise ToolFailed(f"HTTP {response.status_code}: {text[:200]}")
+        return text
 
 
 class _CommandProtocol(asyncio.subprocess.SubprocessStreamProtocol):
@@ -243,6 +250,16 @@ async def _feed(stdin: asyncio.StreamWriter, payload: bytes) -> None:
         stdin.write(payload)
         await stdin.drain()
         stdin.close()
+
+
+async def _read_body(response: httpx.Response, limit: int) -> bytes:
+    """The first `limit` bytes of a streamed response's body."""
+    body = bytearray()
+    async for chunk in response.aiter_bytes():
+        body += chunk
+        if len(body) >= limit:
+            break
+    return bytes(body[:limit])
 
 
 async def _read_head(stream: asyncio.StreamReader, into: bytearray, limit: int) -> None:
