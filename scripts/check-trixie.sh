@@ -47,24 +47,24 @@ start=$SECONDS
 work=$roots/trixie-run
 debroot_make "$roots/trixie" trixie amd64
 debroot_fresh "$roots/trixie" "$work" "$roots/cache"
-debroot_copy_source "$src" "$work/root/wakertc"
+debroot_copy_source "$src" "$work/srv/wakertc"
 if [[ -f $models/hey_jarvis_v0.1.tflite ]]; then
-    mkdir -p "$work/root/wakertc/models"
-    cp "$models"/*.tflite "$work/root/wakertc/models/" # else bootstrap.sh downloads them
+    mkdir -p "$work/srv/wakertc/models"
+    cp "$models"/*.tflite "$work/srv/wakertc/models/" # else bootstrap.sh downloads them
 fi
 log "root ready in $((SECONDS - start)) s; installing (scripts/bootstrap.sh --test)"
-debroot_run "$work" "cd /root/wakertc && scripts/bootstrap.sh --test" >"$roots/install.log" 2>&1 || {
+debroot_run "$work" "cd /srv/wakertc && scripts/bootstrap.sh --test" >"$roots/install.log" 2>&1 || {
     tail -n 30 "$roots/install.log" >&2
     log "FAILED: scripts/bootstrap.sh --test in the Debian 13 root (log: $roots/install.log)"
     exit 1
 }
-log "installed in $((SECONDS - start)) s: $(debroot_run "$work" "/root/wakertc/.venv/bin/python -VV" | head -n 1)"
+log "installed in $((SECONDS - start)) s: $(debroot_run "$work" "/srv/wakertc/.venv/bin/python -VV" | head -n 1)"
 
 args=("$@")
 ((${#args[@]})) || args=("${FAST[@]}")
 tests_start=$SECONDS
 status=0
-debroot_run "$work" "cd /root/wakertc && .venv/bin/python -m pytest -q -p no:cacheprovider ${args[*]}" ||
+debroot_run "$work" "cd /srv/wakertc && .venv/bin/python -m pytest -q -p no:cacheprovider ${args[*]}" ||
     status=$?
 log "pytest in Debian 13 took $((SECONDS - tests_start)) s; all of check-trixie.sh $((SECONDS - start)) s"
 # A failed root stays for a look inside (chroot $work); a good one is 2 GB of nothing.

@@ -335,6 +335,7 @@ async def test_readme_companion_steps_end_with_a_device_getting_a_key(
     companion.toml, `sudo wakertc companion add-device`, the service starts as its own user with
     the API key as a systemd credential, and the device's token mints a key over HTTP."""
     staging = open_staging
+    _skip_unless_others_can_run(sys.executable)
     key_file = staging.root.parent / "openai.key"
     key_file.write_text(KEY + "\n")
     key_file.chmod(0o600)
@@ -527,3 +528,22 @@ def test_raspberry_pi_os_keeps_its_own_gpio_rule(staging: Staging) -> None:
     assert "/usr/lib/udev/rules.d/99-com.rules already gives the gpio group" in output
     assert not staging.path(f"/etc/udev/rules.d/{RULE}").exists()
     assert pi_rules.read_text() == PI_OS_RULES
+
+
+def _skip_unless_others_can_run(python: str) -> None:
+    """The service's user runs this test's interpreter and virtualenv (an install has its own in
+    /opt/wakertc/venv): where they live under a directory only root may enter (a clone in
+    /root), that user cannot import anything, and the test could only show that."""
+    probe = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+        + [python, "-c", "import httpx"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if probe.returncode != 0:
+        pytest.skip(
+            f"the test interpreter {python} is not usable by an unprivileged user (its "
+            f"virtualenv is under a directory only root may enter): {probe.stderr.strip()[-200:]}"
+        )
