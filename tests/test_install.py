@@ -534,9 +534,9 @@ def _skip_unless_others_can_run(python: str) -> None:
     """The service's user runs this test's interpreter and virtualenv (an install has its own in
     /opt/wakertc/venv): where they live under a directory only root may enter (a clone in
     /root), that user cannot import anything, and the test could only show that."""
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
     probe = subprocess.run(
-        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-        + [python, "-c", "import httpx"],
+        [*nobody, python, "-c", "import httpx"],
         capture_output=True,
         text=True,
         timeout=60,
