@@ -55,6 +55,7 @@ AUG_SNR_DB = (None, 20.0, 10.0)
 """Each clip trains as is and mixed with pink noise at these SNRs (None: clean)."""
 PEAK_SPREAD = 1
 """Windows either side of the peak chunk that also count as positives."""
+NOISE_RMS = (30, 100, 300, 1000, 3000)
 MIN_BASE_THRESHOLD = 0.005
 MAX_BASE_THRESHOLD = 0.25
 
@@ -149,10 +150,9 @@ def _positives(
 def negatives(detector: WakeWordDetector, word: str) -> npt.NDArray[np.float32]:
     """Negative windows made here: noise, and espeak-ng speech when it is installed."""
     rng = np.random.default_rng(SEED)
-    parts = [
-        (pink_noise(8 * SAMPLE_RATE, rng) * 300).astype(np.int16),
-        (rng.standard_normal(4 * SAMPLE_RATE) * 200).astype(np.int16),
-    ]
+    # noise from a quiet room to a loud fan: the verifier must not take any of it for speech
+    parts = [(pink_noise(4 * SAMPLE_RATE, rng) * rms).astype(np.int16) for rms in NOISE_RMS]
+    parts += [(rng.standard_normal(2 * SAMPLE_RATE) * rms).astype(np.int16) for rms in NOISE_RMS]
     speech = 0
     for i, text in enumerate(NEGATIVE_TEXT):
         voice = NEGATIVE_VOICES[i % len(NEGATIVE_VOICES)]
@@ -161,7 +161,7 @@ def negatives(detector: WakeWordDetector, word: str) -> npt.NDArray[np.float32]:
             if said is None:
                 continue
             speech += 1
-            parts.append(_mix(said, 15.0 if (i + rate) % 2 else None, rng))
+            parts.append(_mix(said, (None, 20.0, 10.0, 5.0)[(i + rate) % 4], rng))
     if not speech:
         log.warning(
             "espeak-ng is not installed: training against noise only (install espeak-ng for "

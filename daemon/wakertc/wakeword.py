@@ -383,7 +383,13 @@ class WakeWordDetector:
             # the three models cost; it can add detections, never remove the stock model's.
             verifier = word.verifier
             p = None
-            if verifier is not None and score >= verifier.base_threshold:
+            # Not while the start-up noise is still in the window: the verifier learnt real
+            # audio only, and would take those made-up embeddings for anything.
+            if (
+                verifier is not None
+                and score >= verifier.base_threshold
+                and self._chunks > verifier.window
+            ):
                 p = verifier.probability(self._front.features)
             accepted = score >= cfg.threshold or (
                 p is not None and verifier is not None and p >= verifier.accept
