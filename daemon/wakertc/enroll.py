@@ -10,9 +10,12 @@ the terminal, the wake cue, and the LEDs in their `listening` pattern for each t
 
 Training data. Positives: from each clip (clean and mixed with pink noise at 20 and 10 dB SNR)
 the embedding windows where the base model's score peaks. Negatives, made here without any
-download: the same clips' windows before the phrase; seeded pink and white noise; and, when
-espeak-ng is installed, sentences read in several voices and rates, many with words that sound
-like the phrase ("hey Travis", "jar", "service"). The texts differ from the bench's, so the
+download: the same clips' windows before the phrase and the clips played backwards (the same
+voice, not the phrase); seeded pink and white noise at five levels; and, when espeak-ng is
+installed, two dozen sentences read in four voices at three rates, many with words that sound
+like the phrase ("hey Travis", "jar", "service"). Without that speech the verifier accepts far
+more (measured: 120 false accepts per hour with 12 sentences at two rates, against 1.7 for
+the stock model), so `scripts/install-pi.sh` should install espeak-ng. The texts differ from the bench's, so the
 bench measures what enrolment did not see. Everything is seeded: the same clips train the same
 verifier.
 """
@@ -60,7 +63,7 @@ MIN_BASE_THRESHOLD = 0.005
 MAX_BASE_THRESHOLD = 0.25
 
 NEGATIVE_VOICES = ("en-us", "en-gb+f3", "en-us+m4", "en-gb-scotland")
-NEGATIVE_RATES = (140, 185)
+NEGATIVE_RATES = (130, 160, 190)
 NEGATIVE_TEXT = (
     "hey Travis, can you pass the jar of honey",
     "have a nice day, Jarvis is a name from a film",
@@ -74,6 +77,18 @@ NEGATIVE_TEXT = (
     "hello Jarvis, no wait, I meant hello Mavis",
     "the nervous cat jumped off the garden wall",
     "what time does the shop on the corner close",
+    "the plumber said he would come on Friday morning, but nobody believes him any more",
+    "we walked along the canal as far as the lock, then turned back because of the rain",
+    "hey, have you finished with the scissors, I need them for the wrapping paper",
+    "the children built a den out of cushions and refused to come out for supper",
+    "if the parcel arrives while I am out, could you ask them to leave it with Mrs Davies",
+    "honestly, the car service cost twice what they told us on the phone",
+    "a pair of jackdaws has been nesting in the chimney since March",
+    "turn left at the church, go past the garage, and the house is the third on the right",
+    "Jasmine says the concert starts at half past seven, so we should leave by seven",
+    "the dishwasher is making that noise again, can you have a look at it",
+    "every evening the old man feeds the pigeons in the square and talks to them",
+    "hey Harvey, did you remember to lock the back door before we left",
 )
 
 
@@ -155,8 +170,8 @@ def negatives(detector: WakeWordDetector, word: str) -> npt.NDArray[np.float32]:
     parts += [(rng.standard_normal(2 * SAMPLE_RATE) * rms).astype(np.int16) for rms in NOISE_RMS]
     speech = 0
     for i, text in enumerate(NEGATIVE_TEXT):
-        voice = NEGATIVE_VOICES[i % len(NEGATIVE_VOICES)]
-        for rate in NEGATIVE_RATES:
+        for j, rate in enumerate(NEGATIVE_RATES):
+            voice = NEGATIVE_VOICES[(i + j) % len(NEGATIVE_VOICES)]
             said = espeak(text, voice, rate)
             if said is None:
                 continue
@@ -232,7 +247,14 @@ def enroll(
     people = dict(current.people) if current is not None else {}
     rows = [_positives(detector, word_name, clip, where) for where, clip in clips]
     people[name] = np.concatenate([r[0] for r in rows])
-    extra_negatives = np.concatenate([r[1] for r in rows])
+    # The same voice saying something else: each clip backwards (the voice, not the phrase).
+    rng = np.random.default_rng(SEED)
+    backwards = [
+        detector.trace(word_name, _mix(clip[::-1].copy(), snr, rng))[1]
+        for _, clip in clips
+        for snr in AUG_SNR_DB
+    ]
+    extra_negatives = np.concatenate([r[1] for r in rows] + backwards)
     existing[word_name] = _retrain(detector, word_name, people, extra_negatives)
     verifier_file.save(path, existing)
     best = ", ".join(f"{r[2]:.3f}" for r in rows)

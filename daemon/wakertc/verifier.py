@@ -41,7 +41,7 @@ from .atomic import write_atomic
 FORMAT = "wakertc-verifier"
 VERSION = 1
 FEATURE_SIZE = 96
-DEFAULT_ACCEPT = 0.9
+DEFAULT_ACCEPT = 0.99
 
 FloatArray = npt.NDArray[np.float32]
 
