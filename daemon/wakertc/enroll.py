@@ -13,11 +13,11 @@ the embedding windows where the base model's score peaks. Negatives, made here w
 download: the same clips' windows before the phrase and the clips played backwards (the same
 voice, not the phrase); seeded pink and white noise at five levels; and, when espeak-ng is
 installed, two dozen sentences read in four voices at three rates, many with words that sound
-like the phrase ("hey Travis", "jar", "service"). Without that speech the verifier accepts far
-more (measured: 120 false accepts per hour with 12 sentences at two rates, against 1.7 for
-the stock model), so `scripts/install-pi.sh` should install espeak-ng. The texts differ from the bench's, so the
-bench measures what enrolment did not see. Everything is seeded: the same clips train the same
-verifier.
+like the phrase ("hey Travis", "jar", "service"). The texts differ from the bench's, so the
+bench measures what enrolment did not see. Negative speech matters most: with only 12 sentences
+at two rates (and acceptance at 0.9) the bench measured 120 false accepts per hour against the
+stock model's 1.7, so a device should have espeak-ng installed. Everything is seeded: the same
+clips train the same verifier.
 """
 
 from __future__ import annotations
