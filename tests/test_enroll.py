@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import signal
 from pathlib import Path
@@ -200,7 +201,7 @@ def test_bad_verifier_is_reported_and_ignored(
 
 
 def test_enroll_from_the_microphone_on_the_file_backend(enrolled, tmp_path, models_dir, capsys):
-    takes = [synth("hey jarvis", voice=VOICE, wpm=wpm, pad_s=0.0) for wpm in (140, 190)]
+    takes = [synth("hey jarvis", voice=VOICE, wpm=wpm, pad_s=0.0) for wpm in ENROLL_WPM]
     take_samples = int(enroll.TAKE_S * 16000)
     mic = np.zeros(take_samples * len(takes), np.int16)
     for i, take in enumerate(takes):  # each said 0.5 s into its take, after the tone
@@ -214,17 +215,20 @@ def test_enroll_from_the_microphone_on_the_file_backend(enrolled, tmp_path, mode
         '[audio]\nbackend = "file"\ninput_file = "mic.wav"\noutput_file = "out.wav"\n'
     )
     config.chmod(0o600)
-    assert enroll.main(["carol", "--takes", "2", "--config", str(config)]) == 0
+    assert enroll.main(["carol", "--takes", "4", "--config", str(config)]) == 0
     out = capsys.readouterr().out
-    assert "take 1/2: after the tone, say 'hey jarvis'" in out and "take 2/2" in out
+    assert "take 1/4: after the tone, say 'hey jarvis'" in out and "take 4/4" in out
     people = verifier.load(verifier.verifier_path(config))["hey_jarvis"].people
-    assert list(people) == ["carol"] and len(people["carol"]) == 2 * 3 * 3
+    assert list(people) == ["carol"] and len(people["carol"]) == 4 * 3 * 3
     # the wake cue before each take and the done cue went to the speaker
     import wave
 
     with wave.open(str(tmp_path / "out.wav"), "rb") as played:
         assert played.getnframes() > 0
-    assert detections(config, fast_phrase(), models_dir) != []
+    # each take held its saying (the stock model's best score per take, printed by enroll)
+    scores = re.search(r"stock scores ([\d., ]+)\)", out)
+    assert scores is not None
+    assert all(float(x) > 0.3 for x in scores.group(1).split(", ")), out
 
 
 def test_daemon_loads_the_verifier_at_start(device_config, notify, enrolled, tmp_path):  # noqa: F811
@@ -239,4 +243,4 @@ def test_daemon_loads_the_verifier_at_start(device_config, notify, enrolled, tmp
     finally:
         stderr = stop(process)
     assert "household verifier for alice" in stderr
-    assert "wake word hey_jarvis (score 0." in stderr and "verifier 0.9" in stderr
+    assert re.search(r"wake word hey_jarvis \(score 0\.\d+, verifier (0\.9\d\d|1\.000),", stderr)

@@ -37,7 +37,7 @@ import numpy.typing as npt
 from . import verifier as verifier_file
 from .audio import AudioDeviceError
 from .config import Config, ConfigError, config_path, load_config
-from .verifier import DEFAULT_ACCEPT, VerifierError, WordVerifier
+from .verifier import DEFAULT_ACCEPT, DEFAULT_CONFIRM, VerifierError, WordVerifier
 from .wakeword import (
     CHUNK_SAMPLES,
     SAMPLE_RATE,
@@ -294,6 +294,7 @@ def _retrain(
         window=window,
         base_threshold=round(base, 4),
         accept=DEFAULT_ACCEPT,
+        confirm=DEFAULT_CONFIRM,
         mean=mean,
         scale=scale,
         weights=weights,

@@ -5,8 +5,9 @@ little fast scores 0.01-0.2 against a 0.5 threshold). A household hears the same
 `wakertc enroll` trains a small logistic regression on the model's own input (the last `window`
 embeddings, 16 x 96 values) from the household's clips and from negatives. At run time the base
 model proposes: when its score reaches the verifier's lower `base_threshold`, the verifier's
-probability decides whether the proposal fires. A score at or above the word's own threshold
-fires as it always did, so a voice never enrolled is heard exactly as by the stock model; the
+probability decides: the proposal fires once it reaches `accept` on `confirm` chunks in a row.
+A score at or above the word's own threshold fires as it always did, so a voice never enrolled
+is heard at least as well as by the stock model (though it can be accepted falsely); the
 verifier only adds the near misses it recognises. It costs one dot product, and only on
 proposals, so the idle path stays what the three models cost.
 
@@ -15,7 +16,7 @@ atomically with `atomic.write_atomic`):
 
     {"format": "wakertc-verifier", "version": 1,
      "words": {"hey_jarvis": {"model_sha256": ..., "window": 16, "feature_size": 96,
-                              "base_threshold": 0.02, "accept": 0.5,
+                              "base_threshold": 0.02, "accept": 0.9, "confirm": 3,
                               "mean": [...], "scale": [...], "weights": [...], "bias": 0.0,
                               "people": {"alice": {"windows": 9, "positives": [[...], ...]}}}}}
 
@@ -41,7 +42,8 @@ from .atomic import write_atomic
 FORMAT = "wakertc-verifier"
 VERSION = 1
 FEATURE_SIZE = 96
-DEFAULT_ACCEPT = 0.99
+DEFAULT_ACCEPT = 0.9
+DEFAULT_CONFIRM = 3
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -69,7 +71,10 @@ class WordVerifier:
     base_threshold: float
     """Base-model score at which the verifier is asked (the proposal threshold)."""
     accept: float
-    """Verifier probability at or above which a proposal fires."""
+    """Verifier probability at or above which a proposal counts as the phrase."""
+    confirm: int
+    """Consecutive 80 ms chunks that must count as the phrase before it fires: a real saying
+    stays recognisable for several chunks, a chance match in other speech rarely does."""
     mean: FloatArray
     scale: FloatArray
     weights: FloatArray
@@ -175,6 +180,7 @@ def _word(entry: Any, where: str) -> WordVerifier:
         window=window,
         base_threshold=_number(entry, "base_threshold", where, 0.0, 1.0),
         accept=_number(entry, "accept", where, 0.0, 1.0),
+        confirm=int(_number(entry, "confirm", where, 1, 50)),
         mean=_floats(entry.get("mean"), size, f"{where}.mean"),
         scale=_floats(entry.get("scale"), size, f"{where}.scale"),
         weights=_floats(entry.get("weights"), size, f"{where}.weights"),
@@ -220,6 +226,7 @@ def save(path: Path, verifiers: dict[str, WordVerifier]) -> None:
             "feature_size": FEATURE_SIZE,
             "base_threshold": v.base_threshold,
             "accept": v.accept,
+            "confirm": v.confirm,
             "mean": _rounded(v.mean),
             "scale": _rounded(v.scale),
             "weights": _rounded(v.weights),

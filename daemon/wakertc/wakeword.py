@@ -230,6 +230,8 @@ class _Word:
         self._out = self.interpreter.get_output_details()[0]["index"]
         self.last_fired: float | None = None
         self.verifier: WordVerifier | None = None
+        self.streak = 0
+        """Consecutive chunks the verifier has accepted."""
 
     def score(self, features: FloatArray) -> float:
         """This word's score for the newest `window` features."""
@@ -350,6 +352,7 @@ class WakeWordDetector:
         self._chunks = 0
         for word in self._words:
             word.last_fired = None
+            word.streak = 0
             self.last_scores[word.config.name] = 0.0
 
     def process(self, samples: npt.NDArray[Any]) -> list[Detection]:
@@ -391,8 +394,11 @@ class WakeWordDetector:
                 and self._chunks > verifier.window
             ):
                 p = verifier.probability(self._front.features)
+            word.streak = (
+                word.streak + 1 if verifier and p is not None and p >= verifier.accept else 0
+            )
             accepted = score >= cfg.threshold or (
-                p is not None and verifier is not None and p >= verifier.accept
+                verifier is not None and word.streak >= verifier.confirm
             )
             if score < cfg.threshold / 2 and p is None:
                 continue
