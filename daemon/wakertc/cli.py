@@ -72,6 +72,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "check-config": (_check_config, "validate a config file"),
     "devices": (_lazy(".devices", "devices_main"), "list audio inputs and outputs"),
     "detect": (_lazy(".wakeword", "detect_main"), "run the wake word over a WAV file"),
+    "enroll": (_lazy(".enroll", "main"), "teach the wake word this household's voices"),
     "selftest": (_lazy(".selftest", "main"), "one call with this device's config, reported"),
     "demo": (_lazy(".demo", "main"), "run the whole chain locally, no hardware"),
     "emulator": (_lazy(".emulator", "main"), "local stand-in for the OpenAI Realtime API"),

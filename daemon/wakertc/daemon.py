@@ -38,6 +38,7 @@ from .memory import limit_malloc_arenas, release_free_memory
 from .sounds import CueError
 from .state import Phase, PhaseMachine, Transition
 from .timers import Entry, Timers
+from .verifier import verifier_path
 from .wakeword import Detection, WakeWordDetector, WakeWordError
 
 log = logging.getLogger(__name__)
@@ -120,7 +121,9 @@ class Daemon:
 
         loop = self._loop = asyncio.get_running_loop()
         config = self.config
-        self.detector = WakeWordDetector(config.wake)
+        self.detector = WakeWordDetector(
+            config.wake, None if config.source is None else verifier_path(config.source)
+        )
         self.systemd = Systemd(loop)
         self.leds = StatusLeds(config.leds, self.edges.pin_factory)
         self.cues = Cues(config.sounds, self._play_cue)

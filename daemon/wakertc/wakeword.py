@@ -37,7 +37,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from . import verifier as verifier_file
 from .config import WakeConfig, WakeWordConfig
+from .verifier import WordVerifier
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +78,8 @@ class Detection:
     score: float
     t: float
     """Seconds of audio fed since start or `reset()`, at the end of the chunk that fired."""
+    verifier: float | None = None
+    """The household verifier's probability for this proposal; None when no verifier ran."""
 
 
 def _load(path: Path, what: str, missing_hint: str) -> Any:
@@ -225,6 +229,9 @@ class _Word:
         self._in = self.interpreter.get_input_details()[0]["index"]
         self._out = self.interpreter.get_output_details()[0]["index"]
         self.last_fired: float | None = None
+        self.verifier: WordVerifier | None = None
+        self.streak = 0
+        """Consecutive chunks the verifier has accepted."""
 
     def score(self, features: FloatArray) -> float:
         """This word's score for the newest `window` features."""
@@ -236,11 +243,14 @@ class _Word:
 class WakeWordDetector:
     """Streams 16 kHz int16 mono audio through the configured wake-word models."""
 
-    def __init__(self, config: WakeConfig) -> None:
+    def __init__(self, config: WakeConfig, verifier: Path | None = None) -> None:
         if not config.words:
             raise WakeWordError("no wake words configured (wake.words is empty)")
         self.config = config
         self._words = [_Word(w, i, config.models_dir) for i, w in enumerate(config.words)]
+        self.verifier_path = verifier
+        if verifier is not None and verifier.exists():
+            self._attach_verifier(verifier)
         self._front = _FeatureFrontEnd(config.models_dir, max(w.window for w in self._words))
         self._pending = np.zeros(0, dtype=np.int16)
         self._chunks = 0
@@ -254,6 +264,82 @@ class WakeWordDetector:
             config.models_dir,
         )
 
+    def _attach_verifier(self, path: Path) -> None:
+        """Use the household verifier in `path`; a bad or mismatched file is logged and ignored
+        (the stock model keeps working), never fatal."""
+        try:
+            verifiers = verifier_file.load(path)
+        except verifier_file.VerifierError as exc:
+            log.error("ignoring the wake-word verifier: %s", exc)
+            return
+        by_name = {w.config.name: w for w in self._words}
+        for name, verifier in verifiers.items():
+            word = by_name.get(name)
+            problem = None
+            if word is None:
+                problem = f"it is for wake word '{name}', which is not configured"
+            elif verifier.window != word.window:
+                problem = (
+                    f"it is for a model with a {verifier.window}-embedding window, "
+                    f"{word.path} has {word.window}"
+                )
+            elif verifier.model_sha256 != verifier_file.model_digest(word.path):
+                problem = f"it was trained for another model than {word.path}; re-run enroll"
+            if problem is not None:
+                log.error("ignoring the wake-word verifier: %s: %s", path, problem)
+                continue
+            assert word is not None
+            word.verifier = verifier
+            log.info(
+                "wake word %s: household verifier for %s (proposals from score %.3f) from %s",
+                name,
+                ", ".join(sorted(verifier.people)) or "nobody",
+                verifier.base_threshold,
+                path,
+            )
+
+    def _word(self, name: str) -> _Word:
+        for word in self._words:
+            if word.config.name == name:
+                return word
+        raise KeyError(name)
+
+    def threshold(self, name: str) -> float:
+        """Word `name`'s own (base-model) threshold."""
+        return self._word(name).config.threshold
+
+    def window(self, name: str) -> int:
+        """How many embeddings word `name`'s model looks at."""
+        return self._word(name).window
+
+    def model_path(self, name: str) -> Path:
+        """The model file of word `name`."""
+        return self._word(name).path
+
+    def score_window(self, name: str, window: FloatArray) -> float:
+        """Word `name`'s base score for one window of embeddings (window x 96)."""
+        return self._word(name).score(window.astype(np.float32))
+
+    def trace(self, name: str, samples: SampleArray) -> tuple[FloatArray, FloatArray]:
+        """From a fresh state, word `name`'s base score and its input window (flattened) after
+        each chunk of `samples` (for enrolment); the detector is reset afterwards."""
+        word = self._word(name)
+        self.reset()
+        scores, windows = [], []
+        for start in range(0, len(samples) - CHUNK_SAMPLES + 1, CHUNK_SAMPLES):
+            self._front.push(samples[start : start + CHUNK_SAMPLES])
+            self._chunks += 1
+            warm = self._chunks > _WARMUP_CHUNKS
+            scores.append(word.score(self._front.features) if warm else 0.0)
+            windows.append(self._front.features[-word.window :].reshape(-1).copy())
+        self.reset()
+        return np.asarray(scores, np.float32), np.stack(windows)
+
+    @property
+    def verified_words(self) -> list[str]:
+        """The words that run with a household verifier."""
+        return [w.config.name for w in self._words if w.verifier is not None]
+
     @property
     def seconds(self) -> float:
         """Seconds of audio processed (whole chunks) since start or `reset()`."""
@@ -266,6 +352,7 @@ class WakeWordDetector:
         self._chunks = 0
         for word in self._words:
             word.last_fired = None
+            word.streak = 0
             self.last_scores[word.config.name] = 0.0
 
     def process(self, samples: npt.NDArray[Any]) -> list[Detection]:
@@ -295,18 +382,47 @@ class WakeWordDetector:
             score = word.score(self._front.features)
             self.last_scores[cfg.name] = score
             self.best_scores[cfg.name] = max(self.best_scores[cfg.name], score)
-            if score < cfg.threshold / 2:
+            # The verifier runs only on proposals (a dot product), so the idle path costs what
+            # the three models cost; it can add detections, never remove the stock model's.
+            verifier = word.verifier
+            p = None
+            # Not while the start-up noise is still in the window: the verifier learnt real
+            # audio only, and would take those made-up embeddings for anything.
+            if (
+                verifier is not None
+                and score >= verifier.base_threshold
+                and self._chunks > verifier.window
+            ):
+                p = verifier.probability(self._front.features)
+            word.streak = (
+                word.streak + 1 if verifier and p is not None and p >= verifier.accept else 0
+            )
+            accepted = score >= cfg.threshold or (
+                verifier is not None and word.streak >= verifier.confirm
+            )
+            if score < cfg.threshold / 2 and p is None:
                 continue
             log.debug(
-                "%s: score %.3f at %.2f s (threshold %.2f)", cfg.name, score, t, cfg.threshold
+                "%s: score %.3f at %.2f s (threshold %.2f, verifier %s)",
+                cfg.name,
+                score,
+                t,
+                cfg.threshold,
+                "-" if p is None else f"{p:.3f}",
             )
             # The tolerance keeps float rounding of t from shortening the refractory period.
-            if score >= cfg.threshold and (
+            if accepted and (
                 word.last_fired is None or t - word.last_fired >= cfg.refractory_s - 1e-9
             ):
                 word.last_fired = t
-                detections.append(Detection(cfg.name, score, t))
-                log.info("wake word %s (score %.3f at %.2f s)", cfg.name, score, t)
+                detections.append(Detection(cfg.name, score, t, p))
+                log.info(
+                    "wake word %s (score %.3f, verifier %s, at %.2f s)",
+                    cfg.name,
+                    score,
+                    "-" if p is None else f"{p:.3f}",
+                    t,
+                )
         return detections
 
 
@@ -351,6 +467,9 @@ def detect_main(argv: list[str]) -> int:
     parser.add_argument("--config", help="config file (default $WAKERTC_CONFIG or /etc/wakertc)")
     parser.add_argument("--threshold", type=float, help="use this threshold for every word")
     parser.add_argument("--models-dir", type=Path, help="directory with the .tflite models")
+    parser.add_argument(
+        "--no-verifier", action="store_true", help="ignore the household verifier (stock model)"
+    )
     args = parser.parse_args(argv)
     from .config import ConfigError, config_path, load_config
 
@@ -373,15 +492,30 @@ def detect_main(argv: list[str]) -> int:
     except ValueError as exc:
         print(exc, file=sys.stderr)
         return 2
+    verifier = None
+    if not args.no_verifier and (args.config or path.is_file()):
+        verifier = verifier_file.verifier_path(path)
     try:
-        detector = WakeWordDetector(wake)
+        detector = WakeWordDetector(wake, verifier)
     except WakeWordError as exc:
         print(exc, file=sys.stderr)
         return 2
+    verified = set(detector.verified_words)
     best = {w.name: (0.0, 0.0) for w in wake.words}
     for start in range(0, len(samples), CHUNK_SAMPLES):
         for detection in detector.process(samples[start : start + CHUNK_SAMPLES]):
-            line = {"word": detection.word, "score": round(detection.score, 4), "t": detection.t}
+            line: dict[str, Any] = {
+                "word": detection.word,
+                "score": round(detection.score, 4),
+                "t": detection.t,
+            }
+            if detection.word in verified:
+                # the base score and what the household verifier made of it, to tune by
+                p = detection.verifier
+                line["verifier"] = None if p is None else round(p, 4)
+                line["by"] = (
+                    "base" if detection.score >= detector.threshold(detection.word) else "verifier"
+                )
             print(json.dumps(line), flush=True)
         for name, score in detector.last_scores.items():
             if score > best[name][0]:
