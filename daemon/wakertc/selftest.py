@@ -329,7 +329,7 @@ async def run_selftest(config: Config, *, reply_timeout_s: float = REPLY_TIMEOUT
         await companion.aclose()
     register_secret(key.value)
     report.timings_ms["companion_key"] = _ms(time.monotonic() - started)
-    from .conversation import session_type_mismatch
+    from .session.realtime import session_type_mismatch
 
     mismatch = session_type_mismatch(key.session, config.session.mode)
     if mismatch is not None:
@@ -354,7 +354,8 @@ async def _call(
     report: Report,
     reply_timeout_s: float,
 ) -> None:
-    from .conversation import SILENCE_PEAK, manual_turns, session_update
+    from .conversation import SILENCE_PEAK
+    from .session.realtime import manual_turns, session_update
     from .tools import ToolRunner
     from .webrtc import CallError, MicTrack, RealtimeCall
 
