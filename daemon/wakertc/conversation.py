@@ -27,7 +27,8 @@ from .audio import AudioBackend
 from .config import Config
 from .keys import KeyKeeper
 from .session import events
-from .session.events import SessionFailed, ToolCall, clip
+from .session.events import Session, SessionFailed, ToolCall, clip
+from .session.live import LiveSession
 from .session.realtime import RealtimeSession
 from .state import Phase, PhaseMachine
 from .tools import END_CONVERSATION, ToolRunner
@@ -74,15 +75,27 @@ class Conversation:
         self._woke_at = woke_at
         self._on_transcript = on_transcript
         self._on_transcription_failed = on_transcription_failed
-        self._api = RealtimeSession(
-            config=config.session,
-            keys=keys,
-            http=http,
-            tools=tools,
-            on_event=self._on_event,
-            on_audio=self._play,
-            on_lost=self._lost,
-        )
+        self._api: Session
+        if config.session.api == "live":
+            self._api = LiveSession(
+                config=config.session,
+                companion=keys.companion,
+                http=http,
+                tools=tools,
+                on_event=self._on_event,
+                on_audio=self._play,
+                on_lost=self._lost,
+            )
+        else:
+            self._api = RealtimeSession(
+                config=config.session,
+                keys=keys,
+                http=http,
+                tools=tools,
+                on_event=self._on_event,
+                on_audio=self._play,
+                on_lost=self._lost,
+            )
         self._live = asyncio.Event()
         self._settled = asyncio.Event()
         self._ended: asyncio.Future[str] = asyncio.get_running_loop().create_future()
@@ -195,6 +208,11 @@ class Conversation:
         self._speaker_quiet_since = time.monotonic()
         self._phases.transition(Phase.LISTENING, f"interrupted by {why}")
         self._arm("idle", self._session.idle_timeout_s, "idle timeout")
+
+    def mute(self) -> None:
+        """The microphone was muted: tell the service (where it listens for that) and end."""
+        self._api.mute()
+        self.end("microphone muted")
 
     def end(self, reason: str) -> None:
         """Finish the conversation normally."""

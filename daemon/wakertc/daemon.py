@@ -352,7 +352,7 @@ class Daemon:
         self._muted = not self._muted
         if self._muted:
             if self._conversation is not None:
-                self._conversation.end("microphone muted")
+                self._conversation.mute()
             self._preroll.clear()
             self.phases.transition(Phase.MUTED, "microphone muted by the button")
         else:

@@ -148,6 +148,7 @@ LIVE_DEVICE_CLIENT_EVENTS = (
     "session.close",
     "session.input_audio.mute",
     "session.input_audio.unmute",
+    "session.instructions.append",
 )
 LIVE_TOOL_CLIENT_EVENTS = ("response.item.create", "response.create")
 LIVE_DEVICE_SERVER_EVENTS = (

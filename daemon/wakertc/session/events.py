@@ -1,6 +1,6 @@
 """What a session tells the conversation, in the same words whichever API carries it.
 
-A session module (`realtime.py`, one day `live.py`) turns its API's messages into these events
+A session module (`realtime.py`, `live.py`) turns its API's messages into these events
 and hands each to the conversation's one callback; `conversation.py` maps them onto phases and
 never sees an API's event names. The session itself is driven through `Session`.
 
@@ -157,6 +157,9 @@ class Session(Protocol):
 
     def interrupt(self) -> None:
         """Barge-in: tell the service its reply was cut off here."""
+
+    def mute(self) -> None:
+        """The microphone was muted on the device: tell the service, where it has a say."""
 
     def send_tool_output(self, call_id: str, output: str) -> None:
         """Give the model one tool call's result."""

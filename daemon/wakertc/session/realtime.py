@@ -204,6 +204,9 @@ class RealtimeSession:
         self._send({"type": "response.cancel"})
         self._send({"type": "output_audio_buffer.clear"})
 
+    def mute(self) -> None:
+        """Nothing to tell: Realtime has no mute; the device's own gate silences the input."""
+
     def send_tool_output(self, call_id: str, output: str) -> None:
         """One `function_call_output` item."""
         self._send(
