@@ -395,3 +395,12 @@ def test_values_the_service_refuses_are_refused_at_load(write_config, text, expe
 
 def test_values_at_the_service_limits_load(write_config):
     load_config(write_config("[session]\nmax_session_s = 3600\n"))
+
+
+def test_session_api_is_realtime_or_live(write_config):
+    assert load_config(write_config("")).session.api == "realtime"
+    assert load_config(write_config('[session]\napi = "live"\n')).session.api == "live"
+    (line,) = problems_of(write_config('[session]\napi = "gpt-live"\n'))
+    assert "session.api = 'gpt-live'" in line
+    (line,) = problems_of(write_config('[session]\napi = "live"\nmode = "transcription"\n'))
+    assert "session.mode" in line and "api = 'live'" in line
