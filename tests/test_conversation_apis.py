@@ -205,3 +205,36 @@ async def test_the_service_ending_the_session_is_a_clean_end(tmp_path, models_di
         await chain.expect(Phase.WAKE, Phase.CONNECTING, Phase.LISTENING)
         (idle,) = await chain.expect(Phase.IDLE, timeout=10)
         assert idle.reason == "conversation over (the service ended the session)"
+
+
+async def test_a_service_that_never_starts_the_session_times_out(tmp_path, models_dir, api):
+    async with run_chain(tmp_path, models_dir, faults=("silent",), api=api) as chain:
+        await chain.press()
+        await chain.expect(Phase.WAKE, Phase.CONNECTING)
+        (error,) = await chain.expect(Phase.ERROR, timeout=10)
+        assert error.reason.startswith("timed out after 3 s while waiting for"), error.reason
+        await chain.expect(Phase.IDLE, timeout=15)
+
+
+async def test_malformed_events_never_crash_the_conversation(tmp_path, models_dir, api):
+    async with run_chain(
+        tmp_path, models_dir, reply="tone", faults=("bad-event",), api=api
+    ) as chain:
+        await chain.press()
+        await chain.expect(Phase.WAKE, Phase.CONNECTING, Phase.LISTENING)
+        chain.mic.speak(clip("what is the weather like today"))
+        *_, idle = await chain.expect(Phase.THINKING, Phase.SPEAKING, Phase.LISTENING, Phase.IDLE)
+        assert idle.reason == "conversation over (idle timeout)"
+
+
+async def test_a_silently_dead_path_is_noticed_within_five_seconds(tmp_path, models_dir, api):
+    device = {"session": {"idle_timeout_s": 20.0}}
+    async with run_chain(
+        tmp_path, models_dir, faults=("consent-stop=1.5",), device=device, api=api
+    ) as chain:
+        await chain.press()
+        _, _, live = await chain.expect(Phase.WAKE, Phase.CONNECTING, Phase.LISTENING)
+        (error,) = await chain.expect(Phase.ERROR, timeout=10)
+        assert error.reason.startswith("connection lost"), error.reason
+        # As test_conversation_faults.py holds Realtime to: 1.5 s, then 5 s of nothing.
+        assert error.t - live.t <= 7.0, error.t - live.t

@@ -173,7 +173,9 @@ class Conversation:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             self._audio.clear_playback()
-            await self._api.close()
+            ended = self._ended
+            failed = ended.done() and not ended.cancelled() and ended.exception() is not None
+            await self._api.close(graceful=not failed)
 
     def push_mic(self, samples: NDArray[np.int16]) -> None:
         """Send microphone audio (already echo-cancelled) into the session."""

@@ -167,8 +167,9 @@ class Session(Protocol):
     def request_reply(self) -> None:
         """Ask the model to reply to the tool results it was given."""
 
-    async def close(self) -> None:
-        """Hang up and release the connection; idempotent."""
+    async def close(self, *, graceful: bool = True) -> None:
+        """Hang up and release the connection; idempotent. Not `graceful` after a failure:
+        then nothing is waited for from a service that may be gone."""
 
 
 def clip(text: str, limit: int = LOG_TEXT_LIMIT) -> str:

@@ -206,8 +206,9 @@ class LiveSession:
         """Let the backend continue with the results (one `response.create` per batch)."""
         self._send({"type": "response.create"})
 
-    async def close(self) -> None:
-        """`session.close`, a moment for `session.closed`, then the peer connection."""
+    async def close(self, *, graceful: bool = True) -> None:
+        """`session.close`, a moment for `session.closed` (not after a failure: a lost path
+        would only delay the error), then the peer connection."""
         if self._gap_task is not None:
             self._gap_task.cancel()
             await asyncio.gather(self._gap_task, return_exceptions=True)
@@ -217,7 +218,7 @@ class LiveSession:
             self.mic.stop()
             return
         self._closing = True
-        if self._send({"type": "session.close"}):
+        if self._send({"type": "session.close"}) and graceful:
             try:
                 await asyncio.wait_for(self._closed.wait(), CLOSE_WAIT_S)
             except TimeoutError:

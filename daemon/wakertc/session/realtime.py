@@ -220,8 +220,9 @@ class RealtimeSession:
         """`response.create` (the conversation sends it only when no response is active)."""
         self._send({"type": "response.create"})
 
-    async def close(self) -> None:
-        """Hang up and close the call (or just stop the microphone track if none is open)."""
+    async def close(self, *, graceful: bool = True) -> None:
+        """Hang up and close the call (or just stop the microphone track if none is open).
+        The hang-up is tried either way (it is bounded, and a dead call must not go on billing)."""
         if self._call is not None:
             await self._call.close()
         else:
