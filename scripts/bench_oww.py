@@ -2,9 +2,10 @@
 
     python scripts/bench_oww.py WAV MODELS_DIR SECONDS [WORD]
 
-Loads `openwakeword.Model` on the TFLite models in MODELS_DIR, prints `ready`, waits for a `go`
-line on stdin, then feeds the first SECONDS of WAV (16 kHz mono int16) to `Model.predict` in
-80 ms chunks paced in real time, as a bare always-on loop would receive them from a microphone.
+Loads `openwakeword.Model` on the TFLite models in MODELS_DIR (on ai_edge_litert, as wakertc:
+scripts/stock_oww.py), prints `ready`, waits for a `go` line on stdin, then feeds the first SECONDS
+of WAV (16 kHz mono int16) to `Model.predict` in 80 ms chunks paced in real time, as a bare
+always-on loop would receive them from a microphone.
 It then prints one JSON line (`chunks`, `late`, `max_score`) and waits for stdin to close, so the
 parent can read this process's CPU time and memory from /proc at the points it chooses.
 """
@@ -33,14 +34,9 @@ def main(argv: list[str]) -> int:
             return 2
         audio = np.frombuffer(wav.readframes(int(seconds * 16000)), dtype=np.int16)
 
-    import openwakeword
+    from stock_oww import stock_model  # the reference on wakertc's interpreter (see there)
 
-    model = openwakeword.Model(
-        wakeword_models=[str(models_dir / f"{word}_v0.1.tflite")],
-        inference_framework="tflite",
-        melspec_model_path=str(models_dir / "melspectrogram.tflite"),
-        embedding_model_path=str(models_dir / "embedding_model.tflite"),
-    )
+    model = stock_model(models_dir, [word])
     print("ready", flush=True)
     if sys.stdin.readline().strip() != "go":
         return 1

@@ -651,14 +651,9 @@ def stock_worker(models_dir: Path, stdin: IO[str], stdout: IO[str]) -> int:
     Each job (a JSON line) names an int16 .npy file and the [start, length] of each stream in
     it; each stream starts from a fresh model. The scores of all its streams go to one .npy file,
     then one JSON line answers. Ends when stdin closes."""
-    import openwakeword
+    from stock_oww import stock_model  # the reference on wakertc's interpreter (see there)
 
-    model = openwakeword.Model(
-        wakeword_models=[str(models_dir / f"{WORD}_v0.1.tflite")],
-        inference_framework="tflite",
-        melspec_model_path=str(models_dir / "melspectrogram.tflite"),
-        embedding_model_path=str(models_dir / "embedding_model.tflite"),
-    )
+    model = stock_model(models_dir, [WORD])
     key = f"{WORD}_v0.1"
     print("ready", file=stdout, flush=True)
     for line in stdin:

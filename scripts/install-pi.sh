@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install or upgrade wakertc as a system service on Raspberry Pi OS / Debian 12 (Bookworm). As root.
+# Install or upgrade wakertc as a system service on Raspberry Pi OS Bookworm or Trixie, or on
+# Debian 12 or 13, 64-bit (arm64 or amd64), Python 3.11 to 3.13. As root.
 #
 #   sudo scripts/install-pi.sh [--token-file FILE|-] [--companion [--api-key-file FILE]]
 #
@@ -17,6 +18,9 @@
 #   --root DIR          install into a staging tree instead of /: no systemctl, no service start;
 #                       users are created in DIR/etc/passwd when it exists, else skipped.
 #   --files-only        skip Debian packages, the virtualenv and model downloads (for staging tests).
+#
+# The machine is checked before anything changes. For tests, WAKERTC_OS_RELEASE names another
+# os-release file, WAKERTC_ARCH stands for `dpkg --print-architecture`, PYTHON for python3.
 set -euo pipefail
 
 log() { printf '[install] %s\n' "$*" >&2; }
@@ -41,6 +45,35 @@ while (($#)); do
     shift
 done
 [[ $(id -u) -eq 0 ]] || die "run as root (sudo $0 $*)"
+
+# --- the machine, before anything changes ------------------------------------------------------------
+check_machine() {
+    # The Debian architecture, not `uname -m`: 32-bit Raspberry Pi OS runs a 64-bit kernel on
+    # recent boards, so only the userland tells which wheels can run.
+    local arch=${WAKERTC_ARCH:-$(dpkg --print-architecture 2>/dev/null || uname -m)}
+    case $arch in
+        arm64 | aarch64 | amd64 | x86_64) ;;
+        armhf | armel | armv7l | armv6l)
+            die "this is 32-bit ARM ($arch): wakertc needs a 64-bit (arm64) system such as Raspberry Pi OS (64-bit), because NumPy and eight other dependencies publish no 32-bit ARM wheels and livekit's echo canceller has no 32-bit ARM build" ;;
+        *) die "this machine's architecture is $arch: wakertc runs on 64-bit ARM (arm64) and x86-64 (amd64) only" ;;
+    esac
+    local os_release=${WAKERTC_OS_RELEASE:-/etc/os-release} ID="" ID_LIKE="" VERSION_CODENAME="" PRETTY_NAME=""
+    [[ -r $os_release ]] || die "cannot read $os_release: wakertc supports Debian 12 or 13 (Raspberry Pi OS Bookworm or Trixie) only"
+    # shellcheck disable=SC1090 # os-release is shell variable assignments by definition
+    source <(grep -E '^(ID|ID_LIKE|VERSION_CODENAME|PRETTY_NAME)=' "$os_release")
+    if [[ ! " $ID $ID_LIKE " =~ " debian " || ! $VERSION_CODENAME =~ ^(bookworm|trixie)$ ]]; then
+        die "this system is ${PRETTY_NAME:-unknown ($os_release)}: wakertc supports Debian 12 or 13 (Raspberry Pi OS Bookworm or Trixie) only"
+    fi
+    # Debian's own python3 is 3.11 (Bookworm) or 3.13 (Trixie); bootstrap.sh installs it if absent.
+    local python=${PYTHON:-python3} version
+    if command -v "$python" >/dev/null; then
+        version=$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+        [[ $version =~ ^3\.1[123]$ ]] ||
+            die "$python is Python $version: wakertc needs Python 3.11 to 3.13 (Debian's python3)"
+    fi
+    log "machine: $arch, ${PRETTY_NAME:-$VERSION_CODENAME}${version:+, Python $version}"
+}
+check_machine
 [[ -n $api_key_file && $companion -eq 0 ]] && die "--api-key-file only makes sense with --companion"
 if [[ -n $root ]]; then
     mkdir -p "$root"
@@ -131,7 +164,7 @@ else
     rm -rf "$opt/src.new" "$opt/src.old"
     mkdir "$opt/src.new"
     items=()
-    for item in pyproject.toml README.md LICENSE daemon scripts config systemd; do
+    for item in pyproject.toml README.md LICENSE daemon scripts config systemd requirements; do
         [[ -e $src/$item ]] && items+=("$item")
     done
     tar -C "$src" --exclude=__pycache__ --exclude='*.egg-info' --exclude='*.pyc' -cf - "${items[@]}" |
@@ -153,7 +186,8 @@ done
 if ((files_only)); then
     log "--files-only: skipping Debian packages, virtualenv and model download"
 else
-    WAKERTC_VENV=$opt/venv WAKERTC_MODELS=$state/models "$opt/src/scripts/bootstrap.sh"
+    log "installing Debian packages, the Python packages and the models (minutes on a Pi)"
+    WAKERTC_VENV=$opt/venv WAKERTC_MODELS=$state/models "$opt/src/scripts/bootstrap.sh" --device
     # The service cannot write bytecode next to root-owned code; compile it once here instead.
     "$opt/venv/bin/python" -m compileall -q "$opt/src/daemon"
     # lgpio, gpiozero's pin driver on Bookworm, comes with the package on ARM (pyproject.toml).
@@ -210,6 +244,31 @@ choose_audio_devices() {
     fi
 }
 choose_audio_devices
+
+# --- GPIO access -------------------------------------------------------------------------------------
+# gpiozero's driver opens /dev/gpiochip*, root-only on plain Debian. Raspberry Pi OS gives them to the
+# gpio group already (raspberrypi-sys-mods: 99-com.rules, SUBSYSTEM=="gpio", GROUP="gpio"); elsewhere
+# our rule does the same.
+install_gpio_rule() {
+    local rule=60-wakertc-gpio.rules existing
+    existing=$(grep -lsE '^SUBSYSTEM=="gpio",.*GROUP="gpio"' \
+        "$R"/etc/udev/rules.d/*.rules "$R"/usr/lib/udev/rules.d/*.rules "$R"/lib/udev/rules.d/*.rules |
+        grep -v "/$rule\$" | head -n 1 || true)
+    if [[ -n $existing ]]; then
+        log "GPIO: ${existing#"$R"} already gives the gpio group /dev/gpiochip*"
+        rm -f "$R/etc/udev/rules.d/$rule"
+        return
+    fi
+    mkdir -p "$R/etc/udev/rules.d"
+    install -m 0644 -o 0 -g 0 "$src/systemd/$rule" "$R/etc/udev/rules.d/$rule"
+    log "GPIO: installed /etc/udev/rules.d/$rule (group gpio gets /dev/gpiochip*)"
+    if ((live)) && command -v udevadm >/dev/null; then
+        if ! { udevadm control --reload-rules && udevadm trigger --subsystem-match=gpio; }; then
+            log "warning: udevadm could not apply $rule; it applies from the next boot"
+        fi
+    fi
+}
+install_gpio_rule
 
 # --- systemd units ---------------------------------------------------------------------------------
 enable_unit() {

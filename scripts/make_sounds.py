@@ -6,6 +6,7 @@
 Deterministic: the same code writes byte-identical files, so the committed WAVs can be checked
 against this script (tests/test_sounds.py does). Each cue is 24 kHz mono int16 and at most 0.5 s:
 short enough not to delay the conversation, with fades at both ends so speakers do not click.
+The timer ring (`ring.wav`, repeated while ringing) is longer, 0.9 s: two quick pairs of beeps.
 
 It also writes `question.wav`, the spoken question `wakertc selftest` says into a call (a device has
 no speech synthesiser): espeak-ng at the microphone's 16 kHz, mono int16. That one is only as
@@ -101,6 +102,14 @@ def cues() -> dict[str, np.ndarray]:
         # A soft slide down, and its mirror image for unmute.
         "mute": _sequence([(0.0, _tone(_glide(C6, A4, 0.25), 0.25, 0.12))], 0.25),
         "unmute": _sequence([(0.0, _tone(_glide(A4, C6, 0.25), 0.25, 0.12))], 0.25),
+        # Two pairs of short, bright, sustained beeps: an alarm clock, unlike any cue above.
+        "ring": _sequence(
+            [
+                (start, _tone(E6 if k % 2 == 0 else C6, 0.09, 0.5, (1.0, 0.4, 0.2)))
+                for k, start in enumerate((0.0, 0.13, 0.45, 0.58))
+            ],
+            0.9,
+        ),
     }
 
 

@@ -200,6 +200,9 @@ class ChainMic(AudioBackend):
     def clear_playback(self) -> None:
         self.file.clear_playback()
 
+    def set_volume(self, gain: float) -> bool:
+        return self.file.set_volume(gain)
+
     @property
     def playback_queued_s(self) -> float:
         return self.file.playback_queued_s
@@ -651,6 +654,7 @@ async def run_chain(
     remote: Remote | None = None,
     keep_history: bool = True,
     real_audio: bool = False,
+    clock: Any = None,
     daemon_opens_audio: bool = False,
     ready: Phase = Phase.IDLE,
     api: str = "realtime",
@@ -666,6 +670,7 @@ async def run_chain(
     `real_audio`: open the backend the device config's `[audio]` table names (pass it in
     `device`, e.g. a PulseRig's `audio_table()`), as the daemon would itself, instead of the
     file-backend `ChainMic`; `chain.mic` is then that backend (its playback queue is read).
+    `clock`: the timers' clock (`wakertc.timers.Clock`), e.g. one set to just before an alarm.
     `daemon_opens_audio` (with `real_audio`): the daemon opens the devices itself, as `wakertc
     run` does, so that a device missing at start-up is its to handle; `chain.mic` is None.
     `ready`: the phase the daemon must reach before the chain is yielded.
@@ -744,7 +749,7 @@ async def run_chain(
                     input_wav, output_wav, echo_gain=echo_gain, keep_history=keep_history
                 )
             factory = MockFactory(pin_class=RecordingPin if keep_history else MockPWMPin)
-            daemon = Daemon(config, Edges(audio=mic, pin_factory=factory))
+            daemon = Daemon(config, Edges(audio=mic, pin_factory=factory, clock=clock))
             chain = Chain(
                 workdir=workdir,
                 config=config,

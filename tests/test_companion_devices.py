@@ -120,3 +120,35 @@ def test_limiter_per_device_and_global() -> None:
     assert limiter.check("c") == 20  # refusal by the global bucket did not cost c its token
     now[0] += 20
     assert limiter.check("c") == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file away needs root")
+def test_root_never_follows_a_link_planted_in_the_service_directory(tmp_path: Path) -> None:
+    """The service's user owns the state directory: a link it plants at a temporary name must not
+    make root truncate or chown the link's target (e.g. /etc/shadow)."""
+    service = (4321, 4322)
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    os.chown(state, *service)
+    victim = tmp_path / "shadow"
+    victim.write_text("root:secret\n")
+    victim.chmod(0o640)
+    path = state / "devices.json"
+    # Every name a writer with a predictable temporary name could use (this process's pid and
+    # its neighbours), and the file's own temp prefix.
+    planted = [
+        state / f".devices.json.{pid}.tmp" for pid in range(os.getpid() - 50, os.getpid() + 50)
+    ]
+    for link in planted:
+        link.symlink_to(victim)
+    token = DeviceStore(path).add("kitchen")
+    DeviceStore(path).add("hall")
+    assert victim.read_text() == "root:secret\n"
+    assert (victim.stat().st_uid, victim.stat().st_gid) == (0, 0)
+    assert stat.S_IMODE(victim.stat().st_mode) == 0o640
+    assert not path.is_symlink()
+    assert (path.stat().st_uid, path.stat().st_gid) == service
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert DeviceStore(path).identify(token) == "kitchen"
+    assert all(link.is_symlink() for link in planted)  # left alone, not replaced or removed
+    assert len(list(state.iterdir())) == len(planted) + 1  # no temp file left

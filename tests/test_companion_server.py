@@ -10,6 +10,7 @@ import os
 import re
 import socket
 import ssl
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -20,6 +21,7 @@ import pytest
 
 from emulator_helpers import KEY, companion_config_file, running_emulator, self_signed_cert
 from wakertc.companion import Companion, DeviceStore, load_companion_config
+from wakertc.companion.tls import Certificate
 
 
 @contextlib.asynccontextmanager
@@ -419,3 +421,64 @@ async def test_one_log_line_per_mint_and_no_secrets(
     everything = "\n".join(r.getMessage() for r in caplog.records) + caplog.text
     for secret in (token, KEY, minted, "wkd_wrong"):
         assert secret not in everything
+
+
+def _shown_by(context: ssl.SSLContext) -> bytes:
+    """The certificate (DER) a server `context` shows a client, by a handshake in memory."""
+    client_context = ssl.create_default_context()
+    client_context.check_hostname = False
+    client_context.verify_mode = ssl.CERT_NONE  # we compare what we are shown, not trust it
+    to_server, to_client = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client_in, server_out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = client_context.wrap_bio(client_in, to_server)
+    server = context.wrap_bio(to_client, server_out, server_side=True)
+    for _ in range(10):
+        for side in (client, server):
+            with contextlib.suppress(ssl.SSLWantReadError):
+                side.do_handshake()
+        to_client.write(to_server.read())
+        client_in.write(server_out.read())
+    der = client.getpeercert(binary_form=True)
+    assert der is not None
+    return der
+
+
+def test_the_certificate_loads_from_its_files_with_no_copy_of_the_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No plaintext copy of the private key is written anywhere to load it: with no usable
+    temporary directory, the pair still loads (and reloads) from its own paths."""
+    cert, key = self_signed_cert(tmp_path)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-directory"))
+    certificate = Certificate(cert, key)
+    assert _shown_by(certificate.context) == _der(cert)
+    renewed = tmp_path / "renewed"
+    renewed.mkdir()
+    new_cert, new_key = self_signed_cert(renewed)
+    os.replace(new_cert, cert)
+    os.replace(new_key, key)
+    assert certificate.reload_if_changed()
+    assert _shown_by(certificate.context) == _der(cert)
+
+
+def test_a_renewal_landing_during_a_load_is_loaded_whole(tmp_path: Path) -> None:
+    """The files change between the reads of one load: the load is done again, and what serves
+    is the new pair, not a mix and not the pair that was replaced."""
+    cert, key = self_signed_cert(tmp_path)
+    renewed = tmp_path / "renewed"
+    renewed.mkdir()
+    new_cert, new_key = self_signed_cert(renewed)
+
+    class RenewedMidLoad(Certificate):
+        reads = 0
+
+        def _read_pair(self) -> tuple[bytes, bytes]:
+            RenewedMidLoad.reads += 1
+            if RenewedMidLoad.reads == 2:  # after the first load's scratch check
+                os.replace(new_cert, cert)
+                os.replace(new_key, key)
+            return super()._read_pair()
+
+    certificate = RenewedMidLoad(cert, key)
+    assert RenewedMidLoad.reads > 2
+    assert _shown_by(certificate.context) == _der(cert)

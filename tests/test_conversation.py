@@ -207,7 +207,14 @@ async def test_command_tool_result_goes_back_to_the_model(tmp_path, models_dir):
         assert listening.reason == "reply finished"
         sent = chain.sent()
         declared = next(e for e in sent if e["type"] == "session.update")["session"]["tools"]
-        assert {t["name"] for t in declared} == {"end_conversation", "get_weather"}
+        assert {t["name"] for t in declared} == {
+            "end_conversation",
+            "set_timer",
+            "set_alarm",
+            "cancel_timer",
+            "list_timers",
+            "get_weather",
+        }
         call_id = next(
             e["call_id"]
             for e in chain.received()
@@ -228,6 +235,52 @@ async def test_command_tool_result_goes_back_to_the_model(tmp_path, models_dir):
         # Still in the conversation: a follow-up is heard and answered.
         chain.mic.speak(clip("thank you"))
         await chain.expect(Phase.THINKING, Phase.SPEAKING, Phase.LISTENING, Phase.IDLE)
+
+
+async def test_a_slow_tool_after_let_me_check_is_not_an_idle_user(tmp_path, models_dir):
+    """The reply says something ("let me check") and calls a tool that outlasts the idle timeout:
+    its response.done (which starts the tool) comes before its audio stops, and the device then
+    waits for the tool, THINKING, instead of ending the conversation as idle and cancelling it."""
+    tool = {
+        "name": "slow_lookup",
+        "description": "A lookup that takes a while.",
+        "command": [sys.executable, "-c", "import time; time.sleep(3.0); print('found it')"],
+        "timeout_s": 10.0,
+    }
+    script = [
+        {"reply": "tone", "call": {"name": "slow_lookup", "arguments": {}}},
+        {"reply": "tone"},
+    ]
+    device = {"tools": [tool], "session": {"idle_timeout_s": 1.5}}
+    async with run_chain(tmp_path, models_dir, script=script, device=device) as chain:
+        await chain.press()
+        await chain.expect(Phase.WAKE, Phase.CONNECTING, Phase.LISTENING)
+        chain.mic.speak(clip("look that up for me"))
+        _, _, waiting, _, listening = await chain.expect(
+            Phase.THINKING,
+            Phase.SPEAKING,
+            Phase.THINKING,
+            Phase.SPEAKING,
+            Phase.LISTENING,
+            timeout=15,
+        )
+        assert waiting.reason == "reply finished, tools running"
+        assert listening.reason == "reply finished"
+        kinds = [e["type"] for e in chain.received()]
+        first_done = kinds.index("response.done")
+        assert "output_audio_buffer.stopped" in kinds[first_done:]  # the service's order
+        sent = chain.sent()
+        output = next(
+            e["item"]
+            for e in sent
+            if e["type"] == "conversation.item.create"
+            and e["item"].get("type") == "function_call_output"
+        )
+        assert "found it" in output["output"]
+        assert [e["type"] for e in sent].count("response.create") == 1
+        idle = await chain.wait_phase(Phase.IDLE, timeout=5)
+        assert idle.reason == "conversation over (idle timeout)"
+        assert idle.t - listening.t >= 1.4  # the idle timer ran from the last reply only
 
 
 async def test_button_interrupts_the_reply(tmp_path, models_dir):
@@ -303,7 +356,7 @@ async def test_long_press_mutes_and_unmutes(tmp_path, models_dir):
         assert chain.daemon.last_detection is None
         assert len(chain.calls()) == 1
         unmuted = await chain.long_press(expect=Phase.IDLE)
-        assert unmuted.reason == "microphone unmuted"
+        assert unmuted.reason == "microphone unmuted by the button"
         reading = chain.leds(muted)
         assert reading.effect == "solid" and reading.is_colour(RED), reading
         assert chain.leds(unmuted).effect == "off"
@@ -444,7 +497,15 @@ async def test_the_device_adds_its_tools_and_keeps_the_companions_policy(tmp_pat
         (update,) = [e for e in chain.sent() if e["type"] == "session.update"]
         assert set(update["session"]) == {"type", "tools"}
         names = [t["name"] for t in update["session"]["tools"]]
-        assert names == ["get_weather", "end_conversation", "get_time"]
+        assert names == [
+            "get_weather",
+            "end_conversation",
+            "set_timer",
+            "set_alarm",
+            "cancel_timer",
+            "list_timers",
+            "get_time",
+        ]
         updated = [e for e in chain.received() if e["type"] == "session.updated"][-1]["session"]
         audio_in = updated["audio"]["input"]
         assert audio_in["noise_reduction"] == {"type": "near_field"}
@@ -470,6 +531,26 @@ async def test_push_to_talk_follows_the_policys_manual_turns(tmp_path, models_di
         await chain.expect(Phase.SPEAKING, Phase.LISTENING, timeout=10)
         kinds = [e["type"] for e in chain.sent()]
         assert kinds.index("input_audio_buffer.commit") < kinds.index("response.create")
+
+
+async def test_push_to_talk_in_a_transcription_session_only_commits(tmp_path, models_dir):
+    """Manual turns in a transcription session: a press commits the turn and asks for no reply
+    (the service refuses response.create there); the transcript comes and listening resumes."""
+    policy = '\n[session]\ntype = "transcription"\n\n[session.turn_detection]\ntype = "none"\n'
+    device = {"session": {"mode": "transcription", "idle_timeout_s": 10.0}}
+    async with run_chain(tmp_path, models_dir, companion_extra=policy, device=device) as chain:
+        await chain.press()
+        await chain.expect(Phase.WAKE, Phase.CONNECTING, Phase.LISTENING)
+        await chain.mic.say(clip(QUESTION))
+        await chain.press()
+        thinking, transcribed = await chain.expect(Phase.THINKING, Phase.LISTENING, timeout=10)
+        assert thinking.reason == "button ended the turn"
+        assert transcribed.reason == "transcript received"
+        kinds = [e["type"] for e in chain.sent()]
+        assert kinds.count("input_audio_buffer.commit") == 1
+        assert "response.create" not in kinds
+        assert not [e for e in chain.received() if e["type"] == "error"]
+        assert not chain.logs.find("Realtime API error", logging.WARNING)
 
 
 async def test_a_failed_transcription_is_logged_told_to_the_hook_and_listening_resumes(

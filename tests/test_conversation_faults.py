@@ -301,12 +301,11 @@ async def test_mute_during_connecting_stops_the_connect_and_stays_muted(tmp_path
 
 
 async def test_no_reply_after_the_user_stopped_ends_in_an_error(tmp_path, models_dir):
-    """The service never answers a finished turn (here the owner's policy has
-    create_response = false): the device does not sit in THINKING streaming the microphone until
-    max_session_s, but fails `reply_timeout_s` after the user stopped, then a wake works."""
-    policy = "\n[session.turn_detection]\ncreate_response = false\n"
+    """The service never answers a finished turn (the no-reply fault): the device does not sit
+    in THINKING streaming the microphone until max_session_s, but fails `reply_timeout_s` after
+    the user stopped, then a wake works."""
     device = {"session": {"reply_timeout_s": 2.0, "idle_timeout_s": 20.0}}
-    async with run_chain(tmp_path, models_dir, companion_extra=policy, device=device) as chain:
+    async with run_chain(tmp_path, models_dir, faults=("no-reply",), device=device) as chain:
         await chain.press()
         await chain.expect(Phase.WAKE, Phase.CONNECTING, Phase.LISTENING)
         chain.mic.speak(clip("what is the weather like today"))
@@ -315,6 +314,32 @@ async def test_no_reply_after_the_user_stopped_ends_in_an_error(tmp_path, models
         assert error.reason == "no reply 2 s after the user stopped speaking"
         assert chain.calls()[0].close_reason == "hung up by the client"
         await assert_error_shown_then_recovers(chain, error, "no reply")
+
+
+async def test_a_policy_without_create_response_still_gets_replies(tmp_path, models_dir):
+    """The owner's policy has create_response = false: the server's VAD commits each turn and
+    the device asks for the reply itself (before: every turn failed with "no reply")."""
+    policy = "\n[session.turn_detection]\ncreate_response = false\n"
+    device = {"session": {"reply_timeout_s": 3.0, "idle_timeout_s": 20.0}}
+    async with run_chain(
+        tmp_path, models_dir, reply="tone", companion_extra=policy, device=device
+    ) as chain:
+        await chain.press()
+        await chain.expect(Phase.WAKE, Phase.CONNECTING, Phase.LISTENING)
+        for _turn in range(2):
+            chain.mic.speak(clip("what is the weather like today"))
+            await chain.expect(Phase.THINKING, Phase.SPEAKING, Phase.LISTENING, timeout=15)
+        await chain.press()
+        await chain.expect(Phase.IDLE)
+        received = chain.received()
+        updated = [e for e in received if e["type"] == "session.updated"][-1]
+        assert updated["session"]["audio"]["input"]["turn_detection"]["create_response"] is False
+        assert [e["type"] for e in chain.sent()].count("response.create") == 2
+        assert "input_audio_buffer.commit" not in [e["type"] for e in chain.sent()]
+        done = [e["response"]["status"] for e in received if e["type"] == "response.done"]
+        assert done == ["completed", "completed"]
+        assert not [e for e in received if e["type"] == "error"]
+        assert not chain.logs.lines(logging.WARNING)
 
 
 async def test_long_pauses_between_turns_without_idle_audio(tmp_path, models_dir):

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from chain import run_chain
 from notify_server import NotifyServer
 from speech import synth, write_wav
+from wakertc.daemon import Daemon
 
 
 def wait_for(server: NotifyServer, predicate, timeout: float) -> list[str]:
@@ -174,3 +178,26 @@ def test_missing_models_is_one_clear_line(device_config, tmp_path):
     assert len(errors) == 1 and "cannot start" in errors[0], stderr
     assert "scripts/bootstrap.sh" in errors[0]
     assert "Traceback" not in stderr
+
+
+async def test_start_up_loading_applies_its_results_on_the_loop(tmp_path, models_dir, monkeypatch):
+    """The echo canceller (and the half-duplex fallback) are loaded in a thread but set on the
+    daemon from the event loop, which alone reads them: no attribute is written from the thread."""
+    writes: list[tuple[str, int]] = []
+    original = Daemon.__setattr__
+
+    def recording(self: Daemon, name: str, value: object) -> None:
+        writes.append((name, threading.get_ident()))
+        original(self, name, value)
+
+    monkeypatch.setattr(Daemon, "__setattr__", recording)
+    loop_thread = threading.get_ident()
+    async with run_chain(tmp_path, models_dir) as chain:
+        assert chain.config.session.echo_cancellation
+        deadline = time.monotonic() + 10
+        while any(t.get_name() == "preload" for t in chain.daemon._tasks):
+            assert time.monotonic() < deadline, "the start-up loading did not finish"
+            await asyncio.sleep(0.05)
+        # Once by __init__ (None), once by the loading.
+        assert [name for name, _ in writes].count("_aec") == 2
+        assert [(n, t) for n, t in writes if t != loop_thread] == []

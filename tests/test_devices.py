@@ -141,3 +141,22 @@ def test_a_users_choice_and_other_backends_are_left_alone(tmp_path: Path) -> Non
     path.write_text("[audio\n")
     with pytest.raises(ValueError, match="is not valid TOML"):
         write_input_device(path, PI_LITE_USB)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="keeping another owner needs root")
+def test_write_input_keeps_owner_and_follows_no_planted_link(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("untouched\n")
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    path = conf / "wakertc.toml"
+    path.write_text("[audio]\n")
+    path.chmod(0o640)
+    os.chown(path, 0, 4322)
+    for pid in range(os.getpid() - 50, os.getpid() + 50):
+        (conf / f".wakertc.toml.{pid}.tmp").symlink_to(victim)
+    write_input_device(path, PI_LITE_USB)
+    assert "input_device" in path.read_text()
+    assert victim.read_text() == "untouched\n"
+    assert (path.stat().st_uid, path.stat().st_gid) == (0, 4322)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640

@@ -79,7 +79,8 @@ class Staging:
 
 
 def _copy_source(dest: Path) -> None:
-    for item in ("pyproject.toml", "README.md", "daemon", "scripts", "config", "systemd", "models"):
+    items = ("pyproject.toml", "README.md", "daemon", "scripts", "config", "systemd", "models")
+    for item in (*items, "requirements"):
         source = ROOT / item
         if source.is_dir():
             shutil.copytree(source, dest / item, ignore=shutil.ignore_patterns("__pycache__"))
@@ -416,3 +417,113 @@ async def test_readme_companion_steps_end_with_a_device_getting_a_key(
             code, _, rest = await stop_server(proc, signal.SIGTERM)
         assert code == 0, "".join(lines) + rest
         assert token not in "".join(lines) + rest and KEY not in "".join(lines) + rest
+
+
+# -- the machine check ---------------------------------------------------------------------------
+
+BOOKWORM_PI = (
+    'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nNAME="Debian GNU/Linux"\nVERSION_ID="12"\n'
+    "VERSION_CODENAME=bookworm\nID=debian\n"
+)
+TRIXIE = (
+    'PRETTY_NAME="Debian GNU/Linux 13 (trixie)"\nNAME="Debian GNU/Linux"\nVERSION_ID="13"\n'
+    "VERSION_CODENAME=trixie\nID=debian\n"
+)
+BULLSEYE = 'PRETTY_NAME="Debian GNU/Linux 11 (bullseye)"\nVERSION_CODENAME=bullseye\nID=debian\n'
+UBUNTU = 'PRETTY_NAME="Ubuntu 24.04.1 LTS"\nID=ubuntu\nID_LIKE=debian\nVERSION_CODENAME=noble\n'
+RASPBIAN = (
+    'PRETTY_NAME="Raspbian GNU/Linux 12 (bookworm)"\nID=raspbian\nID_LIKE=debian\n'
+    "VERSION_CODENAME=bookworm\n"
+)
+
+
+def _machine(tmp_path: Path, arch: str, os_release: str, python: str = "3.11") -> dict[str, str]:
+    """The environment that makes install-pi.sh see this machine."""
+    release = tmp_path / "os-release"
+    release.write_text(os_release)
+    fake_python = tmp_path / "python3"
+    fake_python.write_text(f"#!/bin/sh\necho {python}\n")
+    fake_python.chmod(0o755)
+    return {"WAKERTC_ARCH": arch, "WAKERTC_OS_RELEASE": str(release), "PYTHON": str(fake_python)}
+
+
+@pytest.mark.parametrize(
+    ("arch", "os_release", "python", "says"),
+    [
+        ("armhf", RASPBIAN, "3.11", ["32-bit ARM (armhf)", "64-bit", "NumPy", "livekit"]),
+        ("i386", BOOKWORM_PI, "3.11", ["architecture is i386", "arm64", "amd64"]),
+        ("arm64", UBUNTU, "3.12", ["Ubuntu 24.04.1 LTS", "Debian 12 or 13", "Bookworm or Trixie"]),
+        ("amd64", BULLSEYE, "3.9", ["Debian GNU/Linux 11 (bullseye)", "Debian 12 or 13"]),
+        ("amd64", TRIXIE, "3.10", ["is Python 3.10", "3.11 to 3.13"]),
+        ("arm64", TRIXIE, "3.14", ["is Python 3.14", "3.11 to 3.13"]),
+    ],
+    ids=["armhf", "i386", "ubuntu", "bullseye", "python3.10", "python3.14"],
+)
+def test_unsupported_machine_stops_with_one_sentence_before_any_change(
+    staging: Staging, tmp_path: Path, arch: str, os_release: str, python: str, says: list[str]
+) -> None:
+    before = _tree(staging.root)
+    result = staging.run(
+        env={**_machine(tmp_path, arch, os_release, python), "WAKERTC_DEVICE_TOKEN": TOKEN}
+    )
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and len(result.stderr.splitlines()) == 1, result.stderr
+    for fragment in says:
+        assert fragment in errors[0], errors[0]
+    assert _tree(staging.root) == before  # no user, no file, nothing
+
+
+@pytest.mark.parametrize(
+    ("arch", "os_release", "python", "line"),
+    [
+        (
+            "arm64",
+            BOOKWORM_PI,
+            "3.11",
+            "machine: arm64, Debian GNU/Linux 12 (bookworm), Python 3.11",
+        ),
+        ("arm64", TRIXIE, "3.13", "machine: arm64, Debian GNU/Linux 13 (trixie), Python 3.13"),
+        ("amd64", TRIXIE, "3.13", "machine: amd64, Debian GNU/Linux 13 (trixie), Python 3.13"),
+    ],
+    ids=["pi-os-bookworm", "pi-os-trixie", "debian-13-x86"],
+)
+def test_supported_machines_install(
+    staging: Staging, tmp_path: Path, arch: str, os_release: str, python: str, line: str
+) -> None:
+    output = staging.ok(env=_machine(tmp_path, arch, os_release, python))
+    assert line in output
+    assert staging.path("/etc/systemd/system/wakertc.service").is_file()
+
+
+# -- GPIO access ---------------------------------------------------------------------------------
+
+RULE = "60-wakertc-gpio.rules"
+# What raspberrypi-sys-mods ships in /usr/lib/udev/rules.d/99-com.rules (the GPIO lines).
+PI_OS_RULES = (
+    'SUBSYSTEM=="*gpiomem*", GROUP="gpio", MODE="0660"\n'
+    'SUBSYSTEM=="gpio", GROUP="gpio", MODE="0660"\n'
+)
+
+
+def test_plain_debian_gets_a_udev_rule_for_the_gpio_chips(staging: Staging) -> None:
+    output = staging.ok()
+    rule = staging.path(f"/etc/udev/rules.d/{RULE}")
+    assert rule.read_bytes() == (ROOT / "systemd" / RULE).read_bytes()
+    assert _mode(rule) == 0o644 and rule.stat().st_uid == 0
+    assert f"installed /etc/udev/rules.d/{RULE}" in output
+    lines = [x for x in rule.read_text().splitlines() if x and not x.startswith("#")]
+    assert lines == ['SUBSYSTEM=="gpio", KERNEL=="gpiochip*", GROUP="gpio", MODE="0660"']
+    # The group the rule names is the one the service runs with.
+    unit = (ROOT / "systemd/wakertc.service").read_text()
+    assert "SupplementaryGroups=audio gpio" in unit
+
+
+def test_raspberry_pi_os_keeps_its_own_gpio_rule(staging: Staging) -> None:
+    pi_rules = staging.path("/usr/lib/udev/rules.d/99-com.rules")
+    pi_rules.parent.mkdir(parents=True)
+    pi_rules.write_text(PI_OS_RULES)
+    output = staging.ok()
+    assert "/usr/lib/udev/rules.d/99-com.rules already gives the gpio group" in output
+    assert not staging.path(f"/etc/udev/rules.d/{RULE}").exists()
+    assert pi_rules.read_text() == PI_OS_RULES

@@ -15,7 +15,7 @@ from aiohttp import web
 from emulator_helpers import companion_config_file, running_emulator
 from wakertc.companion import Companion, DeviceStore, UpstreamSettings, load_companion_config
 from wakertc.companion.config import DEVICE_TIMEOUT_MARGIN_S, DEVICE_TIMEOUT_S
-from wakertc.config import CompanionConfig
+from wakertc.config import COMPANION_TIMEOUT_S, CompanionConfig
 from wakertc.keys import (
     MAX_RETRY_AFTER_S,
     CompanionBusy,
@@ -406,6 +406,8 @@ async def test_retry_after_is_read_and_bounded(
 
 def test_devices_wait_longer_for_the_companion_than_it_waits_for_openai() -> None:
     device_timeout = CompanionConfig().timeout_s
+    # One definition: the companion's check follows the device's default wherever it moves.
+    assert DEVICE_TIMEOUT_S is COMPANION_TIMEOUT_S
     assert device_timeout == DEVICE_TIMEOUT_S
     assert device_timeout >= UpstreamSettings().timeout_s + DEVICE_TIMEOUT_MARGIN_S
 

@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 
 from wakertc.config import ToolConfig
-from wakertc.tools import END_CONVERSATION, MAX_RESULT_CHARS, ToolRunner
+from wakertc.tools import END_CONVERSATION, MAX_RESULT_CHARS, MAX_STDOUT_BYTES, ToolRunner
 
 ECHO_ARGS = [sys.executable, "-c", "import json,sys; a=json.load(sys.stdin); print(a['x'] * 2)"]
 
@@ -98,6 +98,39 @@ async def test_http_tool_gets_its_own_timeout_not_httpx_default(aiohttp_free_ser
     runner = ToolRunner([ToolConfig(name="slow", url=f"{url}/slow", timeout_s=8.0)])
     # httpx's default is 5 s: a tool allowed 8 s must get an answer that takes 5.5 s.
     assert await runner.run("slow", "{}") == "late"
+
+
+async def test_http_body_without_end_is_read_up_to_a_bound_not_into_memory(serve):
+    """A tool's server streams a body without end: the tool returns at once with the start of
+    it, and the connection is dropped instead of being read until the timeout."""
+    sent = [0]
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
+        await response.prepare(request)
+        chunk = b"z" * 65536
+        try:
+            while True:
+                await response.write(chunk)
+                sent[0] += len(chunk)
+        except ConnectionError:  # the client hung up
+            return response
+
+    app = web.Application()
+    app.router.add_route("*", "/endless", endless)
+    url = await serve(app)
+    runner = ToolRunner([ToolConfig(name="big", url=f"{url}/endless", timeout_s=10.0)])
+    started = time.monotonic()
+    result = await runner.run("big", "{}")
+    assert time.monotonic() - started < 2.0
+    assert result == "z" * MAX_RESULT_CHARS
+    await asyncio.sleep(0.3)
+    written = sent[0]
+    await asyncio.sleep(0.5)
+    assert sent[0] == written  # the server's writes stopped: nobody reads any more
+    # Beyond what was read, only what the loopback socket buffers took (a few MB; reading the
+    # body on until the timeout would be gigabytes).
+    assert written < MAX_STDOUT_BYTES + 32 * 2**20
 
 
 async def test_command_leaving_a_background_child_returns_when_it_exits():
@@ -187,3 +220,12 @@ async def aiohttp_free_server(serve):
     app.router.add_route("*", "/light", light)
     app.router.add_route("*", "/slow", slow)
     return await serve(app), seen
+
+
+@pytest.mark.parametrize("doc", ["README.md", "config/wakertc.toml"])
+def test_the_documented_result_bounds_are_the_codes(doc: str) -> None:
+    """What the docs promise a tool's author: how much output is read, how much the model gets."""
+    lines = (Path(__file__).resolve().parent.parent / doc).read_text().splitlines()
+    text = " ".join(line.strip().lstrip("#").strip() for line in lines)  # unwrapped
+    assert f"first {MAX_STDOUT_BYTES // 1000} KB of" in text
+    assert f"up to {MAX_RESULT_CHARS:,} characters" in text

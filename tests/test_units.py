@@ -105,6 +105,13 @@ def test_device_unit_contract() -> None:
     assert "MemoryMax" in s
 
 
+def test_device_unit_is_ordered_after_time_sync_without_waiting_for_it() -> None:
+    s = _settings("wakertc.service")
+    assert "time-sync.target" in s["After"][0].split()
+    pulled_in = " ".join(s.get("Wants", []) + s.get("Requires", []) + s.get("BindsTo", []))
+    assert "time-sync.target" not in pulled_in
+
+
 def test_companion_unit_contract() -> None:
     s = _settings("wakertc-companion.service")
     assert s["ExecStart"] == [f"{INSTALLED_BINARY} companion --config /etc/wakertc/companion.toml"]

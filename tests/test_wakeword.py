@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import MODELS
+from conftest import MODELS, ROOT
 from speech import mix_noise, synth, write_wav
 from wakertc.config import WakeConfig, WakeWordConfig
 from wakertc.wakeword import (
@@ -260,15 +260,15 @@ PARITY_CLIPS = {
 
 @pytest.fixture(scope="module")
 def stock():
-    """The stock openWakeWord 0.6.0 model, the reference (slow to import, so built once)."""
-    import openwakeword
+    """The stock openWakeWord 0.6.0 model, the reference (slow to import, so built once).
 
-    return openwakeword.Model(
-        wakeword_models=[str(MODELS / f"{w}_v0.1.tflite") for w in PARITY_WORDS],
-        inference_framework="tflite",
-        melspec_model_path=str(MODELS / "melspectrogram.tflite"),
-        embedding_model_path=str(MODELS / "embedding_model.tflite"),
-    )
+    It runs on ai_edge_litert, as wakertc does: scripts/stock_oww.py says how and why."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        from stock_oww import stock_model
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    return stock_model(MODELS, list(PARITY_WORDS))
 
 
 def stock_trace(stock, audio: np.ndarray, seed: int) -> dict[str, list[float]]:
@@ -404,3 +404,23 @@ def test_wakertc_detect_command(tmp_path):
     )
     assert run.returncode == 0, run.stderr
     assert [json.loads(line)["word"] for line in run.stdout.splitlines()] == ["hey_jarvis"]
+
+
+def test_models_run_on_ai_edge_litert_under_numpy_2():
+    """The runtime that has wheels for Python 3.11-3.13 on ARM and x86, not tflite-runtime."""
+    code = (
+        "import sys, numpy\n"
+        "from pathlib import Path\n"
+        "from wakertc.config import WakeConfig\n"
+        "from wakertc.wakeword import WakeWordDetector\n"
+        f"WakeWordDetector(WakeConfig(models_dir=Path({str(MODELS)!r})))\n"
+        "print(numpy.__version__.split('.')[0])\n"
+        "print(' '.join(sorted(m for m in sys.modules if 'tflite' in m or 'litert' in m)))\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    numpy_major, modules = run.stdout.splitlines()
+    assert int(numpy_major) >= 2
+    assert "ai_edge_litert.interpreter" in modules.split()
+    assert "tflite_runtime" not in modules

@@ -77,3 +77,42 @@ async def test_a_quiet_peer_is_heard_through_heartbeats_and_a_dead_one_is_not(se
             await call.close(hang_up=False)
             for peer in peers:
                 await peer.close()
+
+
+async def test_a_failed_statistics_read_is_not_taken_for_a_packet() -> None:
+    """getStats() failing (the call closing underneath) says nothing about the peer: reads that
+    fail between unchanged counts leave `heard_at` alone (before: each failure counted as heard)."""
+    async with httpx.AsyncClient() as http:
+        call = RealtimeCall(
+            base_url="http://127.0.0.1:9",
+            http=http,
+            ice_servers=(),
+            mic=MicTrack(),
+            on_event=lambda raw: None,
+            on_audio=lambda samples: None,
+            on_lost=lambda why: None,
+        )
+        pc = call._pc
+        real_stats = pc.getStats
+        heard_after_first_read: list[float] = []
+
+        async def flaky_stats() -> Any:
+            reads = len(heard_after_first_read)
+            heard_after_first_read.append(call.heard_at)
+            if reads % 2:
+                raise RuntimeError("closing")
+            return await real_stats()  # the same count (no transport: 0) every time
+
+        pc.getStats = flaky_stats  # type: ignore[method-assign]
+        watcher = asyncio.create_task(call._watch_peer())
+        try:
+            # Three polls (read, fail, read), all before a quiet peer would be probed.
+            await asyncio.sleep(3.5 * HEARD_POLL_S)
+            assert 3 * HEARD_POLL_S < PROBE_AFTER_S
+        finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+            await call.close(hang_up=False)
+        assert len(heard_after_first_read) == 3
+        # Heard at the first read (a count where there was none), never since.
+        assert call.heard_at == heard_after_first_read[1]

@@ -108,6 +108,10 @@ class AudioBackend(abc.ABC):
     def close(self) -> None:
         """Stop threads and streams; idempotent, returns within a second."""
 
+    def set_volume(self, gain: float) -> bool:
+        """Change the playback gain (0..2) for audio queued from now on; False if not possible."""
+        return False
+
 
 # --- conversion ---------------------------------------------------------------------------------
 
@@ -267,6 +271,10 @@ class _PlaybackQueue:
     @property
     def queued_s(self) -> float:
         return self._queued / PLAYBACK_RATE
+
+    def set_volume(self, volume: float) -> None:
+        # One float assignment: the playback thread sees the old or the new gain, either is fine.
+        self._gain = volume / 32768.0
 
     def put(self, samples: Int16Array) -> None:
         if not isinstance(samples, np.ndarray) or samples.dtype != np.int16 or samples.ndim != 1:
@@ -504,6 +512,11 @@ class FileBackend(AudioBackend):
     def play(self, samples: Int16Array) -> None:
         """Queue int16 mono samples at PLAYBACK_RATE."""
         self._queue.put(samples)
+
+    def set_volume(self, gain: float) -> bool:
+        """Change the playback gain for audio queued from now on."""
+        self._queue.set_volume(gain)
+        return True
 
     def clear_playback(self) -> None:
         """Drop everything queued, fading out over 5 ms."""
@@ -776,6 +789,11 @@ class PyAudioBackend(AudioBackend):
     def play(self, samples: Int16Array) -> None:
         """Queue int16 mono samples at PLAYBACK_RATE."""
         self._queue.put(samples)
+
+    def set_volume(self, gain: float) -> bool:
+        """Change the playback gain for audio queued from now on."""
+        self._queue.set_volume(gain)
+        return True
 
     def clear_playback(self) -> None:
         """Drop everything queued, fading out over 5 ms."""

@@ -48,6 +48,8 @@ def _check_config(argv: list[str]) -> int:
     if errors:
         return 2
     print(summary(config))
+    for line in config.warnings:
+        print(line.replace(f"{path}: ", f"{path}: warning: ", 1), file=sys.stderr)
     for warning in warnings:
         print(f"{path}: warning: {warning}", file=sys.stderr)
     return 0

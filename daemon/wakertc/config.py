@@ -20,6 +20,7 @@ import tomllib
 import types
 import typing
 import urllib.parse
+import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,10 @@ from typing import Any, Literal
 from . import limits
 
 DEFAULT_PATH = Path("/etc/wakertc/wakertc.toml")
+# Functions the device itself provides; a configured tool may not take one of these names.
+BUILTIN_TOOL_NAMES = frozenset(
+    {"end_conversation", "set_timer", "set_alarm", "cancel_timer", "list_timers"}
+)
 ENV_VAR = "WAKERTC_CONFIG"
 
 PHASES_WITH_PATTERNS = (
@@ -40,6 +45,7 @@ PHASES_WITH_PATTERNS = (
     "speaking",
     "muted",
     "error",
+    "ringing",
 )
 
 
@@ -139,6 +145,8 @@ DEFAULT_PATTERNS: Mapping[str, LedPattern] = types.MappingProxyType(
         "speaking": LedPattern("pulse", "#00ff40", 0.6),
         "muted": LedPattern("solid", "#ff0000"),
         "error": LedPattern("blink", "#ff0000", 0.2),
+        # A timer or alarm going off: a bright amber flash, unlike any conversation phase.
+        "ringing": LedPattern("blink", "#ffb000", 0.5),
     }
 )
 
@@ -189,6 +197,10 @@ class HookConfig:
     """Kill the hook if it runs longer than this."""
 
 
+COMPANION_TIMEOUT_S = 12.0
+"""The default of `companion.timeout_s`; the companion keeps its own upstream timeout below it."""
+
+
 @dataclass(frozen=True)
 class CompanionConfig:
     """The owner's companion server, which mints ephemeral keys for this device."""
@@ -201,7 +213,7 @@ class CompanionConfig:
     """The token inline instead of `token_file`; then this file must not be readable by others."""
     ca_file: Path | None = None
     """CA certificate to trust for a self-signed companion; unset = the system's CAs."""
-    timeout_s: float = 12.0
+    timeout_s: float = COMPANION_TIMEOUT_S
     """Give up on one request to the companion after this long: longer than the companion's own
     `upstream.timeout_s` (10 s by default), so that a slow mint ends in its answer (a key, or a
     504 naming the cause), not in our timeout."""
@@ -256,6 +268,63 @@ class ToolConfig:
     """Give up on the action after this long and tell the model it failed."""
 
 
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+@dataclass(frozen=True)
+class StateConfig:
+    """Where the device keeps what must survive a restart (timers and alarms)."""
+
+    dir: Path = Path("/var/lib/wakertc")
+    """Directory for state files; created on first write (systemd's StateDirectory=)."""
+
+
+@dataclass(frozen=True)
+class TimersConfig:
+    """Timers and alarms: built-in tools of the model that ring on the device itself."""
+
+    enabled: bool = True
+    """Offer set_timer, set_alarm, cancel_timer and list_timers to the model."""
+    timezone: str = ""
+    """IANA zone alarms are set in, e.g. "Europe/Paris"; "" = the system's ($TZ, /etc/localtime)."""
+    ring_timeout_s: float = 180.0
+    """Stop ringing by itself after this long."""
+    snooze_s: float = 540.0
+    """A long press while ringing snoozes for this long."""
+    missed_grace_s: float = 900.0
+    """An alarm due while the device was off rings at start-up if at most this late; else logged."""
+    ring_sound: Path | None = None
+    """WAV played, repeated, while ringing; unset = the bundled ring."""
+    ring_volume: float = 0.8
+    """Ring gain 0..1, on top of `audio.output_volume`."""
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    """Home Assistant over MQTT: discovery, state and commands."""
+
+    url: str = ""
+    """Broker as mqtt://host[:1883] or mqtts://host[:8883]; "" = no MQTT."""
+    ca_file: Path | None = None
+    """CA certificate for an mqtts:// broker with its own CA; unset = the system's CAs."""
+    username: str = ""
+    """User name at the broker; "" = anonymous."""
+    password_file: Path | None = None
+    """File holding the password (mode 0600: refused if readable by others)."""
+    base_topic: str = ""
+    """Prefix of this device's topics; "" = `wakertc/<device_id>`."""
+    device_id: str = ""
+    """Unique id of this device in Home Assistant; "" = the host name."""
+    device_name: str = ""
+    """Name shown in Home Assistant; "" = `wakertc <device_id>`."""
+    discovery_prefix: str = "homeassistant"
+    """Home Assistant's discovery prefix."""
+    expose_transcript: bool = False
+    """Publish what the user said as a sensor (privacy: off unless enabled)."""
+    announce_dir: Path | None = None
+    """Directory WAV files named by the announce command may come from; unset = URLs only."""
+
+
 @dataclass(frozen=True)
 class LogConfig:
     """Logging."""
@@ -277,9 +346,15 @@ class Config:
     companion: CompanionConfig = field(default_factory=CompanionConfig)
     session: SessionConfig = field(default_factory=SessionConfig)
     tools: tuple[ToolConfig, ...] = ()
+    state: StateConfig = field(default_factory=StateConfig)
+    timers: TimersConfig = field(default_factory=TimersConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
     log: LogConfig = field(default_factory=LogConfig)
     source: Path | None = field(default=None, compare=False)
     """The file this was loaded from (not a key in the file)."""
+    warnings: tuple[str, ...] = field(default=(), compare=False)
+    """Lines about keys that are ignored (not a key in the file): logged at start-up and printed
+    by `check-config`."""
 
 
 @dataclass(frozen=True)
@@ -289,6 +364,8 @@ class Problem:
     key: str
     value: Any
     expected: str
+    warning: bool = False
+    """Ignored rather than refused: the file still loads."""
 
     def render(self, source: Path | str) -> str:
         """`FILE: KEY = VALUE: expected ...`, the line users see."""
@@ -306,7 +383,9 @@ class ConfigError(Exception):
 
 
 # Session settings that are the companion's policy: it mints every key with them, and a device
-# sending its own would silently replace the owner's choice (see the README).
+# sending its own would silently replace the owner's choice (see the README). Configs written for
+# earlier versions set them on the device: they are ignored with a warning, not refused, so that an
+# upgrade does not leave a device that was working unable to start.
 _COMPANION_POLICY = types.MappingProxyType(
     {
         "session.turn_detection": "[session.turn_detection] type",
@@ -359,12 +438,14 @@ def load_config(path: str | os.PathLike[str]) -> Config:
 
 def config_from_dict(data: Mapping[str, Any], source: Path) -> Config:
     """Validate already-parsed TOML `data` that came from `source`."""
-    problems: list[Problem] = []
+    found: list[Problem] = []
     base = source.parent
-    config = _convert(data, Config, "", base, problems)
+    config = _convert(data, Config, "", base, found)
+    problems = [p for p in found if not p.warning]
     if not problems:
         assert isinstance(config, Config)
-        config = dataclasses.replace(config, source=source)
+        warnings = tuple(p.render(source) for p in found if p.warning)
+        config = dataclasses.replace(config, source=source, warnings=warnings)
         problems.extend(_check_semantics(config, source))
     if problems:
         raise ConfigError(source, problems)
@@ -397,6 +478,7 @@ def _check_semantics(config: Config, source: Path) -> list[Problem]:
         ("audio.output_volume", audio.output_volume, 0.0, 2.0),
         ("leds.brightness", config.leds.brightness, 0.0, 1.0),
         ("sounds.volume", config.sounds.volume, 0.0, 1.0),
+        ("timers.ring_volume", config.timers.ring_volume, 0.0, 1.0),
     ):
         if not low <= value <= high:
             problems.append(Problem(name, value, f"a number from {low} to {high}"))
@@ -422,6 +504,8 @@ def _check_semantics(config: Config, source: Path) -> list[Problem]:
         ("session.idle_timeout_s", config.session.idle_timeout_s),
         ("session.max_session_s", config.session.max_session_s),
         ("session.reply_timeout_s", config.session.reply_timeout_s),
+        ("timers.ring_timeout_s", config.timers.ring_timeout_s),
+        ("timers.snooze_s", config.timers.snooze_s),
     ):
         if value <= 0:
             problems.append(Problem(name, value, "a positive number of seconds"))
@@ -460,7 +544,7 @@ def _check_semantics(config: Config, source: Path) -> list[Problem]:
         key = f"tools[{i}]"
         if not tool.name or not tool.name.replace("_", "").replace("-", "").isalnum():
             problems.append(Problem(f"{key}.name", tool.name, "a name of letters, digits, _ or -"))
-        if tool.name in names or tool.name == "end_conversation":
+        if tool.name in names or tool.name in BUILTIN_TOOL_NAMES:
             problems.append(Problem(f"{key}.name", tool.name, "a name not already in use"))
         names.add(tool.name)
         if bool(tool.command) == bool(tool.url):
@@ -499,7 +583,75 @@ def _check_semantics(config: Config, source: Path) -> list[Problem]:
         problems.extend(_check_token_file(companion.token_file))
     if companion.ca_file is not None and not companion.ca_file.is_file():
         problems.append(Problem("companion.ca_file", str(companion.ca_file), "an existing file"))
+    problems.extend(_check_timers(config.timers))
+    problems.extend(_check_mqtt(config.mqtt))
     return problems
+
+
+def _check_timers(timers: TimersConfig) -> list[Problem]:
+    problems: list[Problem] = []
+    if timers.timezone:
+        try:
+            zoneinfo.ZoneInfo(timers.timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            problems.append(
+                Problem("timers.timezone", timers.timezone, "an IANA zone like 'Europe/Paris'")
+            )
+    if timers.missed_grace_s < 0:
+        problems.append(Problem("timers.missed_grace_s", timers.missed_grace_s, "seconds >= 0"))
+    return problems
+
+
+def _check_mqtt(mqtt: MqttConfig) -> list[Problem]:
+    problems: list[Problem] = []
+    if not mqtt.url:
+        return problems
+    if not re.fullmatch(r"mqtts?://[^/:@\s]+(:\d{1,5})?/?", mqtt.url):
+        problems.append(Problem("mqtt.url", mqtt.url, "mqtt://host[:port] or mqtts://host[:port]"))
+    if mqtt.ca_file is not None:
+        if not mqtt.url.startswith("mqtts://"):
+            problems.append(Problem("mqtt.ca_file", str(mqtt.ca_file), "only with an mqtts:// url"))
+        elif not mqtt.ca_file.is_file():
+            problems.append(Problem("mqtt.ca_file", str(mqtt.ca_file), "an existing file"))
+    if mqtt.password_file is not None:
+        if not mqtt.username:
+            problems.append(Problem("mqtt.username", "", "a user name (password_file is set)"))
+        try:
+            mode = mqtt.password_file.stat().st_mode
+        except OSError as exc:
+            problems.append(
+                Problem("mqtt.password_file", str(mqtt.password_file), f"a file ({exc.strerror})")
+            )
+        else:
+            if mode & stat.S_IROTH:
+                problems.append(
+                    Problem(
+                        "mqtt.password_file",
+                        str(mqtt.password_file),
+                        f"a file not readable by others (chmod 600 {mqtt.password_file})",
+                    )
+                )
+    for key, value in (
+        ("mqtt.base_topic", mqtt.base_topic),
+        ("mqtt.discovery_prefix", mqtt.discovery_prefix),
+        ("mqtt.device_id", mqtt.device_id),
+    ):
+        if any(c in value for c in "#+\0") or value.startswith("/") or value.endswith("/"):
+            problems.append(Problem(key, value, "a topic without wildcards or edge slashes"))
+    if not mqtt.discovery_prefix:
+        problems.append(Problem("mqtt.discovery_prefix", "", "a topic prefix"))
+    if mqtt.device_id and not re.fullmatch(r"[A-Za-z0-9_-]+", mqtt.device_id):
+        problems.append(Problem("mqtt.device_id", mqtt.device_id, "letters, digits, _ or -"))
+    if mqtt.announce_dir is not None and not mqtt.announce_dir.is_dir():
+        problems.append(Problem("mqtt.announce_dir", str(mqtt.announce_dir), "a directory"))
+    return problems
+
+
+def read_mqtt_password(config: MqttConfig) -> str:
+    """The broker password from its file ("" when none is configured)."""
+    if config.password_file is None:
+        return ""
+    return config.password_file.read_text(encoding="utf-8").strip()
 
 
 def _check_service_limits(session: SessionConfig) -> list[Problem]:
@@ -689,8 +841,10 @@ def _convert_dataclass(
     for unknown in sorted(set(value) - set(fields)):
         moved = _COMPANION_POLICY.get(_join(key, unknown))
         if moved is not None:
-            expected = f"no such key here: the companion's policy sets it ({moved} in its config)"
-            problems.append(Problem(_join(key, unknown), value[unknown], expected))
+            expected = (
+                f"ignored: the companion's policy sets it ({moved} in its config); remove it here"
+            )
+            problems.append(Problem(_join(key, unknown), value[unknown], expected, warning=True))
             continue
         known = ", ".join(sorted(fields))
         problems.append(Problem(_join(key, unknown), value[unknown], f"a known key ({known})"))

@@ -122,6 +122,7 @@ class Conversation:
             events.Closed: self._closed,
             events.UserSpeaking: self._speech_started,
             events.UserStopped: self._speech_stopped,
+            events.ReplyNeeded: self._reply_needed,
             events.ReplyStarted: self._response_created,
             events.ReplyAudioStarted: self._speaking_started,
             events.ReplyAudioFinished: self._speaking_stopped,
@@ -287,6 +288,12 @@ class Conversation:
         self._phases.transition(Phase.THINKING, "user stopped speaking")
         self._await_reply()
 
+    def _reply_needed(self, event: events.ReplyNeeded) -> None:
+        if self._response_active:
+            self._create_after_response = True  # asked for once that response is done
+        else:
+            self._api.request_reply()
+
     def _response_created(self, event: events.ReplyStarted) -> None:
         self._disarm("idle")
         self._response_active = True
@@ -310,6 +317,13 @@ class Conversation:
             return  # after a barge-in, which has set the phase already
         if self._ending_after_reply is not None:
             self._spawn(self._end_when_played(self._ending_after_reply), "end-after-reply")
+            return
+        if self._tool_runs:
+            # The reply was "let me check": the tools it called (started when the reply was
+            # done, which the service reports first) are still running, and their outputs get a
+            # reply under the reply deadline. The user is waiting, not idle.
+            if self._phases.phase is Phase.SPEAKING:
+                self._phases.transition(Phase.THINKING, "reply finished, tools running")
             return
         if self._phases.phase is Phase.SPEAKING:
             self._phases.transition(Phase.LISTENING, "reply finished")
@@ -372,6 +386,9 @@ class Conversation:
                 self._spawn(self._end_when_played(self._ending_after_reply), "end-after-reply")
         if tools:
             self._tool_runs += 1
+            self._disarm("idle")  # armed if the reply's audio stopped before the reply was done
+            if self._phases.phase is Phase.LISTENING and not self._user_speaking:
+                self._phases.transition(Phase.THINKING, "tools running")
             self._spawn(self._run_tools(tools), "tools")
 
     # -- helpers -----------------------------------------------------------------------------

@@ -15,11 +15,13 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import functools
 import logging
 import signal
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -35,6 +37,7 @@ from .logs import register_secret
 from .memory import limit_malloc_arenas, release_free_memory
 from .sounds import CueError
 from .state import Phase, PhaseMachine, Transition
+from .timers import Entry, Timers
 from .wakeword import Detection, WakeWordDetector, WakeWordError
 
 log = logging.getLogger(__name__)
@@ -50,6 +53,9 @@ AUDIO_RETRY_S = (1.0, 30.0)
 RELEASE_AFTER_S = 1.0
 # A reopened device is back only once audio arrives: a source can open and deliver nothing.
 AUDIO_PROOF_S = 2.0
+# Announcements from Home Assistant: a WAV download is given this long and this many bytes.
+ANNOUNCE_TIMEOUT_S = 10.0
+ANNOUNCE_MAX_BYTES = 20_000_000
 # The phase reason while the audio device has not been there since start-up (systemd STATUS shows
 # "error: waiting for the audio device").
 WAITING_FOR_AUDIO = "waiting for the audio device"
@@ -63,6 +69,7 @@ class Edges:
     pin_factory: Any = None
     companion_transport: httpx.AsyncBaseTransport | None = None
     listeners: list[Any] = field(default_factory=list)
+    clock: Any = None  # the timers' wall and monotonic clocks (timers.Clock); None = the system's
 
 
 class Daemon:
@@ -92,6 +99,11 @@ class Daemon:
         self._audio_wait_reason = ""  # the ERROR phase's reason while the audio device is away
         self._audio_flowing = asyncio.Event()
         self._error_timer: asyncio.TimerHandle | None = None
+        self.timers: Timers | None = None
+        self.mqtt: Any = None  # mqtt.HomeAssistant when [mqtt] names a broker
+        self._volume = config.audio.output_volume
+        self._ringing: list[Entry] = []  # what rings now, or will when the conversation ends
+        self._ring_timer: asyncio.TimerHandle | None = None
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -101,7 +113,9 @@ class Daemon:
         from .hooks import PhaseHook
         from .leds import StatusLeds
         from .notify import Systemd
+        from .ringtone import RingTone
         from .sounds import Cues
+        from .timers import TimerTools
         from .tools import ToolRunner
 
         loop = self._loop = asyncio.get_running_loop()
@@ -111,9 +125,13 @@ class Daemon:
         self.leds = StatusLeds(config.leds, self.edges.pin_factory)
         self.cues = Cues(config.sounds, self._play_cue)
         self.hook = PhaseHook(config.hook, loop)
-        for listener in (self.leds, self.cues, self.hook, self.systemd, *self.edges.listeners):
+        # Before the cues: leaving `ringing` silences the ring, not the cue that follows.
+        self.ringtone = RingTone(config.timers, self._play_cue, self._clear_playback)
+        listeners = (self.leds, self.ringtone, self.cues, self.hook, self.systemd)
+        for listener in (*listeners, *self.edges.listeners):
             self.phases.add_listener(listener)
         self.phases.add_listener(self._echo_cancel_when_speaking)
+        self.phases.add_listener(self._left_ringing)
         self.button = make_button(
             config.button,
             self.edges.pin_factory,
@@ -122,7 +140,17 @@ class Daemon:
             self.on_long_press,
             self.on_press,
         )
-        self.tools = ToolRunner(config.tools)
+        self.timers = Timers(
+            config.timers,
+            config.state.dir,
+            on_due=self._timers_due,
+            on_missed=self._timer_missed,
+            on_change=self._timers_changed,
+            clock=self.edges.clock,
+        )
+        self.timers.load()
+        timer_tools = [TimerTools(self.timers)] if config.timers.enabled else []
+        self.tools = ToolRunner(config.tools, builtins=timer_tools)
         token = read_token(config.companion)
         register_secret(token)  # defence in depth: redacted should any log line ever carry it
         companion = CompanionClient(
@@ -146,6 +174,10 @@ class Daemon:
                     missing,
                 )
                 self._wait_for_audio(WAITING_FOR_AUDIO, str(missing))
+            # Its first check rings what came due while the device was off (within the grace).
+            self._spawn(self.timers.run(), "timers")
+            if config.mqtt.url:
+                self._start_mqtt()
             # READY=1 now even while waiting for the audio device: the daemon is up, showing
             # why it cannot listen (STATUS=error: waiting for the audio device) and feeding the
             # watchdog. Holding READY=1 back until audio flows would block `systemctl start`
@@ -155,7 +187,7 @@ class Daemon:
             self.systemd.start_watchdog()
             # Off the critical path: the first conversation should not wait for these imports
             # (WebRTC ~160 ms, the echo canceller ~100 ms on this class of machine).
-            self._spawn(asyncio.to_thread(self._preload), "preload")
+            self._spawn(self._preload(), "preload")
             await self._stopped.wait()
         finally:
             await self._shutdown(companion)
@@ -165,8 +197,9 @@ class Daemon:
         self._stopped.set()
 
     async def _shutdown(self, companion: CompanionClient) -> None:
-        if self._error_timer is not None:
-            self._error_timer.cancel()
+        for handle in (self._error_timer, self._ring_timer):
+            if handle is not None:
+                handle.cancel()
         self.systemd.stopping()
         self.phases.transition(Phase.STOPPING, "shutting down")
         if self._conversation_task is not None:
@@ -207,6 +240,10 @@ class Daemon:
     def _play_cue(self, samples: NDArray[np.int16]) -> None:
         if self._audio is not None:
             self._audio.play(samples)
+
+    def _clear_playback(self) -> None:
+        if self._audio is not None:
+            self._audio.clear_playback()
 
     async def _open_audio(self, loop: asyncio.AbstractEventLoop) -> AudioDeviceError | None:
         """Open and start the configured devices; the error when they are not usable now."""
@@ -290,6 +327,7 @@ class Daemon:
                 )
                 continue
             log.info("audio device back after %.1f s", time.monotonic() - started)
+            self._audio.set_volume(self._volume)  # as Home Assistant last set it
             self._audio_lost = False
             self.detector.reset()
             if self._muted:
@@ -321,6 +359,8 @@ class Daemon:
     def _on_detection(self, detection: Detection) -> None:
         log.info("wake word %s (score %.2f)", detection.word, detection.score)
         self.last_detection = detection
+        if self.stop_ringing(f"the wake word {detection.word}"):
+            return
         if self._conversation is not None:
             self._conversation.on_wake_word()
         elif self.phases.phase.awaits_wake or self.phases.phase is Phase.ERROR:
@@ -334,7 +374,9 @@ class Daemon:
         return False
 
     def on_short_press(self) -> None:
-        """Short press: start a conversation, or let the open one handle it."""
+        """Short press: stop ringing, start a conversation, or let the open one handle it."""
+        if self.stop_ringing("the button"):
+            return
         if self._muted:
             log.info("button pressed while muted; hold it to unmute")
         elif self._audio_lost:
@@ -348,24 +390,42 @@ class Daemon:
             self.start_conversation("button")
 
     def on_long_press(self) -> None:
-        """Long press: toggle microphone mute."""
-        self._muted = not self._muted
+        """Long press: snooze what rings, else toggle microphone mute."""
+        if self.phases.phase is Phase.RINGING:
+            self._snooze()
+            return
+        self.set_muted(not self._muted, "the button")
+
+    @property
+    def muted(self) -> bool:
+        """Whether the microphone is muted."""
+        return self._muted
+
+    def set_muted(self, on: bool, by: str) -> None:
+        """Mute or unmute the microphone (the button, Home Assistant)."""
+        if on == self._muted:
+            return
+        self._muted = on
+        if self.phases.phase is Phase.RINGING:
+            return  # the ring goes on; when it stops, the device shows the new mute state
         if self._muted:
             if self._conversation is not None:
                 self._conversation.mute()
             self._preroll.clear()
-            self.phases.transition(Phase.MUTED, "microphone muted by the button")
+            self.phases.transition(Phase.MUTED, f"microphone muted by {by}")
         else:
             self.detector.reset()
             if self._audio_lost:  # still no microphone: back to showing why
                 self.phases.transition(Phase.ERROR, self._audio_wait_reason)
             elif self._conversation_task is None:
-                self._listen_for_wake("microphone unmuted")
+                self._listen_for_wake(f"microphone unmuted by {by}")
 
     def start_conversation(self, reason: str, detection: Detection | None = None) -> None:
         """Open a conversation now (wake word or button)."""
         if self._conversation_task is not None:
             return
+        if self.phases.phase is Phase.RINGING:
+            self._end_ringing(f"a conversation started ({reason})")
         self._conversation_task = self._spawn(self._converse(reason, time.monotonic()), "converse")
 
     async def _converse(self, reason: str, woke_at: float) -> None:
@@ -408,6 +468,8 @@ class Daemon:
             self._conversation_task = None
             self._preroll.clear()
             self.detector.reset()
+            if self._ringing:  # a timer came due during the conversation: it rings now
+                self._ring()
             # Back to idle: once the call's objects are gone (its task has ended), return what
             # it used.
             asyncio.get_running_loop().call_later(RELEASE_AFTER_S, self._release_memory)
@@ -438,24 +500,167 @@ class Daemon:
 
     def _on_transcript(self, text: str, item_id: str) -> None:
         self.hook.send({"event": "transcript", "text": text, "item_id": item_id})
+        if self.mqtt is not None:
+            self.mqtt.transcript(text)
+
+    # -- timers and alarms ---------------------------------------------------------------------
+    #
+    # A timer that comes due during a conversation does not interrupt it: it rings as soon as the
+    # conversation ends (at most `session.max_session_s` later). Muted or not, it rings; stopping
+    # it goes back to where the device was (muted, the audio error, or listening).
+
+    def _timers_due(self, entries: list[Entry]) -> None:
+        assert self.timers is not None
+        self._ringing.extend(entries)
+        self.hook.send({"event": "timer", "state": "ringing", "timers": self._describe(entries)})
+        if self._conversation_task is not None:
+            log.info("%d timer(s) due: ringing when the conversation ends", len(entries))
+            return
+        self._ring()
+
+    def _timer_missed(self, entry: Entry, late_s: float) -> None:
+        timers = self._describe([entry])
+        self.hook.send({"event": "timer", "state": "missed", "late_s": late_s, "timers": timers})
+
+    def _describe(self, entries: list[Entry]) -> list[dict[str, Any]]:
+        assert self.timers is not None
+        return [entry.describe(self.timers.zone) for entry in entries]
+
+    def _ring(self) -> None:
+        what = ", ".join(f"{e.kind} {e.label or e.id}" for e in self._ringing)
+        self.phases.transition(Phase.RINGING, what)
+        if self._ring_timer is not None:
+            self._ring_timer.cancel()
+        loop = asyncio.get_running_loop()
+        timeout = self.config.timers.ring_timeout_s
+        self._ring_timer = loop.call_later(timeout, self.stop_ringing, "the ring timeout")
+
+    def stop_ringing(self, by: str) -> bool:
+        """Stop what rings (button, wake word, Home Assistant, timeout); False if nothing did."""
+        if self.phases.phase is not Phase.RINGING:
+            return False
+        self._end_ringing(by)
+        if self._muted:
+            self.phases.transition(Phase.MUTED, f"ringing stopped by {by}")
+        elif self._audio_lost:
+            self.phases.transition(Phase.ERROR, self._audio_wait_reason)
+        else:
+            self._listen_for_wake(f"ringing stopped by {by}")
+        return True
+
+    def _left_ringing(self, change: Transition) -> None:
+        # However the ring ended (a lost audio device takes over the phase too), it is over:
+        # nothing left to ring when the next conversation ends, no timeout pending.
+        if change.old is Phase.RINGING and self._ringing:
+            self._end_ringing(change.reason)
+
+    def _end_ringing(self, by: str) -> None:
+        log.info("ringing stopped by %s", by)
+        self._ringing.clear()
+        if self._ring_timer is not None:
+            self._ring_timer.cancel()
+            self._ring_timer = None
+
+    def _snooze(self) -> None:
+        assert self.timers is not None
+        for entry in self._ringing:
+            self.timers.snooze(entry, self.config.timers.snooze_s)
+        self.stop_ringing(f"a snooze of {self.config.timers.snooze_s:g} s")
+
+    # -- Home Assistant (mqtt.Device) -----------------------------------------------------------
+
+    def _start_mqtt(self) -> None:
+        from .config import read_mqtt_password
+        from .mqtt import HomeAssistant
+
+        password = read_mqtt_password(self.config.mqtt)
+        if password:
+            register_secret(password)
+        self.mqtt = HomeAssistant(self.config.mqtt, password, self, on_status=self._mqtt_status)
+        self.phases.add_listener(self.mqtt)
+        self.mqtt(Transition(self.phases.phase, self.phases.phase, "mqtt started"))
+        self._spawn(self.mqtt.run(), "mqtt")
+
+    def _mqtt_status(self, connected: bool, detail: str) -> None:
+        state = "connected" if connected else "disconnected"
+        self.hook.send({"event": "mqtt", "state": state, "detail": detail})
+
+    def _timers_changed(self) -> None:
+        if self.mqtt is not None:
+            self.mqtt.timers_changed()
+
+    @property
+    def volume(self) -> float | None:
+        """The playback gain, or None when the audio backend cannot change it."""
+        audio = self._audio
+        controllable = audio is not None and type(audio).set_volume is not AudioBackend.set_volume
+        return self._volume if controllable else None
+
+    def set_volume(self, gain: float) -> None:
+        """Change the playback gain (until the next restart: the config holds the default)."""
+        self._volume = gain
+        if self._audio is not None:
+            self._audio.set_volume(gain)
+
+    def timers_summary(self) -> list[dict[str, Any]]:
+        """The timers and alarms set, soonest first."""
+        return self.timers.summary() if self.timers is not None else []
+
+    def stop_from_remote(self, by: str) -> None:
+        """Stop ringing, or else end the conversation."""
+        if not self.stop_ringing(by) and self._conversation is not None:
+            self._conversation.end(f"stopped by {by}")
+
+    async def announce(self, source: str, *, then_converse: bool) -> None:
+        """Play a WAV from an http(s) URL or from `mqtt.announce_dir`, then maybe converse."""
+        from .sounds import CueError, decode_wav, load_wav
+
+        if source.startswith(("http://", "https://")):
+            try:
+                response = await self.http.get(source, timeout=ANNOUNCE_TIMEOUT_S)
+            except httpx.HTTPError as exc:
+                raise ValueError(f"{source}: {exc or type(exc).__name__}") from exc
+            if response.status_code != 200 or len(response.content) > ANNOUNCE_MAX_BYTES:
+                raise ValueError(f"{source}: HTTP {response.status_code}, or too large")
+            load = functools.partial(decode_wav, response.content, source)
+        else:
+            folder = self.config.mqtt.announce_dir
+            name = Path(source).name
+            if folder is None or name != source or not name.lower().endswith(".wav"):
+                raise ValueError(f"{source!r}: a URL, or a .wav file name in mqtt.announce_dir")
+            load = functools.partial(load_wav, folder / name, "announcement")
+        try:
+            samples = await asyncio.to_thread(load)
+        except CueError as exc:
+            raise ValueError(str(exc)) from exc
+        log.info("announcing %s (%.1f s)", source, len(samples) / 24000)
+        self._play_cue(samples)
+        if then_converse:
+            # The queue has no completion event: poll until the announcement has been played.
+            deadline = time.monotonic() + len(samples) / 24000 + 5.0
+            while time.monotonic() < deadline:
+                if self._audio is None or self._audio.playback_queued_s <= 0:
+                    break
+                await asyncio.sleep(0.05)
+            self.start_conversation("Home Assistant, after an announcement")
 
     def _on_transcription_failed(self, message: str, item_id: str) -> None:
         self.hook.send({"event": "transcription_failed", "error": message, "item_id": item_id})
 
     # -- echo cancellation -------------------------------------------------------------------
 
-    def _preload(self) -> None:
-        from . import conversation  # noqa: F401  (aiortc, av)
-
-        if self.config.session.echo_cancellation:
-            from .aec import make_echo_canceller
-
-            self._aec = make_echo_canceller(True)
-            if self._aec is None and not self.config.session.half_duplex:
-                # Without a canceller the reply's echo would reach the session and interrupt
-                # it: close the microphone while the device speaks instead.
-                session = dataclasses.replace(self.config.session, half_duplex=True)
-                self.config = dataclasses.replace(self.config, session=session)
+    async def _preload(self) -> None:
+        """Load in a thread; apply here, on the loop, which alone reads and writes the daemon."""
+        wanted = self.config.session.echo_cancellation
+        aec = await asyncio.to_thread(_load_heavy_parts, wanted)
+        if not wanted:
+            return
+        self._aec = aec
+        if aec is None and not self.config.session.half_duplex:
+            # Without a canceller the reply's echo would reach the session and interrupt
+            # it: close the microphone while the device speaks instead.
+            session = dataclasses.replace(self.config.session, half_duplex=True)
+            self.config = dataclasses.replace(self.config, session=session)
 
     def _echo_cancel_when_speaking(self, change: Transition) -> None:
         # The canceller runs from the first reply of a conversation to its end. Not earlier: its
@@ -486,6 +691,17 @@ class Daemon:
             log.error("task %s crashed", task.get_name(), exc_info=task.exception())
 
 
+def _load_heavy_parts(echo_cancellation: bool) -> Any:
+    """Import WebRTC and load the echo canceller (None if not wanted or it will not load)."""
+    from . import conversation  # noqa: F401  (aiortc, av)
+
+    if not echo_cancellation:
+        return None
+    from .aec import make_echo_canceller
+
+    return make_echo_canceller(True)
+
+
 def run_daemon(path: str | None) -> int:
     """`wakertc run`: load the config, run until SIGTERM/SIGINT; the process exit status."""
     from .logs import setup_logging
@@ -497,6 +713,8 @@ def run_daemon(path: str | None) -> int:
         print(exc, file=sys.stderr)
         return 2
     setup_logging(config.log.level)
+    for line in config.warnings:
+        log.warning("config: %s", line)
     limit_malloc_arenas()
     daemon = Daemon(config)
 

@@ -46,6 +46,8 @@ RATE = 16000
 DEMO_API_KEY = "wakertc-demo-key-not-secret"
 LEAD_SILENCE_S = 0.5
 TAIL_SILENCE_S = 1.0
+# A timer the script set is left to ring this long, then "pressed" off like a user would.
+RING_SHOWN_S = 2.0
 # With no wake word heard by the end of the input, the demo waits this long (a wake word at the
 # very end of the file scores only once the silence after it has reached the detector), then ends.
 NO_WAKE_GRACE_S = 1.0
@@ -181,6 +183,7 @@ async def run_demo(
     timeout_s: float = 60.0,
     stream: Any = sys.stdout,
     api: Literal["realtime", "live"] = "realtime",
+    script: Path | None = None,
 ) -> DemoResult:
     """Run emulator, companion and daemon together; return what happened."""
     from gpiozero.pins.mock import MockFactory, MockPWMPin
@@ -202,6 +205,7 @@ async def run_demo(
         reply_text=REPLY_TEXT,
         record_dir=record_dir,
         faults=tuple(faults),
+        script=script,
     )
     async with contextlib.AsyncExitStack() as stack:
         services = await start_services(stack, workdir, options)
@@ -225,7 +229,14 @@ async def run_demo(
         assert isinstance(audio, FileBackend)  # the demo's config asks for it
         daemon = Daemon(config, Edges(audio=audio, pin_factory=factory, listeners=[view]))
         transitions: list[Transition] = []
-        daemon.phases.add_listener(transitions.append)
+
+        def watch(change: Transition) -> None:
+            transitions.append(change)
+            if change.new is Phase.RINGING:
+                # A script's timer went off: let it ring a little, then press the button.
+                asyncio.get_running_loop().call_later(RING_SHOWN_S, _press, factory)
+
+        daemon.phases.add_listener(watch)
         runner = asyncio.create_task(daemon.run(), name="demo-daemon")
         try:
             async with asyncio.timeout(timeout_s):
@@ -268,9 +279,12 @@ async def run_demo(
 
 
 def _back_to_waiting(daemon: Daemon, transitions: list[Transition]) -> bool:
-    """A conversation (or a failure) is over and the daemon waits for the wake word again."""
-    return daemon.phases.phase.awaits_wake and any(
-        t.old is not Phase.STARTING and t.new.awaits_wake for t in transitions
+    """A conversation (or a failure) is over and the daemon waits for the wake word again (and
+    no timer it set is still to ring: the demo waits to show it)."""
+    return (
+        daemon.phases.phase.awaits_wake
+        and not _timers_pending(daemon)
+        and any(t.old is not Phase.STARTING and t.new.awaits_wake for t in transitions)
     )
 
 
@@ -297,6 +311,17 @@ def _turns(transitions: list[Transition]) -> int:
         and (t.reason == "reply finished" or (t.new.awaits_wake and "end_conversation" in t.reason))
         for t in transitions
     )
+
+
+def _press(factory: Any) -> None:
+    pin = factory.pin(17)  # the demo config's button
+    pin.drive_low()
+    asyncio.get_running_loop().call_later(0.1, pin.drive_high)
+
+
+def _timers_pending(daemon: Any) -> bool:
+    """A timer set by the conversation has yet to ring (the demo waits to show it)."""
+    return daemon.timers is not None and bool(daemon.timers.active())
 
 
 def _utterance_ratio(demo_input: DemoInput, record_dir: Path, daemon: Any) -> float | None:
@@ -421,6 +446,9 @@ api = "{api}"
 url = "{emulator_url}"
 connect_timeout_s = 6.0
 idle_timeout_s = 2.0
+
+[state]
+dir = "{workdir / "state"}"
 """
     )
     path.chmod(0o600)
@@ -454,6 +482,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--models-dir", type=Path, default=Path("models"))
     parser.add_argument("--workdir", type=Path, help="keep configs and recordings here")
     parser.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument(
+        "--script",
+        type=Path,
+        help="the emulator's scripted turns (JSON/TOML), e.g. a reply that calls set_timer",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="show the daemon's log")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -462,6 +495,8 @@ def main(argv: list[str]) -> int:
     )
     if args.wav is not None and not args.wav.is_file():
         parser.error(f"--wav {args.wav}: no such file")
+    if args.script is not None and not args.script.is_file():
+        parser.error(f"--script {args.script}: no such file")
     with _workdir(args.workdir) as workdir:
         result = asyncio.run(
             run_demo(
@@ -473,6 +508,7 @@ def main(argv: list[str]) -> int:
                 reply=args.reply,
                 timeout_s=args.timeout,
                 api=args.api,
+                script=args.script.resolve() if args.script else None,
             )
         )
     if args.json:

@@ -31,6 +31,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from .atomic import write_atomic
+
 log = logging.getLogger(__name__)
 
 Kind = Literal["input", "output"]
@@ -285,19 +287,8 @@ def _with_input_device(text: str, line: str) -> str | None:
 def _replace_file(path: Path, text: str) -> None:
     """Write `text` to `path` atomically, keeping its mode and owner (root:wakertc, 0640)."""
     st = path.stat()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, st.st_mode & 0o7777)
-        if os.geteuid() == 0:
-            os.chown(tmp, st.st_uid, st.st_gid)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    owner = (st.st_uid, st.st_gid) if os.geteuid() == 0 else None
+    write_atomic(path, text, st.st_mode & 0o7777, owner)
 
 
 # --- `wakertc devices` ---------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 
 Run it after installing, or when something seems wrong. It does what the daemon does after a wake
 word, with the daemon's own pieces (`keys.CompanionClient`, `webrtc.RealtimeCall` and `MicTrack`,
-`conversation.session_update`), against whatever `[companion]` and `[session]` point at: OpenAI's
-service or `wakertc emulator`. It does not touch the microphone or the speaker:
+`session.realtime.session_update` and `end_turn_events`), against whatever `[companion]` and
+`[session]` point at: OpenAI's service or `wakertc emulator`. It does not touch the microphone
+or the speaker:
 
 1. it asks the companion for a key (timed);
 2. opens a call (timed: HTTP offer/answer, ICE connected, data channel open, `session.created`, and
@@ -55,9 +56,6 @@ FRAME = CAPTURE_RATE // 50  # 20 ms, as the daemon's microphone delivers it
 LEAD_S = 1.5
 # Listened for after the reply ended: the window for RTP after a reply.
 AFTER_S = 2.0
-# When the server says a reply's output stopped, its last packets are still in the network and
-# the jitter buffer: the reply's window ends this much later.
-REPLY_TAIL_S = 0.3
 # A reply whose end the server never announces is over once no audible audio came for this long.
 REPLY_QUIET_S = 1.5
 REPLY_TIMEOUT_S = 20.0
@@ -354,8 +352,8 @@ async def _call(
     report: Report,
     reply_timeout_s: float,
 ) -> None:
-    from .conversation import SILENCE_PEAK
-    from .session.realtime import manual_turns, session_update
+    from .conversation import REPLY_TAIL_S, SILENCE_PEAK
+    from .session.realtime import end_turn_events, manual_turns, session_update
     from .tools import ToolRunner
     from .webrtc import CallError, MicTrack, RealtimeCall
 
@@ -428,9 +426,8 @@ async def _call(
         question_end = time.monotonic()
         if manual_turns(key.session):
             # Without VAD the device ends the turn itself, as the button does.
-            call.send({"type": "input_audio_buffer.commit"})
-            if session.mode != "transcription":
-                call.send({"type": "response.create"})
+            for event in end_turn_events(key.session):
+                call.send(event)
         replied = await probe.wait(
             lambda: _reply_over(probe, session.mode, asked_at), reply_timeout_s
         )
@@ -488,6 +485,10 @@ def _reply_over(probe: _Probe, mode: str, asked_at: float) -> bool:
 
 def _reply_timings(report: Report, probe: _Probe, question_end: float, reply_end: float) -> None:
     """Reply milestones, in ms after the question's last sample went out."""
+    # The reply's last packets are still in flight when the server says its output stopped:
+    # its window ends the conversation's tail later.
+    from .conversation import REPLY_TAIL_S
+
     heard = probe.audible_after(question_end, reply_end + REPLY_TAIL_S)
     report.reply_audio_s = round(sum(n for _, n in heard) / PLAYBACK_RATE, 2)
     marks = {

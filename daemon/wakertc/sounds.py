@@ -9,6 +9,7 @@ register it to get the right cue on each change.
 from __future__ import annotations
 
 import importlib.resources
+import io
 import logging
 import wave
 from collections.abc import Callable
@@ -128,6 +129,11 @@ def load_wav(path: Path, key: str = "sound") -> Samples:
         raise CueError(f"{key} = {path}: cannot read the file ({exc.strerror or exc})") from exc
 
 
+def decode_wav(data: bytes, where: str) -> Samples:
+    """WAV bytes (a download) as 24 kHz mono int16; a `CueError` names `where` when unusable."""
+    return _read(io.BytesIO(data), where)
+
+
 def _read(file: IO[bytes], where: str) -> Samples:
     try:
         with wave.open(file, "rb") as wav:
@@ -151,11 +157,11 @@ def _read(file: IO[bytes], where: str) -> Samples:
 def _to_float(raw: bytes, width: int) -> NDArray[np.float32]:
     """PCM bytes of the given sample width as float32 in -1..1."""
     if width == 1:  # 8-bit WAV is unsigned
-        return (np.frombuffer(raw, np.uint8).astype(np.float32) - 128) / 128
+        return (np.frombuffer(raw, np.uint8).astype(np.float32) - 128) / np.float32(128)
     if width == 3:  # no numpy dtype: widen each sample to 32 bits, keeping the sign
         triples = np.frombuffer(raw, np.uint8).reshape(-1, 3)
         padded = np.zeros((len(triples), 4), np.uint8)
         padded[:, 1:] = triples
-        return padded.view("<i4").ravel().astype(np.float32) / 2**31
+        return padded.view("<i4").ravel().astype(np.float32) / np.float32(2**31)
     dtype = "<i2" if width == 2 else "<i4"
     return np.asarray(np.frombuffer(raw, dtype) / 2 ** (8 * width - 1), dtype=np.float32)

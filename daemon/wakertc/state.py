@@ -33,6 +33,9 @@ class Phase(enum.Enum):
     SPEAKING = "speaking"
     MUTED = "muted"  # microphone off by the user's choice: nothing is analysed
     ERROR = "error"  # something failed; shown briefly, then back to IDLE
+    # A timer or alarm is going off: the ring repeats until a press, the wake word, Home
+    # Assistant or `timers.ring_timeout_s` stops it (a long press snoozes).
+    RINGING = "ringing"
     STOPPING = "stopping"
 
     @property

@@ -16,7 +16,7 @@ import os
 import signal
 import subprocess
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -36,26 +36,44 @@ END_CONVERSATION_TOOL = {
     "parameters": {"type": "object", "properties": {}},
 }
 MAX_RESULT_CHARS = 16_000
-# A command's stdout beyond this is not read (the model gets MAX_RESULT_CHARS of it at most); the
-# command is then ended, as a command printing without end would otherwise run until its timeout.
+# A command's stdout (or an HTTP tool's body) beyond this is not read (the model gets
+# MAX_RESULT_CHARS of it at most); the command or request is then ended, as one sending without end
+# would otherwise run until its timeout, and fill the memory meanwhile.
 MAX_STDOUT_BYTES = 4 * MAX_RESULT_CHARS
 MAX_STDERR_BYTES = 4096
 # After a command exits, how long its pipes may take to deliver what it wrote.
 EXIT_GRACE_S = 0.5
 
 
+class Builtin(Protocol):
+    """Tools the device itself provides (timers): described per session, run in-process."""
+
+    names: frozenset[str]
+
+    def definitions(self) -> list[dict[str, Any]]:
+        """Their definitions, built now (they may carry the time of day)."""
+
+    async def run(self, name: str, args: dict[str, Any]) -> str:
+        """Run one; the output for the model, failures included."""
+
+
 class ToolRunner:
     """Describes the tools to the session and runs them when called."""
 
     def __init__(
-        self, tools: Sequence[ToolConfig], *, transport: httpx.AsyncBaseTransport | None = None
+        self,
+        tools: Sequence[ToolConfig],
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        builtins: Sequence[Builtin] = (),
     ) -> None:
         self._tools = {tool.name: tool for tool in tools}
         self._transport = transport
+        self._builtins = tuple(builtins)
 
     def definitions(self) -> list[dict[str, Any]]:
         """Tool definitions for `session.update`, the built-in end_conversation first."""
-        return [END_CONVERSATION_TOOL] + [
+        return [END_CONVERSATION_TOOL, *self._builtin_definitions()] + [
             {
                 "type": "function",
                 "name": tool.name,
@@ -77,6 +95,9 @@ class ToolRunner:
             return _failure(f"the tool failed: {type(exc).__name__}")
 
     async def _run(self, name: str, arguments: str) -> str:
+        builtin = next((b for b in self._builtins if name in b.names), None)
+        if builtin is not None:
+            return await self._run_builtin(builtin, name, arguments)
         tool = self._tools.get(name)
         if tool is None:
             log.warning("the model called unknown tool %r", name[:60])  # the model's text
@@ -101,6 +122,19 @@ class ToolRunner:
             return _failure(str(exc))
         log.info("tool %s returned %d characters", name, len(result))
         return result[:MAX_RESULT_CHARS]
+
+    def _builtin_definitions(self) -> list[dict[str, Any]]:
+        return [definition for builtin in self._builtins for definition in builtin.definitions()]
+
+    async def _run_builtin(self, builtin: Builtin, name: str, arguments: str) -> str:
+        try:
+            args = json.loads(arguments or "{}")
+        except json.JSONDecodeError:
+            return _failure("arguments were not valid JSON")
+        if not isinstance(args, dict):
+            return _failure("arguments must be a JSON object")
+        log.info("built-in tool %s", name)
+        return await builtin.run(name, args)
 
     async def _run_command(self, tool: ToolConfig, args: Any) -> str:
         payload = json.dumps(args).encode()
@@ -155,16 +189,22 @@ class ToolRunner:
         async with httpx.AsyncClient(
             transport=self._transport, timeout=httpx.Timeout(tool.timeout_s)
         ) as client:
+            if tool.method == "GET":
+                request = client.build_request("GET", _query_url(tool.url, args))
+            else:
+                request = client.build_request(tool.method, tool.url, json=args)
             try:
-                if tool.method == "GET":
-                    response = await client.get(_query_url(tool.url, args))
-                else:
-                    response = await client.request(tool.method, tool.url, json=args)
+                response = await client.send(request, stream=True)
+                try:
+                    body = await _read_body(response, MAX_STDOUT_BYTES)
+                finally:
+                    await response.aclose()  # the rest of the body is never read
             except httpx.HTTPError as exc:
                 raise ToolFailed(f"request failed: {str(exc) or type(exc).__name__}") from exc
+        text = body.decode(response.encoding or "utf-8", errors="replace")
         if response.status_code >= 400:
-            raise ToolFailed(f"HTTP {response.status_code}: {response.text[:200]}")
-        return response.text
+            raise ToolFailed(f"HTTP {response.status_code}: {text[:200]}")
+        return text
 
 
 class _CommandProtocol(asyncio.subprocess.SubprocessStreamProtocol):
@@ -210,6 +250,16 @@ async def _feed(stdin: asyncio.StreamWriter, payload: bytes) -> None:
         stdin.write(payload)
         await stdin.drain()
         stdin.close()
+
+
+async def _read_body(response: httpx.Response, limit: int) -> bytes:
+    """The first `limit` bytes of a streamed response's body."""
+    body = bytearray()
+    async for chunk in response.aiter_bytes():
+        body += chunk
+        if len(body) >= limit:
+            break
+    return bytes(body[:limit])
 
 
 async def _read_head(stream: asyncio.StreamReader, into: bytearray, limit: int) -> None:

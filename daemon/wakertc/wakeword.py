@@ -2,7 +2,8 @@
 
 The stock `openwakeword` package imports scikit-learn, SciPy and onnxruntime even for TFLite
 inference (~1.4 s and ~110 MB here), which a Raspberry Pi cannot afford. This module runs the same
-three-stage pipeline with only NumPy and `tflite_runtime`, reproducing openWakeWord 0.6.0's
+three-stage pipeline with only NumPy and `ai_edge_litert` (Google's successor to `tflite_runtime`,
+the same interpreter), reproducing openWakeWord 0.6.0's
 streaming behaviour exactly (`openwakeword/utils.py` `AudioFeatures`, `openwakeword/model.py`
 `Model.predict`); `tests/test_wakeword.py` checks the scores against the stock package.
 
@@ -79,7 +80,7 @@ class Detection:
 
 def _load(path: Path, what: str, missing_hint: str) -> Any:
     """A TFLite interpreter for `path` (not yet allocated); `WakeWordError` if it is no model."""
-    from tflite_runtime.interpreter import Interpreter
+    from ai_edge_litert.interpreter import Interpreter
 
     if not path.is_file():
         raise WakeWordError(f"{path}: {what} not found; {missing_hint}")
@@ -152,7 +153,8 @@ class _FeatureFrontEnd:
 
     def _melspectrogram(self, audio: FloatArray) -> FloatArray:
         # Resizing reallocates, so it happens only when the length changes: the first chunk after
-        # a reset is shorter (no context yet), exactly as in openWakeWord.
+        # a reset is shorter (no context yet), exactly as in openWakeWord. It must come before the
+        # first allocation: the XNNPACK delegate cannot prepare the model's dynamic input shape.
         if self._mel_size != len(audio):
             self._mel.resize_tensor_input(self._mel_in, [1, len(audio)], strict=True)
             _allocate(self._mel, self._mel_path, "melspectrogram model")
@@ -160,7 +162,9 @@ class _FeatureFrontEnd:
         self._mel.set_tensor(self._mel_in, audio[None, :])
         self._mel.invoke()
         spec: FloatArray = self._mel.get_tensor(self._mel_out).reshape(-1, _MEL_BINS)
-        return spec / 10 + 2  # openWakeWord's fixed transform, in float32 like theirs
+        # openWakeWord's fixed transform, in float32 like theirs (NumPy's stubs need the scalars
+        # typed to see that the result stays float32)
+        return spec / np.float32(10) + np.float32(2)
 
     def _noise_features(self, history: int) -> FloatArray:
         """Embeddings of seeded noise, with the same values as openWakeWord's `_get_embeddings`."""

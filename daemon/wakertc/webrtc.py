@@ -324,20 +324,21 @@ class RealtimeCall:
             await asyncio.sleep(HEARD_POLL_S)
             count = await self._packets_received()
             now = time.monotonic()
-            if count != received:
+            if count is not None and count != received:
                 received = count
                 self.heard_at = now
             if now - self.heard_at >= PROBE_AFTER_S and now - probed_at >= PROBE_AFTER_S:
                 probed_at = now
                 await self._probe()
 
-    async def _packets_received(self) -> int:
-        """Datagrams received through DTLS so far (RTP, RTCP and SCTP alike)."""
+    async def _packets_received(self) -> int | None:
+        """Datagrams received through DTLS so far (RTP, RTCP and SCTP alike); None if the
+        statistics could not be read (a failed read is not news from the peer)."""
         try:
             report = await self._pc.getStats()
         except Exception as exc:  # closing underneath us: nothing new was heard
             log.debug("could not read the call's statistics: %s", exc)
-            return -1
+            return None
         return sum(
             int(getattr(stats, "packetsReceived", 0) or 0)
             for stats in report.values()

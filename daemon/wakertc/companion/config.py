@@ -19,12 +19,13 @@ from typing import Any
 from urllib.parse import urlparse
 
 from .. import limits
+from ..config import COMPANION_TIMEOUT_S
 
 VOICES = limits.VOICES
 DEFAULT_PORT = 8780
 # Devices give up on the companion after their `companion.timeout_s`, 12 s by default: a mint
 # must end (with a key or a 504) before that, so upstream.timeout_s stays this far below it.
-DEVICE_TIMEOUT_S = 12.0
+DEVICE_TIMEOUT_S = COMPANION_TIMEOUT_S
 DEVICE_TIMEOUT_MARGIN_S = 2.0
 # The state directory of wakertc-companion.service (StateDirectory=), which its user owns.
 DEFAULT_DEVICES_FILE = "/var/lib/wakertc-companion/devices.json"

@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..atomic import write_atomic
+
 log = logging.getLogger(__name__)
 
 TOKEN_PREFIX = "wkd_"  # noqa: S105 (a prefix, not a secret)
@@ -128,22 +130,8 @@ class DeviceStore:
 
     def _save(self) -> None:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         payload = json.dumps({"devices": self._devices}, indent=2, sort_keys=True) + "\n"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            owner = self._owner()
-            if owner is not None:
-                os.fchown(fd, *owner)
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                out.write(payload)
-                out.flush()
-                os.fsync(out.fileno())
-            os.chmod(tmp, 0o600)  # O_CREAT's mode is masked by the umask; be explicit
-            os.replace(tmp, self.path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        write_atomic(self.path, payload, 0o600, self._owner())
         self._stamp = None  # re-read our own write next time, like anyone else's
 
     def _owner(self) -> tuple[int, int] | None:

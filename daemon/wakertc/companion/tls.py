@@ -13,12 +13,13 @@ import asyncio
 import logging
 import os
 import ssl
-import tempfile
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 CHECK_S = 60.0
+# Loads redone because the files changed meanwhile, before the change counts as a failure.
+LOAD_ATTEMPTS = 5
 
 
 class CertificateError(Exception):
@@ -68,23 +69,33 @@ class Certificate:
         )
 
     def _load(self, context: ssl.SSLContext) -> None:
-        """Load the pair into `context`, checked first in a scratch context: a failed
-        load_cert_chain can leave a context with the new certificate and no key. Both loads read
-        one private copy of the files, so a renewal between them cannot mix two pairs."""
-        try:
-            cert, key = self.cert.read_bytes(), self.key.read_bytes()
-        except OSError as exc:
-            raise CertificateError(f"cannot read {exc.filename}: {exc.strerror}") from None
-        with tempfile.TemporaryDirectory(prefix="wakertc-tls-") as scratch:
-            cert_copy, key_copy = Path(scratch) / "cert.pem", Path(scratch) / "key.pem"
-            for path, data in ((cert_copy, cert), (key_copy, key)):
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                with os.fdopen(fd, "wb") as out:
-                    out.write(data)
+        """Load the pair into `context` from its own paths (no copy of the key is written
+        anywhere), checked first in a scratch context: a failed load_cert_chain can leave a
+        context with the new certificate and no key. A renewal landing between the reads could
+        mix two pairs: the files are read before and after each load, and a load during which
+        they changed is done again."""
+        for _attempt in range(LOAD_ATTEMPTS):
+            before = self._read_pair()
             try:
                 ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
-                    cert_copy, key_copy
+                    self.cert, self.key
                 )
-                context.load_cert_chain(cert_copy, key_copy)
+                if self._read_pair() != before:
+                    continue
+                context.load_cert_chain(self.cert, self.key)
             except (OSError, ssl.SSLError) as exc:
+                if self._read_pair() != before:
+                    continue  # half renewed while we read it: try the pair now in place
                 raise CertificateError(f"cannot load {self.cert} with {self.key}: {exc}") from None
+            if self._read_pair() == before:
+                return
+        raise CertificateError(
+            f"{self.cert} and {self.key} kept changing while being loaded "
+            f"({LOAD_ATTEMPTS} attempts)"
+        )
+
+    def _read_pair(self) -> tuple[bytes, bytes]:
+        try:
+            return self.cert.read_bytes(), self.key.read_bytes()
+        except OSError as exc:
+            raise CertificateError(f"cannot read {exc.filename}: {exc.strerror}") from None

@@ -133,6 +133,7 @@ class EmulatedCall:
                 reply_text=context.reply_text,
                 validator=context.validator,
                 transcription_fails=self._faults.transcription_failed,
+                never_replies=self._faults.no_reply,
             )
         self._channel: Any = None
         self._inbox: asyncio.Queue[str] = asyncio.Queue()

@@ -59,6 +59,7 @@ class RealtimeEngine:
         reply_text: str,
         validator: ClientEventValidator | None = None,
         transcription_fails: bool = False,
+        never_replies: bool = False,
     ) -> None:
         self.session = session
         self._send = send
@@ -68,6 +69,7 @@ class RealtimeEngine:
         self._reply_text = reply_text
         self._validator = validator
         self._transcription_fails = transcription_fails
+        self._never_replies = never_replies
         self.conversation_id = new_id("conv")
         self.buffer = InputAudioBuffer()
         self._vad: EnergyVad | None = None
@@ -466,6 +468,8 @@ class RealtimeEngine:
         self, *, modalities: Any = None, metadata: Any = None, max_tokens: Any = None
     ) -> None:
         self._disarm_idle()
+        if self._never_replies:
+            return  # the `no-reply` fault: a service that takes the turn and never answers
         if modalities not in (["audio"], ["text"]):
             modalities = list(self.session.get("output_modalities") or ["audio"])
         if max_tokens is None:

@@ -28,6 +28,7 @@ FAULT_HELP = {
     "consent-stop[=S]": "S seconds (default 0) after session.created, stop answering ICE checks",
     "no-idle-audio": "send no RTP at all while no reply is playing (nor in transcription sessions)",
     "transcription-failed": "every input audio transcription fails (...transcription.failed)",
+    "no-reply": "never start a response (after a turn, or on response.create)",
     "max-session=S": "end sessions after S seconds instead of the service's 60 minutes",
 }
 
@@ -52,6 +53,7 @@ class Faults:
     consent_stop_s: float | None = None
     no_idle_audio: bool = False
     transcription_failed: bool = False
+    no_reply: bool = False
     max_session_s: float | None = None
 
     @classmethod
@@ -94,6 +96,7 @@ _FLAGS = {
     "bad-event": "bad_event",
     "no-idle-audio": "no_idle_audio",
     "transcription-failed": "transcription_failed",
+    "no-reply": "no_reply",
 }
 _TIMED: dict[str, tuple[str, float | None]] = {
     "mint-slow": ("mint_slow_s", MINT_SLOW_DEFAULT_S),

@@ -42,6 +42,11 @@ class UserStopped:
 
 
 @dataclass(frozen=True)
+class ReplyNeeded:
+    """The service took the user's turn but replies only when asked (`Session.request_reply`)."""
+
+
+@dataclass(frozen=True)
 class ReplyStarted:
     """The model began a reply (its audio may come later, or never: text, tool calls)."""
 
@@ -111,6 +116,7 @@ Event = (
     Live
     | UserSpeaking
     | UserStopped
+    | ReplyNeeded
     | ReplyStarted
     | ReplyAudioStarted
     | ReplyAudioFinished
@@ -153,7 +159,8 @@ class Session(Protocol):
         """Microphone audio (16 kHz mono) into the session; queued until it is connected."""
 
     def end_turn(self) -> None:
-        """The user's turn is over (button, no turn detection): ask for the reply."""
+        """The user's turn is over (button, no turn detection): commit it, and ask for the
+        reply where the session gives one."""
 
     def interrupt(self) -> None:
         """Barge-in: tell the service its reply was cut off here."""

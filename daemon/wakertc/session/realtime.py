@@ -89,6 +89,28 @@ def manual_turns(session: dict[str, Any]) -> bool:
     )
 
 
+def end_turn_events(session: dict[str, Any]) -> list[dict[str, Any]]:
+    """The client events that end the user's turn without turn detection: commit, and in a
+    realtime session ask for the reply (a transcription session refuses response.create)."""
+    events: list[dict[str, Any]] = [{"type": "input_audio_buffer.commit"}]
+    if session.get("type") != "transcription":
+        events.append({"type": "response.create"})
+    return events
+
+
+def device_creates_responses(session: dict[str, Any]) -> bool:
+    """Whether the server's turn detection commits turns but leaves the reply to the device
+    (`create_response: false` in a realtime session)."""
+    audio = session.get("audio")
+    audio_in = audio.get("input") if isinstance(audio, dict) else None
+    detection = audio_in.get("turn_detection") if isinstance(audio_in, dict) else None
+    return (
+        session.get("type", "realtime") == "realtime"
+        and isinstance(detection, dict)
+        and detection.get("create_response") is False
+    )
+
+
 class RealtimeSession:
     """One session with the Realtime API (see the module docstring); a `events.Session`."""
 
@@ -114,6 +136,10 @@ class RealtimeSession:
         self._call: RealtimeCall | None = None
         self._live = False
         self._manual_turns = False  # no turn detection: the button ends the user's turn
+        # Turn detection with create_response = false: the server commits the turn, the device
+        # asks for the reply.
+        self._create_on_commit = False
+        self._turn_end: list[dict[str, Any]] = []  # what a press sends to end a manual turn
         # Function calls by response id, reported only once their response completed.
         self._calls: dict[str, list[ToolCall]] = {}
         self._transcript: list[str] = []
@@ -124,6 +150,7 @@ class RealtimeSession:
             "error": self._error,
             "input_audio_buffer.speech_started": self._speech_started,
             "input_audio_buffer.speech_stopped": self._speech_stopped,
+            "input_audio_buffer.committed": self._committed,
             "response.created": self._response_created,
             "output_audio_buffer.started": self._speaking_started,
             "output_audio_buffer.stopped": self._speaking_stopped,
@@ -187,7 +214,7 @@ class RealtimeSession:
                 await call.close(hang_up=False)
                 raise SessionFailed(str(exc)) from exc
         self.stage = "waiting for the session to be configured"
-        self._manual_turns = manual_turns(key.session)
+        self._follow_turn_detection(key.session)
         self._send(session_update(key.session, self._tools))
 
     def push_audio(self, samples: NDArray[np.int16]) -> None:
@@ -195,9 +222,9 @@ class RealtimeSession:
         self.mic.push(samples)
 
     def end_turn(self) -> None:
-        """Commit what the user said and ask for the reply."""
-        self._send({"type": "input_audio_buffer.commit"})
-        self._send({"type": "response.create"})
+        """Commit what the user said and (not in a transcription session) ask for the reply."""
+        for event in self._turn_end:
+            self._send(event)
 
     def interrupt(self) -> None:
         """Cancel the reply and clear what the service still had to send of it."""
@@ -243,6 +270,11 @@ class RealtimeSession:
                 await asyncio.sleep(delay * random.uniform(0.8, 1.2))
                 delay = min(delay * 2, 4.0)
 
+    def _follow_turn_detection(self, session: dict[str, Any]) -> None:
+        self._manual_turns = manual_turns(session)
+        self._create_on_commit = device_creates_responses(session)
+        self._turn_end = end_turn_events(session)
+
     def _fresh_mic(self) -> MicTrack:
         """A new track carrying over the audio the failed attempt had queued."""
         mic = MicTrack()
@@ -277,7 +309,7 @@ class RealtimeSession:
     def _session_updated(self, event: dict[str, Any]) -> None:
         session = event.get("session")
         if isinstance(session, dict):  # the effective config, whoever changed it
-            self._manual_turns = manual_turns(session)
+            self._follow_turn_detection(session)
         self._live = True
         self._on_event(events.Live())
 
@@ -305,6 +337,11 @@ class RealtimeSession:
 
     def _speech_stopped(self, event: dict[str, Any]) -> None:
         self._on_event(events.UserStopped())
+
+    def _committed(self, event: dict[str, Any]) -> None:
+        # The server's VAD committed the turn (a press's own commit needs no second create).
+        if self._create_on_commit and not self._manual_turns:
+            self._on_event(events.ReplyNeeded())
 
     def _response_created(self, event: dict[str, Any]) -> None:
         self._on_event(events.ReplyStarted())
