@@ -1,4 +1,5 @@
-"""The whole chain in one test: Realtime emulator + companion + the real daemon, on loopback.
+"""The whole chain in one test: emulator + companion + the real daemon, on loopback, under
+either API (`api="realtime"` or `"live"`: the device's `[session] api`).
 
     async with run_chain(tmp_path, models_dir, device={"session": {"max_session_s": 60}}) as chain:
         await chain.press()  # the button on mock pin 17
@@ -656,6 +657,7 @@ async def run_chain(
     clock: Any = None,
     daemon_opens_audio: bool = False,
     ready: Phase = Phase.IDLE,
+    api: str = "realtime",
 ) -> AsyncIterator[Chain]:
     """Start emulator, companion and daemon; yield the chain once the daemon is listening.
 
@@ -672,6 +674,7 @@ async def run_chain(
     `daemon_opens_audio` (with `real_audio`): the daemon opens the devices itself, as `wakertc
     run` does, so that a device missing at start-up is its to handle; `chain.mic` is None.
     `ready`: the phase the daemon must reach before the chain is yielded.
+    `api`: the session API the device uses (`realtime` or `live`); the emulator serves both.
     `keep_history=False`: for soaks; the microphone, the pins and the log keep no history
     (only WARNING and above is logged), so what grows is the daemon's.
     On exit the daemon is stopped, and unless `allow_tracebacks`, no `wakertc` log record may
@@ -731,6 +734,7 @@ async def run_chain(
             data = merge_tables(
                 merge_tables(tomllib.loads(path.read_text()), DEVICE_DEFAULTS), device or {}
             )
+            data = merge_tables(data, {"session": {"api": api}})
             config = config_from_dict(data, path)
             mic: Any
             if daemon_opens_audio:

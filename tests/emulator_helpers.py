@@ -466,3 +466,50 @@ def _parse_sections(extra: str) -> dict[str, str]:
         elif current is not None:
             sections[current] += line + "\n"
     return sections
+
+
+_live_adapters: tuple[Any, Any] | None = None
+
+
+def validate_live_server_event(event: dict[str, Any]) -> None:
+    """Raise unless `event` validates as the SDK's Live `ServerEvent`, or as its
+    `ConnectServerEvent` for the types only that union carries (paused/resumed)."""
+    global _live_adapters
+    from openai.types.live import ConnectServerEvent, ServerEvent
+    from pydantic import TypeAdapter
+
+    if _live_adapters is None:
+        _live_adapters = (TypeAdapter(ServerEvent), TypeAdapter(ConnectServerEvent))
+    server, connect = _live_adapters
+    members = typing.get_args(typing.get_args(ServerEvent)[0])
+    carried = {typing.get_args(m.model_fields["type"].annotation)[0] for m in members}
+    model = (server if event.get("type") in carried else connect).validate_python(event)
+    assert model.type == event["type"]
+
+
+def live_session_body(sdp: str, **session: Any) -> dict[str, Any]:
+    """A `POST /v1/live/sessions` body: a gpt-live-1.1 session and the offer."""
+    return {
+        "session": {"model": "gpt-live-1.1", **session},
+        "transport": {"type": "webrtc", "sdp": sdp},
+    }
+
+
+async def connected_live_client(base_url: str, **session: Any) -> RealtimeClient:
+    """A device-like client on a new Live session, `session.started` already consumed."""
+    client = RealtimeClient()
+    offer = await client.offer()
+    async with httpx.AsyncClient(timeout=10) as http:
+        response = await http.post(
+            base_url + "/v1/live/sessions",
+            json=live_session_body(offer, **session),
+            headers={"Authorization": f"Bearer {KEY}"},
+        )
+    assert response.status_code == 201, response.text
+    body = response.json()
+    client.call_id = body["session"]["id"]
+    await client.accept(body["transport"]["sdp"])
+    started = await client.next_event()
+    assert started["type"] == "session.started", started
+    assert started["session"]["id"] == client.call_id
+    return client

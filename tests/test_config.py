@@ -391,6 +391,15 @@ def test_values_at_the_service_limits_load(write_config):
     load_config(write_config("[session]\nmax_session_s = 3600\n"))
 
 
+def test_session_api_is_realtime_or_live(write_config):
+    assert load_config(write_config("")).session.api == "realtime"
+    assert load_config(write_config('[session]\napi = "live"\n')).session.api == "live"
+    (line,) = problems_of(write_config('[session]\napi = "gpt-live"\n'))
+    assert "session.api = 'gpt-live'" in line
+    (line,) = problems_of(write_config('[session]\napi = "live"\nmode = "transcription"\n'))
+    assert "session.mode" in line and "api = 'live'" in line
+
+
 def test_keys_the_companion_now_owns_are_ignored_with_a_warning(write_config, tmp_path: Path):
     """A config written for an earlier version sets turn detection and noise reduction on the
     device: they are the companion's policy now. The file still loads (an upgrade must not leave

@@ -60,7 +60,7 @@ async def conversation_with(*tools: ToolConfig) -> tuple[Conversation, Recording
         woke_at=0.0,
     )
     call = RecordingCall()
-    conversation._call = call  # type: ignore[assignment]
+    conversation._api._call = call  # type: ignore[assignment]
 
     async def close() -> None:
         await companion.aclose()

@@ -27,7 +27,8 @@ def silence(seconds: float) -> np.ndarray:
     return np.zeros(int(seconds * RATE), np.float32)
 
 
-async def test_demo_json_counts_two_turns(tmp_path: Path, models_dir: Path) -> None:
+@pytest.mark.parametrize("api", ["realtime", "live"])
+async def test_demo_json_counts_two_turns(tmp_path: Path, models_dir: Path, api: str) -> None:
     """The wake word and a question, then a second question once the first reply (a 0.8 s tone)
     has played and before the 2 s idle timeout: `wakertc demo --json` reports two turns."""
     said = np.concatenate(
@@ -60,6 +61,8 @@ async def test_demo_json_counts_two_turns(tmp_path: Path, models_dir: Path) -> N
         str(models_dir),
         "--timeout",
         "40",
+        "--api",
+        api,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env=ENV,

@@ -31,9 +31,9 @@ from process_helpers import Services, start_services
 from test_secrets import assert_no_secrets
 from wakertc.companion import Companion, DeviceStore, load_companion_config
 from wakertc.config import load_config
-from wakertc.conversation import session_update
 from wakertc.demo import DEMO_API_KEY
 from wakertc.emulator.replies import wav_to_48k_mono
+from wakertc.session.realtime import session_update
 from wakertc.tools import ToolRunner
 
 ROOT = Path(__file__).resolve().parent.parent

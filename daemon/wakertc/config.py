@@ -223,8 +223,11 @@ class CompanionConfig:
 class SessionConfig:
     """The Realtime session the device opens after the wake word."""
 
+    api: Literal["realtime", "live"] = "realtime"
+    """`realtime` (ephemeral keys, the device calls OpenAI) or `live` (GPT-Live: the companion
+    creates the session with the device's offer); see the README for how to choose."""
     url: str = "https://api.openai.com"
-    """Realtime API base URL; `/v1/realtime/calls` is appended."""
+    """Realtime API base URL; `/v1/realtime/calls` is appended (not used by `live`)."""
     mode: Literal["conversation", "transcription"] = "conversation"
     """`transcription` writes what is said to the log and the hook instead of answering."""
     ice_servers: tuple[str, ...] = ()
@@ -489,6 +492,10 @@ def _check_semantics(config: Config, source: Path) -> list[Problem]:
     ):
         if value < 0:
             problems.append(Problem(name, value, "zero or a positive integer"))
+    if config.session.api == "live" and config.session.mode == "transcription":
+        problems.append(
+            Problem("session.mode", "transcription", "'conversation' with api = 'live'")
+        )
     for name, value in (
         ("button.long_press_s", config.button.long_press_s),
         ("hook.timeout_s", config.hook.timeout_s),

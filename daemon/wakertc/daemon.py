@@ -413,7 +413,7 @@ class Daemon:
             return  # the ring goes on; when it stops, the device shows the new mute state
         if self._muted:
             if self._conversation is not None:
-                self._conversation.end("microphone muted")
+                self._conversation.mute()
             self._preroll.clear()
             self.phases.transition(Phase.MUTED, f"microphone muted by {by}")
         else:

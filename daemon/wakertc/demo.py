@@ -182,6 +182,7 @@ async def run_demo(
     reply: Literal["echo", "tone", "speech"] = "speech",
     timeout_s: float = 60.0,
     stream: Any = sys.stdout,
+    api: Literal["realtime", "live"] = "realtime",
     script: Path | None = None,
 ) -> DemoResult:
     """Run emulator, companion and daemon together; return what happened."""
@@ -216,6 +217,7 @@ async def run_demo(
             services.companion.url,
             services.emulator.url,
             services.token_file,
+            api=api,
         )
         config = load_config(config_path)
 
@@ -412,8 +414,11 @@ def write_device_config(
     companion_url: str,
     emulator_url: str,
     token_file: Path,
+    *,
+    api: str = "realtime",
 ) -> Path:
-    """The demo's device config: file audio, mock-GPIO LED and button, loopback services."""
+    """The demo's device config: file audio, mock-GPIO LED and button, loopback services;
+    `api` is the session API (`realtime` or `live`)."""
     path = workdir / "wakertc.toml"
     path.write_text(
         f"""
@@ -437,6 +442,7 @@ url = "{companion_url}"
 token_file = "{token_file}"
 
 [session]
+api = "{api}"
 url = "{emulator_url}"
 connect_timeout_s = 6.0
 idle_timeout_s = 2.0
@@ -467,6 +473,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--fault", action="append", default=[], help="emulator fault (repeatable)")
     parser.add_argument("--json", action="store_true", help="end with one JSON summary line")
     parser.add_argument("--reply", choices=["speech", "echo", "tone"], default="speech")
+    parser.add_argument(
+        "--api",
+        choices=["realtime", "live"],
+        default="realtime",
+        help="the session API the device uses (default realtime)",
+    )
     parser.add_argument("--models-dir", type=Path, default=Path("models"))
     parser.add_argument("--workdir", type=Path, help="keep configs and recordings here")
     parser.add_argument("--timeout", type=float, default=60.0)
@@ -495,6 +507,7 @@ def main(argv: list[str]) -> int:
                 workdir=workdir,
                 reply=args.reply,
                 timeout_s=args.timeout,
+                api=args.api,
                 script=args.script.resolve() if args.script else None,
             )
         )

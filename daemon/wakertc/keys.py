@@ -111,7 +111,8 @@ def companion_tls(config: CompanionConfig) -> ssl.SSLContext | bool:
 
 
 class CompanionClient:
-    """Asks the companion server for ephemeral keys (`POST /v1/session`)."""
+    """Asks the companion server for ephemeral keys (`POST /v1/session`), or to create a GPT-Live
+    session with this device's offer (`POST /v1/live/session`)."""
 
     def __init__(
         self,
@@ -127,6 +128,7 @@ class CompanionClient:
         self._clock = clock
         self._wall_clock = wall_clock
         self._url = config.url.rstrip("/") + "/v1/session"
+        self._live_url = config.url.rstrip("/") + "/v1/live/session"
         self._timeout = config.timeout_s
         self._client = httpx.AsyncClient(
             verify=companion_tls(config),
@@ -176,6 +178,36 @@ class CompanionClient:
             raise CompanionError("companion answered 200 without a key")
         return key
 
+    async def create_live(self, offer: str, tools: list[dict[str, Any]]) -> tuple[str, str]:
+        """One Live session for this offer; returns (session id, answer SDP). Never retried
+        here: the companion bills a session upstream for every request that reaches it."""
+        try:
+            response = await self._client.post(self._live_url, json={"sdp": offer, "tools": tools})
+        except httpx.TimeoutException as exc:
+            raise CompanionError(f"companion did not answer within {self._timeout:g} s") from exc
+        except httpx.HTTPError as exc:
+            raise CompanionError(f"companion unreachable: {_describe_http_error(exc)}") from exc
+        if response.status_code in (401, 403):
+            raise CompanionRejected(
+                f"companion refused this device's token ({response.status_code}); "
+                "check companion.token_file"
+            )
+        if response.status_code == 429:
+            wait = _retry_after(response) or DEFAULT_RETRY_AFTER_S
+            raise CompanionBusy(f"companion rate limit (retry in {wait:g} s)", wait)
+        if response.status_code != 201:
+            raise CompanionError(
+                f"companion answered {response.status_code}: {error_message(response)}"
+            )
+        try:
+            body = response.json()
+            session_id, answer = body["session"]["id"], body["transport"]["sdp"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CompanionError("companion answered 201 with an unexpected body") from exc
+        if not isinstance(session_id, str) or not isinstance(answer, str):
+            raise CompanionError("companion answered 201 without a session id and answer")
+        return session_id, answer
+
     def _lifetime(self, body: dict[str, Any], expires_at: float, response: httpx.Response) -> float:
         """Seconds the key had left when the companion answered, by the companion's clock: its
         `expires_in`, else `expires_at` less its `Date` (whole seconds, so one is taken off),
@@ -218,6 +250,11 @@ class KeyKeeper:
         self._lock = asyncio.Lock()
         self._changed = asyncio.Event()
         self.last_error: CompanionError | None = None
+
+    @property
+    def companion(self) -> CompanionClient:
+        """The companion client keys come from (GPT-Live sessions are created through it)."""
+        return self._client
 
     def ready_key(self) -> EphemeralKey | None:
         """The key in hand, if it is still good for a new call."""

@@ -2,8 +2,9 @@
 
 Run it after installing, or when something seems wrong. It does what the daemon does after a wake
 word, with the daemon's own pieces (`keys.CompanionClient`, `webrtc.RealtimeCall` and `MicTrack`,
-`conversation.session_update`), against whatever `[companion]` and `[session]` point at: OpenAI's
-service or `wakertc emulator`. It does not touch the microphone or the speaker:
+`session.realtime.session_update` and `end_turn_events`), against whatever `[companion]` and
+`[session]` point at: OpenAI's service or `wakertc emulator`. It does not touch the microphone
+or the speaker:
 
 1. it asks the companion for a key (timed);
 2. opens a call (timed: HTTP offer/answer, ICE connected, data channel open, `session.created`, and
@@ -326,7 +327,7 @@ async def run_selftest(config: Config, *, reply_timeout_s: float = REPLY_TIMEOUT
         await companion.aclose()
     register_secret(key.value)
     report.timings_ms["companion_key"] = _ms(time.monotonic() - started)
-    from .conversation import session_type_mismatch
+    from .session.realtime import session_type_mismatch
 
     mismatch = session_type_mismatch(key.session, config.session.mode)
     if mismatch is not None:
@@ -351,13 +352,8 @@ async def _call(
     report: Report,
     reply_timeout_s: float,
 ) -> None:
-    from .conversation import (
-        REPLY_TAIL_S,
-        SILENCE_PEAK,
-        end_turn_events,
-        manual_turns,
-        session_update,
-    )
+    from .conversation import REPLY_TAIL_S, SILENCE_PEAK
+    from .session.realtime import end_turn_events, manual_turns, session_update
     from .tools import ToolRunner
     from .webrtc import CallError, MicTrack, RealtimeCall
 

@@ -1,6 +1,8 @@
-"""One WebRTC call to the Realtime API: offer/answer over HTTP, the event channel, audio both ways.
+"""One WebRTC call to OpenAI: offer/answer over HTTP, the event channel, audio both ways.
 
-`RealtimeCall` knows nothing of conversations: it connects, delivers each data-channel message and
+`RealtimeCall` posts its offer to the Realtime API itself (`connect`); for GPT-Live the offer
+goes through the companion, which `negotiate` is given as the exchange. It knows nothing of
+conversations: it connects, delivers each data-channel message and
 each received audio frame to the callbacks it was given, and reports when the peer is gone.
 `conversation.py` decides what the events mean.
 
@@ -27,7 +29,7 @@ import json
 import logging
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -218,6 +220,11 @@ class RealtimeCall:
     async def connect(self, key: str) -> None:
         """Offer, POST it, apply the answer and wait for the event channel to open."""
         self._key = key
+        await self.negotiate(self._post_offer, "the Realtime API")
+
+    async def negotiate(self, exchange: Callable[[str], Awaitable[str]], answerer: str) -> None:
+        """Offer (ICE gathering complete), trade it for the answer through `exchange`, apply
+        it and wait for the event channel to open; `answerer` names who answers, for errors."""
         started = time.monotonic()
         description = await self._pc.createOffer()
         # ICE gathering binds a UDP socket per host address, and aioice only records them once
@@ -232,7 +239,20 @@ class RealtimeCall:
             if not gathering.cancelled():
                 gathering.exception()  # seen: the cancellation is what is reported
             raise
-        offer = self._pc.localDescription.sdp
+        answer = await exchange(self._pc.localDescription.sdp)
+        try:
+            await self._pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        except ValueError as exc:
+            raise CallError(f"{answerer} sent an unusable answer: {exc}") from exc
+        await self._channel_open.wait()
+        self.heard_at = time.monotonic()
+        self._spawn(self._watch_peer(), "watch-peer")
+        log.info("call %s connected in %.0f ms", self.call_id, (time.monotonic() - started) * 1000)
+
+    async def _post_offer(self, offer: str) -> str:
+        """The Realtime API's exchange: POST the SDP with the key, 201 with the answer."""
+        assert self._key is not None
+        key = self._key
         try:
             response = await self._http.post(
                 self._calls_url,
@@ -253,16 +273,7 @@ class RealtimeCall:
             )
         location = response.headers.get("Location", "")
         self.call_id = location.rstrip("/").rsplit("/", 1)[-1] or None
-        try:
-            await self._pc.setRemoteDescription(
-                RTCSessionDescription(sdp=response.text, type="answer")
-            )
-        except ValueError as exc:
-            raise CallError(f"the Realtime API sent an unusable answer: {exc}") from exc
-        await self._channel_open.wait()
-        self.heard_at = time.monotonic()
-        self._spawn(self._watch_peer(), "watch-peer")
-        log.info("call %s connected in %.0f ms", self.call_id, (time.monotonic() - started) * 1000)
+        return response.text
 
     @property
     def peer_connection(self) -> RTCPeerConnection:

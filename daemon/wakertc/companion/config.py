@@ -137,6 +137,82 @@ class SessionPolicy:
         return session
 
 
+LIVE_MODELS = ("gpt-live-1", "gpt-live-1.1")
+LIVE_VOICES = (
+    "alloy", "ash", "ballad", "beacon", "bossa", "cedar", "cinder", "coral", "delta", "echo",
+    "gleam", "marin", "meridian", "quartz", "ripple", "sage", "shida", "shimmer", "stone",
+    "tempo", "verse", "vesper", "willow",
+)  # fmt: skip
+# What a device's data channel needs, and no more (GPT_LIVE_PROTOCOL.md 3): its commands (close,
+# mute) and, under responses delegation, the tool results; the events its phases come from.
+LIVE_DEVICE_CLIENT_EVENTS = (
+    "session.close",
+    "session.input_audio.mute",
+    "session.input_audio.unmute",
+    "session.instructions.append",
+)
+LIVE_TOOL_CLIENT_EVENTS = ("response.item.create", "response.create")
+LIVE_DEVICE_SERVER_EVENTS = (
+    "session.started", "session.closed", "session.input_transcript.delta",
+    "session.output_transcript.delta", "session.usage.updated", "session.input_audio.muted",
+    "session.input_audio.unmuted", "session.delegation.created", "error", "info",
+)  # fmt: skip
+LIVE_RESPONSE_EVENTS = ("response.created", "response.output_item.done", "response.done")
+
+
+@dataclass(frozen=True)
+class LivePolicy:
+    """The GPT-Live session every device gets (`[live]`); the companion creates it upstream."""
+
+    model: str = "gpt-live-1.1"
+    """`gpt-live-1` or `gpt-live-1.1`."""
+    instructions: str = DEFAULT_INSTRUCTIONS
+    """Frontend instructions (voice, conversation, when to delegate)."""
+    voice: str = "marin"
+    """Output voice, fixed for the session."""
+    delegation: str = "responses"
+    """`responses` (the device's tools run through a Responses backend) or `client` (no tools)."""
+    backend_model: str = "gpt-5-mini"
+    """The Responses model delegated tasks go to (responses delegation)."""
+    backend_instructions: str = ""
+    """The backend prompt for delegated tasks ("" = none)."""
+    device_tools: tuple[str, ...] = ("end_conversation",)
+    """Names of the device's tools that may be offered to the model (`*` = all of them)."""
+
+    def session_object(self, device_tools: list[dict[str, Any]]) -> dict[str, Any]:
+        """The `session` of `POST /v1/live/sessions`, with the device's tools the policy allows."""
+        allowed = [
+            tool
+            for tool in device_tools
+            if "*" in self.device_tools or tool.get("name") in self.device_tools
+        ]
+        session: dict[str, Any] = {
+            "model": self.model,
+            "instructions": self.instructions,
+            "audio": {"output": {"voice": self.voice}},
+        }
+        client_events = list(LIVE_DEVICE_CLIENT_EVENTS)
+        server_events: list[dict[str, str]] = [{"type": t} for t in LIVE_DEVICE_SERVER_EVENTS]
+        if self.delegation == "responses":
+            backend: dict[str, Any] = {"model": self.backend_model, "tools": allowed}
+            if self.backend_instructions:
+                backend["instructions"] = self.backend_instructions
+            session["delegation"] = {"type": "responses", "responses": backend}
+            client_events += LIVE_TOOL_CLIENT_EVENTS
+            server_events += [
+                {"type": "response.event", "response_event": kind} for kind in LIVE_RESPONSE_EVENTS
+            ]
+        else:
+            session["delegation"] = {"type": "client"}
+        session["client"] = {
+            "data_channel": {
+                "allowed_client_events": client_events,
+                "allowed_server_events": server_events,
+            }
+        }
+        return session
+
+
 @dataclass(frozen=True)
 class LimitSettings:
     """How many keys may be minted."""
@@ -159,6 +235,7 @@ class CompanionConfig:
     server: ServerSettings = ServerSettings()
     upstream: UpstreamSettings = UpstreamSettings()
     session: SessionPolicy = SessionPolicy()
+    live: LivePolicy = LivePolicy()
     limits: LimitSettings = LimitSettings()
 
 
@@ -237,7 +314,7 @@ class _Reader:
 
     def config(self) -> CompanionConfig:
         """The whole validated configuration."""
-        self._only(self.data, "", {"server", "upstream", "session", "devices", "limits"})
+        self._only(self.data, "", {"server", "upstream", "session", "live", "devices", "limits"})
         devices = self._table("devices")
         self._only(devices, "devices.", {"file"})
         return CompanionConfig(
@@ -246,6 +323,7 @@ class _Reader:
             server=self._server(),
             upstream=self._upstream(),
             session=self._session(),
+            live=self._live(),
             limits=self._limits(),
         )
 
@@ -364,6 +442,26 @@ class _Reader:
         )
         self._check_limits(policy)
         return policy
+
+    def _live(self) -> LivePolicy:
+        table = self._table("live")
+        keys = {
+            "model", "instructions", "voice", "delegation", "backend_model",
+            "backend_instructions", "device_tools",
+        }  # fmt: skip
+        self._only(table, "live.", keys)
+        tools = table.get("device_tools", ["end_conversation"])
+        if not isinstance(tools, list) or not all(isinstance(t, str) and t for t in tools):
+            raise self._error("live.device_tools", 'an array of tool names (or ["*"])')
+        return LivePolicy(
+            model=self._choice(table, "live.model", "gpt-live-1.1", LIVE_MODELS),
+            instructions=self._str(table, "live.instructions", DEFAULT_INSTRUCTIONS),
+            voice=self._choice(table, "live.voice", "marin", LIVE_VOICES),
+            delegation=self._choice(table, "live.delegation", "responses", ("responses", "client")),
+            backend_model=self._str(table, "live.backend_model", "gpt-5-mini", nonempty=True),
+            backend_instructions=self._str(table, "live.backend_instructions", ""),
+            device_tools=tuple(tools),
+        )
 
     def _check_limits(self, policy: SessionPolicy) -> None:
         """What the service would refuse in the session this policy sends, by config key."""

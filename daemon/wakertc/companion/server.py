@@ -8,6 +8,11 @@
                        `Origin: <browser_origin>` and a `Host` of this machine, 403 otherwise (a
                        page elsewhere, or one using DNS rebinding, cannot mint); OPTIONS answers
                        the CORS preflight by the same rules
+    POST /v1/live/session  Authorization: Bearer <device token>, JSON {sdp, tools?} -> 201
+                       {session: {id}, transport: {type: webrtc, sdp: <answer>}}: the companion
+                       creates the GPT-Live session upstream with the `[live]` policy and the
+                       device's tools the policy allows; 400 no offer; 401/429 as above; 502
+                       naming upstream's status (never retried: each creation is billed); 504
     GET  /healthz      200 {"status": "ok"}
 
 Errors use the OpenAI envelope `{"error": {"message", "type", "param", "code"}}`, including
@@ -41,6 +46,7 @@ from .config import (
     DEVICE_TIMEOUT_S,
     CompanionConfig,
     CompanionConfigError,
+    LivePolicy,
     read_api_key,
 )
 from .devices import BROWSER_DEVICE, DeviceError, DeviceStore
@@ -128,6 +134,7 @@ class Companion:
         )
         app = web.Application(client_max_size=MAX_BODY, middlewares=[_error_envelope])
         app.router.add_post("/v1/session", self._device_session)
+        app.router.add_post("/v1/live/session", self._device_live_session)
         app.router.add_get("/healthz", self._healthz)
         if self.config.server.browser_session:
             app.router.add_get("/session", self._browser_session)
@@ -189,33 +196,55 @@ class Companion:
             self._upstream = None
 
     async def _device_session(self, request: web.Request) -> web.StreamResponse:
+        device = self._identify(request, "mint")
+        if isinstance(device, web.Response):
+            return device
+        body = await self._read_body(request)
+        if isinstance(body, web.Response):
+            log.info("mint for device %s: refused, %s", device, body.reason)
+            return body
+        return await self._mint(device)
+
+    async def _device_live_session(self, request: web.Request) -> web.StreamResponse:
+        device = self._identify(request, "live session")
+        if isinstance(device, web.Response):
+            return device
+        body = await self._read_body(request)
+        if isinstance(body, web.Response):
+            log.info("live session for device %s: refused, %s", device, body.reason)
+            return body
+        sdp, tools = body.get("sdp"), body.get("tools", [])
+        if not isinstance(sdp, str) or not sdp.strip():
+            return _bad_request(400, "Missing 'sdp': the device's SDP offer.", "missing_offer")
+        if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+            return _bad_request(400, "'tools' must be an array of function tools.", "invalid_tools")
+        return await self._create_live(device, sdp, tools)
+
+    def _identify(self, request: web.Request, what: str) -> str | web.Response:
+        """The device a request's token names, or the 401/500 to send."""
         token = _bearer(request)
         if token is None:
-            log.info("mint refused: no device token (from %s)", request.remote)
+            log.info("%s refused: no device token (from %s)", what, request.remote)
             return _unauthorised("Missing device token: send Authorization: Bearer <token>.")
         try:
             device = self.devices.identify(token)
         except DeviceError as exc:
-            log.error("mint failed: %s", exc)
+            log.error("%s failed: %s", what, exc)
             return api_error(500, "The companion's devices file is unreadable.", "server_error")
         if device is None:
-            log.info("mint refused: unknown device token (from %s)", request.remote)
+            log.info("%s refused: unknown device token (from %s)", what, request.remote)
             return _unauthorised("Unknown device token.")
-        refused = await self._check_body(request)
-        if refused is not None:
-            log.info("mint for device %s: refused, %s", device, refused.reason)
-            return refused
-        return await self._mint(device)
+        return device
 
-    async def _check_body(self, request: web.Request) -> web.Response | None:
-        """None if the body is empty or a JSON object (whose contents are ignored), else the
-        error to send. Read only after authentication, so strangers cannot make us buffer."""
+    async def _read_body(self, request: web.Request) -> dict[str, Any] | web.Response:
+        """The body as a JSON object ({} if empty), else the error to send. Read only after
+        authentication, so strangers cannot make us buffer."""
         too_large = f"Request body over {MAX_BODY} bytes."
         length = request.content_length
         if length is not None and length > MAX_BODY:
             return _bad_request(413, too_large, "request_too_large")
         if not request.body_exists:
-            return None
+            return {}
         if request.content_type != "application/json":
             message = (
                 f"Unsupported Content-Type {request.content_type!r}: send application/json "
@@ -239,7 +268,7 @@ class Companion:
                 "session)."
             )
             return _bad_request(400, message, "invalid_json")
-        return None
+        return body
 
     async def _browser_session(self, request: web.Request) -> web.StreamResponse:
         refused = self._check_browser(request)
@@ -309,17 +338,58 @@ class Companion:
         except ValueError:
             return False
 
-    async def _mint(self, device: str) -> web.Response:
+    def _rate_limited(self, device: str, what: str) -> web.Response | None:
+        """The 429 to send if the device is over its limit (keys and Live sessions together)."""
         wait = self.limiter.check(device)
-        if wait:
-            log.info("mint for device %s: rate limited (retry in %d s)", device, wait)
+        if not wait:
+            return None
+        log.info("%s for device %s: rate limited (retry in %d s)", what, device, wait)
+        return api_error(
+            429,
+            f"Too many session requests for device '{device}'; retry in {wait} s.",
+            "rate_limit_error",
+            code="rate_limit_exceeded",
+            headers={"Retry-After": str(wait)},
+        )
+
+    async def _create_live(
+        self, device: str, sdp: str, tools: list[dict[str, Any]]
+    ) -> web.Response:
+        limited = self._rate_limited(device, "live session")
+        if limited is not None:
+            return limited
+        assert self._upstream is not None
+        policy: LivePolicy = self.config.live
+        started = time.monotonic()
+        try:
+            created = await self._upstream.create_live(policy.session_object(tools), sdp)
+        except UpstreamTimeout as exc:
+            log.warning("live session for device %s: upstream timeout (%s)", device, exc)
             return api_error(
-                429,
-                f"Too many key requests for device '{device}'; retry in {wait} s.",
-                "rate_limit_error",
-                code="rate_limit_exceeded",
-                headers={"Retry-After": str(wait)},
+                504, f"Upstream timeout: {exc}.", "upstream_error", code="upstream_timeout"
             )
+        except UpstreamError as exc:
+            status = f"status {exc.status}" if exc.status else "no response"
+            log.warning("live session for device %s: upstream failed, %s (%s)", device, status, exc)
+            return api_error(
+                502, f"Upstream error ({status}): {exc}.", "upstream_error", code="upstream_error"
+            )
+        log.info(
+            "live session for device %s: ok (%s, %.0f ms)",
+            device,
+            created["id"],
+            (time.monotonic() - started) * 1000,
+        )
+        body = {
+            "session": {"id": created["id"]},
+            "transport": {"type": "webrtc", "sdp": created["sdp"]},
+        }
+        return web.json_response(body, status=201, headers={"Cache-Control": "no-store"})
+
+    async def _mint(self, device: str) -> web.Response:
+        limited = self._rate_limited(device, "mint")
+        if limited is not None:
+            return limited
         assert self._upstream is not None
         policy = self.config.session
         started = time.monotonic()

@@ -1,4 +1,6 @@
-"""The one call the companion makes upstream: `POST /v1/realtime/client_secrets`.
+"""The calls the companion makes upstream: `POST /v1/realtime/client_secrets` (a key for a
+Realtime session) and `POST /v1/live/sessions` (a GPT-Live session, the device's offer relayed).
+Neither is retried: each Live creation is billed.
 
 Exceptions::
 
@@ -15,6 +17,7 @@ import httpx
 from .config import UpstreamSettings
 
 MINT_PATH = "/v1/realtime/client_secrets"
+LIVE_PATH = "/v1/live/sessions"
 
 
 class UpstreamError(Exception):
@@ -74,6 +77,29 @@ class UpstreamClient:
             "expires_at": int(expires_at),
             "session": session_out if isinstance(session_out, dict) else session,
         }
+
+    async def create_live(self, session: dict[str, Any], sdp: str) -> dict[str, str]:
+        """Create one Live session with the device's offer; returns `{id, sdp}` (the answer)."""
+        body = {"session": session, "transport": {"type": "webrtc", "sdp": sdp}}
+        try:
+            response = await self._client.post(LIVE_PATH, json=body)
+        except httpx.TimeoutException as exc:
+            raise UpstreamTimeout(f"upstream did not answer within {self._timeout:g} s") from exc
+        except httpx.HTTPError as exc:
+            raise UpstreamError(f"upstream unreachable: {exc or type(exc).__name__}") from exc
+        if response.status_code != 201:
+            raise UpstreamError(
+                f"upstream answered {response.status_code}: {_message(response)}",
+                response.status_code,
+            )
+        try:
+            data = response.json()
+            session_id, answer = data["session"]["id"], data["transport"]["sdp"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UpstreamError("upstream answered 201 with an unexpected body", 201) from exc
+        if not isinstance(session_id, str) or not isinstance(answer, str) or not answer:
+            raise UpstreamError("upstream answered 201 without a session id and answer", 201)
+        return {"id": session_id, "sdp": answer}
 
     async def aclose(self) -> None:
         """Close the connection pool."""

@@ -29,6 +29,7 @@ from .audio_buffer import Samples
 from .engine import RealtimeEngine
 from .events import error_event, new_id
 from .faults import Faults
+from .live_engine import LiveEngine
 from .playout import ReplyTrack
 from .recorder import CallRecorder
 from .replies import SpeechSynth
@@ -62,6 +63,7 @@ class CallContext:
     validator_ready: Callable[[], Awaitable[None]]
     record_dir: Path | None
     connect_timeout_s: float
+    live_validator: ClientEventValidator | None = None
 
 
 def check_offer(sdp: str) -> None:
@@ -92,8 +94,10 @@ class EmulatedCall:
         context: CallContext,
         *,
         on_closed: Callable[[EmulatedCall], None] | None = None,
+        api: str = "realtime",
     ) -> None:
-        self.id = new_id("rtc")
+        self.api = api
+        self.id = str(session["id"]) if api == "live" else new_id("rtc")
         self.started = time.monotonic()
         self.events: list[dict[str, Any]] = []
         self.received_samples = 0
@@ -107,17 +111,30 @@ class EmulatedCall:
         self._track = ReplyTrack(idle_audio=not self._faults.no_idle_audio)
         if self._recorder is not None:
             self._track.on_frame = self._recorder.sent
-        self.engine = RealtimeEngine(
-            session=session,
-            send=self._send_event,
-            track=self._track,
-            plan=TurnPlan(context.script, context.reply),
-            synth=context.synth,
-            reply_text=context.reply_text,
-            validator=context.validator,
-            transcription_fails=self._faults.transcription_failed,
-            never_replies=self._faults.no_reply,
-        )
+        self.engine: RealtimeEngine | LiveEngine
+        if api == "live":
+            self.engine = LiveEngine(
+                session=session,
+                send=self._send_event,
+                track=self._track,
+                plan=TurnPlan(context.script, context.reply),
+                synth=context.synth,
+                reply_text=context.reply_text,
+                hang_up=lambda why: self._spawn(self._close_after_flush(why), "close"),
+                validator=context.live_validator,
+            )
+        else:
+            self.engine = RealtimeEngine(
+                session=session,
+                send=self._send_event,
+                track=self._track,
+                plan=TurnPlan(context.script, context.reply),
+                synth=context.synth,
+                reply_text=context.reply_text,
+                validator=context.validator,
+                transcription_fails=self._faults.transcription_failed,
+                never_replies=self._faults.no_reply,
+            )
         self._channel: Any = None
         self._inbox: asyncio.Queue[str] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -278,7 +295,12 @@ class EmulatedCall:
             seconds = limits.MAX_SESSION_S
         await asyncio.sleep(max(0.0, self.started + seconds - time.monotonic()))
         length = f"{seconds / 60:g} minutes" if seconds >= 60 else f"{seconds:g} seconds"
-        if not self._faults.silent:
+        if isinstance(self.engine, LiveEngine):
+            # Live ends a session with `session.closed` (reason `expired`), not an error.
+            if not self._faults.silent:
+                self.engine.finish("expired")
+                await self._flush()
+        elif not self._faults.silent:
             self._send_event(
                 error_event(
                     f"Your session hit the maximum duration of {length}.", code="session_expired"
@@ -286,6 +308,10 @@ class EmulatedCall:
             )
             await self._flush()
         await self.close(f"maximum session length ({seconds:g} s)")
+
+    async def _close_after_flush(self, reason: str) -> None:
+        await self._flush()
+        await self.close(reason)
 
     async def _flush(self) -> None:
         """Until the event channel has handed everything queued to SCTP (bounded)."""

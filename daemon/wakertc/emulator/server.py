@@ -8,6 +8,8 @@ Routes (all under the API's own paths, so the official SDK works with `base_url=
     POST /v1/realtime/calls/{id}/hangup    GA: end a call
     POST /v1/realtime/sessions             beta: mint (flat fields, client_secret, 60 s)
     POST /v1/realtime?model=...            beta: SDP offer -> 201 answer
+    POST /v1/live/sessions                 GPT-Live: JSON {session, transport: {webrtc, sdp}}
+                                           -> 201 {session: {id}, transport: {sdp}} (standard key)
     GET  /healthz                          liveness for scripts
 
 Errors use the API's envelope `{"error": {"message", "type", "param", "code"}}`, the emulator's
@@ -34,6 +36,7 @@ from aiohttp import web
 
 from .call import CallContext, EmulatedCall, InvalidOffer
 from .faults import Faults
+from .live_session import check_create_body, session_resource
 from .options import EmulatorOptions
 from .replies import SpeechSynth
 from .script import ScriptTurn, load_script
@@ -79,6 +82,7 @@ class Emulator:
         self.calls: dict[str, EmulatedCall] = {}
         self._keys: dict[str, _Key] = {}
         self._validator = ClientEventValidator()
+        self._live_validator = ClientEventValidator("live")
         self._validator_task: asyncio.Task[None] | None = None
         self._script = script
         self._synth = SpeechSynth()
@@ -102,6 +106,7 @@ class Emulator:
         app.router.add_post("/v1/realtime/calls", self._calls)
         app.router.add_post("/v1/realtime/calls/{call_id}/hangup", self._hangup)
         app.router.add_post("/v1/realtime", self._beta_calls)
+        app.router.add_post("/v1/live/sessions", self._live_sessions)
         app.router.add_get("/healthz", self._healthz)
         self._runner = web.AppRunner(app, shutdown_timeout=0.5, access_log=None)
         await self._runner.setup()
@@ -110,7 +115,7 @@ class Emulator:
         port = self._runner.addresses[0][1]
         self.url = f"http://{self.options.host}:{port}"
         self._validator_task = asyncio.get_running_loop().create_task(
-            asyncio.to_thread(self._validator.load), name="emulator-load-validator"
+            asyncio.to_thread(self._load_validators), name="emulator-load-validator"
         )
         if self.faults.active:
             log.info("emulator faults on: %s", ", ".join(self.faults.active))
@@ -139,6 +144,10 @@ class Emulator:
             count = len(self.calls)
             await self._new_call.wait_for(lambda: len(self.calls) > count)
             return list(self.calls.values())[-1]
+
+    def _load_validators(self) -> None:
+        self._validator.load()
+        self._live_validator.load()
 
     def _now(self) -> int:
         return int(self._clock())
@@ -265,6 +274,42 @@ class Emulator:
             headers={"Location": f"/v1/realtime/calls/{call.id}"},
         )
 
+    async def _live_sessions(self, request: web.Request) -> web.StreamResponse:
+        """GPT-Live: the project key creates the session and relays the device's offer."""
+        denied = self._require_standard_key(request)
+        if denied is not None:
+            return denied
+        if self.faults.calls_hang:
+            await self._stopping.wait()
+            return api_error(503, "The emulator is stopping.", error_type="server_error")
+        if self.faults.calls_500:
+            return _server_error()
+        body = await _json_body(request)
+        if isinstance(body, web.Response):
+            return body
+        await self._validator_ready()
+        try:
+            check_create_body(body)
+        except SessionError as exc:
+            return api_error(400, exc.message, code=exc.code, param=exc.param)
+        session = session_resource(body["session"], now=self._now())
+        call = EmulatedCall(session, self._call_context(), on_closed=self._call_closed, api="live")
+        try:
+            answer = await call.answer(body["transport"]["sdp"])
+        except InvalidOffer as exc:
+            await call.close("invalid offer")
+            return api_error(
+                400, f"Invalid offer: {exc}", code="invalid_offer", param="transport.sdp"
+            )
+        async with self._new_call:
+            self.calls[call.id] = call
+            self._new_call.notify_all()
+        log.info("live session %s created for %s", call.id, session["model"])
+        return web.json_response(
+            {"session": {"id": call.id}, "transport": {"type": "webrtc", "sdp": answer}},
+            status=201,
+        )
+
     async def _hangup(self, request: web.Request) -> web.StreamResponse:
         token = _bearer(request)
         if not self._is_standard(token) and token not in self._keys:
@@ -292,6 +337,7 @@ class Emulator:
             validator_ready=self._validator_ready,
             record_dir=self.options.record_dir,
             connect_timeout_s=self.options.connect_timeout_s,
+            live_validator=self._live_validator,
         )
 
     def _call_closed(self, call: EmulatedCall) -> None:

@@ -1,4 +1,5 @@
-"""Checks client events against the official SDK's `RealtimeClientEvent`, when it is installed.
+"""Checks client events against the official SDK's `RealtimeClientEvent` (or, for GPT-Live,
+`openai.types.live.ClientEvent`), when it is installed.
 
 The `openai` package is optional at run time (the `emulator` extra); without it client events get
 only the emulator's own checks. Importing it costs ~0.6 s, so `load()` runs in a thread at start-up
@@ -28,7 +29,8 @@ class Problem:
 class ClientEventValidator:
     """Validates one client event at a time against the SDK model for its `type`."""
 
-    def __init__(self) -> None:
+    def __init__(self, api: str = "realtime") -> None:
+        self._api = api
         self._lock = threading.Lock()
         self._adapters: dict[str, Any] | None = None
         self._error_type: type[Exception] | None = None
@@ -40,13 +42,15 @@ class ClientEventValidator:
             if self._adapters is not None:
                 return
             try:
+                from openai.types.live import ClientEvent
                 from openai.types.realtime import RealtimeClientEvent
                 from pydantic import TypeAdapter, ValidationError
             except ImportError:
                 log.info("openai package not installed: client events get basic checks only")
                 self._adapters = {}
                 return
-            members = typing.get_args(typing.get_args(RealtimeClientEvent)[0])
+            union = ClientEvent if self._api == "live" else RealtimeClientEvent
+            members = typing.get_args(typing.get_args(union)[0])
             adapters: dict[str, Any] = {}
             for model in members:
                 literal = model.model_fields["type"].annotation
