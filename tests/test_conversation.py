@@ -340,6 +340,35 @@ async def test_wake_word_interrupts_the_reply(tmp_path, models_dir):
         assert chain.daemon.conversations == 1  # the wake word did not start another one
 
 
+async def test_while_the_echo_canceller_learns_only_the_wake_word_hears_the_user(
+    tmp_path, models_dir
+):
+    """The first reply after start-up, echo canceller on (the default): it is still learning the
+    room (aec.py), so the session hears nothing while the speaker plays and its VAD cannot be
+    fooled by a leak; the wake word still hears the canceller's output and interrupts."""
+    async with run_chain(tmp_path, models_dir, script=[{"say": STORY}]) as chain:
+        await chain.press()
+        await chain.expect(Phase.WAKE, Phase.CONNECTING, Phase.LISTENING)
+        chain.mic.speak(clip("tell me a story"))
+        _, speaking = await chain.expect(Phase.THINKING, Phase.SPEAKING)
+        await asyncio.sleep(0.5)
+        chain.mic.speak(clip("hey jarvis"))
+        (listening,) = await chain.expect(Phase.LISTENING, timeout=8)
+        assert listening.reason == "interrupted by wake word"
+        assert not chain.daemon._aec.learned
+        await chain.expect(Phase.IDLE)
+    events = chain.events()
+    started = chain.calls()[-1].started
+    vad_starts = [
+        started + r["t"]
+        for r in events
+        if r["dir"] == "out" and r["event"].get("type") == "input_audio_buffer.speech_started"
+    ]
+    # The question was heard; "hey jarvis" over the reply never reached the server's VAD.
+    assert len([t for t in vad_starts if t < speaking.t]) == 1
+    assert [t for t in vad_starts if t > speaking.t] == []
+
+
 async def test_long_press_mutes_and_unmutes(tmp_path, models_dir):
     """A long press ends the conversation and mutes: red LED, and the wake word is not even
     analysed; another long press unmutes and the wake word works again."""

@@ -411,7 +411,10 @@ async def test_button_during_a_long_reply_silences_the_speaker_at_once(
     assert idle.reason == "conversation over (idle timeout)"
 
 
-AEC_REPLY = "Sure. The forecast says sunshine all morning, clouds after lunch, and a warm evening."
+AEC_REPLY = (
+    "Sure. The forecast says sunshine all morning, clouds after lunch, and a warm evening. "
+    "Tomorrow looks much the same, with a light breeze."
+)
 # What the emulator's energy VAD takes for speech at the daemon's vad_threshold of 0.5 (vad.py).
 VAD_ON_DBFS = -40.0
 
@@ -504,8 +507,19 @@ async def test_the_device_does_not_hear_its_own_voice(
         if half_duplex:
             assert sent_dbfs < -80  # the microphone path was closed
         else:
-            # At its loudest moment (AEC3 is still converging on this first reply: measured
-            # -45 to -65 dBFS here) at least 20 dB of the echo were removed.
+            # The canceller learns the room on this first reply (aec.py): until it has heard
+            # enough of the device's voice the session gets nothing while the speaker plays,
+            # then the canceller alone keeps the echo out.
+            ((learned, _),) = chain.logs.find("echo canceller has learned the room")
+            print(
+                f"learned {learned - speaking.t:.2f} s into the reply; sent before "
+                f"{model_heard_dbfs(chain, speaking.t, learned):.1f} dBFS, after "
+                f"{model_heard_dbfs(chain, learned, after.t + 0.3):.1f} dBFS"
+            )
+            assert speaking.t < learned < after.t - 2.0  # it carried the last 2 s alone
+            assert model_heard_dbfs(chain, speaking.t, learned) < -80
+            # At its loudest moment at least 20 dB of the echo were removed, and what is left
+            # is far below what the VAD takes for speech (measured -85 to -92 dBFS here).
             assert sent_dbfs < min(echo_dbfs - 20, VAD_ON_DBFS)
 
 

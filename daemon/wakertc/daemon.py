@@ -232,12 +232,19 @@ class Daemon:
         if self._muted:
             return  # privacy: nothing is analysed while muted
         conversation = self._conversation
+        heard = frame
         if self._aec_active:
-            frame = self._aec.capture(frame)
+            frame = self._aec.capture(heard)
+            if self._aec.may_leak():
+                # Still learning the room (aec.py): the session waits, and the wake word hears
+                # the raw microphone, since AEC3 ducks everything under the speaker meanwhile.
+                frame = np.zeros_like(heard)
+            else:
+                heard = frame
         self._preroll.append(frame)
         if conversation is not None:
             conversation.push_mic(frame)
-        for detection in self.detector.process(frame):
+        for detection in self.detector.process(heard):
             self._on_detection(detection)
 
     def _play_cue(self, samples: NDArray[np.int16]) -> None:
