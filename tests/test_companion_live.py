@@ -69,6 +69,7 @@ async def test_a_device_offer_becomes_a_live_session_with_the_owners_policy(
                 "session.input_audio.mute",
                 "session.input_audio.unmute",
                 "session.instructions.append",
+                "session.commentary.append",
                 "response.item.create",
                 "response.create",
             }

@@ -28,15 +28,17 @@ class Wire:
     tool_output: str  # the client event carrying a tool's result
     barge_in: str  # the first client event of a barge-in
     mute: str | None  # the client event telling the service of a mute
+    announce: str  # the client event asking the model to say a text
 
 
 WIRE = {
-    "realtime": Wire(None, "conversation.item.create", "response.cancel", None),
+    "realtime": Wire(None, "conversation.item.create", "response.cancel", None, "response.create"),
     "live": Wire(
         "session.close",
         "response.item.create",
         "session.instructions.append",
         "session.input_audio.mute",
+        "session.commentary.append",
     ),
 }
 # The companion offers the device's own tools to GPT-Live only where its policy allows.
@@ -238,3 +240,70 @@ async def test_a_silently_dead_path_is_noticed_within_five_seconds(tmp_path, mod
         assert error.reason.startswith("connection lost"), error.reason
         # As test_conversation_faults.py holds Realtime to: 1.5 s, then 5 s of nothing.
         assert error.t - live.t <= 7.0, error.t - live.t
+
+
+def announced_text(chain, api: str, call: int = -1) -> str:
+    """The text the device asked the model to say (the one announcement event it sent)."""
+    (asked,) = [e for e in chain.sent(call) if e["type"] == WIRE[api].announce]
+    return asked["response"]["instructions"] if api == "realtime" else asked["content"]
+
+
+async def test_text_announcement_in_the_models_voice(tmp_path, models_dir, api):
+    """Home Assistant's text is said through a short session, the wake cue first; the
+    microphone stays out of it (talk in the room does not cut it off), then the session ends."""
+    from wakertc.mqtt import Announcement
+
+    text = "The washing machine has finished."
+    script = [{"say": text}] if api == "realtime" else []  # Live's emulator reads the commentary
+    # No echo canceller: its learning gate (aec.py) would keep the talk out on its own.
+    device = {"session": {"echo_cancellation": False}}
+    async with run_chain(tmp_path, models_dir, script=script, api=api, device=device) as chain:
+        await chain.daemon.announce(Announcement("text", text))
+        wake, _, thinking, speaking = await chain.expect(
+            Phase.WAKE, Phase.CONNECTING, Phase.THINKING, Phase.SPEAKING, timeout=20
+        )
+        chain.mic.speak(clip("is it my turn now"))  # someone talking while it is said
+        (idle,) = await chain.expect(Phase.IDLE, timeout=20)
+        assert wake.reason == "Home Assistant announcement"
+        assert thinking.reason == "announcement asked for"
+        assert idle.reason == "conversation over (announcement made)"
+        assert chain.mic.audible_span(speaking.t, idle.t) >= 1.0  # it was played out
+        # A second announcement while nothing runs works the same; one during a conversation is
+        # refused with a reason.
+        await chain.press()
+        await chain.wait_phase(Phase.LISTENING)
+        with pytest.raises(ValueError, match="conversation is under way"):
+            await chain.daemon.announce(Announcement("text", "Dinner is ready."))
+    assert text in announced_text(chain, api, call=0)
+    # Nothing the microphone heard reached the session: the model heard silence.
+    assert float(abs(chain.recording(0)).max()) < 0.01
+    assert chain.logs.find("announcing: The washing machine has finished.")
+
+
+async def test_text_announcement_then_converse(tmp_path, models_dir, api):
+    """`then_converse`: after the announcement the session stays open and listens, so the
+    model, which knows what it asked, hears the answer."""
+    from wakertc.mqtt import Announcement
+
+    question = "The washing is done. Shall I remind you to hang it out?"
+    script = [{"say": question}, {"reply": "tone"}] if api == "realtime" else [{"reply": "tone"}]
+    async with run_chain(tmp_path, models_dir, script=script, api=api) as chain:
+        await chain.daemon.announce(Announcement("text", question, then_converse=True))
+        _, _, _, _, listening = await chain.expect(
+            Phase.WAKE,
+            Phase.CONNECTING,
+            Phase.THINKING,
+            Phase.SPEAKING,
+            Phase.LISTENING,
+            timeout=20,
+        )
+        assert listening.reason == "reply finished"
+        chain.mic.speak(clip("yes please"))
+        thinking, _, _ = await chain.expect(
+            Phase.THINKING, Phase.SPEAKING, Phase.LISTENING, timeout=15
+        )
+        assert thinking.reason == "user stopped speaking"
+        (idle,) = await chain.expect(Phase.IDLE)
+        assert idle.reason == "conversation over (idle timeout)"
+    assert question in announced_text(chain, api)
+    assert chain.daemon.conversations == 1

@@ -31,6 +31,7 @@ from process_helpers import Blackhole, free_port
 from test_sigterm import hook_config, payloads
 from wakertc.config import ConfigError, config_from_dict
 from wakertc.measure import write_wav
+from wakertc.mqtt import ANNOUNCE_TEXT_MAX, Announcement, parse_announcement
 from wakertc.state import Phase
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -369,7 +370,7 @@ async def test_discovery_states_and_every_command(tmp_path: Path, models_dir: Pa
             assert levels, "the announcement was not played"
             # A 0.5 tone at volume 0.5: about a quarter of full scale, not half.
             assert 0.18 * 32767 < max(levels) < 0.32 * 32767, max(levels)
-            await ha.send("announce/set", "../../etc/passwd")
+            await ha.send("announce/set", "../../etc/passwd.wav")
             await chain.wait_log("a URL, or a .wav file name in mqtt.announce_dir")
 
             # Start and stop buttons.
@@ -432,6 +433,72 @@ async def test_announce_url_then_converse(tmp_path: Path, models_dir: Path) -> N
     finally:
         broker.stop()
         await runner.cleanup()
+
+
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [
+        ("The washing is done.", Announcement("text", "The washing is done.")),
+        ("  ready  ", Announcement("text", "ready")),
+        ("dinner.wav", Announcement("file", "dinner.wav")),
+        ("../../etc/passwd.wav", Announcement("file", "../../etc/passwd.wav")),  # refused later
+        ("Play dinner.wav", Announcement("text", "Play dinner.wav")),
+        ("https://ha.local/tts/x.wav", Announcement("url", "https://ha.local/tts/x.wav")),
+        ('{"text": "Ask me", "then_converse": true}', Announcement("text", "Ask me", True)),
+        ('{"url": "http://h/q.wav"}', Announcement("url", "http://h/q.wav")),
+        ('{"file": "q.wav", "then_converse": false}', Announcement("file", "q.wav")),
+    ],
+)
+def test_announcement_payloads(payload: str, expected: Announcement) -> None:
+    assert parse_announcement(payload) == expected
+
+
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [
+        ("", "text to say"),
+        ("   ", "text to say"),
+        ("{not json", "JSON like"),
+        ('{"text": "a", "url": "http://h/q.wav"}', "exactly one of"),
+        ('{"text": 3}', "exactly one of"),
+        ('{"text": "  "}', "exactly one of"),
+        ('{"text": "a", "then_converse": "yes"}', "then_converse"),
+        ("x" * (ANNOUNCE_TEXT_MAX + 1), f"at most {ANNOUNCE_TEXT_MAX} characters"),
+    ],
+)
+def test_bad_announcement_payloads_say_what_was_expected(payload: str, expected: str) -> None:
+    with pytest.raises(ValueError, match=expected):
+        parse_announcement(payload)
+
+
+async def test_text_announcement_from_home_assistant(tmp_path: Path, models_dir: Path) -> None:
+    """Text on announce/set is said by the model through a short session, which then ends;
+    one sent during a conversation is refused with a log line, not queued or lost silently."""
+    text = "The washing is done."
+    broker = Mosquitto(tmp_path / "broker")
+    await broker.start()
+    try:
+        device = {"mqtt": broker.device_table(tmp_path)}
+        script = [{"say": text}]
+        async with (
+            observe(broker) as ha,
+            run_chain(tmp_path, models_dir, device=device, script=script) as chain,
+        ):
+            await ha.wait(f"{BASE}/phase", "idle")
+            await ha.send("announce/set", text)
+            wake = await chain.wait_phase(Phase.WAKE, timeout=10)
+            assert wake.reason == "Home Assistant announcement"
+            await ha.wait(f"{BASE}/phase", "speaking")
+            idle = await chain.wait_phase(Phase.IDLE, timeout=20)
+            assert idle.reason == "conversation over (announcement made)"
+            await ha.send("start/press", "PRESS")
+            await chain.wait_phase(Phase.LISTENING)
+            await ha.send("announce/set", "Dinner is ready.")
+            await chain.wait_log("announcement not played: a conversation is under way")
+    finally:
+        broker.stop()
+    (asked,) = [e for e in chain.sent(0) if e["type"] == "response.create"]
+    assert asked["response"]["instructions"].endswith(text)
 
 
 async def test_transcript_sensor_only_when_enabled(tmp_path: Path, models_dir: Path) -> None:

@@ -66,6 +66,8 @@ class Conversation:
         woke_at: float,
         on_transcript: Callable[[str, str], None] | None = None,
         on_transcription_failed: Callable[[str, str], None] | None = None,
+        announcement: str | None = None,
+        then_converse: bool = False,
     ) -> None:
         self._config = config
         self._session = config.session
@@ -116,6 +118,11 @@ class Conversation:
         self._response_active = False  # between ReplyStarted and ReplyDone
         self._tool_runs = 0  # tool batches running; their outputs then get one reply request
         self._create_after_response = False  # outputs sent while a response was active
+        # An announcement (Home Assistant) is said first, with the microphone kept out of the
+        # session until it has been heard; then the conversation goes on, or ends.
+        self._announcement = announcement
+        self._then_converse = then_converse
+        self._announcing = announcement is not None  # the microphone waits until it is said
         self.wake_to_live_s: float | None = None
         self._handlers: dict[type[Any], Callable[[Any], None]] = {
             events.Live: self._session_live,
@@ -153,7 +160,9 @@ class Conversation:
                 log.info("session live %.0f ms after the wake word", self.wake_to_live_s * 1000)
                 # The service may have reported speech before the session was live: then the
                 # phase has moved on already, and the user is not idle.
-                if self._phases.phase is Phase.CONNECTING:
+                if self._announcement is not None:
+                    self._announce(self._announcement)
+                elif self._phases.phase is Phase.CONNECTING:
                     self._phases.transition(Phase.LISTENING, "session live")
                 if self._phases.phase is Phase.LISTENING and not self._user_speaking:
                     self._arm("idle", self._session.idle_timeout_s, "idle timeout")
@@ -180,14 +189,16 @@ class Conversation:
 
     def push_mic(self, samples: NDArray[np.int16]) -> None:
         """Send microphone audio (already echo-cancelled) into the session."""
-        if self._session.half_duplex and not self._mic_open():
+        if self._announcing or (self._session.half_duplex and not self._mic_open()):
             samples = np.zeros_like(samples)
         self._api.push_audio(samples)
 
     def on_button(self) -> None:
         """Short press: interrupt a reply, end the turn (no VAD), or end the conversation."""
         phase = self._phases.phase
-        if phase is Phase.SPEAKING:
+        if self._announcing and not self._then_converse:
+            self.end("button")  # nobody is to be asked anything: stop the announcement
+        elif phase is Phase.SPEAKING:
             self.barge_in("button")
         elif phase is Phase.LISTENING and self._api.manual_turns and self._live.is_set():
             self._api.end_turn()
@@ -313,6 +324,7 @@ class Conversation:
     def _speaking_stopped(self, event: events.ReplyAudioFinished) -> None:
         self._server_speaking = False
         self._speaker_quiet_since = time.monotonic()
+        self._announcing = False
         if event.interrupted:
             return  # after a barge-in, which has set the phase already
         if self._ending_after_reply is not None:
@@ -364,6 +376,12 @@ class Conversation:
             self._create_after_response = False
             self._create_response()
             return
+        if self._announcing and not self._response_audio:
+            self._announcing = False
+            log.warning("the announcement came back without audio")
+            if self._ending_after_reply is not None:
+                self.end(self._ending_after_reply)
+                return
         # A reply without audio (text, or a tool call still running): nothing will be played.
         if (
             not self._response_audio
@@ -392,6 +410,18 @@ class Conversation:
             self._spawn(self._run_tools(tools), "tools")
 
     # -- helpers -----------------------------------------------------------------------------
+
+    def _announce(self, text: str) -> None:
+        if not self._api.say(text):
+            log.warning("announcement not made: this session cannot speak (transcription mode)")
+            self.end("announcement not made")
+            return
+        log.info("announcing: %s", clip(text))
+        self._announcing = True
+        if not self._then_converse:
+            self._ending_after_reply = "announcement made"
+        self._phases.transition(Phase.THINKING, "announcement asked for")
+        self._await_reply("the announcement was asked for")
 
     async def _run_tools(self, calls: list[ToolCall]) -> None:
         """Run one response's tool calls together; all outputs, then one reply request."""

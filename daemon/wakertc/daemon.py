@@ -22,7 +22,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import numpy as np
@@ -40,6 +40,9 @@ from .state import Phase, PhaseMachine, Transition
 from .timers import Entry, Timers
 from .verifier import verifier_path
 from .wakeword import Detection, WakeWordDetector, WakeWordError
+
+if TYPE_CHECKING:
+    from .mqtt import Announcement
 
 log = logging.getLogger(__name__)
 
@@ -430,15 +433,27 @@ class Daemon:
             elif self._conversation_task is None:
                 self._listen_for_wake(f"microphone unmuted by {by}")
 
-    def start_conversation(self, reason: str, detection: Detection | None = None) -> None:
-        """Open a conversation now (wake word or button)."""
+    def start_conversation(
+        self,
+        reason: str,
+        detection: Detection | None = None,
+        *,
+        announcement: str | None = None,
+        then_converse: bool = False,
+    ) -> None:
+        """Open a conversation now (wake word, button, Home Assistant); with an `announcement`,
+        the model says it first, and the conversation goes on only if `then_converse`."""
         if self._conversation_task is not None:
             return
         if self.phases.phase is Phase.RINGING:
             self._end_ringing(f"a conversation started ({reason})")
-        self._conversation_task = self._spawn(self._converse(reason, time.monotonic()), "converse")
+        self._conversation_task = self._spawn(
+            self._converse(reason, time.monotonic(), announcement, then_converse), "converse"
+        )
 
-    async def _converse(self, reason: str, woke_at: float) -> None:
+    async def _converse(
+        self, reason: str, woke_at: float, announcement: str | None, then_converse: bool
+    ) -> None:
         from .conversation import Conversation, SessionFailed
 
         self.phases.transition(Phase.WAKE, reason)
@@ -452,9 +467,12 @@ class Daemon:
             woke_at=woke_at,
             on_transcript=self._on_transcript,
             on_transcription_failed=self._on_transcription_failed,
+            announcement=announcement,
+            then_converse=then_converse,
         )
-        for frame in self._preroll:
-            conversation.push_mic(frame)
+        if announcement is None:  # what was said before the wake word, not before an announcement
+            for frame in self._preroll:
+                conversation.push_mic(frame)
         self._conversation = conversation
         try:
             try:
@@ -463,6 +481,8 @@ class Daemon:
                 self.last_wake_to_live_s = conversation.wake_to_live_s
                 if not self._muted:
                     self._listen_for_wake(f"conversation over ({ending})")
+                else:  # an announcement made while muted
+                    self.phases.transition(Phase.MUTED, "microphone muted")
             except SessionFailed as exc:
                 self.last_wake_to_live_s = conversation.wake_to_live_s
                 log.error("conversation failed: %s", exc)
@@ -621,11 +641,36 @@ class Daemon:
         if not self.stop_ringing(by) and self._conversation is not None:
             self._conversation.end(f"stopped by {by}")
 
-    async def announce(self, source: str, *, then_converse: bool) -> None:
-        """Play a WAV from an http(s) URL or from `mqtt.announce_dir`, then maybe converse."""
+    async def announce(self, announcement: Announcement) -> None:
+        """Say a text through a short session in the model's voice, or play a WAV from an
+        http(s) URL or from `mqtt.announce_dir`; then maybe converse. ValueError when it cannot."""
+        then_converse = announcement.then_converse and not self._muted
+        if announcement.kind == "text":
+            if self._conversation_task is not None:
+                raise ValueError("a conversation is under way: announce when it has ended")
+            self.start_conversation(
+                "Home Assistant announcement",
+                announcement=announcement.value,
+                then_converse=then_converse,
+            )
+            return
+        samples = await self._load_announcement(announcement)
+        log.info("announcing %s (%.1f s)", announcement.value, len(samples) / 24000)
+        self._play_cue(samples)
+        if then_converse:
+            # The queue has no completion event: poll until the announcement has been played.
+            deadline = time.monotonic() + len(samples) / 24000 + 5.0
+            while time.monotonic() < deadline:
+                if self._audio is None or self._audio.playback_queued_s <= 0:
+                    break
+                await asyncio.sleep(0.05)
+            self.start_conversation("Home Assistant, after an announcement")
+
+    async def _load_announcement(self, announcement: Announcement) -> NDArray[np.int16]:
         from .sounds import CueError, decode_wav, load_wav
 
-        if source.startswith(("http://", "https://")):
+        source = announcement.value
+        if announcement.kind == "url":
             try:
                 response = await self.http.get(source, timeout=ANNOUNCE_TIMEOUT_S)
             except httpx.HTTPError as exc:
@@ -640,19 +685,10 @@ class Daemon:
                 raise ValueError(f"{source!r}: a URL, or a .wav file name in mqtt.announce_dir")
             load = functools.partial(load_wav, folder / name, "announcement")
         try:
-            samples = await asyncio.to_thread(load)
+            samples: NDArray[np.int16] = await asyncio.to_thread(load)
         except CueError as exc:
             raise ValueError(str(exc)) from exc
-        log.info("announcing %s (%.1f s)", source, len(samples) / 24000)
-        self._play_cue(samples)
-        if then_converse:
-            # The queue has no completion event: poll until the announcement has been played.
-            deadline = time.monotonic() + len(samples) / 24000 + 5.0
-            while time.monotonic() < deadline:
-                if self._audio is None or self._audio.playback_queued_s <= 0:
-                    break
-                await asyncio.sleep(0.05)
-            self.start_conversation("Home Assistant, after an announcement")
+        return samples
 
     def _on_transcription_failed(self, message: str, item_id: str) -> None:
         self.hook.send({"event": "transcription_failed", "error": message, "item_id": item_id})

@@ -21,7 +21,8 @@ Topics, under `base` (`wakertc/<device_id>` by default)::
     stop/press          PRESS: stop ringing, else end the conversation   button
     timers              how many are set; attributes in timers/attributes (JSON)   sensor
     transcript          what the user said last           sensor (only with expose_transcript)
-    announce/set        a URL or file name of a WAV, or JSON {"url"|"file", "then_converse"}  text
+    announce/set        text to say; or a URL or file name of a WAV; or JSON
+                        {"text"|"url"|"file": ..., "then_converse": bool}     text
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import aiomqtt
 
@@ -48,6 +49,22 @@ RETRY_S = (1.0, 60.0)
 KEEPALIVE_S = 30
 TIMEOUT_S = 10.0
 PRESS = "PRESS"
+# Longest text announcement: about 250 tokens, under GPT-Live's 500-token commentary limit, and
+# a minute or so of speech.
+ANNOUNCE_TEXT_MAX = 1000
+
+
+AnnouncementKind = Literal["text", "url", "file"]
+_KINDS: tuple[AnnouncementKind, ...] = ("text", "url", "file")
+
+
+@dataclass(frozen=True)
+class Announcement:
+    """What Home Assistant asked the device to announce."""
+
+    kind: AnnouncementKind
+    value: str
+    then_converse: bool = False
 
 
 class Device(Protocol):
@@ -73,8 +90,9 @@ class Device(Protocol):
     def stop_from_remote(self, by: str) -> None:
         """Stop ringing, or else end the conversation."""
 
-    async def announce(self, source: str, *, then_converse: bool) -> None:
-        """Play a WAV from a URL or the announce directory (raises ValueError when unusable)."""
+    async def announce(self, announcement: Announcement) -> None:
+        """Say a text, or play a WAV from a URL or the announce directory; raises ValueError
+        when it cannot (the message says why)."""
 
     def timers_summary(self) -> list[dict[str, Any]]:
         """The timers and alarms set, soonest first."""
@@ -292,18 +310,17 @@ class HomeAssistant:
             elif topic == topics.of("stop/press"):
                 device.stop_from_remote("Home Assistant")
             elif topic == topics.of("announce/set"):
-                source, then_converse = _announcement(payload)
                 task = asyncio.get_running_loop().create_task(
-                    self._announce(source, then_converse), name="mqtt-announce"
+                    self._announce(parse_announcement(payload)), name="mqtt-announce"
                 )
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
         except ValueError as exc:
             log.warning("mqtt: ignored %s = %r: expected %s", topic, payload[:100], exc)
 
-    async def _announce(self, source: str, then_converse: bool) -> None:
+    async def _announce(self, announcement: Announcement) -> None:
         try:
-            await self._device.announce(source, then_converse=then_converse)
+            await self._device.announce(announcement)
         except ValueError as exc:
             log.warning("mqtt: announcement not played: %s", exc)
 
@@ -429,21 +446,35 @@ async def _cancel(tasks: set[asyncio.Task[None]]) -> None:
             log.debug("mqtt: %s ended: %r", task.get_name(), task.exception())
 
 
-def _announcement(payload: str) -> tuple[str, bool]:
-    """(source, then_converse) from a command: a bare URL or file name, or a JSON object."""
+def parse_announcement(payload: str) -> Announcement:
+    """A command on `announce/set`: a JSON object, a WAV's URL or file name, or else text.
+
+    Raises ValueError saying what was expected.
+    """
     text = payload.strip()
     if text.startswith("{"):
         try:
             data = json.loads(text)
         except json.JSONDecodeError:
-            raise ValueError('JSON like {"url": "http://...", "then_converse": true}') from None
-        source = data.get("url") or data.get("file") if isinstance(data, dict) else None
-        if not isinstance(source, str) or not source:
-            raise ValueError('a "url" or "file" in the JSON')
-        return source, bool(data.get("then_converse", False))
-    if not text:
-        raise ValueError("a WAV URL or file name")
-    return text, False
+            raise ValueError('JSON like {"text": "...", "then_converse": true}') from None
+        kinds = [k for k in _KINDS if isinstance(data, dict) and k in data]
+        if len(kinds) != 1 or not isinstance(data[kinds[0]], str) or not data[kinds[0]].strip():
+            raise ValueError('exactly one of "text", "url" or "file" in the JSON, a string')
+        kind = kinds[0]
+        value, then_converse = data[kind].strip(), data.get("then_converse", False)
+        if not isinstance(then_converse, bool):
+            raise ValueError('"then_converse" true or false')
+    elif text.startswith(("http://", "https://")):
+        kind, value, then_converse = "url", text, False
+    elif text.lower().endswith(".wav") and not any(c.isspace() for c in text):
+        kind, value, then_converse = "file", text, False
+    else:
+        kind, value, then_converse = "text", text, False
+    if not value:  # (an empty payload)
+        raise ValueError("text to say, or a WAV's URL or file name")
+    if kind == "text" and len(value) > ANNOUNCE_TEXT_MAX:
+        raise ValueError(f"at most {ANNOUNCE_TEXT_MAX} characters of text ({len(value)} given)")
+    return Announcement(kind, value, then_converse)
 
 
 def _text(payload: Any) -> str:

@@ -150,6 +150,7 @@ LIVE_DEVICE_CLIENT_EVENTS = (
     "session.input_audio.mute",
     "session.input_audio.unmute",
     "session.instructions.append",
+    "session.commentary.append",  # announcements: the model says a text
 )
 LIVE_TOOL_CLIENT_EVENTS = ("response.item.create", "response.create")
 LIVE_DEVICE_SERVER_EVENTS = (

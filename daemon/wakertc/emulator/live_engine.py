@@ -199,6 +199,14 @@ class LiveEngine:
         at = self._now_ms()
         kind = message["type"].removesuffix("append") + "appended"
         self._send(_correlated(event(kind, start_ms=at, end_ms=at), client_event_id))
+        if message["type"] == "session.commentary.append":
+            # Commentary is spoken by the model (the real one may paraphrase; this one reads it).
+            self._spawn(self._say(str(message["content"])), "commentary")
+
+    async def _say(self, text: str) -> None:
+        reply = await self._synth.say(text)
+        if len(reply.audio):
+            await self._speak(reply)
 
     def _on_item_create(self, message: dict[str, Any], client_event_id: str | None) -> None:
         item = message["item"]

@@ -174,6 +174,10 @@ class Session(Protocol):
     def request_reply(self) -> None:
         """Ask the model to reply to the tool results it was given."""
 
+    def say(self, text: str) -> bool:
+        """Have the model speak `text` to the user now, in its own voice (an announcement);
+        False when this session cannot (a transcription session has no voice)."""
+
     async def close(self, *, graceful: bool = True) -> None:
         """Hang up and release the connection; idempotent. Not `graceful` after a failure:
         then nothing is waited for from a service that may be gone."""

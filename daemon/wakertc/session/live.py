@@ -206,6 +206,13 @@ class LiveSession:
         """Let the backend continue with the results (one `response.create` per batch)."""
         self._send({"type": "response.create"})
 
+    def say(self, text: str) -> bool:
+        """`session.commentary.append`: the model speaks it (GPT-Live may paraphrase). Its reply
+        is then seen as any other: by the received audio's level and the output transcript."""
+        return self._send(
+            {"type": "session.commentary.append", "content": text, "delegation_id": None}
+        )
+
     async def close(self, *, graceful: bool = True) -> None:
         """`session.close`, a moment for `session.closed` (not after a failure: a lost path
         would only delay the error), then the peer connection."""

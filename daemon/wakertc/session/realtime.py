@@ -66,6 +66,14 @@ def session_update(minted: dict[str, Any], tools: ToolRunner) -> dict[str, Any]:
     return {"type": "session.update", "session": {"type": "realtime", "tools": merged}}
 
 
+def announce(text: str) -> str:
+    """The instructions for speaking an announcement as given."""
+    return (
+        "Say the following announcement to the user exactly as written, in your usual voice, "
+        "and add nothing before or after it:\n\n" + text
+    )
+
+
 def session_type_mismatch(minted: dict[str, Any], mode: str) -> str | None:
     """Why a minted session cannot serve the device's `session.mode`, or None if it can."""
     kind = minted.get("type")
@@ -140,6 +148,7 @@ class RealtimeSession:
         # asks for the reply.
         self._create_on_commit = False
         self._turn_end: list[dict[str, Any]] = []  # what a press sends to end a manual turn
+        self._speaks = True  # a realtime (not a transcription) session
         # Function calls by response id, reported only once their response completed.
         self._calls: dict[str, list[ToolCall]] = {}
         self._transcript: list[str] = []
@@ -215,6 +224,7 @@ class RealtimeSession:
                 raise SessionFailed(str(exc)) from exc
         self.stage = "waiting for the session to be configured"
         self._follow_turn_detection(key.session)
+        self._speaks = key.session.get("type", "realtime") == "realtime"
         self._send(session_update(key.session, self._tools))
 
     def push_audio(self, samples: NDArray[np.int16]) -> None:
@@ -246,6 +256,14 @@ class RealtimeSession:
     def request_reply(self) -> None:
         """`response.create` (the conversation sends it only when no response is active)."""
         self._send({"type": "response.create"})
+
+    def say(self, text: str) -> bool:
+        """A `response.create` whose instructions are to say `text`. It stays in the
+        conversation, so the model knows what it announced when the user answers."""
+        if not self._speaks:
+            return False
+        self._send({"type": "response.create", "response": {"instructions": announce(text)}})
+        return True
 
     async def close(self, *, graceful: bool = True) -> None:
         """Hang up and close the call (or just stop the microphone track if none is open).
