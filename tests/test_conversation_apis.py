@@ -307,3 +307,18 @@ async def test_text_announcement_then_converse(tmp_path, models_dir, api):
         assert idle.reason == "conversation over (idle timeout)"
     assert question in announced_text(chain, api)
     assert chain.daemon.conversations == 1
+
+
+async def test_the_button_stops_an_announcement(tmp_path, models_dir, api):
+    from wakertc.mqtt import Announcement
+
+    script = [{"say": STORY}] if api == "realtime" else []
+    async with run_chain(tmp_path, models_dir, script=script, api=api) as chain:
+        await chain.daemon.announce(Announcement("text", STORY))
+        await chain.expect(Phase.WAKE, Phase.CONNECTING, Phase.THINKING, Phase.SPEAKING, timeout=20)
+        await asyncio.sleep(0.5)
+        await chain.press()
+        (idle,) = await chain.expect(Phase.IDLE)
+        assert idle.reason == "conversation over (button)"
+        # The speaker fell silent at once (the done cue aside, which comes with IDLE).
+        assert chain.mic.audible_s(idle.t - 0.05, idle.t + 1.5) < 0.6

@@ -220,6 +220,9 @@ class Conversation:
         self._discarding = True
         self._server_speaking = False
         self._speaker_quiet_since = time.monotonic()
+        if self._announcing and not self._then_converse:
+            self.end(why)  # an announcement nobody is to answer: stopping it ends the session
+            return
         self._phases.transition(Phase.LISTENING, f"interrupted by {why}")
         self._arm("idle", self._session.idle_timeout_s, "idle timeout")
 
