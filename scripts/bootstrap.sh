@@ -25,11 +25,13 @@ log() { printf '[bootstrap] %s\n' "$*" >&2; }
 sudo_() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
 
 # Build headers for PyAudio and systemd-python (no wheels on PyPI); on ARM, swig for lgpio, which
-# has no wheel for Python 3.13. espeak-ng and sox make the demo's and the tests' speech; PulseAudio
-# is the real-time audio server the end-to-end tests run against. A device needs none of those.
-apt_packages=(python3-venv python3-dev gcc pkg-config portaudio19-dev libsystemd-dev unzip)
+# has no wheel for Python 3.13. espeak-ng makes the demo's and the tests' speech, and on a device
+# the negative speech `wakertc enroll` trains against (without it, false wakes are far more common:
+# enroll.py); sox and PulseAudio (the real-time audio server the end-to-end tests run against) are
+# for the demo and the tests only.
+apt_packages=(python3-venv python3-dev gcc pkg-config portaudio19-dev libsystemd-dev unzip espeak-ng)
 [[ $(uname -m) == aarch64 ]] && apt_packages+=(swig)
-[[ $mode != device ]] && apt_packages+=(espeak-ng sox)
+[[ $mode != device ]] && apt_packages+=(sox)
 # The tests also start a real Mosquitto broker (Home Assistant over MQTT) and drive OpenAI's browser
 # sample in headless Chromium against the emulator.
 [[ $mode == test ]] && apt_packages+=(pulseaudio pulseaudio-utils libasound2-plugins systemd mosquitto chromium)

@@ -16,8 +16,8 @@ installed, two dozen sentences read in four voices at three rates, many with wor
 like the phrase ("hey Travis", "jar", "service"). The texts differ from the bench's, so the
 bench measures what enrolment did not see. Negative speech matters most: with only 12 sentences
 at two rates (and acceptance at 0.9) the bench measured 120 false accepts per hour against the
-stock model's 1.7, so a device should have espeak-ng installed. Everything is seeded: the same
-clips train the same verifier.
+stock model's 1.7, so the installer puts espeak-ng on every device (`bootstrap.sh --device`).
+Everything is seeded: the same clips train the same verifier.
 """
 
 from __future__ import annotations
