@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import sys
+import time
 
 from chain import BLUE, GREEN, RED, STORY, clip, run_chain
 from wakertc.demo import make_default_input
@@ -425,6 +426,34 @@ async def test_half_duplex_closes_the_microphone_while_speaking(tmp_path, models
         assert chain.received_ratio(reply) == 0.0  # its own echo never went up either
         events = [e["type"] for e in chain.received()]
         assert events.count("input_audio_buffer.speech_started") == 1
+
+
+async def test_woken_while_the_echo_canceller_loads_the_reply_is_not_cut_by_its_echo(
+    tmp_path, models_dir, monkeypatch
+):
+    """The canceller loads in the background after start-up (a second or two on a Pi Zero).
+    A conversation opened before it is ready runs half-duplex: with the speaker loud in the
+    microphone, the reply is not interrupted by its own echo."""
+    import wakertc.daemon
+
+    real_load = wakertc.daemon._load_heavy_parts
+
+    def slow_load(echo_cancellation: bool):
+        time.sleep(4.0)  # a slow SD card: the first conversation comes first
+        return real_load(echo_cancellation)
+
+    monkeypatch.setattr(wakertc.daemon, "_load_heavy_parts", slow_load)
+    async with run_chain(tmp_path, models_dir, script=[{"say": STORY}], echo_gain=0.5) as chain:
+        await chain.press()
+        await chain.expect(Phase.WAKE, Phase.CONNECTING, Phase.LISTENING)
+        assert chain.daemon._aec is None  # still loading
+        chain.mic.speak(clip("tell me a story"))
+        await chain.expect(Phase.THINKING, Phase.SPEAKING, timeout=10)
+        listening, _ = await chain.expect(Phase.LISTENING, Phase.IDLE, timeout=20)
+        assert listening.reason == "reply finished"
+    assert chain.logs.find("echo canceller still loading: half-duplex for this conversation")
+    events = [e["type"] for e in chain.received()]
+    assert events.count("input_audio_buffer.speech_started") == 1  # the question only
 
 
 HOOK_CODE = "import sys\nwith open(sys.argv[1], 'a') as f:\n    f.write(sys.stdin.read())\n"

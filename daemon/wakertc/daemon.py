@@ -99,6 +99,7 @@ class Daemon:
         )
         self._aec: Any = None
         self._aec_active = False
+        self._aec_loaded = False  # the preload has decided: a canceller, or half-duplex
         self._audio_lost = False
         self._audio_wait_reason = ""  # the ERROR phase's reason while the audio device is away
         self._audio_flowing = asyncio.Event()
@@ -457,8 +458,15 @@ class Daemon:
         from .conversation import Conversation, SessionFailed
 
         self.phases.transition(Phase.WAKE, reason)
+        config = self.config
+        if config.session.echo_cancellation and not self._aec_loaded:
+            # Woken in the first moments after start-up, while the canceller still loads: this
+            # conversation keeps the microphone closed while the device speaks instead.
+            log.info("echo canceller still loading: half-duplex for this conversation")
+            session = dataclasses.replace(config.session, half_duplex=True)
+            config = dataclasses.replace(config, session=session)
         conversation = Conversation(
-            config=self.config,
+            config=config,
             phases=self.phases,
             keys=self.keys,
             http=self.http,
@@ -699,6 +707,7 @@ class Daemon:
         """Load in a thread; apply here, on the loop, which alone reads and writes the daemon."""
         wanted = self.config.session.echo_cancellation
         aec = await asyncio.to_thread(_load_heavy_parts, wanted)
+        self._aec_loaded = True
         if not wanted:
             return
         self._aec = aec
