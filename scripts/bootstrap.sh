@@ -2,9 +2,9 @@
 # Install everything wakertc needs to run (and, with --test, to be tested) on Debian 12 or 13 /
 # Raspberry Pi OS Bookworm or Trixie. Idempotent: each step is skipped when its result is already there.
 #
-#   scripts/bootstrap.sh           Debian packages, .venv with wakertc, wake-word models
-#   scripts/bootstrap.sh --test    the same plus the test and lint tools, PulseAudio, espeak-ng, sox
-#   scripts/bootstrap.sh --device  what a device needs only: no demo packages (used by install-pi.sh)
+#   scripts/bootstrap.sh           Debian packages, .venv with wakertc, wake-word models, sox (demo)
+#   scripts/bootstrap.sh --test    the same plus the test and lint tools, PulseAudio, Mosquitto, ...
+#   scripts/bootstrap.sh --device  what a device needs only, no sox (used by install-pi.sh)
 #
 # Python packages come from the pinned, hashed set for this Python in requirements/ (refresh them
 # with scripts/lock.sh); wakertc itself is installed editable on top, without dependencies.

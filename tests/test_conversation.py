@@ -12,7 +12,7 @@ import asyncio
 import json
 import logging
 import sys
-import time
+import threading
 
 from chain import BLUE, GREEN, RED, STORY, clip, run_chain
 from wakertc.demo import make_default_input
@@ -346,7 +346,7 @@ async def test_while_the_echo_canceller_learns_only_the_wake_word_hears_the_user
 ):
     """The first reply after start-up, echo canceller on (the default): it is still learning the
     room (aec.py), so the session hears nothing while the speaker plays and its VAD cannot be
-    fooled by a leak; the wake word still hears the canceller's output and interrupts."""
+    fooled by a leak; the wake word hears the raw microphone meanwhile, and interrupts."""
     async with run_chain(tmp_path, models_dir, script=[{"say": STORY}]) as chain:
         await chain.press()
         await chain.expect(Phase.WAKE, Phase.CONNECTING, Phase.LISTENING)
@@ -437,9 +437,10 @@ async def test_woken_while_the_echo_canceller_loads_the_reply_is_not_cut_by_its_
     import wakertc.daemon
 
     real_load = wakertc.daemon._load_heavy_parts
+    release = threading.Event()
 
     def slow_load(echo_cancellation: bool):
-        time.sleep(4.0)  # a slow SD card: the first conversation comes first
+        release.wait(20)  # a slow SD card: the first conversation comes first
         return real_load(echo_cancellation)
 
     monkeypatch.setattr(wakertc.daemon, "_load_heavy_parts", slow_load)
@@ -449,8 +450,11 @@ async def test_woken_while_the_echo_canceller_loads_the_reply_is_not_cut_by_its_
         assert chain.daemon._aec is None  # still loading
         chain.mic.speak(clip("tell me a story"))
         await chain.expect(Phase.THINKING, Phase.SPEAKING, timeout=10)
-        listening, _ = await chain.expect(Phase.LISTENING, Phase.IDLE, timeout=20)
+        listening = await chain.wait_phase(Phase.LISTENING, timeout=20)
         assert listening.reason == "reply finished"
+        assert chain.daemon._aec is None  # the whole reply played before it loaded
+        release.set()
+        await chain.wait_phase(Phase.IDLE, timeout=15)
     assert chain.logs.find("echo canceller still loading: half-duplex for this conversation")
     events = [e["type"] for e in chain.received()]
     assert events.count("input_audio_buffer.speech_started") == 1  # the question only

@@ -275,6 +275,9 @@ async def test_text_announcement_in_the_models_voice(tmp_path, models_dir, api):
         with pytest.raises(ValueError, match="conversation is under way"):
             await chain.daemon.announce(Announcement("text", "Dinner is ready."))
     assert text in announced_text(chain, api, call=0)
+    if api == "realtime":  # the outside text cannot make the model run a tool
+        (asked,) = [e for e in chain.sent(0) if e["type"] == "response.create"]
+        assert asked["response"]["tool_choice"] == "none"
     # Nothing the microphone heard reached the session: the model heard silence.
     assert float(abs(chain.recording(0)).max()) < 0.01
     assert chain.logs.find("announcing: The washing machine has finished.")
@@ -322,3 +325,42 @@ async def test_the_button_stops_an_announcement(tmp_path, models_dir, api):
         assert idle.reason == "conversation over (button)"
         # The speaker fell silent at once (the done cue aside, which comes with IDLE).
         assert chain.mic.audible_s(idle.t - 0.05, idle.t + 1.5) < 0.6
+
+
+async def test_interrupting_an_announcement_that_asks_listens_for_the_answer(
+    tmp_path, models_dir, api
+):
+    """then_converse: a press during the announcement stops it, and what the user then says
+    reaches the model (the microphone is not left shut)."""
+    from wakertc.mqtt import Announcement
+
+    script = [{"say": STORY}, {"reply": "tone"}] if api == "realtime" else [{"reply": "tone"}]
+    async with run_chain(tmp_path, models_dir, script=script, api=api) as chain:
+        await chain.daemon.announce(Announcement("text", STORY, then_converse=True))
+        await chain.expect(Phase.WAKE, Phase.CONNECTING, Phase.THINKING, Phase.SPEAKING, timeout=20)
+        await asyncio.sleep(0.5)
+        await chain.press()
+        (listening,) = await chain.expect(Phase.LISTENING)
+        assert listening.reason == "interrupted by button"
+        await asyncio.sleep(1.0)
+        chain.mic.speak(clip("yes please"))
+        (thinking,) = await chain.expect(Phase.THINKING, timeout=10)
+        assert thinking.reason == "user stopped speaking"
+
+
+async def test_text_announcements_refused_when_they_cannot_be_made(tmp_path, models_dir, api):
+    """Muted, or a conversation under way: refused with the reason (Home Assistant's log line),
+    and nothing else changes."""
+    from wakertc.mqtt import Announcement
+
+    async with run_chain(tmp_path, models_dir, api=api) as chain:
+        chain.daemon.set_muted(True, "test")
+        with pytest.raises(ValueError, match="muted"):
+            await chain.daemon.announce(Announcement("text", "Hello"))
+        chain.daemon.set_muted(False, "test")
+        await chain.expect(Phase.MUTED, Phase.IDLE)
+        await chain.press()
+        await chain.expect(Phase.WAKE, Phase.CONNECTING, Phase.LISTENING)
+        with pytest.raises(ValueError, match="conversation is under way"):
+            await chain.daemon.announce(Announcement("text", "Hello"))
+        assert len(chain.calls()) == 1

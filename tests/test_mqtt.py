@@ -498,7 +498,7 @@ async def test_text_announcement_from_home_assistant(tmp_path: Path, models_dir:
     finally:
         broker.stop()
     (asked,) = [e for e in chain.sent(0) if e["type"] == "response.create"]
-    assert asked["response"]["instructions"].endswith(text)
+    assert f"<announcement>\n{text}\n</announcement>" in asked["response"]["instructions"]
 
 
 async def test_transcript_sensor_only_when_enabled(tmp_path: Path, models_dir: Path) -> None:

@@ -14,7 +14,8 @@ tells the caller to keep the capture out of the session while the speaker plays 
 does), and only then trusts the canceller alone. Meanwhile the wake word hears the raw
 microphone: while it learns, AEC3 also ducks the user's voice under the speaker's, so far that
 "Hey Jarvis" said over the first reply went unheard (tests/test_conversation.py). The
-canceller is made once per daemon: it learns once, on the first reply, not on every conversation.
+canceller is made once per daemon: it learns once (again after an audio device change), not
+in every conversation.
 """
 
 from __future__ import annotations
@@ -63,8 +64,15 @@ class EchoCanceller:
         self._delay_ms = stream_delay_ms
         self._lock = threading.Lock()
         self._render_rest = np.zeros(0, dtype=np.int16)
-        self._heard_s = 0.0  # voiced reference seen so far (only ever grows)
+        # Written by the playback thread only (in `render`), read on the loop: single floats,
+        # and a read one frame stale costs nothing.
+        self._heard_s = 0.0  # voiced reference seen so far
         self._last_voiced = -1e9  # monotonic time of the last voiced reference chunk
+        self.learned = False
+
+    def relearn(self) -> None:
+        """Another audio device: until it has heard enough of it, `may_leak` is true again."""
+        self._heard_s = 0.0
         self.learned = False
 
     def may_leak(self) -> bool:
@@ -74,7 +82,9 @@ class EchoCanceller:
             return False
         if self._heard_s >= LEARN_S:
             self.learned = True
-            log.info("echo canceller has learned the room (%.1f s of the device's voice)", LEARN_S)
+            log.info(
+                "echo canceller has learned the room (%.1f s of the device's voice)", self._heard_s
+            )
             return False
         return time.monotonic() - self._last_voiced < ECHO_TAIL_S
 

@@ -44,6 +44,9 @@ SILENCE_PEAK = 64
 # When the server says a reply's output stopped, its last ~100 ms are still in the network and the
 # jitter buffer: the reply has been heard once nothing audible has arrived for this long.
 REPLY_TAIL_S = 0.25
+# An announcement is over once nothing audible has arrived for this long: GPT-Live reports no
+# end of a reply, only its audio (session/live.py), and a text of several sentences pauses.
+ANNOUNCEMENT_TAIL_S = 1.5
 # Nothing at all from the peer for this long (no packet of any kind, and no answer to the call's
 # probes: see webrtc.py) means the path died without a word; ICE consent checks would only notice
 # after ~30 s. Mid-reply the user hears it stop, so sooner; otherwise they would talk to no one.
@@ -223,6 +226,7 @@ class Conversation:
         if self._announcing and not self._then_converse:
             self.end(why)  # an announcement nobody is to answer: stopping it ends the session
             return
+        self._announcing = False  # stopped: listen to the answer
         self._phases.transition(Phase.LISTENING, f"interrupted by {why}")
         self._arm("idle", self._session.idle_timeout_s, "idle timeout")
 
@@ -327,11 +331,14 @@ class Conversation:
     def _speaking_stopped(self, event: events.ReplyAudioFinished) -> None:
         self._server_speaking = False
         self._speaker_quiet_since = time.monotonic()
-        self._announcing = False
+        if self._then_converse:
+            self._announcing = False  # heard: the answer may come (else the session just ends)
         if event.interrupted:
             return  # after a barge-in, which has set the phase already
         if self._ending_after_reply is not None:
-            self._spawn(self._end_when_played(self._ending_after_reply), "end-after-reply")
+            # An announcement may pause longer between sentences than a reply's tail.
+            tail = ANNOUNCEMENT_TAIL_S if self._announcing else REPLY_TAIL_S
+            self._spawn(self._end_when_played(self._ending_after_reply, tail), "end-after-reply")
             return
         if self._tool_runs:
             # The reply was "let me check": the tools it called (started when the reply was
@@ -379,11 +386,11 @@ class Conversation:
             self._create_after_response = False
             self._create_response()
             return
-        if self._announcing and not self._response_audio:
+        if self._announcing and not self._response_audio and not calls:
             self._announcing = False
             log.warning("the announcement came back without audio")
             if self._ending_after_reply is not None:
-                self.end(self._ending_after_reply)
+                self.end("announcement not made")
                 return
         # A reply without audio (text, or a tool call still running): nothing will be played.
         if (
@@ -416,7 +423,7 @@ class Conversation:
 
     def _announce(self, text: str) -> None:
         if not self._api.say(text):
-            log.warning("announcement not made: this session cannot speak (transcription mode)")
+            log.warning("announcement not made: the session could not be asked to speak")
             self.end("announcement not made")
             return
         log.info("announcing: %s", clip(text))
@@ -469,12 +476,12 @@ class Conversation:
                 self.fail(f"connection lost: nothing received for {quiet_for:.1f} s")
                 return
 
-    async def _end_when_played(self, reason: str) -> None:
+    async def _end_when_played(self, reason: str, tail_s: float = REPLY_TAIL_S) -> None:
         # The speaker's queue has no completion event, and the reply's tail may still be in
         # flight: poll until it has arrived and played, so the goodbye is heard to the end.
         deadline = time.monotonic() + 10.0
         while time.monotonic() < deadline:
-            in_flight = time.monotonic() - self._last_audio_at < REPLY_TAIL_S
+            in_flight = time.monotonic() - self._last_audio_at < tail_s
             if not in_flight and self._audio.playback_queued_s <= 0:
                 break
             await asyncio.sleep(0.05)

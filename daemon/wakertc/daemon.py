@@ -344,6 +344,8 @@ class Daemon:
             self._audio.set_volume(self._volume)  # as Home Assistant last set it
             self._audio_lost = False
             self.detector.reset()
+            if self._aec is not None:
+                self._aec.relearn()  # another device, maybe another room or latency
             if self._muted:
                 self.phases.transition(Phase.MUTED, "audio device back")
             else:
@@ -445,6 +447,9 @@ class Daemon:
         """Open a conversation now (wake word, button, Home Assistant); with an `announcement`,
         the model says it first, and the conversation goes on only if `then_converse`."""
         if self._conversation_task is not None:
+            return
+        if self._audio is None or self._audio_lost:
+            log.info("no conversation (%s): there is no audio device to talk with", reason)
             return
         if self.phases.phase is Phase.RINGING:
             self._end_ringing(f"a conversation started ({reason})")
@@ -654,8 +659,18 @@ class Daemon:
         http(s) URL or from `mqtt.announce_dir`; then maybe converse. ValueError when it cannot."""
         then_converse = announcement.then_converse and not self._muted
         if announcement.kind == "text":
+            # Said through a session, which needs what a conversation needs; and it must not
+            # silence an alarm or talk over a conversation.
             if self._conversation_task is not None:
                 raise ValueError("a conversation is under way: announce when it has ended")
+            if self.phases.phase is Phase.RINGING:
+                raise ValueError("a timer or alarm is ringing: announce when it has stopped")
+            if self._muted:
+                raise ValueError("the microphone is muted: only WAV announcements play then")
+            if self._audio is None or self._audio_lost:
+                raise ValueError("there is no audio device")
+            if self.config.session.mode == "transcription":
+                raise ValueError("session.mode is transcription: the model has no voice")
             self.start_conversation(
                 "Home Assistant announcement",
                 announcement=announcement.value,
