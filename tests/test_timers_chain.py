@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 from chain import RED, Chain, clip, run_chain, silence
 from test_daemon import device_config, notify, spawn, stop  # noqa: F401 (fixtures)
@@ -466,3 +467,20 @@ def test_systemd_status_and_the_hook_show_ringing(device_config, notify, tmp_pat
     assert any(e.get("new") == "ringing" and e.get("reason") == "alarm status" for e in events)
     (timer,) = [e for e in events if e.get("event") == "timer"]
     assert timer["state"] == "ringing" and timer["timers"][0]["label"] == "status"
+
+
+async def test_a_text_announcement_does_not_silence_a_ringing_timer(tmp_path, models_dir):
+    """Home Assistant announcing while a timer rings is refused: the ring goes on until stopped."""
+    from wakertc.mqtt import Announcement
+
+    async with run_chain(tmp_path, models_dir) as chain:
+        assert chain.daemon.timers is not None
+        chain.daemon.timers.set_timer(1, "pasta")
+        await chain.wait_phase(Phase.RINGING, timeout=3)
+        with pytest.raises(ValueError, match="ringing"):
+            await chain.daemon.announce(Announcement("text", "The washing is done."))
+        assert chain.phase is Phase.RINGING
+        assert chain.calls() == []
+        await chain.press()
+        stopped = await chain.wait_phase(Phase.IDLE, timeout=3)
+        assert stopped.reason == "ringing stopped by the button"
