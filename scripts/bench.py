@@ -20,6 +20,11 @@ Progress goes to stderr; with --json one JSON object goes to stdout. Figures:
   conversations so both see the same machine load. `wake_to_live_in_process_ms`: the same via
   `Daemon.start_conversation()` (the button's path) in this process, alternating with the
   reference. Both also show the bare handshake with an audio track each way, for diagnosis.
+- `wake_to_live_gpt_live_ms`: the same under GPT-Live (`[session] api = "live"`): wake-word
+  detection to `session.started` in a second `wakertc run` process, its offer relayed by the
+  companion to the emulator; reference: a bare aiortc peer taking the same path (the relay POST,
+  the answer, `session.started`), run between its conversations. Beside Realtime's p50, with the
+  ratio of the two.
 - `utterance_received_ratio`: `wakertc.demo.run_demo` (the wake phrase and a question in one
   breath); the share of the question the emulator recorded. Reference: all of it (1.0).
 - `mic_to_wire_ms`, `wire_to_speaker_ms` (scripts/bench_latency.py): clicks through the real
@@ -31,7 +36,7 @@ Progress goes to stderr; with --json one JSON object goes to stdout. Figures:
   wakertc's detector and the stock openwakeword package on the same audio.
 
 Figures are medians or percentiles because this machine is shared: other processes compete for its
-two cores, so single samples are noisy. `--quick` (< 60 s) uses fewer samples than the full run.
+two cores, so single samples are noisy. `--quick` (~75 s) uses fewer samples than the full run.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -67,6 +73,7 @@ from bench_live import (  # noqa: E402
     LiveSessions,
     Stack,
     aiortc_round_trip,
+    live_relay_round_trip,
     make_idle_input,
     write_daemon_config,
 )
@@ -97,6 +104,7 @@ class Plan:
     cycle_s: float  # one wake phrase every cycle_s seconds of microphone audio
     live_sessions: int
     demos: int
+    gpt_live_conversations: int  # wake phrases said to the `wakertc run` process under GPT-Live
 
 
 QUICK = Plan(
@@ -108,6 +116,7 @@ QUICK = Plan(
     cycle_s=5.0,
     live_sessions=8,
     demos=1,
+    gpt_live_conversations=3,
 )
 FULL = Plan(
     name="full",
@@ -118,6 +127,7 @@ FULL = Plan(
     cycle_s=5.0,
     live_sessions=30,
     demos=3,
+    gpt_live_conversations=20,
 )
 
 
@@ -240,9 +250,67 @@ async def daemon_process_figures(
         talk["with_audio_ms"],
         how="real wake-word detections in the `wakertc run` process ('session live' log); "
         "the first one after start included",
+        api="realtime",
         first_ms=daemon.wake_to_live_ms[0],
     )
     return figures
+
+
+async def gpt_live_figure(
+    plan: Plan,
+    stack: Stack,
+    workdir: Path,
+    models_dir: Path,
+    realtime: dict[str, Any],
+    say: Progress,
+) -> dict[str, Any]:
+    """Wake-to-live under GPT-Live: a second `wakertc run` process hearing real wake phrases,
+    each conversation followed by the bare relay reference; beside Realtime's figure."""
+    idle_s = plan.settle_s + 2.0
+    wav = workdir / "mic-gpt-live.wav"
+    make_idle_input(wav, idle_s, plan.gpt_live_conversations, plan.cycle_s)
+    config = write_daemon_config(
+        workdir / "wakertc-gpt-live.toml",
+        stack,
+        input_wav=wav,
+        output_wav=workdir / "speaker-gpt-live.wav",
+        models_dir=models_dir,
+        idle_timeout_s=IDLE_TIMEOUT_S,
+        api="live",
+    )
+    # The first Live session through the stack is ~0.4 s slower than the next (one-time work in
+    # the emulator and companion, not the device's): one bare session goes first, uncounted.
+    await live_relay_round_trip(stack)
+    daemon = DaemonProcess(venv_bin("wakertc"), config, workdir / "notify-gpt-live")
+    ready = await daemon.start()
+    say(f"GPT-Live daemon: READY=1 after {ready:.3f} s; listening")
+    try:
+        talk = await conversations(
+            replace(plan, conversations=plan.gpt_live_conversations),
+            daemon,
+            daemon.spawned_at + ready + idle_s,
+            say,
+            reference=lambda: live_relay_round_trip(stack),
+            label="GPT-Live conversation",
+        )
+    finally:
+        await daemon.stop()
+    if not daemon.wake_to_live_ms:
+        raise RuntimeError("the GPT-Live daemon's conversations never went live")
+    p50 = p50_p90(daemon.wake_to_live_ms)[0]
+    return latency_figure(
+        daemon.wake_to_live_ms,
+        talk["reference_ms"],
+        talk["with_audio_ms"],
+        reference_name="bare aiortc peer: offer -> companion relay -> emulator, to "
+        "session.started (p50)",
+        how="real wake-word detections in a `wakertc run` process with [session] api = 'live' "
+        "('session live' log, at session.started); the first one after start included",
+        api="live",
+        first_ms=daemon.wake_to_live_ms[0],
+        realtime_p50=realtime["p50"],
+        ratio_to_realtime=round(p50 / realtime["p50"], 4),
+    )
 
 
 async def idle_window(
@@ -278,9 +346,15 @@ async def idle_window(
 
 
 async def conversations(
-    plan: Plan, daemon: DaemonProcess, first_phrase_at: float, say: Progress
+    plan: Plan,
+    daemon: DaemonProcess,
+    first_phrase_at: float,
+    say: Progress,
+    reference: Callable[[], Awaitable[float]] = aiortc_round_trip,
+    label: str = "conversation",
 ) -> dict[str, Any]:
-    """Wait for each wake phrase's conversation; RSS after each, a bare round trip between."""
+    """Wait for each wake phrase's conversation; RSS after each, then the `reference` (seconds)
+    and the bare pair with audio."""
     prefix = "STATUS=idle: conversation over"
     rss: list[float] = []
     reference_ms: list[float] = []
@@ -297,11 +371,11 @@ async def conversations(
         rss.append(rss_mb(daemon.pid))
         # The reference runs while the daemon listens again, under the same machine load.
         await asyncio.sleep(0.3)  # the emulator's side of the call finishes closing
-        reference_ms.append(await aiortc_round_trip() * 1000)
+        reference_ms.append(await reference() * 1000)
         with_audio_ms.append(await aiortc_round_trip(audio=True) * 1000)
         done = len(rss)
         if done == 1 or done % 10 == 0 or k + 1 == plan.conversations:
-            say(f"conversation {done}/{plan.conversations} over; RSS {rss[-1]:.1f} MB")
+            say(f"{label} {done}/{plan.conversations} over; RSS {rss[-1]:.1f} MB")
     if not rss:
         raise RuntimeError(f"none of the {plan.conversations} wake phrases led to a conversation")
     await asyncio.sleep(2.0)  # listening again, nothing said
@@ -387,9 +461,13 @@ async def utterance_figure(plan: Plan, workdir: Path, models_dir: Path, say: Pro
 
 
 def latency_figure(
-    samples: list[float], reference: list[float], with_audio: list[float], **details: Any
+    samples: list[float],
+    reference: list[float],
+    with_audio: list[float],
+    reference_name: str = "bare aiortc loopback handshake + data-channel round trip (p50)",
+    **details: Any,
 ) -> Any:
-    """p50/p90 of a wake-to-live sample beside the bare handshake's (and one with audio)."""
+    """p50/p90 of a wake-to-live sample beside its reference's (and the bare pair with audio)."""
     p50, p90 = p50_p90(samples)
     ref50, ref90 = p50_p90(reference)
     audio50, audio90 = p50_p90(with_audio)
@@ -397,7 +475,7 @@ def latency_figure(
         p50,
         ref50,
         unit="ms (p50)",
-        reference_name="bare aiortc loopback handshake + data-channel round trip (p50)",
+        reference_name=reference_name,
         target=f"ratio of p50s <= {WAKE_TO_LIVE_LIMIT_RATIO}",
         met=p50 <= WAKE_TO_LIVE_LIMIT_RATIO * ref50,
         p50=round(p50, 1),
@@ -425,6 +503,9 @@ async def bench(plan: Plan, say: Progress) -> dict[str, Any]:
         async with Stack(workdir) as stack:
             say(f"emulator {stack.emulator_url}, companion {stack.companion_url}")
             figures.update(await daemon_process_figures(plan, stack, workdir, models_dir, say))
+            figures["wake_to_live_gpt_live_ms"] = await gpt_live_figure(
+                plan, stack, workdir, models_dir, figures["wake_to_live_ms"], say
+            )
             sessions, reference, with_audio = await in_process_sessions(
                 plan, stack, workdir, models_dir, say
             )
@@ -448,6 +529,7 @@ async def bench(plan: Plan, say: Progress) -> dict[str, Any]:
         "rss_after_first_conversation_mb",
         "idle_rss_after_n_conversations_mb",
         "wake_to_live_ms",
+        "wake_to_live_gpt_live_ms",
         "wake_to_live_in_process_ms",
         "utterance_received_ratio",
         "mic_to_wire_ms",
@@ -497,16 +579,22 @@ def main(argv: list[str] | None = None) -> int:
         "--sessions",
         type=int,
         metavar="N",
-        help="conversations in the daemon process (RSS after N) and wake-to-live sessions "
-        f"(default {QUICK.conversations}/{QUICK.live_sessions} quick, "
-        f"{FULL.conversations}/{FULL.live_sessions} full)",
+        help="conversations in the daemon process (RSS after N), wake-to-live sessions and "
+        "conversations in the GPT-Live daemon process (default "
+        f"{QUICK.conversations}/{QUICK.live_sessions}/{QUICK.gpt_live_conversations} quick, "
+        f"{FULL.conversations}/{FULL.live_sessions}/{FULL.gpt_live_conversations} full)",
     )
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
     if args.sessions is not None:
         if args.sessions < 1:
             parser.error("--sessions must be at least 1")
-        plan = replace(plan, conversations=args.sessions, live_sessions=args.sessions)
+        plan = replace(
+            plan,
+            conversations=args.sessions,
+            live_sessions=args.sessions,
+            gpt_live_conversations=args.sessions,
+        )
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     say = Progress()
     report = asyncio.run(bench(plan, say))

@@ -3,8 +3,12 @@
 - `Stack`: the Realtime emulator and the companion on 127.0.0.1, as `wakertc demo` runs them.
 - `make_idle_input`: a microphone recording with a noise floor, no speech for `idle_s`, then
   `cycles` times "hey jarvis, what time is it" at a fixed period.
-- `write_daemon_config`: a device config for the file backend pointing at a `Stack`.
-- `aiortc_round_trip`: the reference, two bare aiortc peers on loopback (optionally with audio).
+- `write_daemon_config`: a device config for the file backend pointing at a `Stack`, for
+  either API.
+- `aiortc_round_trip`: the Realtime reference, two bare aiortc peers on loopback (optionally with
+  audio).
+- `live_relay_round_trip`: the GPT-Live reference, a bare aiortc peer getting a session through
+  the companion's relay from the emulator, up to `session.started`.
 - `LiveSessions`: a `Daemon` in this process whose conversations are started by
   `Daemon.start_conversation()` (as the button does) over silent input.
 """
@@ -13,13 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import httpx
 import numpy as np
-from aiortc import RTCConfiguration, RTCPeerConnection
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack
 
 from wakertc.config import load_config
@@ -105,8 +111,9 @@ def write_daemon_config(
     output_wav: Path,
     models_dir: Path,
     idle_timeout_s: float,
+    api: str = "realtime",
 ) -> Path:
-    """A device config: file backend, no GPIO, the stack's companion and emulator."""
+    """A device config: file backend, no GPIO, the stack's companion and emulator, `api`."""
     path.write_text(
         f"""
 [audio]
@@ -122,6 +129,7 @@ url = "{stack.companion_url}"
 token_file = "{stack.token_file}"
 
 [session]
+api = "{api}"
 url = "{stack.emulator_url}"
 connect_timeout_s = 10.0
 idle_timeout_s = {idle_timeout_s}
@@ -174,6 +182,44 @@ async def aiortc_round_trip(*, audio: bool = False, within_s: float = 10.0) -> f
     finally:
         await offerer.close()
         await answerer.close()
+
+
+async def live_relay_round_trip(stack: Stack, *, within_s: float = 10.0) -> float:
+    """Seconds for a bare aiortc peer to get a GPT-Live session through the companion's relay.
+
+    The minimal path with the daemon's parts: an offer with the `oai-events` channel and an
+    audio track (silence; the service wants one), posted to the companion (`POST
+    /v1/live/session` with the device token), which creates the session at the emulator; the
+    answer applied; done at `session.started`. No wakertc code on the device's side.
+    """
+    token = stack.token_file.read_text().strip()
+    url = stack.companion_url.rstrip("/") + "/v1/live/session"
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {token}"}) as http:
+        started = time.monotonic()
+        peer = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        live: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        channel = peer.createDataChannel("oai-events")
+        try:
+            peer.addTrack(AudioStreamTrack())
+
+            @channel.on("message")
+            def on_message(message: str) -> None:
+                if not live.done() and json.loads(message).get("type") == "session.started":
+                    live.set_result(None)
+
+            async with asyncio.timeout(within_s):
+                await peer.setLocalDescription(await peer.createOffer())
+                response = await http.post(url, json={"sdp": peer.localDescription.sdp})
+                if response.status_code != 201:
+                    raise RuntimeError(f"the companion's relay answered {response.status_code}")
+                answer = response.json()["transport"]["sdp"]
+                await peer.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+                await live
+            return time.monotonic() - started
+        finally:
+            if channel.readyState == "open":  # the emulator ends its side at once
+                channel.send(json.dumps({"type": "session.close"}))
+            await peer.close()
 
 
 class LiveSessions:

@@ -1,16 +1,26 @@
 """`wakertc selftest`: one real call with this device's config and token, and a report of it.
 
 Run it after installing, or when something seems wrong. It does what the daemon does after a wake
-word, with the daemon's own pieces (`keys.CompanionClient`, `webrtc.RealtimeCall` and `MicTrack`,
-`session.realtime.session_update` and `end_turn_events`), against whatever `[companion]` and
-`[session]` point at: OpenAI's service or `wakertc emulator`. It does not touch the microphone
-or the speaker:
+word, with the daemon's own pieces, against whatever `[companion]` and `[session]` point at:
+OpenAI's service or `wakertc emulator`, through the API `[session] api` names (or `--api`). It
+does not touch the microphone or the speaker.
+
+Realtime (`keys.CompanionClient`, `webrtc.RealtimeCall` and `MicTrack`,
+`session.realtime.session_update` and `end_turn_events`):
 
 1. it asks the companion for a key (timed);
 2. opens a call (timed: HTTP offer/answer, ICE connected, data channel open, `session.created`, and
    `session.updated` in answer to the device's own `session.update`);
 3. sends silence for a moment, then a recorded question (`sounds/question.wav`), then silence;
 4. waits for the reply, and listens for a moment after it.
+
+GPT-Live (the daemon's `session.live.LiveSession` itself, its raw events shown to the report):
+
+1. sends the offer to the companion (`POST /v1/live/session`), which creates the session upstream
+   and relays the answer (timed), then ICE, the data channel and `session.started` (timed);
+2. and 3. as above: silence, the question, the reply (its end as the daemon judges it: the
+   received audio quiet for `live.REPLY_GAP_S`), a moment after it;
+4. ends the session as the daemon does, `session.close`, and times the `session.closed` answer.
 
 The report gives each step's timing, the server's events in order (a run of one type counted
 once), how much RTP arrived before the question, during the reply and after it (nothing says the
@@ -19,8 +29,8 @@ the pair in use, and every error with its HTTP status and OpenAI error envelope.
 `--json` for a bug report. The device token and the key are registered with `logs.redact`, which
 the whole report passes through before it is printed.
 
-Exit status: 0 when a reply was heard, 1 when not (the last line says why), 2 when the config or
-the token cannot be read.
+Exit status: 0 when a reply was heard (and, under GPT-Live, the session closed on request), 1
+when not (the last line says which step failed), 2 when the config or the token cannot be read.
 """
 
 from __future__ import annotations
@@ -34,7 +44,7 @@ import sys
 import time
 import wave
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -46,7 +56,10 @@ from .config import Config, ConfigError, config_path, load_config, read_token
 from .logs import redact, register_secret, setup_logging
 
 if TYPE_CHECKING:
-    from .keys import EphemeralKey
+    from .keys import CompanionClient, EphemeralKey
+    from .session.events import Event
+    from .session.live import LiveSession
+    from .webrtc import RealtimeCall
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +80,9 @@ class Failure:
     """One thing that went wrong, as precisely as it was reported to us."""
 
     where: str
-    """`companion`, `call` (the Realtime API's HTTP side), `session` (an `error` event) or
-    `connection`."""
+    """`companion` (its key, or under GPT-Live its session relay), `call` (the Realtime API's
+    HTTP side, or an unusable answer), `session` (an `error` event; under GPT-Live also a
+    `session.closed` that came early or not at all) or `connection`."""
     message: str
     status: int | None = None
     """The HTTP status, when an HTTP request failed."""
@@ -100,6 +114,7 @@ class Report:
 
     ok: bool = False
     verdict: str = ""
+    api: str = "realtime"
     companion_url: str = ""
     session_url: str = ""
     mode: str = ""
@@ -188,6 +203,11 @@ class _Probe:
         self.transcript_done: str | None = None
         self.response_status: str | None = None
         self.lost: str | None = None
+        # GPT-Live: `session.closed`'s reason, and the daemon's own reading of the session
+        # (`session.events`, from `LiveSession`) with when each came.
+        self.closed_reason: str | None = None
+        self.session_events: list[tuple[float, Event]] = []
+        self.ending = False  # the device is ending the call: the service hanging up is no loss
         self._arrived = asyncio.Event()
 
     def on_event(self, raw: str) -> None:
@@ -204,9 +224,11 @@ class _Probe:
         if kind == "error":
             error = event.get("error")
             self.error_events.append(_clip_fields(error if isinstance(error, dict) else {}))
-        elif kind == "response.output_audio_transcript.delta":
+        elif kind in ("response.output_audio_transcript.delta", "session.output_transcript.delta"):
             if isinstance(event.get("delta"), str):
                 self.transcript.append(event["delta"])
+        elif kind == "session.closed":
+            self.closed_reason = str(event.get("reason"))[:40]
         elif kind == "response.output_audio_transcript.done":
             if isinstance(event.get("transcript"), str):
                 self.transcript_done = event["transcript"]
@@ -223,13 +245,24 @@ class _Probe:
             self._arrived.set()
 
     def on_lost(self, why: str) -> None:
-        if self.lost is None:
+        if self.lost is None and not self.ending:
             self.lost = why
+        self._arrived.set()
+
+    def on_session_event(self, event: Event) -> None:
+        self.session_events.append((time.monotonic(), event))
         self._arrived.set()
 
     def first(self, kind: str, after: float = 0.0) -> float | None:
         """When the first event of `kind` arrived at or after `after` (monotonic time)."""
         return next((at for at, seen in self.events if seen == kind and at >= after), None)
+
+    def first_session(self, kind: type[Any], after: float = 0.0) -> float | None:
+        """When the session first reported an event of class `kind` at or after `after`."""
+        return next(
+            (at for at, seen in self.session_events if isinstance(seen, kind) and at >= after),
+            None,
+        )
 
     def audible_after(self, start: float, end: float = float("inf")) -> list[tuple[float, int]]:
         """(arrival, samples) of audible frames that arrived between two times."""
@@ -298,24 +331,37 @@ def load_question() -> NDArray[np.int16]:
 
 
 async def run_selftest(config: Config, *, reply_timeout_s: float = REPLY_TIMEOUT_S) -> Report:
-    """One key, one call, one question; the report of what happened (never raises for a failed
-    step: that is in the report). Reading the token may raise OSError."""
+    """One call, one question, through the API `config.session.api` names; the report of what
+    happened (never raises for a failed step: that is in the report). Reading the token may
+    raise OSError."""
     from .keys import CompanionClient, CompanionError, companion_tls
 
+    live = config.session.api == "live"
     report = Report(
+        api=config.session.api,
         companion_url=config.companion.url,
-        session_url=config.session.url,
+        session_url=_live_relay_url(config) if live else config.session.url,
         mode=config.session.mode,
     )
     token = read_token(config.companion)
     register_secret(token)
     # The companion is on the owner's network: its client is the daemon's, on a plain transport
     # (environment proxies, which httpx applies only without one, are not used for it).
+    companion_log = _HttpLog("companion", report.errors)
     transport = _LoggedTransport(
-        httpx.AsyncHTTPTransport(verify=companion_tls(config.companion)),
-        _HttpLog("companion", report.errors),
+        httpx.AsyncHTTPTransport(verify=companion_tls(config.companion)), companion_log
     )
     companion = CompanionClient(config.companion, token, transport=transport)
+    if live:
+        try:
+            # The same client as the daemon's (daemon.py); GPT-Live's offer goes to the companion.
+            async with httpx.AsyncClient(
+                timeout=httpx.Timeout(config.session.connect_timeout_s)
+            ) as http:
+                await _live_call(config, companion, http, companion_log, report, reply_timeout_s)
+        finally:
+            await companion.aclose()
+        return report
     started = time.monotonic()
     try:
         key = await companion.mint()
@@ -371,12 +417,7 @@ async def _call(
     )
     pc = call.peer_connection
     timings = report.timings_ms
-
-    def _ice_state() -> None:
-        if pc.iceConnectionState in ("connected", "completed"):
-            timings.setdefault("ice_connected", _ms(time.monotonic() - probe.started))
-
-    pc.on("iceconnectionstatechange", _ice_state)
+    _time_ice(call, probe, timings)
     speaker = _Speaker(mic.push)
     feeder: asyncio.Task[None] | None = None
     try:
@@ -449,16 +490,32 @@ async def _call(
             feeder.cancel()
             await asyncio.gather(feeder, return_exceptions=True)
         await call.close()
-        report.timings_ms = dict(sorted(timings.items(), key=_timing_order))
-        report.events = probe.runs()
-        report.response_status = probe.response_status
-        transcript = probe.transcript_done or "".join(probe.transcript)
-        report.reply_transcript = transcript[:TEXT_LIMIT]
-        for error in probe.error_events:
-            message = str(error.get("message") or error.get("code") or "error event")
-            report.errors.append(Failure("session", message, None, error))
-        if probe.lost is not None:
-            report.errors.append(Failure("connection", probe.lost))
+        _collect(report, probe)
+
+
+def _time_ice(call: RealtimeCall, probe: _Probe, timings: dict[str, float]) -> None:
+    """Note when the call's ICE connects (`ice_connected`, ms after `probe.started`)."""
+    pc = call.peer_connection
+
+    def _ice_state() -> None:
+        if pc.iceConnectionState in ("connected", "completed"):
+            timings.setdefault("ice_connected", _ms(time.monotonic() - probe.started))
+
+    pc.on("iceconnectionstatechange", _ice_state)
+
+
+def _collect(report: Report, probe: _Probe) -> None:
+    """What the probe saw, into the report: the events, the transcript, error events, a loss."""
+    report.timings_ms = dict(sorted(report.timings_ms.items(), key=_timing_order))
+    report.events = probe.runs()
+    report.response_status = probe.response_status
+    transcript = probe.transcript_done or "".join(probe.transcript)
+    report.reply_transcript = transcript[:TEXT_LIMIT]
+    for error in probe.error_events:
+        message = str(error.get("message") or error.get("code") or "error event")
+        report.errors.append(Failure("session", message, None, error))
+    if probe.lost is not None:
+        report.errors.append(Failure("connection", probe.lost))
 
 
 def _reply_over(probe: _Probe, mode: str, asked_at: float) -> bool:
@@ -530,6 +587,241 @@ def _not_configured(probe: _Probe, timeout_s: float) -> str:
     if probe.lost is not None:
         return f"The call was lost before the session was configured: {probe.lost}."
     return f"No session.updated within {timeout_s:g} s of the session.update."
+
+
+# -- GPT-Live --------------------------------------------------------------------------------
+
+
+def _live_relay_url(config: Config) -> str:
+    """Where a GPT-Live session is asked for: the companion's relay, not OpenAI."""
+    return config.companion.url.rstrip("/") + "/v1/live/session"
+
+
+def _probed_live_session(
+    probe: _Probe,
+    config: Config,
+    companion: CompanionClient,
+    http: httpx.AsyncClient,
+    on_call: Callable[[RealtimeCall], None],
+) -> LiveSession:
+    """The daemon's own `LiveSession`, with every raw event also shown to `probe`."""
+    from .session.live import LiveSession
+    from .tools import ToolRunner
+
+    class ProbedLiveSession(LiveSession):
+        def handle_message(self, raw: str) -> None:
+            probe.on_event(raw)
+            super().handle_message(raw)
+
+    return ProbedLiveSession(
+        config=config.session,
+        companion=companion,
+        http=http,
+        tools=ToolRunner(config.tools),
+        on_event=probe.on_session_event,
+        on_audio=probe.on_audio,
+        on_lost=probe.on_lost,
+        on_call=on_call,
+    )
+
+
+async def _live_call(
+    config: Config,
+    companion: CompanionClient,
+    http: httpx.AsyncClient,
+    companion_log: _HttpLog,
+    report: Report,
+    reply_timeout_s: float,
+) -> None:
+    """The GPT-Live call: relay, session.started, the question and reply, session.close."""
+    from .conversation import REPLY_TAIL_S, SILENCE_PEAK
+    from .keys import CompanionError
+    from .session.events import SessionFailed
+    from .session.live import CLOSE_WAIT_S
+
+    timeout_s = config.session.connect_timeout_s
+    probe = _Probe(SILENCE_PEAK)
+    timings = report.timings_ms
+    calls: list[RealtimeCall] = []
+
+    def _built(call: RealtimeCall) -> None:
+        calls.append(call)
+        _time_ice(call, probe, timings)
+
+    session = _probed_live_session(probe, config, companion, http, _built)
+    # The microphone goes through the session, as the daemon's does: its level is how the
+    # device knows the user is speaking under Live.
+    speaker = _Speaker(session.push_audio)
+    feeder: asyncio.Task[None] | None = None
+    try:
+        probe.started = time.monotonic()
+        try:
+            async with asyncio.timeout(timeout_s):
+                await session.open()
+        except SessionFailed as exc:
+            if isinstance(exc.__cause__, CompanionError):
+                # A refusal's status and envelope are in the companion's HTTP log already.
+                if not report.errors:
+                    report.errors.append(Failure("companion", str(exc)))
+                report.fail(
+                    f"No GPT-Live session from the companion at {report.companion_url}: {exc}"
+                )
+            else:
+                report.errors.append(Failure("call", str(exc)))
+                report.fail(str(exc))
+            return
+        except TimeoutError:
+            if _relay_ms(companion_log) is None:
+                unanswered = f"POST /v1/live/session: no answer within {timeout_s:g} s"
+                report.errors.append(Failure("companion", unanswered))
+                report.fail(
+                    f"The companion did not relay a GPT-Live session within {timeout_s:g} s."
+                )
+            else:
+                pc = calls[0].peer_connection
+                state = f"ICE {pc.iceConnectionState}, connection {pc.connectionState}"
+                report.errors.append(Failure("connection", f"not connected ({state})"))
+                report.fail(f"The call was not up within {timeout_s:g} s ({state}).")
+            return
+        finally:
+            relay_ms = _relay_ms(companion_log)
+            if relay_ms is not None:
+                timings["live_session"] = relay_ms
+        timings["channel_open"] = _ms(time.monotonic() - probe.started)
+        feeder = asyncio.get_running_loop().create_task(speaker.run(), name="selftest-microphone")
+        await probe.wait(
+            lambda: (
+                probe.first("session.started") is not None
+                or bool(probe.error_events)
+                or probe.closed_reason is not None
+            ),
+            timeout_s,
+        )
+        started_at = probe.first("session.started")
+        if started_at is None:
+            if probe.closed_reason is not None:
+                report.errors.append(
+                    Failure("session", f"session.closed ({probe.closed_reason}) before it started")
+                )
+            report.fail(_not_started(probe, timeout_s))
+            return
+        timings["session_started"] = _ms(started_at - probe.started)
+
+        pc = calls[0].peer_connection
+        report.rtp["before_question"] = await _rtp_window(pc, probe, LEAD_S)
+        question = load_question()
+        report.question_s = round(len(question) / CAPTURE_RATE, 2)
+        packets_at_question = await _packets_received(pc)
+        asked_at = time.monotonic()
+        speaker.say(question)
+        await speaker.said.wait()
+        question_end = time.monotonic()
+        await probe.wait(
+            lambda: _live_reply_over(probe, asked_at) or probe.closed_reason is not None,
+            reply_timeout_s,
+        )
+        replied = _live_reply_over(probe, asked_at)
+        reply_end = time.monotonic()
+        await asyncio.sleep(REPLY_TAIL_S)
+        report.rtp["question_and_reply"] = RtpWindow(
+            round(time.monotonic() - asked_at, 2), await _packets_received(pc) - packets_at_question
+        )
+        if replied and probe.lost is None and probe.closed_reason is None:
+            report.rtp["after_reply"] = await _rtp_window(pc, probe, AFTER_S)
+        _live_reply_timings(report, probe, asked_at, question_end, reply_end)
+        report.ok, verdict = _live_verdict(report, probe, reply_timeout_s)
+        report.verdict = _sentence(verdict)
+        if probe.closed_reason is not None:
+            report.errors.append(
+                Failure("session", f"session.closed ({probe.closed_reason}) before a reply")
+            )
+            return
+        if probe.lost is not None:
+            return
+
+        # The end, as the daemon ends a conversation: session.close, a moment for
+        # session.closed, then the peer connection (statistics first: they go with it).
+        report.ice = _ice_summary(pc)
+        report.rtp_totals = await _rtp_totals(pc)
+        closing_at = time.monotonic()
+        probe.ending = True
+        await session.close()
+        closed_at = probe.first("session.closed", closing_at)
+        if closed_at is not None:
+            timings["session_closed"] = _ms(closed_at - closing_at)
+        else:
+            missing = f"no session.closed within {CLOSE_WAIT_S:g} s of session.close"
+            report.errors.append(Failure("session", missing))
+            if report.ok:
+                report.fail(f"A reply was heard, but {missing}")
+    finally:
+        if calls and "channel_open" in timings and not report.ice:
+            report.ice = _ice_summary(calls[0].peer_connection)
+            report.rtp_totals = await _rtp_totals(calls[0].peer_connection)
+        if feeder is not None:
+            feeder.cancel()
+            await asyncio.gather(feeder, return_exceptions=True)
+        await session.close(graceful=False)
+        _collect(report, probe)
+
+
+def _relay_ms(companion_log: _HttpLog) -> float | None:
+    """How long the companion's GPT-Live relay took to answer, if it did."""
+    path = next((p for p in companion_log.timings_ms if p.endswith("/v1/live/session")), None)
+    return companion_log.timings_ms[path] if path is not None else None
+
+
+def _live_reply_over(probe: _Probe, asked_at: float) -> bool:
+    """The reply is over as the daemon judges it: its audio came, then stopped (`ReplyAudioFinished`
+    after the received audio was quiet for `live.REPLY_GAP_S`)."""
+    from .session.events import ReplyAudioFinished
+
+    return probe.first_session(ReplyAudioFinished, asked_at) is not None
+
+
+def _live_reply_timings(
+    report: Report, probe: _Probe, asked_at: float, question_end: float, reply_end: float
+) -> None:
+    """Reply milestones, in ms after the question's last sample went out (GPT-Live sends its
+    input transcript while the user speaks: that one may be negative)."""
+    from .conversation import REPLY_TAIL_S
+    from .session.events import ReplyAudioFinished, UserStopped
+
+    heard = probe.audible_after(question_end, reply_end + REPLY_TAIL_S)
+    report.reply_audio_s = round(sum(n for _, n in heard) / PLAYBACK_RATE, 2)
+    marks = {
+        "input_transcript": probe.first("session.input_transcript.delta", asked_at),
+        "user_stopped": probe.first_session(UserStopped, asked_at),
+        "reply_first_audio": heard[0][0] if heard else None,
+        "output_transcript": probe.first("session.output_transcript.delta", asked_at),
+        "reply_finished": probe.first_session(ReplyAudioFinished, asked_at),
+    }
+    for name, at in marks.items():
+        if at is not None:
+            report.timings_ms[f"{name}_after_question"] = _ms(at - question_end)
+
+
+def _live_verdict(report: Report, probe: _Probe, timeout_s: float) -> tuple[bool, str]:
+    if report.reply_audio_s > 0 and probe.closed_reason is None:
+        return True, f"OK: a reply was heard ({report.reply_audio_s:g} s of audio)."
+    if probe.closed_reason is not None:
+        return False, f"The service closed the session before a reply ({probe.closed_reason})."
+    if probe.lost is not None:
+        return False, f"The call was lost before a reply: {probe.lost}."
+    last = probe.events[-1][1] if probe.events else "none"
+    return False, f"No reply within {timeout_s:g} s of the question (last event: {last})."
+
+
+def _not_started(probe: _Probe, timeout_s: float) -> str:
+    if probe.error_events:
+        error = probe.error_events[0]
+        code = error.get("code") or error.get("type") or "error"
+        return f"GPT-Live refused the session ({code}: {error.get('message')})."
+    if probe.closed_reason is not None:
+        return f"The service closed the session before session.started ({probe.closed_reason})."
+    if probe.lost is not None:
+        return f"The call was lost before session.started: {probe.lost}."
+    return f"No session.started within {timeout_s:g} s of the data channel opening."
 
 
 async def _rtp_window(pc: Any, probe: _Probe, seconds: float) -> RtpWindow:
@@ -615,15 +907,22 @@ def _ms(seconds: float) -> float:
 _TIMING_LABELS = {
     "companion_key": "key from the companion",
     "offer_answer": "call: HTTP offer/answer",
+    "live_session": "call: offer/answer via the companion",
     "ice_connected": "call: ICE connected",
     "channel_open": "call: data channel open",
     "session_created": "call: session.created",
     "session_updated": "call: session.updated",
+    "session_started": "call: session.started",
     "speech_stopped_after_question": "reply: speech_stopped",
+    "input_transcript_after_question": "reply: input transcript",
+    "user_stopped_after_question": "reply: user stopped (device's VAD)",
     "response_created_after_question": "reply: response.created",
+    "output_transcript_after_question": "reply: output transcript",
     "reply_first_audio_after_question": "reply: first audio",
     "response_done_after_question": "reply: response.done",
     "reply_stopped_after_question": "reply: output_audio_buffer.stopped",
+    "reply_finished_after_question": "reply: audio over (quiet gap)",
+    "session_closed": "end: session.close -> session.closed",
 }
 
 
@@ -634,11 +933,19 @@ def _timing_order(item: tuple[str, float]) -> int:
 
 def render(report: Report) -> str:
     """The report as text for a terminal."""
-    lines = [
-        f"wakertc selftest: companion {report.companion_url}, Realtime API {report.session_url} "
-        f"({report.mode})",
-        "timings (ms; the call's from its start, the reply's from the end of the question):",
-    ]
+    if report.api == "live":
+        lines = [
+            f"wakertc selftest: companion {report.companion_url}, GPT-Live through "
+            f"{report.session_url} ({report.mode})",
+            "timings (ms; the call's from its start, the reply's from the end of the question, "
+            "the end's from session.close):",
+        ]
+    else:
+        lines = [
+            f"wakertc selftest: companion {report.companion_url}, Realtime API "
+            f"{report.session_url} ({report.mode})",
+            "timings (ms; the call's from its start, the reply's from the end of the question):",
+        ]
     for name, value in sorted(report.timings_ms.items(), key=_timing_order):
         lines.append(f"  {_TIMING_LABELS.get(name, name):<36} {value:8.0f}")
     if report.ice:
@@ -697,6 +1004,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--config", help="config file (default $WAKERTC_CONFIG or /etc/wakertc)")
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
     parser.add_argument(
+        "--api",
+        choices=["realtime", "live"],
+        help="the API to call through (default: the config's [session] api)",
+    )
+    parser.add_argument(
         "--timeout",
         type=float,
         default=REPLY_TIMEOUT_S,
@@ -713,6 +1025,15 @@ def main(argv: list[str]) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
+    if args.api is not None and args.api != config.session.api:
+        if args.api == "live" and config.session.mode == "transcription":
+            print(
+                f"{path}: --api live: session.mode is 'transcription', which GPT-Live does not "
+                "offer (expected 'conversation')",
+                file=sys.stderr,
+            )
+            return 2
+        config = replace(config, session=replace(config.session, api=args.api))
     try:
         report = asyncio.run(run_selftest(config, reply_timeout_s=args.timeout))
     except OSError as exc:

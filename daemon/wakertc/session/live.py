@@ -82,7 +82,11 @@ class LiveSession:
         on_event: EventSink,
         on_audio: Callable[[NDArray[np.int16]], None],
         on_lost: Callable[[str], None],
+        on_call: Callable[[RealtimeCall], None] | None = None,
     ) -> None:
+        # `on_call` is shown the call as soon as it is built, before any negotiation, for
+        # diagnostics that need its peer connection from the start (`wakertc selftest`).
+        self._on_call = on_call
         self._config = config
         self._companion = companion
         self._http = http
@@ -144,6 +148,8 @@ class LiveSession:
             on_lost=self._on_lost,
         )
         self._call = call
+        if self._on_call is not None:
+            self._on_call(call)
         try:
             await call.negotiate(self._exchange, "the companion (GPT-Live)")
         except CompanionError as exc:
