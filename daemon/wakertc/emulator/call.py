@@ -25,6 +25,7 @@ from aiortc.sdp import SessionDescription
 from av import AudioResampler
 
 from .. import limits
+from . import sideband as sideband_module
 from .audio_buffer import Samples
 from .engine import RealtimeEngine
 from .events import error_event, new_id
@@ -34,6 +35,7 @@ from .playout import ReplyTrack
 from .recorder import CallRecorder
 from .replies import SpeechSynth
 from .script import ScriptTurn, TurnPlan
+from .sideband import Sideband, SidebandHub
 from .validation import ClientEventValidator
 
 log = logging.getLogger(__name__)
@@ -109,8 +111,11 @@ class EmulatedCall:
         self._recorder = CallRecorder(self.record_path) if self.record_path else None
         self._pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self._track = ReplyTrack(idle_audio=not self._faults.no_idle_audio)
-        if self._recorder is not None:
-            self._track.on_frame = self._recorder.sent
+        # Server-side connections to this call (Realtime sideband, Live attach).
+        self.sidebands = SidebandHub(live=api == "live", started=self.started)
+        self._origin: Sideband | None = None  # the sideband whose event is being handled
+        if self._recorder is not None or api == "live":
+            self._track.on_frame = self._frame_sent
         self.engine: RealtimeEngine | LiveEngine
         if api == "live":
             self.engine = LiveEngine(
@@ -190,6 +195,7 @@ class EmulatedCall:
             self.received_samples / RATE,
         )
         self.engine.close()
+        self.sidebands.end()
         self._track.stop()
         current = asyncio.current_task()
         others = [task for task in self._tasks if task is not current]
@@ -220,7 +226,7 @@ class EmulatedCall:
             self.engine.start()
             early, self._early = self._early, []
             for event in early:
-                self._send_event(event)
+                self._send_on_channel(event)
         if self._faults.drop_after_s is not None:
             self._spawn(self._drop_after(self._faults.drop_after_s), "fault-drop")
         if self._faults.consent_stop_s is not None:
@@ -274,6 +280,7 @@ class EmulatedCall:
             except MediaStreamError:
                 return
             arrived = time.monotonic()
+            self.sidebands.reflect_mic(frame)  # type: ignore[arg-type]  # Live: before muting
             for out in resampler.resample(frame):  # type: ignore[arg-type]
                 samples: Samples = out.to_ndarray().reshape(-1).astype(np.int16, copy=False)
                 self.received_samples += len(samples)
@@ -344,7 +351,52 @@ class EmulatedCall:
 
     # -- sending ---------------------------------------------------------------------------------
 
+    def handle_sideband_message(self, sideband: Sideband, text: str) -> None:
+        """A message from a sideband: parsed and handled as the data channel's, except that
+        an `error` it provokes goes back to that sideband only (the device did not send it)."""
+        try:
+            message = json.loads(text)
+        except ValueError as exc:
+            message, reason = None, str(exc)
+        else:
+            reason = "not a JSON object"
+        if not isinstance(message, dict):
+            self.events.append({"t": self._t(), "dir": "in", "via": "sideband", "raw": text})
+            sideband.send(sideband_module.invalid_json(self.api, reason))
+            return
+        self.events.append({"t": self._t(), "dir": "in", "via": "sideband", "event": message})
+        if self._recorder is not None:
+            self._recorder.event("in", message)
+        refused = sideband_module.refusal(self.api, message)
+        if refused is not None:
+            sideband.send(refused)
+            return
+        if self._faults.silent or self._closing:
+            return
+        self._origin = sideband
+        try:
+            self.engine.handle_event(message)
+        finally:
+            self._origin = None
+
     def _send_event(self, event: dict[str, Any]) -> None:
+        if self._closing:
+            return
+        origin = self._origin
+        if origin is not None and event.get("type") == "error":
+            origin.send(event)
+            self.events.append({"t": self._t(), "dir": "out", "via": "sideband", "event": event})
+            return
+        self.sidebands.publish(event)
+        self._send_on_channel(event)
+
+    def _frame_sent(self, samples: Samples, handed: float) -> None:
+        if self._recorder is not None:
+            self._recorder.sent(samples, handed)
+        if self._track.frame_audible:
+            self.sidebands.reflect_reply(samples, handed)
+
+    def _send_on_channel(self, event: dict[str, Any]) -> None:
         channel = self._channel
         if self._closing:
             return

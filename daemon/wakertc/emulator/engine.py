@@ -36,6 +36,7 @@ from .replies import Reply, SpeechSynth, echo, tone
 from .responses import OutOfTokens, Response, ResponseWriter, Send, response_view
 from .script import ScriptTurn, TurnPlan
 from .session import SessionError, turn_detection, update_session
+from .usage import Tokens, context_tokens
 from .vad import EnergyVad, SpeechStarted, SpeechStopped, VadEvent, VadSettings
 from .validation import ClientEventValidator
 
@@ -81,6 +82,8 @@ class RealtimeEngine:
         self._responses: dict[str, Response] = {}
         self._active: Response | None = None
         self._last_response_id: str | None = None
+        self._audio_ms: dict[str, float] = {}  # item id -> audio it holds (for usage)
+        self._previous_context = Tokens()  # the last response's input: what a cache holds
         self._voice_locked = False
         self._idle_timer: asyncio.TimerHandle | None = None
         self._gap_timer: asyncio.TimerHandle | None = None
@@ -387,6 +390,7 @@ class RealtimeEngine:
 
     def _commit(self, item_id: str, *, end: int | None = None) -> None:
         start, end = self.buffer.commit(end)
+        self._audio_ms[item_id] = (end - start) * 1000 / RATE
         if self._vad is not None:
             self._vad.set_floor(end)
         item = user_audio_item(item_id)
@@ -474,15 +478,22 @@ class RealtimeEngine:
             modalities = list(self.session.get("output_modalities") or ["audio"])
         if max_tokens is None:
             max_tokens = self.session.get("max_output_tokens", "inf")
+        context = context_tokens(
+            self.session.get("instructions") or "",
+            self.conversation.items,
+            lambda item_id: self._audio_ms.get(item_id, 0.0),
+        )
         response = Response(
             id=new_id("resp"),
             turn=self._plan.next(),
             modalities=modalities,
             metadata=metadata,
-            input_ms=len(self._last_utterance) * 1000 / RATE,
+            input_tokens=context,
+            cached_tokens=self._previous_context.capped(context),
             max_tokens=max_tokens if isinstance(max_tokens, int) else None,
         )
         self._responses[response.id] = response
+        self._previous_context = context
         self._active = response
         self._last_response_id = response.id
         self._send(event("response.created", response=self._view(response, "in_progress")))
@@ -546,6 +557,9 @@ class RealtimeEngine:
         response.done = True
         if self._active is response:
             self._active = None
+        for item in response.output:
+            if item.get("type") == "message" and response.modalities == ["audio"]:
+                self._audio_ms[item["id"]] = response.audio_ms
         self._send(event("response.done", response=self._view(response, status, reason)))
         self._track.finish(response.id)
         if (

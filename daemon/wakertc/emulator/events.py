@@ -119,32 +119,3 @@ def response_object(
         "usage": usage,
         "metadata": metadata,
     }
-
-
-def audio_tokens(ms: float) -> int:
-    """Tokens of `ms` of audio: about 10 a second."""
-    return int(ms / 100)
-
-
-def text_tokens(text: str) -> int:
-    """Tokens of some text: about 4 characters each."""
-    return max(1, len(text) // 4) if text else 0
-
-
-def usage(input_ms: float, output_ms: float, text: str) -> dict[str, Any]:
-    """A plausible token count (`audio_tokens`, `text_tokens`)."""
-    audio_in = audio_tokens(input_ms)
-    audio_out = audio_tokens(output_ms)
-    text_out = text_tokens(text)
-    return {
-        "total_tokens": audio_in + audio_out + text_out,
-        "input_tokens": audio_in,
-        "output_tokens": audio_out + text_out,
-        "input_token_details": {
-            "text_tokens": 0,
-            "audio_tokens": audio_in,
-            "image_tokens": 0,
-            "cached_tokens": 0,
-        },
-        "output_token_details": {"text_tokens": text_out, "audio_tokens": audio_out},
-    }

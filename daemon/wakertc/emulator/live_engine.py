@@ -117,9 +117,11 @@ class LiveEngine:
         )
 
     def usage(self) -> dict[str, Any]:
-        """Cumulative usage: seconds so far, and the prepaid minimum as active seconds."""
-        seconds = round(time.monotonic() - self._began, 3)
-        return {"seconds": seconds, "active_seconds": max(PREPAID_S, int(seconds))}
+        """Cumulative usage in whole seconds (SDK `SessionUsage`): the session's age, at least
+        the prepaid minimum, all of it active (standby is not emulated), so the breakdown adds
+        up to `seconds` as upstream's does."""
+        seconds = max(PREPAID_S, int(time.monotonic() - self._began))
+        return {"seconds": seconds, "active_seconds": seconds, "paused_seconds": 0}
 
     # -- client events -----------------------------------------------------------------------
 

@@ -8,8 +8,9 @@ they would have had, so the RTP timestamps jump over the gap as a discontinuous 
 Responses queue their audio under their id; the track tells its listener when a response's first
 frame leaves (`output_audio_buffer.started`) and when its last one has (`...stopped`). `clear()`
 drops everything queued at once, which is what `output_audio_buffer.clear` and barge-in need.
-`on_frame`, when set (the recorder's), is given each frame's samples and the monotonic time it was
-handed out; unset it costs one attribute check per frame.
+`on_frame`, when set (the recorder's, the sideband's), is given each frame's samples and the
+monotonic time it was handed out; unset it costs one attribute check per frame. `frame_audible`
+tells whether that frame carried reply audio.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ class ReplyTrack(MediaStreamTrack):
         self._start: float | None = None
         self._pts = 0
         self.sent_frames = 0
+        self.frame_audible = False  # the last frame carried reply audio (not only idle silence)
 
     def feed(self, response_id: str, samples: Samples) -> None:
         """Queue int16 mono 48 kHz audio for a response."""
@@ -155,6 +157,7 @@ class ReplyTrack(MediaStreamTrack):
             if response_id in self._finished and not self._queued(response_id):
                 self._playing.discard(response_id)
                 stopped.append(response_id)
+        self.frame_audible = filled > 0
         return out, started, stopped
 
     def _queued(self, response_id: str) -> bool:

@@ -25,17 +25,15 @@ from .audio_buffer import RATE
 from .conversation import Conversation
 from .events import (
     assistant_item,
-    audio_tokens,
     event,
     function_call_item,
     new_id,
     response_object,
-    text_tokens,
-    usage,
 )
 from .playout import ReplyTrack
 from .replies import Reply
 from .script import FunctionCall, ScriptTurn
+from .usage import Tokens, audio_tokens, response_usage, text_tokens
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +57,9 @@ class Response:
     turn: ScriptTurn
     modalities: list[str]
     metadata: Any
-    input_ms: float
+    input_tokens: Tokens
+    """The context when the response started (`usage.context_tokens`)."""
+    cached_tokens: Tokens
     output: list[dict[str, Any]] = field(default_factory=list)
     started: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
@@ -74,8 +74,13 @@ class Response:
         """Output tokens this response may still produce (None: no limit)."""
         if self.max_tokens is None:
             return None
-        used = audio_tokens(self.audio_ms) + text_tokens(self.text) + self.call_tokens
-        return max(0, self.max_tokens - used)
+        return max(0, self.max_tokens - self.output_tokens().total)
+
+    def output_tokens(self) -> Tokens:
+        """What it produced so far: audio fed, transcript or text, function call arguments."""
+        return Tokens(
+            text=text_tokens(self.text) + self.call_tokens, audio=audio_tokens(self.audio_ms)
+        )
 
 
 class ResponseWriter:
@@ -192,7 +197,7 @@ class ResponseWriter:
         lead = int(LEAD_S * RATE)
         fed = min(total, lead)
         self._track.feed(response.id, audio[:fed])
-        response.audio_ms = total * 1000 / RATE
+        response.audio_ms = fed * 1000 / RATE
         try:
             # Upstream order: output_audio_buffer.started comes before the transcript deltas.
             await asyncio.wait_for(response.started.wait(), START_WAIT_S)
@@ -205,6 +210,7 @@ class ResponseWriter:
             if due > fed:
                 self._track.feed(response.id, audio[fed:due])
                 fed = due
+                response.audio_ms = fed * 1000 / RATE  # generated so far, counted if cut
             want = len(words) if fed >= total else len(words) * fed // max(total, 1)
             while emitted < want:
                 response.text += words[emitted]
@@ -314,5 +320,9 @@ def response_view(
         modalities=response.modalities,
         reason=reason,
         metadata=response.metadata,
-        usage=usage(response.input_ms, response.audio_ms, response.text) if done else None,
+        usage=(
+            response_usage(response.input_tokens, response.cached_tokens, response.output_tokens())
+            if done
+            else None
+        ),
     )

@@ -10,6 +10,9 @@ Routes (all under the API's own paths, so the official SDK works with `base_url=
     POST /v1/realtime?model=...            beta: SDP offer -> 201 answer
     POST /v1/live/sessions                 GPT-Live: JSON {session, transport: {webrtc, sdp}}
                                            -> 201 {session: {id}, transport: {sdp}} (standard key)
+    GET  /v1/realtime?call_id=rtc_...      Realtime sideband: a WebSocket joining a call
+    GET  /v1/live/sessions/{id}/attach     GPT-Live sideband (`?graceful_close=true`); both with
+                                           the standard key, see `sideband.py`
     GET  /healthz                          liveness for scripts
 
 Errors use the API's envelope `{"error": {"message", "type", "param", "code"}}`, the emulator's
@@ -34,6 +37,7 @@ from typing import Any
 
 from aiohttp import web
 
+from . import sideband
 from .call import CallContext, EmulatedCall, InvalidOffer
 from .faults import Faults
 from .live_session import check_create_body, session_resource
@@ -107,6 +111,8 @@ class Emulator:
         app.router.add_post("/v1/realtime/calls/{call_id}/hangup", self._hangup)
         app.router.add_post("/v1/realtime", self._beta_calls)
         app.router.add_post("/v1/live/sessions", self._live_sessions)
+        app.router.add_get("/v1/realtime", self._realtime_sideband)
+        app.router.add_get("/v1/live/sessions/{session_id}/attach", self._live_attach)
         app.router.add_get("/healthz", self._healthz)
         self._runner = web.AppRunner(app, shutdown_timeout=0.5, access_log=None)
         await self._runner.setup()
@@ -321,6 +327,77 @@ class Emulator:
             )
         await call.close("hung up by the client")
         return web.json_response({})
+
+    # -- sidebands -------------------------------------------------------------------------------
+
+    async def _realtime_sideband(self, request: web.Request) -> web.StreamResponse:
+        """A backend joins a Realtime WebRTC call by its id (project key only)."""
+        denied = self._require_standard_key(request)
+        if denied is not None:
+            return denied
+        call_id = request.query.get("call_id")
+        if call_id is None:
+            if "model" in request.query:
+                return api_error(
+                    400,
+                    "The emulator does not run WebSocket sessions: join a WebRTC call with "
+                    "?call_id=<id>.",
+                    code="unsupported",
+                    param="model",
+                )
+            return api_error(
+                400,
+                "Missing required parameter: 'call_id' (or 'model').",
+                code="missing_required_parameter",
+                param="call_id",
+            )
+        call = self.calls.get(call_id)
+        if call is None or call.api != "realtime" or call.closed:
+            return api_error(
+                404,
+                "No session found for the provided call_id.",
+                code="call_id_not_found",
+                param="call_id",
+            )
+        return await self._serve_sideband(request, call, graceful=True)
+
+    async def _live_attach(self, request: web.Request) -> web.StreamResponse:
+        """A backend attaches to a GPT-Live session (project key only)."""
+        denied = self._require_standard_key(request)
+        if denied is not None:
+            return denied
+        flag = request.query.get("graceful_close", "false")
+        if flag not in ("true", "false"):
+            return api_error(
+                400,
+                f"Invalid value: '{flag}' for 'graceful_close'. Expected true or false.",
+                code="invalid_value",
+                param="graceful_close",
+            )
+        session_id = request.match_info["session_id"]
+        call = self.calls.get(session_id)
+        if call is None or call.api != "live" or call.closed:
+            return api_error(
+                404,
+                f"No Live session found with id '{session_id}'.",
+                code="session_not_found",
+                param="session_id",
+            )
+        return await self._serve_sideband(request, call, graceful=flag == "true")
+
+    async def _serve_sideband(
+        self, request: web.Request, call: EmulatedCall, *, graceful: bool
+    ) -> web.StreamResponse:
+        if not web.WebSocketResponse().can_prepare(request).ok:
+            return api_error(
+                400,
+                "This endpoint takes a WebSocket connection (Upgrade: websocket).",
+                code="invalid_request",
+            )
+        await self._validator_ready()
+        return await sideband.serve(
+            request, call.sidebands, call.handle_sideband_message, graceful=graceful
+        )
 
     async def _healthz(self, request: web.Request) -> web.StreamResponse:
         open_calls = sum(1 for call in self.calls.values() if not call.closed)
