@@ -107,7 +107,7 @@ def test_bootstrap_refuses_a_python_without_a_set(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("mode", "wanted", "unwanted"),
     [
-        ("--device", {"portaudio19-dev", "libsystemd-dev"}, {"espeak-ng", "sox", "pulseaudio"}),
+        ("--device", {"portaudio19-dev", "libsystemd-dev", "espeak-ng"}, {"sox", "pulseaudio"}),
         ("", {"portaudio19-dev", "espeak-ng", "sox"}, {"pulseaudio"}),
         ("--test", {"portaudio19-dev", "espeak-ng", "sox", "pulseaudio"}, set()),
     ],
@@ -116,7 +116,8 @@ def test_bootstrap_refuses_a_python_without_a_set(tmp_path: Path) -> None:
 def test_bootstrap_installs_demo_packages_only_off_the_device(
     tmp_path: Path, mode: str, wanted: set[str], unwanted: set[str]
 ) -> None:
-    """A device gets no espeak-ng or sox: seen by what bootstrap.sh asks apt-get to install."""
+    """A device gets no sox or PulseAudio, but espeak-ng (`wakertc enroll`'s negative speech):
+    seen by what bootstrap.sh asks apt-get to install."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     asked = tmp_path / "apt-args"
