@@ -35,8 +35,9 @@ from aiortc.rtp import RtpPacket
 
 log = logging.getLogger(__name__)
 
-# Packets held behind a missing one before it counts as lost (20 ms each with Opus as sent).
-HOLD = 3
+# Packets held behind a missing one before it counts as lost (20 ms each with Opus as sent):
+# a packet overtaken by two (delays differing by up to 40 ms) still finds its place.
+HOLD = 2
 # A packet this far ahead of the expected one is a new stream (a sender restart), not a gap.
 RESYNC_AHEAD = 100
 # At most this much audio concealed for one gap: beyond it the stream resumes after a fade.
