@@ -53,7 +53,7 @@ async def test_jittery_path_plays_the_reply_whole_without_clicks(tmp_path, model
     own = jittery["reply_step"] / jittery["reply_peak"]
     assert jittery["played_step"] / jittery["played_peak"] <= own, (clean, jittery)
     # The playback queue's 20 ms prebuffer does not cover +-20 ms of jitter or a 40 ms hold
-    # behind a loss: 2 underruns measured in this 7 s reply (the target is 1 a minute,
-    # which needs an adaptive playback depth); more would mean the path got worse.
+    # behind a loss: 1-2 underruns measured in this 7 s reply (the target is 1 a
+    # minute, which needs an adaptive playback depth); the bound leaves the scheduler room.
     assert clean["ran_dry"] == 0
     assert jittery["ran_dry"] <= 4, (clean, jittery)
