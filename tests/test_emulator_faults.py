@@ -14,6 +14,8 @@ import httpx
 import numpy as np
 import pytest
 from aioice import stun
+from aiortc.jitterbuffer import JitterBuffer, JitterFrame
+from aiortc.rtp import RtpPacket
 
 from emulator_helpers import (
     KEY,
@@ -357,3 +359,54 @@ def test_the_service_maximum_session_length_is_an_hour() -> None:
     assert limits.MAX_SESSION_S == 3600
     assert Faults.parse([]).max_session_s is None  # calls then use limits.MAX_SESSION_S
     assert Faults.parse(["max-session=5"]).max_session_s == 5.0
+
+
+class ArrivalLog(JitterBuffer):
+    """aiortc's audio buffer, noting each RTP packet's sequence number as it arrives."""
+
+    def __init__(self) -> None:
+        super().__init__(capacity=16, prefetch=4)
+        self.seqs: list[int] = []
+
+    def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
+        self.seqs.append(packet.sequence_number)
+        return super().add(packet)
+
+
+async def rtp_arrivals(client: RealtimeClient, seconds: float) -> list[int]:
+    """Sequence numbers of the RTP packets reaching the client's receiver, in arrival order."""
+    (transceiver,) = client.pc.getTransceivers()
+    arrivals = ArrivalLog()
+    setattr(transceiver.receiver, "_RTCRtpReceiver__jitter_buffer", arrivals)  # noqa: B010
+    await asyncio.sleep(seconds)
+    return arrivals.seqs
+
+
+async def test_jitter_delays_reorders_and_drops_the_reply_audio() -> None:
+    async with running_emulator() as emu:
+        client = await connected_client(emu.url, MANUAL)
+        clean = await rtp_arrivals(client, 1.5)
+        await client.close()
+    assert clean == sorted(clean) and clean[-1] - clean[0] + 1 == len(clean)
+    async with running_emulator(faults=("jitter=30,20,5",)) as emu:
+        client = await connected_client(emu.url, MANUAL)
+        seqs = await rtp_arrivals(client, 3.0)
+        await client.close()
+    overtaken = [s for i, s in enumerate(seqs) if i and s < max(seqs[:i])]
+    assert len(overtaken) >= 3, f"no reordering: {seqs}"
+    missing = set(range(min(seqs), max(seqs) + 1)) - set(seqs)
+    assert 1 <= len(missing) <= 0.15 * len(seqs), f"{len(missing)} of {len(seqs)} lost"
+
+
+def test_jitter_takes_its_figures_or_the_defaults() -> None:
+    from wakertc.emulator import Faults
+    from wakertc.emulator.faults import FaultError
+    from wakertc.emulator.netpath import Jitter
+
+    assert Faults.parse(["jitter"]).jitter == Jitter(delay_s=0.03, jitter_s=0.02, loss=0.01)
+    assert Faults.parse(["jitter=50,10,2"]).jitter == Jitter(delay_s=0.05, jitter_s=0.01, loss=0.02)
+    assert "jitter" in Faults.parse(["jitter"]).active
+    with pytest.raises(FaultError, match=r"fault 'jitter'.*'30,20'"):
+        Faults.parse(["jitter=30,20"])
+    with pytest.raises(FaultError, match=r"fault 'jitter'.*within"):
+        Faults.parse(["jitter=30,20,150"])

@@ -267,6 +267,8 @@ class _PlaybackQueue:
         self._playing = False  # the last block ended in queued audio, not in silence
         self._last = 0.0
         self._audio_queued = threading.Event()
+        self.ran_dry = 0
+        """Times the queue ran out while playing (each reply's end, and any underrun in it)."""
 
     @property
     def queued_s(self) -> float:
@@ -331,6 +333,8 @@ class _PlaybackQueue:
                 ):
                     return out, False
             took = self._take(out[: min(n, self._queued)])
+            if took < n:
+                self.ran_dry += 1
             return self._edges(out, took, starting=starting, ran_dry=took < n)
 
     def _edges(
@@ -521,6 +525,11 @@ class FileBackend(AudioBackend):
     def clear_playback(self) -> None:
         """Drop everything queued, fading out over 5 ms."""
         self._queue.clear()
+
+    @property
+    def playback_ran_dry(self) -> int:
+        """Times playback ran out of queued audio while playing (ends of replies, underruns)."""
+        return self._queue.ran_dry
 
     @property
     def playback_queued_s(self) -> float:
@@ -798,6 +807,11 @@ class PyAudioBackend(AudioBackend):
     def clear_playback(self) -> None:
         """Drop everything queued, fading out over 5 ms."""
         self._queue.clear()
+
+    @property
+    def playback_ran_dry(self) -> int:
+        """Times playback ran out of queued audio while playing (ends of replies, underruns)."""
+        return self._queue.ran_dry
 
     @property
     def playback_queued_s(self) -> float:

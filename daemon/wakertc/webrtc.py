@@ -46,6 +46,7 @@ from aiortc.rtcsctptransport import HeartbeatChunk  # for RealtimeCall._probe
 from av import AudioFrame, AudioResampler
 from numpy.typing import NDArray
 
+from . import jitter
 from .audio import CAPTURE_RATE, PLAYBACK_RATE
 from .keys import error_message
 
@@ -181,6 +182,9 @@ class RealtimeCall:
         self._channel = self._pc.createDataChannel("oai-events")
         self._channel_open = asyncio.Event()
         self._pc.addTrack(mic)
+        for transceiver in self._pc.getTransceivers():
+            # the reply's audio: frames out as soon as they are in order (jitter.py)
+            jitter.install(transceiver.receiver)
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
         self.call_id: str | None = None

@@ -3,7 +3,8 @@
 The call owns the peer connection and the plumbing around the protocol engine: it decodes received
 audio to 48 kHz mono for the engine and the recorder, turns data-channel messages into parsed
 client events (one task, in order), and sends the engine's events. Call-level faults (drop-after,
-silent, bad-event, consent-stop) live here because they are about the transport, not the protocol.
+silent, bad-event, consent-stop, jitter) live here because they are about the transport, not the
+protocol.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from .engine import RealtimeEngine
 from .events import error_event, new_id
 from .faults import Faults
 from .live_engine import LiveEngine
+from .netpath import JitteryPath
 from .playout import ReplyTrack
 from .recorder import CallRecorder
 from .replies import SpeechSynth
@@ -148,6 +150,7 @@ class EmulatedCall:
         self._closing = False
         self._junk_turn = 0
         self._early: list[dict[str, Any]] = []
+        self._path: JitteryPath | None = None
         self._pc.on("datachannel", self._on_datachannel)
         self._pc.on("track", self._on_track)
         self._pc.on("connectionstatechange", self._on_connection_state)
@@ -169,8 +172,10 @@ class EmulatedCall:
             await self._pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
         except Exception as exc:  # aiortc rejects bad offers with assorted exception types
             raise InvalidOffer(f"the offer was refused: {exc}") from exc
-        self._pc.addTrack(self._track)
+        sender = self._pc.addTrack(self._track)
         await self._pc.setLocalDescription(await self._pc.createAnswer())
+        if self._faults.jitter is not None and sender.transport is not None:
+            self._path = JitteryPath(sender.transport, self._faults.jitter)
         self._spawn(self._watch_connect(), "connect-watchdog")
         self._spawn(self._expire(), "max-session")
         log.info("call %s answered", self.id)
@@ -202,6 +207,8 @@ class EmulatedCall:
         for task in others:
             task.cancel()
         await asyncio.gather(*others, return_exceptions=True)
+        if self._path is not None:
+            await self._path.close()
         try:
             await asyncio.wait_for(self._pc.close(), CLOSE_TIMEOUT_S)
         except Exception as exc:  # a half-dead transport may fail to close cleanly

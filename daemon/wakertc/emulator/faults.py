@@ -3,14 +3,16 @@
 Each fault mirrors a failure the device must survive against the real API: a key server that errs
 or stalls, a call that is refused or never answered, a peer that vanishes, a channel that stays mute
 or talks nonsense, a network path that silently dies (ICE consent stops), a media track that only
-carries packets while a reply plays, transcriptions that fail, and sessions cut at their maximum
-length.
+carries packets while a reply plays, transcriptions that fail, sessions cut at their maximum
+length, and a jittery, lossy path for the reply's audio.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+from .netpath import Jitter
 
 # Default delay of `mint-slow`: long enough to trip a client's timeout.
 MINT_SLOW_DEFAULT_S = 10.0
@@ -30,6 +32,10 @@ FAULT_HELP = {
     "transcription-failed": "every input audio transcription fails (...transcription.failed)",
     "no-reply": "never start a response (after a turn, or on response.create)",
     "max-session=S": "end sessions after S seconds instead of the service's 60 minutes",
+    "jitter[=D,J,L]": (
+        "delay the reply's RTP packets by D ms +- J ms (reordering them) and drop L % of them "
+        f"(default {Jitter.delay_s * 1000:g},{Jitter.jitter_s * 1000:g},{Jitter.loss * 100:g})"
+    ),
 }
 
 
@@ -55,6 +61,7 @@ class Faults:
     transcription_failed: bool = False
     no_reply: bool = False
     max_session_s: float | None = None
+    jitter: Jitter | None = None
 
     @classmethod
     def parse(cls, specs: Iterable[str]) -> Faults:
@@ -62,6 +69,9 @@ class Faults:
         values: dict[str, object] = {}
         for spec in specs:
             name, sep, raw = spec.strip().partition("=")
+            if name == "jitter":
+                values["jitter"] = _jitter(raw) if sep else Jitter()
+                continue
             flag = _FLAGS.get(name)
             if flag is not None:
                 if sep:
@@ -114,3 +124,20 @@ def _seconds(name: str, raw: str) -> float:
     if not 0 <= value <= 86400:
         raise FaultError(f"fault {name!r}: seconds must be within 0..86400, got {raw!r}")
     return value
+
+
+def _jitter(raw: str) -> Jitter:
+    """`D,J,L`: delay and jitter in milliseconds, loss in percent."""
+    parts = raw.split(",")
+    try:
+        delay_ms, jitter_ms, loss_pct = (float(part) for part in parts)
+    except ValueError:
+        raise FaultError(
+            f"fault 'jitter': expected DELAY_MS,JITTER_MS,LOSS_PERCENT (e.g. 30,20,1), got {raw!r}"
+        ) from None
+    if not (0 <= delay_ms <= 10000 and 0 <= jitter_ms <= 10000 and 0 <= loss_pct <= 100):
+        raise FaultError(
+            f"fault 'jitter': delay and jitter must be within 0..10000 ms and loss within "
+            f"0..100 %, got {raw!r}"
+        )
+    return Jitter(delay_s=delay_ms / 1000, jitter_s=jitter_ms / 1000, loss=loss_pct / 100)
