@@ -439,3 +439,34 @@ async def test_response_events_are_permitted_by_their_nested_kind(tmp_path: Path
         assert "info" not in client.types()  # not permitted either: withheld like the rest
         assert_all_live_valid(client)
         await client.close()
+
+
+async def test_calls_401_refuses_live_session_creation() -> None:
+    """The call-setup faults hit Live's session creation: 401 as for a bad project key."""
+    async with running_emulator(faults=("calls-401",)) as emu:
+        client = RealtimeClient()
+        async with httpx.AsyncClient(timeout=10) as http:
+            response = await http.post(
+                emu.url + "/v1/live/sessions",
+                json=live_session_body(await client.offer()),
+                headers={"Authorization": f"Bearer {KEY}"},
+            )
+        await client.close()
+        assert response.status_code == 401
+        assert response.json()["error"]["code"] == "invalid_api_key"
+        assert not emu.calls
+
+
+async def test_no_reply_hears_the_turn_and_never_answers(tmp_path: Path) -> None:
+    """no-reply under Live: the turn is heard (its transcript comes) but the model never takes
+    its turn: no reply audio, no output transcript."""
+    async with running_emulator(faults=("no-reply",), reply="tone") as emu:
+        client = await connected_live_client(emu.url)
+        client.mic.play(espeak("What time is it?", tmp_path))
+        heard = await client.wait_for("session.input_transcript.delta", timeout=15)
+        await asyncio.sleep(2.0)  # a tone reply would have started long since
+        assert "session.output_transcript.delta" not in client.types()
+        after = client.arrival(heard)
+        assert not [s for t, s in client.audio if t > after and len(s) and abs(s).max() > 1000]
+        assert_all_live_valid(client)
+        await client.close()

@@ -66,11 +66,13 @@ class LiveEngine:
         hang_up: Callable[[str], None],
         validator: ClientEventValidator | None = None,
         usage_every_s: float = USAGE_EVERY_S,
+        never_replies: bool = False,
     ) -> None:
         self.session = session
         self._deliver = send
         self.permissions = DataChannelPermissions.of(session)
         self.withheld: Counter[str] = Counter()  # server events the channel may not carry
+        self._never_replies = never_replies
         self._track = track
         self._plan = plan
         self._synth = synth
@@ -309,6 +311,8 @@ class LiveEngine:
     # -- replies -----------------------------------------------------------------------------
 
     async def _reply(self, turn: ScriptTurn) -> None:
+        if self._never_replies:
+            return  # the no-reply fault: the model never takes its turn
         reply = await self._render(turn)
         if reply is not None and len(reply.audio):
             await self._speak(reply)
