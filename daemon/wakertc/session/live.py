@@ -12,7 +12,8 @@ only transcript deltas and the audio itself. The neutral events are made from th
 - the user speaking: the device's own voice-activity detection on its (echo-cancelled)
   microphone, or input transcript deltas; stopped once the transcript pauses for `USER_PAUSE_S`,
   the microphone is quiet for `USER_QUIET_S`, or as soon as the reply starts;
-- the reply: audible received audio starts it; `REPLY_GAP_S` without any ends it;
+- the reply: audible received audio starts it; `REPLY_GAP_S` without any ends it, once the path
+  has been heard from since (a path that died mid-reply is a stalled reply, not a finished one);
 - barge-in: playback stops here at once, and the model is told (`session.instructions.append`);
   what it still sends of that reply is not played (the gap ends it);
 - tools: responses delegation; the call arrives nested in `response.event` (as a Responses
@@ -39,7 +40,7 @@ from ..audio import CAPTURE_RATE as MIC_RATE
 from ..config import SessionConfig
 from ..keys import CompanionClient, CompanionError
 from ..tools import ToolRunner
-from ..webrtc import CallError, MicTrack, RealtimeCall
+from ..webrtc import HEARD_POLL_S, CallError, MicTrack, RealtimeCall
 from . import events
 from .events import EventSink, SessionFailed, ToolCall, clip
 
@@ -211,7 +212,8 @@ class LiveSession:
 
     async def close(self, *, graceful: bool = True) -> None:
         """`session.close`, a moment for `session.closed` (not after a failure: a lost path
-        would only delay the error), then the peer connection."""
+        would only delay the error; nor before `session.started`: a service that has not
+        started the session is not waited for again), then the peer connection."""
         if self._gap_task is not None:
             self._gap_task.cancel()
             await asyncio.gather(self._gap_task, return_exceptions=True)
@@ -221,7 +223,7 @@ class LiveSession:
             self.mic.stop()
             return
         self._closing = True
-        if self._send({"type": "session.close"}) and graceful:
+        if self._send({"type": "session.close"}) and graceful and self._live:
             try:
                 await asyncio.wait_for(self._closed.wait(), CLOSE_WAIT_S)
             except TimeoutError:
@@ -266,9 +268,15 @@ class LiveSession:
         while True:
             await asyncio.sleep(REPLY_GAP_S / 5)
             quiet = time.monotonic() - self._last_audible > REPLY_GAP_S
+            # Silence ends a reply only on a path still heard from after the audio stopped: on
+            # one that died mid-reply the reply goes on, and the conversation fails it as a
+            # stalled reply (as under Realtime), instead of a finished reply and then, seconds
+            # later, a lost connection. Packets are counted every HEARD_POLL_S, so only what was
+            # heard that much after the last audible audio came after it.
+            alive = (self.heard_at or 0.0) > self._last_audible + HEARD_POLL_S
             if quiet and self._ignoring_reply:
                 self._ignoring_reply = False
-            elif quiet and self._replying:
+            elif quiet and alive and self._replying:
                 self._replying = False
                 self._on_event(events.ReplyAudioFinished())
                 self._on_event(events.ReplyDone())
