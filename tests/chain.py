@@ -61,6 +61,32 @@ STORY = (
     "Once upon a time, in a small village by the sea, there lived an old fisherman "
     "who told long stories to anyone who would listen."
 )
+# The session APIs a device can use (`[session] api`); the chain tests run under each.
+APIS = ("realtime", "live")
+
+
+@dataclass(frozen=True)
+class Wire:
+    """What one API sends for the same conversation: the client events the emulator receives,
+    and the server events it answers with."""
+
+    end: str | None  # the client event that ends a session (None: the HTTP hang-up)
+    tool_output: str  # the client event carrying a tool's result
+    barge_in: str  # the first client event of a barge-in
+    mute: str | None  # the client event telling the service of a mute
+    reply: str  # the server event that comes once with each spoken reply
+
+
+WIRE = {
+    "realtime": Wire(None, "conversation.item.create", "response.cancel", None, "response.done"),
+    "live": Wire(
+        "session.close",
+        "response.item.create",
+        "session.instructions.append",
+        "session.input_audio.mute",
+        "session.output_transcript.delta",
+    ),
+}
 # Enough for every conversation a test opens, never the reason a test fails.
 COMPANION_LIMITS = "\n[limits]\nper_device_per_minute = 1000\nglobal_per_minute = 1000\n"
 
