@@ -42,6 +42,7 @@ from wakertc.config import Config, config_from_dict
 from wakertc.daemon import Daemon, Edges
 from wakertc.demo import DEMO_API_KEY, start_services, write_device_config
 from wakertc.emulator import EmulatorOptions, Faults
+from wakertc.emulator.live_permissions import NOT_PERMITTED
 from wakertc.leds import colour
 from wakertc.measure import read_wav, received_ratio, write_wav
 from wakertc.state import Phase, Transition
@@ -60,6 +61,41 @@ STORY = (
     "Once upon a time, in a small village by the sea, there lived an old fisherman "
     "who told long stories to anyone who would listen."
 )
+# The session APIs a device can use (`[session] api`); the chain tests run under each.
+APIS = ("realtime", "live")
+
+
+@dataclass(frozen=True)
+class Wire:
+    """What one API sends for the same conversation: the client events the emulator receives,
+    and the server events it answers with."""
+
+    end: str | None  # the client event that ends a session (None: the HTTP hang-up)
+    tool_output: str  # the client event carrying a tool's result
+    barge_in: str  # the first client event of a barge-in
+    mute: str | None  # the client event telling the service of a mute
+    reply: str  # the server event that comes once with each spoken reply
+    announce: str  # the client event asking the model to say a text
+
+
+WIRE = {
+    "realtime": Wire(
+        None,
+        "conversation.item.create",
+        "response.cancel",
+        None,
+        "response.done",
+        "response.create",
+    ),
+    "live": Wire(
+        "session.close",
+        "response.item.create",
+        "session.instructions.append",
+        "session.input_audio.mute",
+        "session.output_transcript.delta",
+        "session.commentary.append",
+    ),
+}
 # Enough for every conversation a test opens, never the reason a test fails.
 COMPANION_LIMITS = "\n[limits]\nper_device_per_minute = 1000\nglobal_per_minute = 1000\n"
 
@@ -586,6 +622,26 @@ class Chain:
         """What the emulator received from the microphone in a call (float32, 16 kHz)."""
         return read_wav(self.calls()[call].record_path / "input.wav", CAPTURE_RATE)
 
+    def assert_within_channel_permissions(self) -> None:
+        """Under GPT-Live: the device sent only client events its data channel permits (the
+        companion's policy, as `session.started` shows it), and none was refused."""
+        for index, call in enumerate(self.calls()):
+            if call.record_path is None or not (call.record_path / "events.jsonl").exists():
+                continue
+            received = self.received(index)
+            started = [e for e in received if e["type"] == "session.started"]
+            if not started:
+                continue  # never started (a fault): nothing was sent on its channel
+            channel = started[0]["session"].get("client", {}).get("data_channel", {})
+            allowed = channel.get("allowed_client_events", "all")
+            sent = {e.get("type") for e in self.sent(index)}
+            if allowed != "all":
+                assert sent <= set(allowed), f"not permitted: {sorted(sent - set(allowed))}"
+            refused = [
+                e for e in received if e["type"] == "error" and e["error"]["code"] == NOT_PERMITTED
+            ]
+            assert not refused, refused
+
     def received_ratio(self, spoken: Spoken | tuple[float, float], call: int = -1) -> float:
         """Fraction of the speech between two heard-timeline positions that reached the model.
 
@@ -678,7 +734,8 @@ async def run_chain(
     `keep_history=False`: for soaks; the microphone, the pins and the log keep no history
     (only WARNING and above is logged), so what grows is the daemon's.
     On exit the daemon is stopped, and unless `allow_tracebacks`, no `wakertc` log record may
-    carry a traceback (nothing crashed, no event handler failed).
+    carry a traceback (nothing crashed, no event handler failed); under GPT-Live the device
+    must have kept to its data channel's permissions (`assert_within_channel_permissions`).
     """
     workdir.mkdir(parents=True, exist_ok=True)
     models_dir = models_dir.resolve()
@@ -780,6 +837,8 @@ async def run_chain(
                     if r.exc_info and r.name.startswith("wakertc")
                 ]
                 assert not crashed, f"tracebacks logged: {crashed}"
+            if api == "live" and emulator is not None and keep_history:
+                chain.assert_within_channel_permissions()
     finally:
         wakertc_log.removeHandler(logs)
         wakertc_log.setLevel(level)

@@ -513,3 +513,21 @@ async def connected_live_client(base_url: str, **session: Any) -> RealtimeClient
     assert started["type"] == "session.started", started
     assert started["session"]["id"] == client.call_id
     return client
+
+
+_responses_adapter: Any = None
+
+
+def validate_responses_stream_event(nested: dict[str, Any]) -> None:
+    """Raise unless `nested` (what a Live `response.event` carries) validates as the SDK's
+    Responses `ResponseStreamEvent`, with no field that model does not have."""
+    global _responses_adapter
+    from openai.types.responses import ResponseStreamEvent
+    from pydantic import TypeAdapter
+
+    if _responses_adapter is None:
+        _responses_adapter = TypeAdapter(ResponseStreamEvent)
+    model = _responses_adapter.validate_python(nested)
+    assert model.type == nested["type"]
+    extra = model.model_extra
+    assert not extra, f"{nested['type']} has fields the SDK's model has not: {extra}"

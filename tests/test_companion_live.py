@@ -73,6 +73,21 @@ async def test_a_device_offer_becomes_a_live_session_with_the_owners_policy(
                 "response.item.create",
                 "response.create",
             }
+            # Of the backend's stream, the calls and how their response ended (the Responses
+            # API's names: the emulator refuses names that do not exist, e.g. `response.done`).
+            nested = {
+                s["response_event"]
+                for s in channel["allowed_server_events"]
+                if s["type"] == "response.event"
+            }
+            assert nested == {
+                "response.output_item.done",
+                "response.completed",
+                "response.failed",
+                "response.incomplete",
+            }
+            info = await client.next_event()  # the channel is restricted, and says so
+            assert (info["type"], info["code"]) == ("info", "data_channel_permissions")
             await client.close()
 
 

@@ -654,24 +654,6 @@ async def test_a_failed_transcription_is_logged_told_to_the_hook_and_listening_r
     ]
 
 
-async def test_a_session_the_service_ends_is_a_clean_end(tmp_path, models_dir):
-    """The service ends the session at its maximum length (error session_expired, then the call
-    closes): the conversation is over (done cue, LEDs off, one log line), not "connection lost"."""
-    device = {"session": {"idle_timeout_s": 20.0}}
-    async with run_chain(tmp_path, models_dir, faults=("max-session=2",), device=device) as chain:
-        await chain.press()
-        _, _, live = await chain.expect(Phase.WAKE, Phase.CONNECTING, Phase.LISTENING)
-        (idle,) = await chain.expect(Phase.IDLE, timeout=6)
-        assert idle.reason == "conversation over (the service ended the session)"
-        assert 1.5 <= idle.t - live.t <= 3.0
-        assert chain.logs.find(
-            "the service ended the session: Your session hit the maximum duration of 2 seconds."
-        )
-        assert not chain.logs.lines(logging.WARNING)
-        assert chain.leds(idle).effect == "off"
-        assert chain.daemon.conversations == 1
-
-
 MARK_CODE = "import sys; open(sys.argv[1], 'a').write('ran\\n'); print('sunny')"
 
 

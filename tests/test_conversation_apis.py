@@ -1,9 +1,11 @@
 """The conversation chain under both session APIs, from one set of tests: wake, question,
-reply, follow-up, tools (end_conversation included), barge-in, mute, idle end and the faults.
+reply, follow-up, tools (end_conversation included), barge-in, mute and idle end; every fault,
+under both APIs alike, is in test_conversation_faults.py.
 
 Each test runs the real daemon through `chain.run_chain(api=...)` against the emulator and the
 companion, once with the Realtime API and once with GPT-Live, and asserts the same phases, LED
-meanings, log lines and endings; only what goes over the wire differs, and `WIRE` names it.
+meanings, log lines and endings; only what goes over the wire differs, and `chain.WIRE` names
+it.
 """
 
 from __future__ import annotations
@@ -11,36 +13,13 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from dataclasses import dataclass
 
 import pytest
 
-from chain import BLUE, GREEN, RED, STORY, clip, run_chain
+from chain import BLUE, GREEN, STORY, WIRE, clip, run_chain
 from wakertc.demo import make_default_input
 from wakertc.state import Phase
 
-
-@dataclass(frozen=True)
-class Wire:
-    """What one API sends for the same conversation (client events the emulator received)."""
-
-    end: str | None  # the client event that ends a session (None: the HTTP hang-up)
-    tool_output: str  # the client event carrying a tool's result
-    barge_in: str  # the first client event of a barge-in
-    mute: str | None  # the client event telling the service of a mute
-    announce: str  # the client event asking the model to say a text
-
-
-WIRE = {
-    "realtime": Wire(None, "conversation.item.create", "response.cancel", None, "response.create"),
-    "live": Wire(
-        "session.close",
-        "response.item.create",
-        "session.instructions.append",
-        "session.input_audio.mute",
-        "session.commentary.append",
-    ),
-}
 # The companion offers the device's own tools to GPT-Live only where its policy allows.
 LIVE_ALL_TOOLS = '\n[live]\ndevice_tools = ["*"]\n'
 TOOL_CODE = (
@@ -189,57 +168,6 @@ async def test_mute_ends_the_conversation_and_tells_the_service(tmp_path, models
         await chain.wait_log("conversation ended: microphone muted")
         if WIRE[api].mute is not None:
             assert WIRE[api].mute in sent_types(chain)
-
-
-async def test_connection_lost_shows_an_error_and_recovers(tmp_path, models_dir, api):
-    async with run_chain(tmp_path, models_dir, faults=("drop-after=1",), api=api) as chain:
-        await chain.press()
-        await chain.expect(Phase.WAKE, Phase.CONNECTING, Phase.LISTENING)
-        (error,) = await chain.expect(Phase.ERROR, timeout=10)
-        assert error.reason.startswith("connection lost"), error.reason
-        assert chain.leds(error).is_colour(RED)
-        await chain.expect(Phase.IDLE, timeout=15)
-
-
-async def test_the_service_ending_the_session_is_a_clean_end(tmp_path, models_dir, api):
-    async with run_chain(tmp_path, models_dir, faults=("max-session=1.5",), api=api) as chain:
-        await chain.press()
-        await chain.expect(Phase.WAKE, Phase.CONNECTING, Phase.LISTENING)
-        (idle,) = await chain.expect(Phase.IDLE, timeout=10)
-        assert idle.reason == "conversation over (the service ended the session)"
-
-
-async def test_a_service_that_never_starts_the_session_times_out(tmp_path, models_dir, api):
-    async with run_chain(tmp_path, models_dir, faults=("silent",), api=api) as chain:
-        await chain.press()
-        await chain.expect(Phase.WAKE, Phase.CONNECTING)
-        (error,) = await chain.expect(Phase.ERROR, timeout=10)
-        assert error.reason.startswith("timed out after 3 s while waiting for"), error.reason
-        await chain.expect(Phase.IDLE, timeout=15)
-
-
-async def test_malformed_events_never_crash_the_conversation(tmp_path, models_dir, api):
-    async with run_chain(
-        tmp_path, models_dir, reply="tone", faults=("bad-event",), api=api
-    ) as chain:
-        await chain.press()
-        await chain.expect(Phase.WAKE, Phase.CONNECTING, Phase.LISTENING)
-        chain.mic.speak(clip("what is the weather like today"))
-        *_, idle = await chain.expect(Phase.THINKING, Phase.SPEAKING, Phase.LISTENING, Phase.IDLE)
-        assert idle.reason == "conversation over (idle timeout)"
-
-
-async def test_a_silently_dead_path_is_noticed_within_five_seconds(tmp_path, models_dir, api):
-    device = {"session": {"idle_timeout_s": 20.0}}
-    async with run_chain(
-        tmp_path, models_dir, faults=("consent-stop=1.5",), device=device, api=api
-    ) as chain:
-        await chain.press()
-        _, _, live = await chain.expect(Phase.WAKE, Phase.CONNECTING, Phase.LISTENING)
-        (error,) = await chain.expect(Phase.ERROR, timeout=10)
-        assert error.reason.startswith("connection lost"), error.reason
-        # As test_conversation_faults.py holds Realtime to: 1.5 s, then 5 s of nothing.
-        assert error.t - live.t <= 7.0, error.t - live.t
 
 
 def announced_text(chain, api: str, call: int = -1) -> str:

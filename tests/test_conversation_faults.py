@@ -1,19 +1,30 @@
-"""Every emulator fault against the real daemon, in every phase it can reach: the right phases,
-a clear error line, the LED pattern, and the next wake working (recovery).
+"""Every emulator fault against the real daemon, in every phase it can reach, under both
+session APIs (`api`: Realtime and GPT-Live, from one set of tests): the right phases, a clear
+error line, the LED pattern, and the next wake working (recovery).
 
-The matrix (fault x phase; "-" cannot happen there, e.g. no call is set up while listening):
+The matrix (fault x phase; "-" cannot happen there, e.g. no call is set up while listening;
+"R" marks what only Realtime can have):
 
     fault           idle key refresh   connecting   listening   speaking
-    mint-500        offline            error        unaffected  unaffected
-    mint-429        offline            error        unaffected  unaffected
-    mint-slow       offline            error        unaffected  unaffected
+    mint-500        offline (R)        error (R)    unaffected  unaffected
+    mint-429        offline (R)        error (R)    unaffected  unaffected
+    mint-slow       offline (R)        error (R)    unaffected  unaffected
     calls-401       -                  error        -           -
     calls-500       -                  error        -           -
     calls-hang      -                  error        -           -
     silent          -                  error        -           -
-    consent-stop    -                  error        error       error
+    consent-stop    -                  error (R)    error       error
     drop-after      -                  error        error       error
     bad-event       -                  ignored      ignored     ignored
+    no-reply        -                  -            error       -
+    no-idle-audio   -                  -            unaffected  -
+    max-session     -                  -            ended       ended
+
+Under GPT-Live the companion creates the session with the project key (there are no session
+keys to mint, so no mint fault reaches a Live conversation), the `calls-*` faults hit that
+creation, and the session is live at `session.started`, which the service sends as the channel
+opens (so no round trip at set-up for a dying path to cut). Realtime-only tests say why; their
+Live case shows as skipped with that reason.
 
 Set-up faults fail within `session.connect_timeout_s` (2 s here); a path that dies fails when it
 is noticed (mid-reply: 2 s without reply audio; otherwise 5 s without anything). Key-minting
@@ -27,10 +38,11 @@ import asyncio
 import dataclasses
 import logging
 import time
+from typing import Any
 
 import pytest
 
-from chain import RED, STORY, Chain, clip, run_chain
+from chain import APIS, RED, STORY, WIRE, Chain, clip, run_chain
 from wakertc.config import DEFAULT_PATTERNS
 from wakertc.demo import make_default_input
 from wakertc.state import Phase
@@ -46,6 +58,28 @@ MINT_ERRORS = {
     "mint-500": "companion answered 502: Upstream error (status 500)",
     "mint-429": "companion answered 502: Upstream error (status 429)",
     "mint-slow=4": "companion did not answer within 3 s",
+}
+
+
+BOTH_APIS = pytest.mark.parametrize("api", APIS)
+
+
+def realtime_only(why: str) -> pytest.MarkDecorator:
+    """Run under Realtime; the Live case is shown skipped, with `why` Live cannot have it."""
+    live = pytest.param("live", marks=pytest.mark.skip(reason=f"Realtime only: {why}"))
+    return pytest.mark.parametrize("api", ["realtime", live])
+
+
+NO_LIVE_KEYS = (
+    "GPT-Live has no session keys (the companion creates sessions with the project key); "
+    "test_mint_faults_do_not_reach_a_live_device holds a Live device to that"
+)
+# How each API's device ends a call the emulator answered (its recorded close reason): the
+# Realtime call is hung up over HTTP; a Live session is closed on its channel (`session.close`),
+# or, when the service does not answer that, by closing the peer connection.
+ENDED_BY_DEVICE = {
+    "realtime": {"hung up by the client"},
+    "live": {"session.close", "event channel closed", "peer connection closed"},
 }
 
 
@@ -81,37 +115,106 @@ async def assert_error_shown_then_recovers(
 
 
 SETUP_FAULTS = [
-    # fault, connect timeout, what the error line must say
+    # fault, connect timeout, what the error line must say (by API; None: Realtime only)
     (
         "mint-500",
         2.0,
-        "getting a session key from the companion (last error: companion answered "
-        "502: Upstream error (status 500)",
+        {
+            "realtime": "getting a session key from the companion (last error: companion "
+            "answered 502: Upstream error (status 500)",
+            "live": None,
+        },
     ),
     (
         "mint-429",
         2.0,
-        "getting a session key from the companion (last error: companion answered "
-        "502: Upstream error (status 429)",
+        {
+            "realtime": "getting a session key from the companion (last error: companion "
+            "answered 502: Upstream error (status 429)",
+            "live": None,
+        },
     ),
-    ("mint-slow=4", 2.0, "timed out after 2 s while getting a session key from the companion"),
-    ("calls-401", 2.0, "the Realtime API refused the call (401: Incorrect API key"),
-    ("calls-500", 3.0, "the Realtime API refused the call (500: The server had an error"),
-    ("calls-hang", 2.0, "timed out after 2 s while connecting to the Realtime API"),
-    ("silent", 2.0, "timed out after 2 s while waiting for the session to be configured"),
-    ("consent-stop", 2.0, "timed out after 2 s while waiting for the session to be configured"),
+    (
+        "mint-slow=4",
+        2.0,
+        {
+            "realtime": "timed out after 2 s while getting a session key from the companion",
+            "live": None,
+        },
+    ),
+    (
+        "calls-401",
+        2.0,
+        {
+            "realtime": "the Realtime API refused the call (401: Incorrect API key",
+            "live": "companion answered 502: Upstream error (status 401)",
+        },
+    ),
+    (
+        "calls-500",
+        3.0,
+        {
+            "realtime": "the Realtime API refused the call (500: The server had an error",
+            "live": "companion answered 502: Upstream error (status 500)",
+        },
+    ),
+    (
+        "calls-hang",
+        2.0,
+        {
+            "realtime": "timed out after 2 s while connecting to the Realtime API",
+            "live": "timed out after 2 s while creating a GPT-Live session through the companion",
+        },
+    ),
+    (
+        "silent",
+        2.0,
+        {
+            "realtime": "timed out after 2 s while waiting for the session to be configured",
+            "live": "timed out after 2 s while waiting for session.started",
+        },
+    ),
+    (
+        "consent-stop",
+        2.0,
+        {
+            "realtime": "timed out after 2 s while waiting for the session to be configured",
+            "live": None,
+        },
+    ),
 ]
+# Why a set-up fault cannot happen under GPT-Live.
+NOT_AT_LIVE_SETUP = {
+    "mint-500": NO_LIVE_KEYS,
+    "mint-429": NO_LIVE_KEYS,
+    "mint-slow=4": NO_LIVE_KEYS,
+    "consent-stop": "a Live session is live at session.started, sent as the channel opens: "
+    "no set-up round trip is left for the path to die in (listening and mid-reply below)",
+}
 
 
-@pytest.mark.parametrize(("fault", "timeout_s", "fragment"), SETUP_FAULTS)
+def setup_cases() -> list[Any]:
+    cases = []
+    for fault, timeout_s, fragments in SETUP_FAULTS:
+        for api in APIS:
+            fragment = fragments[api]
+            marks = []
+            if fragment is None:
+                marks = [pytest.mark.skip(reason=f"Realtime only: {NOT_AT_LIVE_SETUP[fault]}")]
+            case_id = f"{fault}-{api}"
+            cases.append(pytest.param(fault, timeout_s, fragment, api, marks=marks, id=case_id))
+    return cases
+
+
+@pytest.mark.parametrize(("fault", "timeout_s", "fragment", "api"), setup_cases())
 async def test_setup_fault_shows_an_error_and_recovers(
-    tmp_path, models_dir, fault, timeout_s, fragment
+    tmp_path, models_dir, fault, timeout_s, fragment, api
 ):
     """A session that cannot be set up: wake -> connecting -> error -> listening again, then a
     wake works. Minting that fails outright already failed for the keeper at start: OFFLINE."""
     device = {"session": {"connect_timeout_s": timeout_s}}
     mint_fails = fault in ("mint-500", "mint-429")
-    async with run_chain(tmp_path, models_dir, faults=(fault,), device=device) as chain:
+    async with run_chain(tmp_path, models_dir, faults=(fault,), device=device, api=api) as chain:
         if mint_fails:
             (offline,) = await chain.expect(Phase.OFFLINE, timeout=5)
             assert MINT_ERRORS[fault] in offline.reason
@@ -124,16 +227,17 @@ async def test_setup_fault_shows_an_error_and_recovers(
         await assert_error_shown_then_recovers(chain, error, fragment, then=then)
 
 
+@realtime_only(NO_LIVE_KEYS)
 @pytest.mark.parametrize("fault", MINT_FAULTS)
 async def test_key_refresh_failing_while_idle_shows_offline_and_recovers(
-    tmp_path, models_dir, fault
+    tmp_path, models_dir, fault, api
 ):
     """The companion fails while the keeper renews in the background: OFFLINE (slow amber
     blink) without waiting for a wake; the key in hand still carries a whole conversation;
     once minting works again the device is IDLE by itself."""
     device = {"companion": {"timeout_s": 3.0}, "session": {"idle_timeout_s": 5.0}}
     async with run_chain(
-        tmp_path, models_dir, device=device, companion_extra=SHORT_KEYS, reply="echo"
+        tmp_path, models_dir, device=device, companion_extra=SHORT_KEYS, reply="echo", api=api
     ) as chain:
         await chain.wait_log("session key ready")
         chain.set_faults(fault)
@@ -159,26 +263,42 @@ async def test_key_refresh_failing_while_idle_shows_offline_and_recovers(
         await wake_and_hang_up(chain)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="device bug, not fixed here (daemon.py is another engineer's): the daemon runs the "
+    "key keeper under api = live too, so a Live device mints keys it never uses and shows "
+    "OFFLINE when minting fails",
+)
+async def test_mint_faults_do_not_reach_a_live_device(tmp_path, models_dir):
+    """A Live device needs no session keys: minting failing leaves it IDLE, not OFFLINE."""
+    async with run_chain(tmp_path, models_dir, faults=("mint-500",), api="live") as chain:
+        await asyncio.sleep(1.0)  # the keeper's first attempt has failed by now
+        assert chain.current.new is Phase.IDLE, chain.describe()
+        await wake_and_hang_up(chain)
+
+
 # Whether the service sends RTP between replies (nothing says it must): both ways.
 IDLE_AUDIO = [(), ("no-idle-audio",)]
 
 
+@BOTH_APIS
 @pytest.mark.parametrize("idle_audio", IDLE_AUDIO, ids=["idle-audio", "no-idle-audio"])
 @pytest.mark.parametrize(
     ("fault", "fragment", "noticed_within_s"),
     [
         ("drop-after=1.5", "connection lost: event channel closed", 1.5),
-        ("consent-stop=1.5", "connection lost: nothing received for 5.", 7.0),
+        # 5 s of nothing, and the watchdog's next look.
+        ("consent-stop=1.5", "connection lost: nothing received for 5.", 5.5),
     ],
 )
 async def test_connection_lost_while_listening_shows_an_error_and_recovers(
-    tmp_path, models_dir, fault, fragment, noticed_within_s, idle_audio
+    tmp_path, models_dir, fault, fragment, noticed_within_s, idle_audio, api
 ):
     """The path dies while the device waits for the user: noticed without a reply to watch,
     whether or not the service sends audio between replies."""
     device = {"session": {"connect_timeout_s": 2.0, "idle_timeout_s": 20.0}}
     faults = (fault, *idle_audio)
-    async with run_chain(tmp_path, models_dir, faults=faults, device=device) as chain:
+    async with run_chain(tmp_path, models_dir, faults=faults, device=device, api=api) as chain:
         await chain.press()
         _, _, live = await chain.expect(Phase.WAKE, Phase.CONNECTING, Phase.LISTENING)
         (error,) = await chain.expect(Phase.ERROR, timeout=12)
@@ -186,6 +306,7 @@ async def test_connection_lost_while_listening_shows_an_error_and_recovers(
         await assert_error_shown_then_recovers(chain, error, fragment)
 
 
+@BOTH_APIS
 @pytest.mark.parametrize("idle_audio", IDLE_AUDIO, ids=["idle-audio", "no-idle-audio"])
 @pytest.mark.parametrize(
     ("fault", "fragment"),
@@ -195,13 +316,13 @@ async def test_connection_lost_while_listening_shows_an_error_and_recovers(
     ],
 )
 async def test_connection_lost_mid_reply_shows_an_error_and_recovers(
-    tmp_path, models_dir, fault, fragment, idle_audio
+    tmp_path, models_dir, fault, fragment, idle_audio, api
 ):
     """The peer drops, or the path goes silent, in the middle of a reply: the reply stops, the
     error is shown within a few seconds, then a wake works."""
     faults = (fault, *idle_audio)
     async with run_chain(
-        tmp_path, models_dir, script=[{"say": STORY}], faults=faults, device=FAST_FAILURE
+        tmp_path, models_dir, script=[{"say": STORY}], faults=faults, device=FAST_FAILURE, api=api
     ) as chain:
         await chain.press()
         await chain.expect(Phase.WAKE, Phase.CONNECTING, Phase.LISTENING)
@@ -215,12 +336,41 @@ async def test_connection_lost_mid_reply_shows_an_error_and_recovers(
         await assert_error_shown_then_recovers(chain, error, fragment)
 
 
-async def test_malformed_events_never_crash_the_conversation(tmp_path, models_dir):
+# How each API's device logs the service ending a session at its maximum length.
+SERVICE_ENDED = {
+    "realtime": "the service ended the session: Your session hit the maximum duration of 2 "
+    "seconds.",
+    "live": "GPT-Live session closed: expired",
+}
+
+
+@BOTH_APIS
+async def test_a_session_the_service_ends_is_a_clean_end(tmp_path, models_dir, api):
+    """The service ends the session at its maximum length (Realtime: error session_expired, then
+    the call closes; Live: session.closed, reason expired): the conversation is over (done cue,
+    LEDs off, one log line), not "connection lost"."""
+    device = {"session": {"idle_timeout_s": 20.0}}
+    async with run_chain(
+        tmp_path, models_dir, faults=("max-session=2",), device=device, api=api
+    ) as chain:
+        await chain.press()
+        _, _, live = await chain.expect(Phase.WAKE, Phase.CONNECTING, Phase.LISTENING)
+        (idle,) = await chain.expect(Phase.IDLE, timeout=6)
+        assert idle.reason == "conversation over (the service ended the session)"
+        assert 1.5 <= idle.t - live.t <= 3.0
+        assert chain.logs.find(SERVICE_ENDED[api])
+        assert not chain.logs.lines(logging.WARNING)
+        assert chain.leds(idle).effect == "off"
+        assert chain.daemon.conversations == 1
+
+
+@BOTH_APIS
+async def test_malformed_events_never_crash_the_conversation(tmp_path, models_dir, api):
     """bad-event: junk JSON and unknown event types between every real event; the conversation
     completes as usual and the junk is only logged."""
     said = make_default_input(tmp_path / "in.wav")
     async with run_chain(
-        tmp_path / "chain", models_dir, input_audio=said.path, faults=("bad-event",)
+        tmp_path / "chain", models_dir, input_audio=said.path, faults=("bad-event",), api=api
     ) as chain:
         await chain.expect(
             Phase.WAKE,
@@ -234,20 +384,24 @@ async def test_malformed_events_never_crash_the_conversation(tmp_path, models_di
         )
         assert chain.current.reason == "conversation over (idle timeout)"
         junk = [e for e in chain.events() if "junk" in e]
-        assert len(junk) > 10
+        assert len(junk) == len(chain.received()) >= 4  # one after every real event
         assert chain.logs.find("ignored a malformed event", logging.WARNING)
         assert not chain.logs.lines(logging.ERROR)
         assert chain.received_ratio((said.question_start_s, said.question_end_s)) >= 0.95
 
 
+@realtime_only(
+    "the injected error (a session URL that bypassed the config's checks) reaches only the "
+    "Realtime call; the error path it proves is the API-neutral conversation's"
+)
 async def test_an_unexpected_error_reaches_the_error_path_and_the_next_wake_works(
-    tmp_path, models_dir
+    tmp_path, models_dir, api
 ):
     """An exception nobody foresaw in a conversation (httpx.InvalidURL from a session URL that
     bypassed the config's checks): ERROR with its red blink and the display timer, one log line
     with the traceback, then listening again; a wake word then opens a session (before, the
     phase stayed CONNECTING, where wake words are ignored, until a restart)."""
-    async with run_chain(tmp_path, models_dir, allow_tracebacks=True) as chain:
+    async with run_chain(tmp_path, models_dir, allow_tracebacks=True, api=api) as chain:
         good = chain.daemon.config
         session = dataclasses.replace(good.session, url="http://[::1")
         chain.daemon.config = dataclasses.replace(good, session=session)
@@ -266,13 +420,16 @@ async def test_an_unexpected_error_reaches_the_error_path_and_the_next_wake_work
         await wake_and_hang_up(chain)
 
 
+@BOTH_APIS
 @pytest.mark.parametrize("fault", ["calls-hang", "silent"])
-async def test_a_press_during_connecting_stops_the_connect_at_once(tmp_path, models_dir, fault):
+async def test_a_press_during_connecting_stops_the_connect_at_once(
+    tmp_path, models_dir, fault, api
+):
     """A press while the call is being set up (the offer unanswered, or the session never
     configured) ends it at once: back to IDLE within half a second, no error when the connect
     timeout would have passed, and a call the emulator did answer is hung up."""
     device = {"session": {"connect_timeout_s": 3.0}}
-    async with run_chain(tmp_path, models_dir, faults=(fault,), device=device) as chain:
+    async with run_chain(tmp_path, models_dir, faults=(fault,), device=device, api=api) as chain:
         await chain.press()
         _, connecting = await chain.expect(Phase.WAKE, Phase.CONNECTING)
         await asyncio.sleep(0.5)
@@ -284,14 +441,17 @@ async def test_a_press_during_connecting_stops_the_connect_at_once(tmp_path, mod
         assert chain.current is idle, chain.describe()
         assert not chain.logs.lines(logging.ERROR)
         for call in chain.calls():
-            assert call.close_reason == "hung up by the client"
+            assert call.close_reason in ENDED_BY_DEVICE[api]
 
 
-async def test_mute_during_connecting_stops_the_connect_and_stays_muted(tmp_path, models_dir):
+@BOTH_APIS
+async def test_mute_during_connecting_stops_the_connect_and_stays_muted(tmp_path, models_dir, api):
     """A long press while connecting mutes at once and stops the connect; the connect timeout
     passing later leaves MUTED (before: ERROR, for good)."""
     device = {"session": {"connect_timeout_s": 2.0}}
-    async with run_chain(tmp_path, models_dir, faults=("calls-hang",), device=device) as chain:
+    async with run_chain(
+        tmp_path, models_dir, faults=("calls-hang",), device=device, api=api
+    ) as chain:
         await chain.press()
         await chain.expect(Phase.WAKE, Phase.CONNECTING)
         muted = await chain.long_press(Phase.MUTED)
@@ -300,29 +460,33 @@ async def test_mute_during_connecting_stops_the_connect_and_stays_muted(tmp_path
         assert not chain.logs.lines(logging.ERROR)
 
 
-async def test_no_reply_after_the_user_stopped_ends_in_an_error(tmp_path, models_dir):
+@BOTH_APIS
+async def test_no_reply_after_the_user_stopped_ends_in_an_error(tmp_path, models_dir, api):
     """The service never answers a finished turn (the no-reply fault): the device does not sit
     in THINKING streaming the microphone until max_session_s, but fails `reply_timeout_s` after
     the user stopped, then a wake works."""
     device = {"session": {"reply_timeout_s": 2.0, "idle_timeout_s": 20.0}}
-    async with run_chain(tmp_path, models_dir, faults=("no-reply",), device=device) as chain:
+    async with run_chain(
+        tmp_path, models_dir, faults=("no-reply",), device=device, api=api
+    ) as chain:
         await chain.press()
         await chain.expect(Phase.WAKE, Phase.CONNECTING, Phase.LISTENING)
         chain.mic.speak(clip("what is the weather like today"))
         thinking, error = await chain.expect(Phase.THINKING, Phase.ERROR, timeout=15)
         assert 1.9 <= error.t - thinking.t <= 2.6
         assert error.reason == "no reply 2 s after the user stopped speaking"
-        assert chain.calls()[0].close_reason == "hung up by the client"
+        assert chain.calls()[0].close_reason in ENDED_BY_DEVICE[api]
         await assert_error_shown_then_recovers(chain, error, "no reply")
 
 
-async def test_a_policy_without_create_response_still_gets_replies(tmp_path, models_dir):
+@realtime_only("GPT-Live has no turn detection to configure: the model owns the turns")
+async def test_a_policy_without_create_response_still_gets_replies(tmp_path, models_dir, api):
     """The owner's policy has create_response = false: the server's VAD commits each turn and
     the device asks for the reply itself (before: every turn failed with "no reply")."""
     policy = "\n[session.turn_detection]\ncreate_response = false\n"
     device = {"session": {"reply_timeout_s": 3.0, "idle_timeout_s": 20.0}}
     async with run_chain(
-        tmp_path, models_dir, reply="tone", companion_extra=policy, device=device
+        tmp_path, models_dir, reply="tone", companion_extra=policy, device=device, api=api
     ) as chain:
         await chain.press()
         await chain.expect(Phase.WAKE, Phase.CONNECTING, Phase.LISTENING)
@@ -342,12 +506,13 @@ async def test_a_policy_without_create_response_still_gets_replies(tmp_path, mod
         assert not chain.logs.lines(logging.WARNING)
 
 
-async def test_long_pauses_between_turns_without_idle_audio(tmp_path, models_dir):
+@BOTH_APIS
+async def test_long_pauses_between_turns_without_idle_audio(tmp_path, models_dir, api):
     """The service sends no RTP at all between replies (no-idle-audio): three turns, each after
     a 12 s pause, and the conversation goes on (before: "connection lost" after 5 s)."""
     device = {"session": {"idle_timeout_s": 20.0}}
     async with run_chain(
-        tmp_path, models_dir, reply="tone", faults=("no-idle-audio",), device=device
+        tmp_path, models_dir, reply="tone", faults=("no-idle-audio",), device=device, api=api
     ) as chain:
         await chain.press()
         await chain.expect(Phase.WAKE, Phase.CONNECTING, Phase.LISTENING)
@@ -358,16 +523,19 @@ async def test_long_pauses_between_turns_without_idle_audio(tmp_path, models_dir
         await chain.press()
         await chain.expect(Phase.IDLE)
         assert Phase.ERROR not in [s.new for s in chain.seen], chain.describe()
-        replies = [e for e in chain.received() if e["type"] == "response.done"]
+        replies = [e for e in chain.received() if e["type"] == WIRE[api].reply]
         assert len(replies) == 3
         assert not chain.logs.lines(logging.WARNING)
 
 
-async def test_audio_failure_during_connecting_stops_the_connect_at_once(tmp_path, models_dir):
+@BOTH_APIS
+async def test_audio_failure_during_connecting_stops_the_connect_at_once(tmp_path, models_dir, api):
     """The audio device fails while the call is being set up: the connect stops at once and the
     error names the device (before: it ran on to the connect timeout and blamed that)."""
     device = {"session": {"connect_timeout_s": 3.0}}
-    async with run_chain(tmp_path, models_dir, faults=("calls-hang",), device=device) as chain:
+    async with run_chain(
+        tmp_path, models_dir, faults=("calls-hang",), device=device, api=api
+    ) as chain:
         await chain.press()
         await chain.expect(Phase.WAKE, Phase.CONNECTING)
         failed_at = time.monotonic()

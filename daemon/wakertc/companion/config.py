@@ -158,7 +158,10 @@ LIVE_DEVICE_SERVER_EVENTS = (
     "session.output_transcript.delta", "session.usage.updated", "session.input_audio.muted",
     "session.input_audio.unmuted", "session.delegation.created", "error", "info",
 )  # fmt: skip
-LIVE_RESPONSE_EVENTS = ("response.created", "response.output_item.done", "response.done")
+# Nested Responses streaming events: the calls, and how their response ended (it has no `done`).
+LIVE_RESPONSE_EVENTS = (
+    "response.output_item.done", "response.completed", "response.failed", "response.incomplete",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)

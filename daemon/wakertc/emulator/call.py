@@ -129,6 +129,7 @@ class EmulatedCall:
                 reply_text=context.reply_text,
                 hang_up=lambda why: self._spawn(self._close_after_flush(why), "close"),
                 validator=context.live_validator,
+                never_replies=self._faults.no_reply,
             )
         else:
             self.engine = RealtimeEngine(

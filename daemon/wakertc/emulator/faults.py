@@ -5,6 +5,11 @@ or stalls, a call that is refused or never answered, a peer that vanishes, a cha
 or talks nonsense, a network path that silently dies (ICE consent stops), a media track that only
 carries packets while a reply plays, transcriptions that fail, sessions cut at their maximum
 length, and a jittery, lossy path for the reply's audio.
+
+Under GPT-Live the call-setup faults (`calls-*`) hit session creation (`POST /v1/live/sessions`),
+and the rest act on the Live session alike, except those that are Realtime's alone: key minting
+(`mint-*`: Live has no ephemeral keys) and `transcription-failed` (Live's transcripts cannot fail
+on their own: they have no configuration and no failure event).
 """
 
 from __future__ import annotations
@@ -21,16 +26,16 @@ FAULT_HELP = {
     "mint-500": "key minting answers 500 server_error",
     "mint-429": "key minting answers 429 rate_limit_exceeded",
     "mint-slow[=S]": f"key minting answers after S seconds (default {MINT_SLOW_DEFAULT_S:g})",
-    "calls-401": "call setup answers 401 invalid_api_key",
-    "calls-500": "call setup answers 500 server_error",
-    "calls-hang": "call setup never answers",
+    "calls-401": "call setup (or Live session creation) answers 401 invalid_api_key",
+    "calls-500": "call setup (or Live session creation) answers 500 server_error",
+    "calls-hang": "call setup (or Live session creation) never answers",
     "drop-after=S": "close the peer connection S seconds after the event channel opens",
     "silent": "connect, but never send an event",
     "bad-event": "send malformed JSON and unknown event types between real events",
     "consent-stop[=S]": "S seconds (default 0) after session.created, stop answering ICE checks",
     "no-idle-audio": "send no RTP at all while no reply is playing (nor in transcription sessions)",
     "transcription-failed": "every input audio transcription fails (...transcription.failed)",
-    "no-reply": "never start a response (after a turn, or on response.create)",
+    "no-reply": "never reply (after a turn, or on response.create)",
     "max-session=S": "end sessions after S seconds instead of the service's 60 minutes",
     "jitter[=D,J,L]": (
         "delay the reply's RTP packets by D ms +- J ms (reordering them) and drop L % of them "

@@ -8,6 +8,10 @@ channel (audio is only on the track), transcripts as deltas with session-relativ
 over a reply stops it), tools only through `responses` delegation (the call nested in
 `response.event`, results as `response.item.create` + `response.create`), `session.close` ->
 `session.closed` with usage, and per-second usage with a 15 s minimum per session.
+
+The session's data-channel permissions (`live_permissions`) hold for everything: each server
+event goes out through `_send`, which withholds what the channel may not carry, and a client
+event the channel may not send gets an `error` and changes nothing.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import copy
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -24,6 +29,7 @@ import numpy as np
 
 from .audio_buffer import InputAudioBuffer, Samples
 from .events import event, new_id
+from .live_permissions import INFO_CODE, INFO_MESSAGE, NOT_PERMITTED, DataChannelPermissions
 from .live_session import delegation_type
 from .playout import ReplyTrack
 from .replies import Reply, SpeechSynth, echo, tone
@@ -41,6 +47,8 @@ SILENCE_MS = 500  # the model's own sense of the user's turn ending (no settings
 # Client events that exist only on the primary WebSocket or the sideband.
 NOT_ON_WEBRTC = ("session.start", "session.input_audio.append")
 RESPONSES_ONLY = ("response.item.create", "response.create")
+# How a backend response's stream ends (Responses streaming events; there is no `response.done`).
+RESPONSE_END = "response.completed"
 
 
 class LiveEngine:
@@ -58,9 +66,13 @@ class LiveEngine:
         hang_up: Callable[[str], None],
         validator: ClientEventValidator | None = None,
         usage_every_s: float = USAGE_EVERY_S,
+        never_replies: bool = False,
     ) -> None:
         self.session = session
-        self._send = send
+        self._deliver = send
+        self.permissions = DataChannelPermissions.of(session)
+        self.withheld: Counter[str] = Counter()  # server events the channel may not carry
+        self._never_replies = never_replies
         self._track = track
         self._plan = plan
         self._synth = synth
@@ -80,6 +92,7 @@ class LiveEngine:
         self._speaking: str | None = None  # the reply whose audio is on the track
         self._waiting_calls: dict[str, dict[str, Any]] = {}  # delegation id -> its call
         self._outputs: dict[str, list[dict[str, Any]]] = {}  # delegation id -> results given
+        self._sequence: dict[str, int] = {}  # backend response id -> its next sequence number
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
         self._finished = False  # session.closed was sent
@@ -90,6 +103,8 @@ class LiveEngine:
     def start(self) -> None:
         """The event channel is open: the session has started."""
         self._send(event("session.started", session=copy.deepcopy(self.session)))
+        if self.permissions.restricted:
+            self._send(event("info", code=INFO_CODE, message=INFO_MESSAGE))
         self._spawn(self._report_usage(), "usage")
 
     def close(self) -> None:
@@ -137,6 +152,16 @@ class LiveEngine:
         client_event_id = message.get("event_id")
         client_event_id = client_event_id if isinstance(client_event_id, str) else None
         kind = message.get("type")
+        if isinstance(kind, str) and not self.permissions.allows_client(kind):
+            # The gate comes first: this frontend may not send the event at all.
+            self._error(
+                f"The client event '{kind}' is not permitted on this data channel "
+                "(session.client.data_channel.allowed_client_events).",
+                NOT_PERMITTED,
+                "type",
+                client_event_id,
+            )
+            return
         if kind in NOT_ON_WEBRTC:
             self._error(
                 f"'{kind}' cannot be sent on a WebRTC data channel.",
@@ -296,6 +321,8 @@ class LiveEngine:
     # -- replies -----------------------------------------------------------------------------
 
     async def _reply(self, turn: ScriptTurn) -> None:
+        if self._never_replies:
+            return  # the no-reply fault: the model never takes its turn
         reply = await self._render(turn)
         if reply is not None and len(reply.audio):
             await self._speak(reply)
@@ -335,40 +362,49 @@ class LiveEngine:
             "arguments": json.dumps(turn.call.arguments),
             "status": "completed",
         }
-        self._backend(delegation_id, "response.created", response_id, "in_progress", [])
-        self._send(
-            event(
-                "response.event",
-                delegation_id=delegation_id,
-                event={
-                    "type": "response.output_item.done",
-                    "response_id": response_id,
-                    "output_index": 0,
-                    "item": call,
-                },
-            )
+        self._backend(delegation_id, "response.created", response_id, "in_progress")
+        self._backend_event(
+            delegation_id,
+            response_id,
+            {"type": "response.output_item.done", "output_index": 0, "item": call},
         )
-        self._backend(delegation_id, "response.done", response_id, "completed", [call])
+        self._backend(delegation_id, RESPONSE_END, response_id, "completed")
         self._waiting_calls[delegation_id] = call
 
     async def _continue(self, delegation_id: str, outputs: list[dict[str, Any]]) -> None:
         """The backend read the tool results: its answer is spoken by the Live model."""
         response_id = new_id("resp")
-        self._backend(delegation_id, "response.created", response_id, "in_progress", [])
-        self._backend(delegation_id, "response.done", response_id, "completed", [])
+        self._backend(delegation_id, "response.created", response_id, "in_progress")
+        self._backend(delegation_id, RESPONSE_END, response_id, "completed")
         await self._reply(self._plan.next())
 
-    def _backend(
-        self, delegation_id: str, kind: str, response_id: str, status: str, output: list[Any]
-    ) -> None:
-        response = {"id": response_id, "object": "response", "status": status, "output": output}
-        self._send(
-            event(
-                "response.event",
-                delegation_id=delegation_id,
-                event={"type": kind, "response": response},
-            )
-        )
+    def _backend(self, delegation_id: str, kind: str, response_id: str, status: str) -> None:
+        """A backend response's lifecycle event. Its snapshot is what upstream forwards (SDK
+        `ResponseEvent`): no input, and instructions, tools and output cleared; the calls
+        come only as their own `response.output_item.done`."""
+        backend = (self.session.get("delegation") or {}).get("responses") or {}
+        response = {
+            "id": response_id,
+            "object": "response",
+            "created_at": int(time.time()),
+            "model": backend.get("model", ""),
+            "status": status,
+            "instructions": None,
+            "output": [],
+            "tools": [],
+            "tool_choice": "auto",
+            "parallel_tool_calls": backend.get("parallel_tool_calls") is not False,
+        }
+        self._backend_event(delegation_id, response_id, {"type": kind, "response": response})
+        if kind == RESPONSE_END:
+            self._sequence.pop(response_id, None)
+
+    def _backend_event(self, delegation_id: str, response_id: str, nested: dict[str, Any]) -> None:
+        """One event of a backend response's stream, numbered in order, as `response.event`."""
+        sequence = self._sequence.get(response_id, 0)
+        self._sequence[response_id] = sequence + 1
+        nested = {**nested, "sequence_number": sequence}
+        self._send(event("response.event", delegation_id=delegation_id, event=nested))
 
     async def _render(self, turn: ScriptTurn) -> Reply | None:
         if turn.say is not None:
@@ -409,6 +445,18 @@ class LiveEngine:
             self._speaking = None
 
     # -- helpers -----------------------------------------------------------------------------
+
+    def _send(self, server_event: dict[str, Any]) -> None:
+        """Every server event goes out here; what the data channel may not carry is withheld."""
+        if self.permissions.allows_server(server_event):
+            self._deliver(server_event)
+            return
+        kind = str(server_event.get("type"))
+        if kind == "response.event":
+            kind += f" {server_event.get('event', {}).get('type')}"
+        if not self.withheld[kind]:
+            log.info("withholding %s from the data channel (not permitted)", kind)
+        self.withheld[kind] += 1
 
     async def _report_usage(self) -> None:
         while True:

@@ -18,6 +18,7 @@ from typing import Any
 import typing_extensions as tx
 
 from .events import new_id
+from .live_permissions import check_data_channel
 from .session import SessionError
 
 LIVE_MODELS = ("gpt-live-1", "gpt-live-1.1")
@@ -54,6 +55,7 @@ def check_create_body(body: dict[str, Any]) -> None:
             f"Invalid 'session.idle_timeout_s': {idle}; it must be at least 1.",
             "session.idle_timeout_s",
         )
+    check_data_channel(session)
 
 
 def session_resource(session: dict[str, Any], *, now: int) -> dict[str, Any]:
@@ -164,16 +166,19 @@ def _check_union(value: Any, members: tuple[Any, ...], path: str) -> None:
                 if value["type"] in literal or value["type"] in tag_args:
                     _check(value, member, path)
                     return
-    first: SessionError | None = None
+    best: SessionError | None = None
     for member in members:
         try:
             _check(value, member, path)
         except SessionError as exc:
-            first = first or exc
+            # The member that got furthest into the value names the real problem (a list
+            # refused by `Literal["all"]` says nothing about what is wrong inside it).
+            if best is None or len(exc.param or "") > len(best.param or ""):
+                best = exc
         else:
             return
-    assert first is not None
-    raise first
+    assert best is not None
+    raise best
 
 
 def _wrong_type(path: str, expected: str, value: Any) -> SessionError:

@@ -288,6 +288,8 @@ class Emulator:
         if self.faults.calls_hang:
             await self._stopping.wait()
             return api_error(503, "The emulator is stopping.", error_type="server_error")
+        if self.faults.calls_401:
+            return _invalid_key()
         if self.faults.calls_500:
             return _server_error()
         body = await _json_body(request)

@@ -12,11 +12,13 @@ only transcript deltas and the audio itself. The neutral events are made from th
 - the user speaking: the device's own voice-activity detection on its (echo-cancelled)
   microphone, or input transcript deltas; stopped once the transcript pauses for `USER_PAUSE_S`,
   the microphone is quiet for `USER_QUIET_S`, or as soon as the reply starts;
-- the reply: audible received audio starts it; `REPLY_GAP_S` without any ends it;
+- the reply: audible received audio starts it; `REPLY_GAP_S` without any ends it, once the path
+  has been heard from since (a path that died mid-reply is a stalled reply, not a finished one);
 - barge-in: playback stops here at once, and the model is told (`session.instructions.append`);
   what it still sends of that reply is not played (the gap ends it);
-- tools: responses delegation; the call arrives nested in `response.event`, runs once its
-  backend response is `completed`, and its result goes back as `response.item.create`, then one
+- tools: responses delegation; the call arrives nested in `response.event` (as a Responses
+  streaming `response.output_item.done`), runs once its backend response has ended
+  `response.completed`, and its result goes back as `response.item.create`, then one
   `response.create`;
 - the end: `session.close`, answered by `session.closed` (its reason becomes the log line).
 """
@@ -38,7 +40,7 @@ from ..audio import CAPTURE_RATE as MIC_RATE
 from ..config import SessionConfig
 from ..keys import CompanionClient, CompanionError
 from ..tools import ToolRunner
-from ..webrtc import CallError, MicTrack, RealtimeCall
+from ..webrtc import HEARD_POLL_S, CallError, MicTrack, RealtimeCall
 from . import events
 from .events import EventSink, SessionFailed, ToolCall, clip
 
@@ -58,6 +60,8 @@ USER_QUIET_S = 0.8
 # How long to wait for `session.closed` after `session.close` before hanging up anyway.
 CLOSE_WAIT_S = 1.0
 BARGE_IN_NOTE = "The user interrupted you: stop speaking and listen to them."
+# How a delegated backend response ends (Responses streaming events, nested in `response.event`).
+RESPONSE_ENDS = ("response.completed", "response.failed", "response.incomplete")
 # Why the service closed a session (`session.closed.reason`): the log line, and whether it is a
 # failure rather than an end.
 CLOSE_REASONS = {
@@ -110,8 +114,8 @@ class LiveSession:
         self._ignoring_reply = False  # after a barge-in, until the reply's audio stops
         self._last_audible = 0.0
         self._gap_task: asyncio.Task[None] | None = None
-        # Backend function calls by response id, reported once that response completed.
-        self._calls: dict[str, list[ToolCall]] = {}
+        # Backend function calls by delegation, reported once the response they came in ended.
+        self._calls: dict[str | None, list[ToolCall]] = {}
         self._transcript: list[str] = []
         self.handlers: dict[str, Callable[[dict[str, Any]], None]] = {
             "session.started": self._started,
@@ -221,7 +225,8 @@ class LiveSession:
 
     async def close(self, *, graceful: bool = True) -> None:
         """`session.close`, a moment for `session.closed` (not after a failure: a lost path
-        would only delay the error), then the peer connection."""
+        would only delay the error; nor before `session.started`: a service that has not
+        started the session is not waited for again), then the peer connection."""
         if self._gap_task is not None:
             self._gap_task.cancel()
             await asyncio.gather(self._gap_task, return_exceptions=True)
@@ -231,7 +236,7 @@ class LiveSession:
             self.mic.stop()
             return
         self._closing = True
-        if self._send({"type": "session.close"}) and graceful:
+        if self._send({"type": "session.close"}) and graceful and self._live:
             try:
                 await asyncio.wait_for(self._closed.wait(), CLOSE_WAIT_S)
             except TimeoutError:
@@ -276,9 +281,15 @@ class LiveSession:
         while True:
             await asyncio.sleep(REPLY_GAP_S / 5)
             quiet = time.monotonic() - self._last_audible > REPLY_GAP_S
+            # Silence ends a reply only on a path still heard from after the audio stopped: on
+            # one that died mid-reply the reply goes on, and the conversation fails it as a
+            # stalled reply (as under Realtime), instead of a finished reply and then, seconds
+            # later, a lost connection. Packets are counted every HEARD_POLL_S, so only what was
+            # heard that much after the last audible audio came after it.
+            alive = (self.heard_at or 0.0) > self._last_audible + HEARD_POLL_S
             if quiet and self._ignoring_reply:
                 self._ignoring_reply = False
-            elif quiet and self._replying:
+            elif quiet and alive and self._replying:
                 self._replying = False
                 self._on_event(events.ReplyAudioFinished())
                 self._on_event(events.ReplyDone())
@@ -392,21 +403,25 @@ class LiveSession:
         nested = event.get("event")
         if not isinstance(nested, dict):
             return
+        # Nested events name no response (`response.output_item.done` has no response id); a
+        # delegation's backend responses run one after another, so its calls are those of the
+        # response of that delegation that ends next.
+        delegation_id = event.get("delegation_id")
+        key = delegation_id if isinstance(delegation_id, str) else None
         kind = nested.get("type")
         if kind == "response.output_item.done":
             item = nested.get("item")
-            call = ToolCall.of(item) if isinstance(item, dict) else None
-            response_id = nested.get("response_id")
-            if call is None or not isinstance(response_id, str):
-                log.warning("ignored a function call without a name, call_id or response_id")
+            if not isinstance(item, dict) or item.get("type") != "function_call":
                 return
-            if item is not None and item.get("type") == "function_call":
-                self._calls.setdefault(response_id, []).append(call)
-        elif kind == "response.done":
-            response = nested.get("response")
-            response = response if isinstance(response, dict) else {}
-            response_id, status = response.get("id"), response.get("status")
-            calls = self._calls.pop(response_id, []) if isinstance(response_id, str) else []
+            call = ToolCall.of(item)
+            if call is None:
+                log.warning("ignored a function call without a name or call_id")
+                return
+            self._calls.setdefault(key, []).append(call)
+        elif kind in RESPONSE_ENDS:
+            # The event's type says how it ended (the snapshot's `status` is optional).
+            status = kind.removeprefix("response.")
+            calls = self._calls.pop(key, [])
             if status != "completed":
                 for call in calls:
                     log.info(
