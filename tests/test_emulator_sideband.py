@@ -343,3 +343,43 @@ async def test_live_attach_without_graceful_close_is_dropped_and_refusals() -> N
         await live.close()
         await realtime.close()
         await device.close()
+
+
+async def test_live_data_channel_permissions_do_not_bind_the_sideband() -> None:
+    """`client.data_channel` restricts the device's channel only: the sideband still sees the
+    events withheld from the device, and may send what the device may not."""
+    channel = {
+        "allowed_client_events": ["session.close"],
+        "allowed_server_events": [{"type": "session.started"}, {"type": "session.closed"}],
+    }
+    async with running_emulator() as emu:
+        device = await connected_live_client(emu.url, client={"data_channel": channel})
+        assert device.call_id is not None
+        engine = emu.calls[device.call_id].engine
+        async with sdk_for(emu.url).live.sideband.connect(
+            session_id=device.call_id, graceful_close=True
+        ) as conn:
+            await conn.send(
+                {
+                    "type": "session.commentary.append",
+                    "content": "Only the companion may say this.",
+                    "delegation_id": None,
+                    "event_id": "c1",
+                }
+            )
+            seen = await collect(
+                conn, "session.output_transcript.delta", validate_live_server_event
+            )
+            types = [e["type"] for e in seen]
+            assert "error" not in types
+            assert "session.commentary.appended" in types  # withheld from the device only
+            assert engine.withheld["session.output_transcript.delta"] >= 1
+            # The device itself may not send it.
+            device.send(
+                {"type": "session.commentary.append", "content": "x", "delegation_id": None}
+            )
+            await asyncio.sleep(0.5)
+            assert "error" not in device.types()  # errors are not permitted on its channel either
+            assert engine.withheld["error"] >= 1
+            await conn.send({"type": "session.close"})
+        await device.close()

@@ -131,6 +131,7 @@ class EmulatedCall:
                 validator=context.live_validator,
                 never_replies=self._faults.no_reply,
             )
+            self.engine.on_withheld = self.sidebands.publish
         else:
             self.engine = RealtimeEngine(
                 session=session,
@@ -383,7 +384,7 @@ class EmulatedCall:
             return
         self._origin = sideband
         try:
-            self.engine.handle_event(message)
+            self.engine.handle_event(message, via_sideband=True)
         finally:
             self._origin = None
 

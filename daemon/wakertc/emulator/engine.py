@@ -125,8 +125,9 @@ class RealtimeEngine:
         log.info("client sent an unparseable message (%s): %.80r", reason, text)
         self._send(error_event(f"Invalid JSON in client event: {reason}", code="invalid_json"))
 
-    def handle_event(self, message: dict[str, Any]) -> None:
-        """Dispatch one parsed client event; anything invalid gets an `error` event."""
+    def handle_event(self, message: dict[str, Any], *, via_sideband: bool = False) -> None:
+        """Dispatch one parsed client event; anything invalid gets an `error` event. A sideband
+        may send what the data channel may (`via_sideband` changes nothing under Realtime)."""
         if self._closed:
             return
         client_event_id = message.get("event_id")

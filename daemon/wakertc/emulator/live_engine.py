@@ -70,6 +70,8 @@ class LiveEngine:
     ) -> None:
         self.session = session
         self._deliver = send
+        # Told of each server event the data channel may not carry (the call's sidebands get all).
+        self.on_withheld: Callable[[dict[str, Any]], None] | None = None
         self.permissions = DataChannelPermissions.of(session)
         self.withheld: Counter[str] = Counter()  # server events the channel may not carry
         self._never_replies = never_replies
@@ -145,14 +147,17 @@ class LiveEngine:
         log.info("client sent an unparseable message (%s): %.80r", reason, text)
         self._error(f"Invalid JSON in client event: {reason}", "invalid_json")
 
-    def handle_event(self, message: dict[str, Any]) -> None:
-        """Dispatch one parsed client event; anything invalid gets an `error` event."""
+    def handle_event(self, message: dict[str, Any], *, via_sideband: bool = False) -> None:
+        """Dispatch one parsed client event; anything invalid gets an `error` event. The data
+        channel's permissions do not bind the sideband (`client.data_channel`: "not the
+        sideband", GPT_LIVE_PROTOCOL.md 1)."""
         if self._closed or self._finished:
             return
         client_event_id = message.get("event_id")
         client_event_id = client_event_id if isinstance(client_event_id, str) else None
         kind = message.get("type")
-        if isinstance(kind, str) and not self.permissions.allows_client(kind):
+        permitted = via_sideband or not isinstance(kind, str)
+        if not permitted and not self.permissions.allows_client(str(kind)):
             # The gate comes first: this frontend may not send the event at all.
             self._error(
                 f"The client event '{kind}' is not permitted on this data channel "
@@ -451,6 +456,8 @@ class LiveEngine:
         if self.permissions.allows_server(server_event):
             self._deliver(server_event)
             return
+        if self.on_withheld is not None:
+            self.on_withheld(server_event)  # the sideband still sees it
         kind = str(server_event.get("type"))
         if kind == "response.event":
             kind += f" {server_event.get('event', {}).get('type')}"
