@@ -263,12 +263,6 @@ async def test_key_refresh_failing_while_idle_shows_offline_and_recovers(
         await wake_and_hang_up(chain)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="device bug, not fixed here (daemon.py is another engineer's): the daemon runs the "
-    "key keeper under api = live too, so a Live device mints keys it never uses and shows "
-    "OFFLINE when minting fails",
-)
 async def test_mint_faults_do_not_reach_a_live_device(tmp_path, models_dir):
     """A Live device needs no session keys: minting failing leaves it IDLE, not OFFLINE."""
     async with run_chain(tmp_path, models_dir, faults=("mint-500",), api="live") as chain:

@@ -167,7 +167,8 @@ class Daemon:
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(config.session.connect_timeout_s))
         try:
             missing = await self._open_audio(loop)
-            self._spawn(self.keys.run(), "key-keeper")
+            if config.session.api == "realtime":  # Live has no session keys: nothing to keep
+                self._spawn(self.keys.run(), "key-keeper")
             if missing is None:
                 self._listen_for_wake("listening for the wake word")
             else:
