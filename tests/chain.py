@@ -315,9 +315,14 @@ class ChainMic(AudioBackend):
             self._on_frame(frame)
 
     def _rendered(self, samples: np.ndarray) -> None:
-        """What the speaker played (playback thread), 16 kHz."""
+        """What the speaker played (playback thread), 16 kHz, kept as one entry per 20 ms (the
+        backend hands over 30-40 ms at a time): `audible_s` counts entries as 20 ms each."""
         if self._keep_history:
-            self.rendered.append((time.monotonic(), int(np.abs(samples).max(initial=0))))
+            now = time.monotonic()
+            for i, start in enumerate(range(0, len(samples), FRAME_SAMPLES)):
+                piece = samples[start : start + FRAME_SAMPLES]
+                at = now + i * FRAME_SAMPLES / CAPTURE_RATE
+                self.rendered.append((at, int(np.abs(piece).max(initial=0))))
         if self._echo_gain:
             scaled = (samples.astype(np.float32) * self._echo_gain).astype(np.int16)
             with self._echo_lock:
