@@ -418,6 +418,7 @@ class PhaseModel:
     clears: int = 0
     ended: bool = False  # ended normally (the service ended the session)
     active: bool = False  # a response is in progress
+    user_speaking: bool = False  # between speech_started and speech_stopped
     calls: dict[str, list[tuple[str, str]]] = dataclasses.field(default_factory=dict)
 
     def apply(self, raw: str) -> None:
@@ -438,8 +439,10 @@ class PhaseModel:
         elif kind == "input_audio_buffer.speech_started":
             self.clears += self.phase is Phase.SPEAKING
             self.phase = Phase.LISTENING
+            self.user_speaking = True
         elif kind == "input_audio_buffer.speech_stopped":
             self.phase = Phase.THINKING
+            self.user_speaking = False
         elif kind == "response.created":
             self.active = True
             self.reply_audio = False
@@ -480,6 +483,10 @@ class PhaseModel:
                     self.tasks = self.tasks or self.phase is not Phase.SPEAKING
                 else:
                     self.tasks = True
+            # Tools running: the user waits for their answer, unless still talking.
+            tools = any(name != END_CONVERSATION for name, _ in calls)
+            if tools and self.phase is Phase.LISTENING and not self.user_speaking:
+                self.phase = Phase.THINKING
             quiet = not self.reply_audio and not self.ending and not self.tasks
             if quiet and self.phase is Phase.THINKING:
                 self.phase = Phase.LISTENING
@@ -713,6 +720,19 @@ def test_event_handler_never_raises_and_moves_only_as_the_protocol_says(
     raws=st.lists(st.builds(json.dumps, protocol_events), min_size=4, max_size=20),
     start=st.sampled_from(START_PHASES),
     transcription=st.booleans(),
+)
+# Found by CI: a response without audio leaves THINKING for LISTENING, then one with a tool call
+# completes: tools running mean the user is waiting again (THINKING), not idle.
+@example(
+    raws=[
+        '{"type": "input_audio_buffer.speech_stopped"}',
+        '{"type": "response.done"}',
+        '{"type": "response.function_call_arguments.done", "name": "lights", "call_id": "c2",'
+        ' "response_id": "r1"}',
+        '{"type": "response.done", "response": {"id": "r1", "status": "completed"}}',
+    ],
+    start=Phase.CONNECTING,
+    transcription=False,
 )
 def test_event_sequences_move_the_phase_as_the_protocol_says(
     edges: Edges, raws: list[str], start: Phase, transcription: bool
