@@ -1,0 +1,113 @@
+"""How deep the playback queue should be: a target that follows the reply's measured jitter.
+
+Network audio reaches `play()` in 20 ms chunks (longer after the receive buffer held some behind a
+loss, jitter.py), each ideally exactly its own duration after the previous one. Playback starts
+once the target depth is queued and then takes 20 ms blocks on the device's clock, so a chunk
+that arrives later than the earliest one did (relative to the audio's own timeline) by more than
+`target - 20 ms` leaves the queue dry. The target is one block (the floor) plus, on a path that
+jitters, the spread of the arrivals' lateness over the last `WINDOW_S` of received audio and the
+cost of one loss:
+
+- transit = arrival time - position of the chunk's first sample in the stream; the window's
+  smallest transit is the on-time reference and every chunk's lateness is measured from it
+  (what RFC 3550's jitter smooths into a mean deviation, kept here as its extreme, since one
+  chunk later than the queue's depth is already a gap);
+- a path that jitters also loses packets, and a lost packet holds the frames after it until
+  `jitter.HOLD + 1` have arrived (60 ms): `LOSS_S` on top of the spread, so that the first loss
+  after a quiet stretch of the window does not run the queue dry. Simulated with the emulator's
+  default `jitter` fault (30 ms +-20 ms, 1 % loss), the spread alone left ~1.6 underruns in a
+  7 s reply, the spread plus `LOSS_S` none in 40 replies and one in 20 minutes;
+- the window is counted in received audio, not wall time: between replies nothing arrives and
+  the path's jitter is remembered for the next reply; once the jitter stops, the late chunks
+  leave the window within `WINDOW_S` of audio and the target is back at the floor;
+- lateness within `TOLERANCE_S` is the machine's own scheduling noise (0 underruns at the floor
+  on a clean path): the target rises above the floor only beyond it; it never exceeds
+  `CEILING_S`, beyond which waiting costs more than a gap;
+- until `LEARN_S` of audio has been measured the path is unknown: the target is at least
+  `START_S`, so the first words of the first reply on a bad path do not break up while the
+  window fills (in the simulation above: ~0.5 underruns per first reply without it);
+- a chunk later than `NEW_STREAM_S` is a pause in sending (between replies), not jitter: it starts
+  a new stream, anchored as on time; a chunk longer than `MAX_CHUNK_S` was not a network packet
+  (a cue played whole) and is not measured.
+"""
+
+from __future__ import annotations
+
+import collections
+
+FLOOR_S = 0.02
+CEILING_S = 0.15
+WINDOW_S = 4.0
+TOLERANCE_S = 0.005
+NEW_STREAM_S = 1.0
+MAX_CHUNK_S = 0.2
+LOSS_S = 0.06  # (jitter.HOLD + 1) frames of 20 ms; not imported: audio does not pull in aiortc
+LEARN_S = 0.5
+START_S = 0.06
+LIVE_S = 0.5
+
+
+class PlayoutDepth:
+    """The target depth of a playback queue, from the arrival times of what it is given."""
+
+    def __init__(self, floor_s: float = FLOOR_S, ceiling_s: float = CEILING_S) -> None:
+        if not 0 < floor_s <= ceiling_s:
+            raise ValueError(f"playout depth: need 0 < floor ({floor_s}) <= ceiling ({ceiling_s})")
+        self.floor_s = floor_s
+        self.ceiling_s = ceiling_s
+        self._received = 0.0  # seconds of audio measured so far, across streams
+        self._shift = 0.0  # added to the stream position at each new stream (re-anchoring)
+        # (stream position at the chunk's start, transit) of the chunks in the window
+        self._window: collections.deque[tuple[float, float]] = collections.deque()
+        self._earliest = 0.0  # smallest transit in the window
+        self._spread = 0.0  # largest transit in the window minus `_earliest`
+        self._last_at = -float("inf")  # when the last measured chunk arrived
+
+    @property
+    def target_s(self) -> float:
+        """The depth to queue before playing (a reply's start, or after running dry)."""
+        target = self.floor_s
+        if self._spread > TOLERANCE_S:
+            target = min(self.ceiling_s, self.floor_s + self._spread + LOSS_S)
+        return max(target, min(START_S, self.ceiling_s)) if self._received < LEARN_S else target
+
+    @property
+    def headroom_s(self) -> float:
+        """The lateness playback should be able to absorb: the target beyond its one block,
+        and the scheduling noise (what `lag_s` should be)."""
+        return self.target_s - self.floor_s + TOLERANCE_S
+
+    def lag_s(self, now: float, queued_s: float) -> float | None:
+        """How far behind the on-time schedule playback runs when `queued_s` is still queued:
+        the lateness it absorbs. None when no network audio is arriving (a cue, a stream's end).
+
+        Playing and lateness both count from the on-time schedule (the window's earliest
+        transit): chunk at position m is on time at m + shift + earliest, and a chunk that late
+        by L finds the queue dry only if L exceeds the lag.
+        """
+        if now - self._last_at > LIVE_S:
+            return None
+        return now - (self._received + self._shift + self._earliest) + queued_s
+
+    @property
+    def lateness_s(self) -> float:
+        """The spread of lateness in the window (0 on a perfectly clean path)."""
+        return self._spread
+
+    def arrived(self, at: float, seconds: float) -> None:
+        """`seconds` of audio arrived at monotonic time `at`."""
+        if seconds <= 0 or seconds > MAX_CHUNK_S:
+            return
+        transit = at - (self._received + self._shift)
+        if not self._window or transit - self._earliest > NEW_STREAM_S:
+            # a new stream: this chunk counts as on time, the window keeps the path's history
+            self._shift += transit - self._earliest
+            transit = self._earliest
+        self._window.append((self._received, transit))
+        self._last_at = at
+        self._received += seconds
+        while self._window[0][0] < self._received - WINDOW_S:
+            self._window.popleft()
+        transits = [t for _, t in self._window]
+        self._earliest = min(transits)
+        self._spread = max(transits) - self._earliest
