@@ -258,14 +258,17 @@ class _PlaybackQueue:
     Every edge is ramped: a start fades in, running dry fades out (or ramps from the last sample
     to zero), and `clear` keeps only the next 5 ms, played faded out.
 
-    The queue's depth absorbs network jitter: playback starts (a reply's start, or resuming after
-    running dry) once the target depth is queued or has waited that long. The target follows the
-    arrivals' measured jitter (playout.py), from `prebuffer_s` on a clean path up to its
-    ceiling. While playing, the depth follows a changed target only inside a pause (every
-    sample concerned below `_QUIET`): a smaller target drops a few ms of that pause, a larger
-    one plays a few ms of silence into it. Speech is never cut or stretched (that would be
-    heard, where a pause a few ms shorter or longer is not), so a reply without pauses keeps
-    the depth it started with, which costs nothing on a barge-in: `clear` drops it all.
+    The queue's depth absorbs network jitter, following the arrivals' measured jitter
+    (playout.py): from `prebuffer_s` on a clean path up to a ceiling on a bad one. Network audio
+    starts playing (a reply's start, or resuming after running dry) once a block is queued and
+    playback runs as far behind the audio's on-time schedule as the jitter needs; anything else
+    (a cue) once the target depth is queued; either once it has waited that long. While
+    playing, the depth follows a changed target only inside a pause (every sample concerned
+    below `_QUIET`): a smaller target drops a few ms of that pause, a larger one plays a few ms
+    of silence into it. Speech is never cut or stretched (that would be heard, where a pause a
+    few ms shorter or longer is not): a reply without pauses keeps the depth it started with
+    until it ends, and the next one starts at the new target. A deep queue costs nothing on a
+    barge-in: `clear` drops it all.
     """
 
     def __init__(
