@@ -282,3 +282,20 @@ def test_the_depth_follows_a_rising_target_by_lengthening_pauses_only():
     assert max(depths[-50:]) >= queue.target_s - 0.03
     assert_sounds_intact(out, audio)
     assert max_step(out) <= max_step(audio / 32768.0)
+
+
+def test_a_deep_queue_is_still_cleared_at_once():
+    clock = Clock()
+    queue = _PlaybackQueue(1.0, FLOOR_S, clock=clock)
+    feed(queue.depth, released(250, delay=0.03, jitter=0.02, loss=0.0, seed=12, start=-10.0))
+    audio = speech(20, pause=0)
+    for i in range(20):  # a reply 400 ms deep, on time
+        clock.now = FRAME_S * i
+        queue.put(audio[i * FRAME : (i + 1) * FRAME])
+    _, audible = queue.pull(_BLOCK)
+    assert audible and queue.queued_s > queue.target_s  # playing, deeper than the target
+    queue.clear()  # barge-in
+    assert queue.queued_s == 0
+    head, audible = queue.pull(_BLOCK)  # the next 5 ms, faded out, then silence
+    assert audible and not head[FADE:].any() and abs(head[0] - audio[FRAME] / 32768) < 0.01
+    assert not queue.pull(_BLOCK)[1]
