@@ -77,6 +77,7 @@ _STALL_S = 2.0  # no capture callback for this long = the input device is gone
 # Below this (scaled sample, ~-54 dBFS at full volume) audio is a pause: the playback queue may
 # drop or insert samples there to follow its target depth, the steps it makes being inaudible.
 _QUIET = 0.002
+_SHRINK_MARGIN_S = 0.005
 
 Int16Array = npt.NDArray[np.int16]
 Float32Array = npt.NDArray[np.float32]
@@ -287,6 +288,9 @@ class _PlaybackQueue:
         self._audio_queued = threading.Event()
         self.ran_dry = 0
         """Times the queue ran out while playing (each reply's end, and any underrun in it)."""
+        self.underruns = 0
+        """Times the queue ran out while playing and the same stream went on: gaps in a reply."""
+        self._dry_in_stream = False  # ran out while network audio was arriving
 
     @property
     def queued_s(self) -> float:
@@ -316,7 +320,9 @@ class _PlaybackQueue:
             now = self._clock()
             if not self._queued:
                 self._waiting_since = now
-            self.depth.arrived(now, len(scaled) / PLAYBACK_RATE)
+            if self.depth.arrived(now, len(scaled) / PLAYBACK_RATE) and self._dry_in_stream:
+                self.underruns += 1
+            self._dry_in_stream = False
             self._chunks.append(scaled)
             self._queued += len(scaled)
         self._audio_queued.set()
@@ -368,19 +374,26 @@ class _PlaybackQueue:
             took = silence + self._take(out[silence : silence + min(n - silence, self._queued)])
             if took < n:
                 self.ran_dry += 1
+                self._dry_in_stream = lag is not None
             return self._edges(out, took, starting=starting, ran_dry=took < n)
 
     def _follow(self, lag: float, n: int) -> int:
         """Inside a pause, bring the lag behind the on-time schedule to the headroom the jitter
-        needs (up to a block above it: where a start leaves it); returns the silence to play
-        before the queued audio."""
+        needs, or down to a block above it (where a start may leave it: the block's phase,
+        which the scheduling noise moves by a few ms, hence the margin); returns the silence
+        to play before the queued audio."""
         headroom = self.depth.headroom_s
-        if headroom <= lag <= headroom + _BLOCK_S or abs(self._last) > _QUIET or not self._queued:
+        top = headroom + _BLOCK_S
+        if (
+            headroom <= lag <= top + _SHRINK_MARGIN_S
+            or abs(self._last) > _QUIET
+            or not self._queued
+        ):
             return 0
         ahead = self._peek(min(self._queued, n + 1))
         if lag < headroom:
             return min(round((headroom - lag) * PLAYBACK_RATE), n) if abs(ahead[0]) <= _QUIET else 0
-        shrink = min(round((lag - headroom - _BLOCK_S / 2) * PLAYBACK_RATE), n, len(ahead) - 1)
+        shrink = min(round((lag - top) * PLAYBACK_RATE), n, len(ahead) - 1)
         if shrink > 0 and np.abs(ahead[: shrink + 1]).max() <= _QUIET:
             self._take(np.empty(shrink, np.float32))
         return 0
@@ -589,6 +602,11 @@ class FileBackend(AudioBackend):
     def playback_ran_dry(self) -> int:
         """Times playback ran out of queued audio while playing (ends of replies, underruns)."""
         return self._queue.ran_dry
+
+    @property
+    def playback_underruns(self) -> int:
+        """Times playback ran out of queued audio inside a reply (a gap, not its end)."""
+        return self._queue.underruns
 
     @property
     def playback_target_s(self) -> float:
@@ -876,6 +894,11 @@ class PyAudioBackend(AudioBackend):
     def playback_ran_dry(self) -> int:
         """Times playback ran out of queued audio while playing (ends of replies, underruns)."""
         return self._queue.ran_dry
+
+    @property
+    def playback_underruns(self) -> int:
+        """Times playback ran out of queued audio inside a reply (a gap, not its end)."""
+        return self._queue.underruns
 
     @property
     def playback_target_s(self) -> float:
