@@ -224,29 +224,18 @@ def test_the_queue_plays_a_minute_of_jittery_reply_with_at_most_one_underrun(see
     assert max_step(out) <= max_step(audio / 32768.0)
 
 
-def test_after_running_dry_the_queue_waits_for_its_target_again():
+def test_a_stall_runs_the_queue_dry_once_without_a_click():
     clock = Clock()
     queue = _PlaybackQueue(1.0, FLOOR_S, clock=clock)
-    feed(queue.depth, released(250, delay=0.03, jitter=0.02, loss=0.0, seed=9, start=-10.0))
-    target = queue.target_s
-    assert target > 0.1
-    frame = speech(1, pause=0)
-    for _ in range(10):
-        queue.put(frame)
-    while queue.pull(_BLOCK)[1]:  # the last block ramps down from the last sample
-        pass
-    assert queue.ran_dry == 1
-    # the audio comes back on time: nothing plays until the target is queued again
-    waited = 0
-    while True:
-        clock.now += FRAME_S
-        queue.put(frame)
-        block, audible = queue.pull(_BLOCK)
-        if audible:
-            break
-        waited += 1
-    assert waited + 1 >= round(target / FRAME_S)
-    assert abs(block[0]) < 1e-6  # faded in
+    feed(queue.depth, clean(100, -10.0))  # a clean path learned: the reply starts at the floor
+    audio = speech(60, pause=0)
+    hole = 0.2  # then the path stalls: frames 30 on arrive 200 ms late (the same stream)
+    arrivals = [(FRAME_S * i + (hole if i >= 30 else 0.0), 1) for i in range(60)]
+    out, dry, _ = play(queue, clock, audio, arrivals)
+    assert dry == 1 and queue.underruns == 1
+    # the stall is measured: the target rises, and the frames after it, as late, find no gap
+    assert queue.target_s > 0.1
+    assert max_step(out) <= max_step(audio / 32768.0)  # ramps, no click
 
 
 def test_the_depth_follows_a_falling_target_by_shortening_pauses_only():

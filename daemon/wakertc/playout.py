@@ -76,8 +76,13 @@ class PlayoutDepth:
 
     @property
     def headroom_s(self) -> float:
-        """How far behind the on-time schedule playback should run (what `lag_s` should be)."""
-        return self.target_s - self.floor_s
+        """How far behind the on-time schedule playback should run (what `lag_s` should be).
+
+        On a clean path that is the scheduling noise measured (within `TOLERANCE_S`, which the
+        target does not count): the window's earliest chunk may have been early (two sent
+        back to back after a stall), and a lag cut to it alone left a gap in 1 of ~8 chain runs.
+        """
+        return max(self.target_s - self.floor_s, self._spread)
 
     def lag_s(self, now: float, queued_s: float) -> float | None:
         """How far behind the on-time schedule playback runs when `queued_s` is still queued:
