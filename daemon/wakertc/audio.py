@@ -14,8 +14,9 @@ open/close pops or start-up latency are paid at the start of each reply.
 
 Latency, measured through PulseAudio here: a click played and captured back through the
 speaker's monitor takes ~62 ms with no conversion; PortAudio's output buffer in blocking mode is
-two 20 ms periods. On top come the playback prebuffer (20 ms, the jitter buffer for network
-audio) and the conversions (see `_QUALITY`). A capture device opened at 16 kHz skips the capture
+two 20 ms periods. On top come the playback queue's depth (20 ms on a clean path, more on a
+jittery one: the jitter buffer for network audio, playout.py) and the conversions (see
+`_QUALITY`). A capture device opened at 16 kHz skips the capture
 conversion entirely.
 
 Errors: `AudioDeviceError` for a device that cannot be found, opened or kept running (a message
@@ -53,6 +54,7 @@ from .devices import (
     pyaudio_module,
 )
 from .devices import DeviceMissing as DeviceMissing
+from .playout import PlayoutDepth
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,10 @@ _FADE = int(PLAYBACK_RATE * 0.005)  # 5 ms ramps at every start, stop and clear:
 _QUALITY = "HQ"
 _PLAYBACK_QUALITY = "LQ"
 _STALL_S = 2.0  # no capture callback for this long = the input device is gone
+# Below this (scaled sample, ~-54 dBFS at full volume) audio is a pause: the playback queue may
+# drop or insert samples there to follow its target depth, the steps it makes being inaudible.
+_QUIET = 0.002
+_SHRINK_MARGIN_S = 0.005
 
 Int16Array = npt.NDArray[np.int16]
 Float32Array = npt.NDArray[np.float32]
@@ -251,14 +257,27 @@ class _PlaybackQueue:
     """Audio waiting to be played, pulled in blocks by one playback thread.
 
     Every edge is ramped: a start fades in, running dry fades out (or ramps from the last sample
-    to zero), and `clear` keeps only the next 5 ms, played faded out. A short prebuffer absorbs
-    network jitter: playback starts once `prebuffer_s` is queued or has waited that long.
+    to zero), and `clear` keeps only the next 5 ms, played faded out.
+
+    The queue's depth absorbs network jitter, following the arrivals' measured jitter
+    (playout.py): from `prebuffer_s` on a clean path up to a ceiling on a bad one. Network audio
+    starts playing (a reply's start, or resuming after running dry) once a block is queued and
+    playback runs as far behind the audio's on-time schedule as the jitter needs; anything else
+    (a cue) once the target depth is queued; either once it has waited that long. While
+    playing, the depth follows a changed target only inside a pause (every sample concerned
+    below `_QUIET`): a smaller target drops a few ms of that pause, a larger one plays a few ms
+    of silence into it. Speech is never cut or stretched (that would be heard, where a pause a
+    few ms shorter or longer is not): a reply without pauses keeps the depth it started with
+    until it ends, and the next one starts at the new target. A deep queue costs nothing on a
+    barge-in: `clear` drops it all.
     """
 
-    def __init__(self, volume: float, prebuffer_s: float) -> None:
+    def __init__(
+        self, volume: float, prebuffer_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._gain = volume / 32768.0
-        self._prebuffer = int(PLAYBACK_RATE * prebuffer_s)
-        self._prebuffer_s = prebuffer_s
+        self._clock = clock  # arrival times and the start-up wait (tests pass a fake clock)
+        self.depth = PlayoutDepth(floor_s=prebuffer_s)
         self._lock = threading.Lock()
         self._chunks: collections.deque[Float32Array] = collections.deque()
         self._queued = 0
@@ -269,10 +288,19 @@ class _PlaybackQueue:
         self._audio_queued = threading.Event()
         self.ran_dry = 0
         """Times the queue ran out while playing (each reply's end, and any underrun in it)."""
+        self.underruns = 0
+        """Times the queue ran out while playing and the same stream went on: gaps in a reply."""
+        self._dry_in_stream = False  # ran out while network audio was arriving
 
     @property
     def queued_s(self) -> float:
+        """Seconds queued and not yet played: the queue's depth."""
         return self._queued / PLAYBACK_RATE
+
+    @property
+    def target_s(self) -> float:
+        """The depth the queue builds before playing, from the measured jitter."""
+        return self.depth.target_s
 
     def set_volume(self, volume: float) -> None:
         # One float assignment: the playback thread sees the old or the new gain, either is fine.
@@ -289,8 +317,12 @@ class _PlaybackQueue:
             return
         scaled = samples.astype(np.float32) * np.float32(self._gain)
         with self._lock:
+            now = self._clock()
             if not self._queued:
-                self._waiting_since = time.monotonic()
+                self._waiting_since = now
+            if self.depth.arrived(now, len(scaled) / PLAYBACK_RATE) and self._dry_in_stream:
+                self.underruns += 1
+            self._dry_in_stream = False
             self._chunks.append(scaled)
             self._queued += len(scaled)
         self._audio_queued.set()
@@ -325,17 +357,57 @@ class _PlaybackQueue:
                 head, self._fade_head = self._fade_head, None
                 out[: len(head)] = head
                 return self._edges(out, len(head), starting=False, ran_dry=True)
+            now = self._clock()
+            target_s = self.depth.target_s
+            lag = self.depth.lag_s(now, self.queued_s)
             starting = not self._playing
+            silence = 0
             if starting:
-                waited = time.monotonic() - self._waiting_since
-                if not self._queued or (
-                    self._queued < self._prebuffer and waited < self._prebuffer_s
-                ):
+                if lag is None:  # not network audio (a cue): the target or its wait
+                    ready = self._queued >= PLAYBACK_RATE * target_s
+                else:  # as far behind the on-time schedule as the jitter needs, one block in
+                    ready = self._queued >= n and lag >= self.depth.headroom_s
+                if not self._queued or not (ready or now - self._waiting_since >= target_s):
                     return out, False
-            took = self._take(out[: min(n, self._queued)])
+            elif lag is not None:
+                silence = self._follow(lag, n)
+            took = silence + self._take(out[silence : silence + min(n - silence, self._queued)])
             if took < n:
                 self.ran_dry += 1
+                self._dry_in_stream = lag is not None
             return self._edges(out, took, starting=starting, ran_dry=took < n)
+
+    def _follow(self, lag: float, n: int) -> int:
+        """Inside a pause, bring the lag behind the on-time schedule to the headroom the jitter
+        needs, or down to a block above it (where a start may leave it: the block's phase,
+        which the scheduling noise moves by a few ms, hence the margin); returns the silence
+        to play before the queued audio."""
+        headroom = self.depth.headroom_s
+        top = headroom + _BLOCK_S
+        if (
+            headroom <= lag <= top + _SHRINK_MARGIN_S
+            or abs(self._last) > _QUIET
+            or not self._queued
+        ):
+            return 0
+        ahead = self._peek(min(self._queued, n + 1))
+        if lag < headroom:
+            return min(round((headroom - lag) * PLAYBACK_RATE), n) if abs(ahead[0]) <= _QUIET else 0
+        shrink = min(round((lag - top) * PLAYBACK_RATE), n, len(ahead) - 1)
+        if shrink > 0 and np.abs(ahead[: shrink + 1]).max() <= _QUIET:
+            self._take(np.empty(shrink, np.float32))
+        return 0
+
+    def _peek(self, m: int) -> Float32Array:
+        """The next `m` queued samples, left in the queue (m <= queued)."""
+        parts: list[Float32Array] = []
+        need = m
+        for chunk in self._chunks:
+            parts.append(chunk[:need])
+            need -= len(parts[-1])
+            if not need:
+                break
+        return np.concatenate(parts)
 
     def _edges(
         self, out: Float32Array, took: int, *, starting: bool, ran_dry: bool
@@ -530,6 +602,16 @@ class FileBackend(AudioBackend):
     def playback_ran_dry(self) -> int:
         """Times playback ran out of queued audio while playing (ends of replies, underruns)."""
         return self._queue.ran_dry
+
+    @property
+    def playback_underruns(self) -> int:
+        """Times playback ran out of queued audio inside a reply (a gap, not its end)."""
+        return self._queue.underruns
+
+    @property
+    def playback_target_s(self) -> float:
+        """The depth playback builds before it plays, from the measured jitter (playout.py)."""
+        return self._queue.target_s
 
     @property
     def playback_queued_s(self) -> float:
@@ -812,6 +894,16 @@ class PyAudioBackend(AudioBackend):
     def playback_ran_dry(self) -> int:
         """Times playback ran out of queued audio while playing (ends of replies, underruns)."""
         return self._queue.ran_dry
+
+    @property
+    def playback_underruns(self) -> int:
+        """Times playback ran out of queued audio inside a reply (a gap, not its end)."""
+        return self._queue.underruns
+
+    @property
+    def playback_target_s(self) -> float:
+        """The depth playback builds before it plays, from the measured jitter (playout.py)."""
+        return self._queue.target_s
 
     @property
     def playback_queued_s(self) -> float:
