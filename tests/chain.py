@@ -316,13 +316,13 @@ class ChainMic(AudioBackend):
 
     def _rendered(self, samples: np.ndarray) -> None:
         """What the speaker played (playback thread), 16 kHz, kept as one entry per 20 ms (the
-        backend hands over 30-40 ms at a time): `audible_s` counts entries as 20 ms each."""
+        backend hands over 30-40 ms at a time): `audible_s` counts entries as 20 ms each. All
+        entries carry the time it was handed over: none is dated after what has happened."""
         if self._keep_history:
             now = time.monotonic()
-            for i, start in enumerate(range(0, len(samples), FRAME_SAMPLES)):
+            for start in range(0, len(samples), FRAME_SAMPLES):
                 piece = samples[start : start + FRAME_SAMPLES]
-                at = now + i * FRAME_SAMPLES / CAPTURE_RATE
-                self.rendered.append((at, int(np.abs(piece).max(initial=0))))
+                self.rendered.append((now, int(np.abs(piece).max(initial=0))))
         if self._echo_gain:
             scaled = (samples.astype(np.float32) * self._echo_gain).astype(np.int16)
             with self._echo_lock:
