@@ -334,7 +334,12 @@ async def test_a_microphone_plugged_in_10_s_after_start_ends_in_listening(
     ) as chain:
         waiting = chain.current
         assert waiting.reason == "waiting for the audio device", chain.describe()
-        messages = [m for _, m in watchdog.drain()]
+        # The phase is shown (and STATUS sent) just before READY=1: let that datagram arrive.
+        messages: list[str] = []
+        async with asyncio.timeout(5):
+            while "READY=1" not in messages:
+                messages += [m for _, m in watchdog.drain()]
+                await asyncio.sleep(0.01)
         status = "STATUS=error: waiting for the audio device"
         assert status in messages and "READY=1" in messages, messages
         assert messages.index(status) < messages.index("READY=1")
