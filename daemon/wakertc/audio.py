@@ -498,10 +498,50 @@ class _LoopHandoff:
             self._backend.on_error(exc)
 
 
+class _QueuedPlayback:
+    """Playback through a `_PlaybackQueue`, as both backends do it."""
+
+    _queue: _PlaybackQueue
+
+    def play(self, samples: Int16Array) -> None:
+        """Queue int16 mono samples at PLAYBACK_RATE."""
+        self._queue.put(samples)
+
+    def set_volume(self, gain: float) -> bool:
+        """Change the playback gain for audio queued from now on."""
+        self._queue.set_volume(gain)
+        return True
+
+    def clear_playback(self) -> None:
+        """Drop everything queued, fading out over 5 ms."""
+        self._queue.clear()
+
+    @property
+    def playback_ran_dry(self) -> int:
+        """Times playback ran out of queued audio while playing (ends of replies, underruns)."""
+        return self._queue.ran_dry
+
+    @property
+    def playback_underruns(self) -> int:
+        """Times playback ran out of queued audio inside a reply (a gap, not its end)."""
+        return self._queue.underruns
+
+    @property
+    def playback_target_s(self) -> float:
+        """The depth playback builds before it plays, from the measured jitter (playout.py)."""
+        return self._queue.target_s
+
+    @property
+    def playback_queued_s(self) -> float:
+        """Seconds queued and not yet written to the device (a device's own ~40 ms buffer
+        excluded)."""
+        return self._queue.queued_s
+
+
 # --- file backend -------------------------------------------------------------------------------
 
 
-class FileBackend(AudioBackend):
+class FileBackend(_QueuedPlayback, AudioBackend):
     """Reads a WAV file as the microphone and writes what is played to a WAV file, in real time.
 
     Capture delivers frame n at t0 + (n+1) * 20 ms on a monotonic clock (no drift), then silence
@@ -584,39 +624,6 @@ class FileBackend(AudioBackend):
         for thread in self._threads:
             thread.daemon = True
             thread.start()
-
-    def play(self, samples: Int16Array) -> None:
-        """Queue int16 mono samples at PLAYBACK_RATE."""
-        self._queue.put(samples)
-
-    def set_volume(self, gain: float) -> bool:
-        """Change the playback gain for audio queued from now on."""
-        self._queue.set_volume(gain)
-        return True
-
-    def clear_playback(self) -> None:
-        """Drop everything queued, fading out over 5 ms."""
-        self._queue.clear()
-
-    @property
-    def playback_ran_dry(self) -> int:
-        """Times playback ran out of queued audio while playing (ends of replies, underruns)."""
-        return self._queue.ran_dry
-
-    @property
-    def playback_underruns(self) -> int:
-        """Times playback ran out of queued audio inside a reply (a gap, not its end)."""
-        return self._queue.underruns
-
-    @property
-    def playback_target_s(self) -> float:
-        """The depth playback builds before it plays, from the measured jitter (playout.py)."""
-        return self._queue.target_s
-
-    @property
-    def playback_queued_s(self) -> float:
-        """Seconds still queued."""
-        return self._queue.queued_s
 
     def close(self) -> None:
         """Stop both threads and finish the output file."""
@@ -734,7 +741,7 @@ def _supports(pa: Any, device: DeviceInfo, kind: Kind, rate: int, channels: int)
     return True
 
 
-class PyAudioBackend(AudioBackend):
+class PyAudioBackend(_QueuedPlayback, AudioBackend):
     """Real devices through PortAudio.
 
     Capture uses PortAudio's callback thread (the callback only converts and hands frames to the
@@ -876,39 +883,6 @@ class PyAudioBackend(AudioBackend):
             self._handoff.error(AudioDeviceError(f"capture conversion failed: {exc}"))
             return None, pyaudio.paAbort
         return None, pyaudio.paContinue
-
-    def play(self, samples: Int16Array) -> None:
-        """Queue int16 mono samples at PLAYBACK_RATE."""
-        self._queue.put(samples)
-
-    def set_volume(self, gain: float) -> bool:
-        """Change the playback gain for audio queued from now on."""
-        self._queue.set_volume(gain)
-        return True
-
-    def clear_playback(self) -> None:
-        """Drop everything queued, fading out over 5 ms."""
-        self._queue.clear()
-
-    @property
-    def playback_ran_dry(self) -> int:
-        """Times playback ran out of queued audio while playing (ends of replies, underruns)."""
-        return self._queue.ran_dry
-
-    @property
-    def playback_underruns(self) -> int:
-        """Times playback ran out of queued audio inside a reply (a gap, not its end)."""
-        return self._queue.underruns
-
-    @property
-    def playback_target_s(self) -> float:
-        """The depth playback builds before it plays, from the measured jitter (playout.py)."""
-        return self._queue.target_s
-
-    @property
-    def playback_queued_s(self) -> float:
-        """Seconds queued and not yet written to the device (its own ~40 ms buffer excluded)."""
-        return self._queue.queued_s
 
     def _playback(self) -> None:
         stall_reported = False
