@@ -31,7 +31,13 @@ from emulator_helpers import (
     running_emulator,
     self_signed_cert,
 )
-from wakertc.companion import Companion, DeviceError, DeviceStore, load_companion_config
+from wakertc.companion import (
+    Companion,
+    DeviceError,
+    DeviceStore,
+    StoreError,
+    load_companion_config,
+)
 from wakertc.companion.server import MAX_BODY
 from wakertc.config import CompanionConfig as DeviceCompanionConfig
 from wakertc.emulator import Emulator
@@ -500,8 +506,10 @@ async def test_browser_route_ignores_what_the_page_asks_for(tmp_path: Path) -> N
 async def test_devices_file_open_to_others_is_refused(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """At start-up (one clear error), at run time (500 in the envelope, one line, no traceback)
-    and for `add-device`; the group may read it (0640) but not write it."""
+    """A devices file of earlier versions that others could have written is not imported: at
+    start-up one clear error, and `add-device` refuses it. The store file that holds the devices
+    now gets the same rule at run time (500 in the envelope, one line, no traceback); the group
+    may read it (0640) but not write it."""
     config = load_companion_config(companion_config_file(tmp_path, "http://127.0.0.1:9"))
     store = DeviceStore(config.devices_file)
     token = store.add("kitchen")
@@ -517,21 +525,27 @@ async def test_devices_file_open_to_others_is_refused(
     config.devices_file.chmod(0o640)
     async with running_emulator() as emulator:
         config = load_companion_config(companion_config_file(tmp_path, emulator.url))
-        async with Companion(config) as companion:
+        async with Companion(config) as companion:  # imports the devices file
             server = Served(companion, emulator, token)
             await server.assert_still_serving()
-            config.devices_file.chmod(0o644)
+            store_file = config.store.file
+            store_file.chmod(0o640)
+            await server.assert_still_serving()
+            store_file.chmod(0o644)
             response = await server.post(json={})
             assert response.status_code == 500
             assert response.json()["error"]["type"] == "server_error"
-            config.devices_file.chmod(0o600)
+            store_file.chmod(0o600)
             await server.assert_still_serving()
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert [r.getMessage() for r in errors] == [
-        f"mint failed: {config.devices_file}: devices file has mode 0644 (readable by others or "
-        f"writable by others or the group); chmod 600 {config.devices_file}"
+        f"mint failed: {store_file}: store file has mode 0644 (readable by others or "
+        f"writable by others or the group); chmod 600 {store_file}"
     ]
     assert not errors[0].exc_info
+    store_file.chmod(0o606)
+    with pytest.raises(StoreError, match=f"{store_file}: store file has mode 0606"):
+        await Companion(config).start()
 
 
 # -- TLS ---------------------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import json
+import contextlib
 import signal
+import sqlite3
 import stat
 from pathlib import Path
 
@@ -20,6 +21,11 @@ from emulator_helpers import (
 )
 
 
+def _device_rows(store: Path) -> list[tuple[str]]:
+    with contextlib.closing(sqlite3.connect(store)) as db:
+        return db.execute("SELECT name FROM devices").fetchall()
+
+
 async def test_add_list_remove_device(tmp_path: Path) -> None:
     config = companion_config_file(tmp_path, "http://127.0.0.1:9")
     code, out, err = await run_command(
@@ -29,10 +35,11 @@ async def test_add_list_remove_device(tmp_path: Path) -> None:
     token = out.strip()
     assert out.count("\n") == 1 and token.startswith("wkd_")  # stdout is the token and only that
     assert "shown only this once" in err and token not in err
-    devices = tmp_path / "devices.json"
-    assert stat.S_IMODE(devices.stat().st_mode) == 0o600
-    assert token not in devices.read_text()
-    assert list(json.loads(devices.read_text())["devices"]) == ["kitchen"]
+    store = tmp_path / "companion.db"  # beside devices.file, which is not written any more
+    assert stat.S_IMODE(store.stat().st_mode) == 0o600
+    assert not (tmp_path / "devices.json").exists()
+    assert token.encode() not in store.read_bytes()
+    assert _device_rows(store) == [("kitchen",)]
 
     code, out, _ = await run_command("companion", "list-devices", "--config", str(config))
     assert (code, out) == (0, "kitchen\n")
@@ -40,7 +47,7 @@ async def test_add_list_remove_device(tmp_path: Path) -> None:
     assert code == 2 and len(err.splitlines()) == 1 and "already exists" in err
     code, _, _ = await run_command("companion", "remove-device", "kitchen", "--config", str(config))
     assert code == 0
-    assert json.loads(devices.read_text())["devices"] == {}
+    assert _device_rows(store) == []
     code, _, err = await run_command(
         "companion", "remove-device", "kitchen", "--config", str(config)
     )

@@ -1,4 +1,5 @@
-"""Device tokens (stored as hashes only) and the rate limiter."""
+"""Device tokens (stored as hashes only; the devices file of earlier versions) and the rate
+limiter (its buckets in the companion's store)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from wakertc.companion import DeviceError, DeviceStore
+from wakertc.companion import DeviceError, DeviceStore, StoreSettings, open_store
 from wakertc.companion.devices import token_hash
-from wakertc.companion.ratelimit import RateLimiter, TokenBucket
+from wakertc.companion.ratelimit import RateLimiter
 
 
 def test_tokens_are_shown_once_and_stored_as_hashes(tmp_path: Path) -> None:
@@ -99,27 +100,36 @@ def test_duplicate_and_corrupt(tmp_path: Path) -> None:
         DeviceStore(path).names()
 
 
-def test_bucket_bursts_then_refills() -> None:
-    now = [0.0]
-    bucket = TokenBucket(6, clock=lambda: now[0])  # one token every 10 s
-    assert [bucket.take() for _ in range(6)] == [0.0] * 6
-    assert bucket.take() == pytest.approx(10.0)
-    now[0] += 5
-    assert bucket.take() == pytest.approx(5.0)
-    now[0] += 5
-    assert bucket.take() == 0.0
+async def test_bucket_bursts_then_refills(tmp_path: Path) -> None:
+    store = await open_store(StoreSettings(file=tmp_path / "companion.db"))
+    try:
+        bucket = [("b", 6)]  # one token every 10 s
+        assert [await store.take_tokens(bucket, 0.0) for _ in range(6)] == [0.0] * 6
+        assert await store.take_tokens(bucket, 0.0) == pytest.approx(10.0)
+        assert await store.take_tokens(bucket, 5.0) == pytest.approx(5.0)
+        assert await store.take_tokens(bucket, 10.0) == 0.0
+        # A wall clock set back (NTP after a boot without a real-time clock) refills nothing,
+        # and does not leave the bucket waiting for the old time to come round again.
+        assert await store.take_tokens(bucket, -1000.0) == pytest.approx(10.0)
+        assert await store.take_tokens(bucket, -990.0) == 0.0
+    finally:
+        await store.close()
 
 
-def test_limiter_per_device_and_global() -> None:
+async def test_limiter_per_device_and_global(tmp_path: Path) -> None:
     now = [0.0]
-    limiter = RateLimiter(per_device_per_minute=2, global_per_minute=3, clock=lambda: now[0])
-    assert limiter.check("a") == 0 and limiter.check("a") == 0
-    assert limiter.check("a") == 30  # a's bucket: 2/min, next token in 30 s
-    assert limiter.check("b") == 0  # b has its own bucket ...
-    assert limiter.check("c") == 20  # ... but the global 3/min is spent
-    assert limiter.check("c") == 20  # refusal by the global bucket did not cost c its token
-    now[0] += 20
-    assert limiter.check("c") == 0
+    store = await open_store(StoreSettings(file=tmp_path / "companion.db"))
+    try:
+        limiter = RateLimiter(store, 2, 3, clock=lambda: now[0])
+        assert await limiter.check("a") == 0 and await limiter.check("a") == 0
+        assert await limiter.check("a") == 30  # a's bucket: 2/min, next token in 30 s
+        assert await limiter.check("b") == 0  # b has its own bucket ...
+        assert await limiter.check("c") == 20  # ... but the global 3/min is spent
+        assert await limiter.check("c") == 20  # refusal by the global bucket cost c no token
+        now[0] += 20
+        assert await limiter.check("c") == 0
+    finally:
+        await store.close()
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="giving a file away needs root")

@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from emulator_helpers import KEY, companion_config_file, running_emulator, self_signed_cert
-from wakertc.companion import Companion, DeviceStore, load_companion_config
+from wakertc.companion import Companion, DeviceStore, load_companion_config, open_store
 from wakertc.companion.tls import Certificate
 
 
@@ -89,12 +89,16 @@ async def test_unknown_missing_and_revoked_tokens_get_401(tmp_path: Path) -> Non
             assert (
                 error["code"] == "invalid_device_token" and error["type"] == "invalid_request_error"
             )
-        # Devices added and removed while the server runs take effect without a restart.
-        store = DeviceStore(companion.config.devices_file)
-        hall = store.add("hall")
-        assert (await session(companion.url, hall)).status_code == 200
-        store.remove("kitchen")
-        assert (await session(companion.url, token)).status_code == 401
+        # Devices added and removed while the server runs (through a store of its own, as by
+        # `add-device` in another process) take effect without a restart.
+        store = await open_store(companion.config.store)
+        try:
+            hall = await store.add_device("hall")
+            assert (await session(companion.url, hall)).status_code == 200
+            await store.remove_device("kitchen")
+            assert (await session(companion.url, token)).status_code == 401
+        finally:
+            await store.close()
 
 
 async def test_rate_limits_answer_429_with_retry_after(tmp_path: Path) -> None:
@@ -109,9 +113,9 @@ async def test_rate_limits_answer_429_with_retry_after(tmp_path: Path) -> None:
         assert limited.status_code == 429
         assert limited.headers["Retry-After"] == "30"
         assert limited.json()["error"]["code"] == "rate_limit_exceeded"
-        other = DeviceStore(companion.config.devices_file).add("hall")
+        other = await companion.store.add_device("hall")
         assert (await session(companion.url, other)).status_code == 200  # its own budget
-        third = DeviceStore(companion.config.devices_file).add("attic")
+        third = await companion.store.add_device("attic")
         global_limited = await session(companion.url, third)  # but the global 3/min is spent
         assert global_limited.status_code == 429
         assert int(global_limited.headers["Retry-After"]) >= 1

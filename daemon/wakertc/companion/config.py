@@ -29,6 +29,8 @@ DEVICE_TIMEOUT_S = COMPANION_TIMEOUT_S
 DEVICE_TIMEOUT_MARGIN_S = 2.0
 # The state directory of wakertc-companion.service (StateDirectory=), which its user owns.
 DEFAULT_DEVICES_FILE = "/var/lib/wakertc-companion/devices.json"
+# The SQLite store's file name, beside the devices file (the state directory) unless set.
+STORE_FILE_NAME = "companion.db"
 DEFAULT_INSTRUCTIONS = (
     "You are a friendly voice assistant on a small speaker. Keep answers short and spoken-style."
 )
@@ -228,6 +230,20 @@ class LimitSettings:
 
 
 @dataclass(frozen=True)
+class StoreSettings:
+    """Where the companion keeps devices, the usage ledger, memory and rate limits (`[store]`)."""
+
+    file: Path = field(
+        default_factory=lambda: Path(DEFAULT_DEVICES_FILE).with_name(STORE_FILE_NAME)
+    )
+    """The SQLite file (default: `companion.db` beside `devices.file`, the state directory)."""
+    url: str = ""
+    """A `postgresql://user@host:port/db` URL instead: one store for several companions."""
+    password_file: Path | None = None
+    """File holding the PostgreSQL password (never in the URL: this file may be readable)."""
+
+
+@dataclass(frozen=True)
 class CompanionConfig:
     """The whole companion configuration."""
 
@@ -235,12 +251,14 @@ class CompanionConfig:
     """The file this came from (relative paths were resolved against its directory)."""
     devices_file: Path
     """Where device token hashes are stored (JSON, mode 0600); by default in the service's state
-    directory, `/var/lib/wakertc-companion/devices.json`."""
+    directory, `/var/lib/wakertc-companion/devices.json`. Since the store holds the devices, this
+    file is only imported into it, once, if it exists."""
     server: ServerSettings = ServerSettings()
     upstream: UpstreamSettings = UpstreamSettings()
     session: SessionPolicy = SessionPolicy()
     live: LivePolicy = LivePolicy()
     limits: LimitSettings = LimitSettings()
+    store: StoreSettings = StoreSettings()
 
 
 def load_companion_config(path: str | os.PathLike[str]) -> CompanionConfig:
@@ -318,17 +336,51 @@ class _Reader:
 
     def config(self) -> CompanionConfig:
         """The whole validated configuration."""
-        self._only(self.data, "", {"server", "upstream", "session", "live", "devices", "limits"})
+        self._only(
+            self.data, "", {"server", "upstream", "session", "live", "devices", "limits", "store"}
+        )
         devices = self._table("devices")
         self._only(devices, "devices.", {"file"})
+        devices_file = self._required_path(devices, "devices.file", DEFAULT_DEVICES_FILE)
         return CompanionConfig(
             path=self.path,
-            devices_file=self._required_path(devices, "devices.file", DEFAULT_DEVICES_FILE),
+            devices_file=devices_file,
             server=self._server(),
             upstream=self._upstream(),
             session=self._session(),
             live=self._live(),
             limits=self._limits(),
+            store=self._store(devices_file),
+        )
+
+    def _store(self, devices_file: Path) -> StoreSettings:
+        table = self._table("store")
+        self._only(table, "store.", {"file", "url", "password_file"})
+        if "file" in table and "url" in table:
+            raise self._error("store.url", "either store.file (SQLite) or store.url, not both")
+        url = self._str(table, "store.url", "")
+        if url:
+            try:
+                parsed = urlparse(url)
+                password = parsed.password
+            except ValueError:
+                parsed, password = None, None
+            if parsed is None or parsed.scheme not in ("postgresql", "postgres"):
+                scheme = parsed.scheme if parsed is not None else "?"
+                # Not the URL itself: it may hold a password.
+                raise self._error("store.url", f"a postgresql:// URL (got scheme {scheme!r})")
+            if password is not None:
+                raise self._error(
+                    "store.url", "no password in the URL; put it in store.password_file"
+                )
+        password_file = self._path(table, "store.password_file", "")
+        if password_file is not None and not url:
+            raise self._error("store.password_file", "store.url set too (a PostgreSQL password)")
+        default_file = str(devices_file.with_name(STORE_FILE_NAME))
+        return StoreSettings(
+            file=self._required_path(table, "store.file", default_file),
+            url=url,
+            password_file=password_file,
         )
 
     def _server(self) -> ServerSettings:

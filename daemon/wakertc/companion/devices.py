@@ -4,10 +4,11 @@ The devices file is JSON (`{"devices": {"NAME": {"sha256": "...", "added_at": <u
 written atomically with mode 0600 (written by root, as by `sudo wakertc companion add-device`, it
 goes to the owner of its directory: the service's user for its state directory), and refused when
 others may read it or others (or the group) may write it: whoever can write it can add a device.
-The running server re-reads it when its mtime changes, so `add-device` / `remove-device` take
-effect without a restart. Tokens are compared with `hmac.compare_digest` against every stored
-hash, so timing reveals neither which device nor how much of a hash matched.
-"""
+The companion no longer serves from this file: its store (`store.py`) holds the devices and
+imports a devices file of earlier versions once, at start (`DeviceStore.records`). The class
+stays for that import and for tools that prepare a file before a companion first starts. Tokens
+are compared with `hmac.compare_digest` against every stored hash, so timing reveals neither
+which device nor how much of a hash matched."""
 
 from __future__ import annotations
 
@@ -45,6 +46,20 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+def check_name(name: str) -> None:
+    """Raise DeviceError unless `name` can be a device's name."""
+    if not NAME_PATTERN.fullmatch(name):
+        raise DeviceError(
+            f"device name {name!r}: use 1-64 letters, digits, '.', '_' or '-' "
+            "(starting with a letter or digit)"
+        )
+    if name.lower() == BROWSER_DEVICE:
+        raise DeviceError(
+            f"device name {name!r} is reserved for the companion's browser route "
+            "(GET /session); choose another name"
+        )
+
+
 class DeviceStore:
     """The devices file: add, remove, list, and look up a token."""
 
@@ -60,16 +75,7 @@ class DeviceStore:
 
     def add(self, name: str) -> str:
         """Register `name` and return its new token (the only time it is ever visible)."""
-        if not NAME_PATTERN.fullmatch(name):
-            raise DeviceError(
-                f"device name {name!r}: use 1-64 letters, digits, '.', '_' or '-' "
-                "(starting with a letter or digit)"
-            )
-        if name.lower() == BROWSER_DEVICE:
-            raise DeviceError(
-                f"device name {name!r} is reserved for the companion's browser route "
-                "(GET /session); choose another name"
-            )
+        check_name(name)
         self._refresh()
         if name in self._devices:
             raise DeviceError(f"device {name!r} already exists in {self.path}; remove it first")
@@ -85,6 +91,17 @@ class DeviceStore:
             raise DeviceError(f"no device {name!r} in {self.path}")
         del self._devices[name]
         self._save()
+
+    def records(self) -> dict[str, dict[str, Any]]:
+        """Every device's record (`{"sha256": ..., "added_at": ...}`) by name, checked: what the
+        companion's store imports from this file."""
+        self._refresh()
+        for name, record in self._devices.items():
+            check_name(name)
+            digest = record.get("sha256")
+            if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
+                raise DeviceError(f"{self.path}: device {name!r} has no valid sha256")
+        return {name: dict(record) for name, record in self._devices.items()}
 
     def identify(self, token: str) -> str | None:
         """The name of the device holding `token`, or None."""

@@ -49,8 +49,9 @@ from .config import (
     LivePolicy,
     read_api_key,
 )
-from .devices import BROWSER_DEVICE, DeviceError, DeviceStore
+from .devices import BROWSER_DEVICE
 from .ratelimit import RateLimiter
+from .store import Store, StoreError, open_store
 from .tls import CHECK_S as CERT_CHECK_S
 from .tls import Certificate, CertificateError
 from .upstream import UpstreamClient, UpstreamError, UpstreamTimeout
@@ -94,22 +95,23 @@ class Companion:
         *,
         api_key: str | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.time,
         wall_clock: Callable[[], float] = time.time,
         client_timeout_s: float = CLIENT_TIMEOUT_S,
         cert_check_s: float = CERT_CHECK_S,
     ) -> None:
-        """`clock` drives the rate limits; `wall_clock` reads upstream's `expires_at`; the TLS
-        certificate files are checked for a renewal every `cert_check_s` seconds."""
+        """`clock` drives the rate limits (wall-clock time: companion processes on one store
+        share their buckets); `wall_clock` reads upstream's `expires_at`; the TLS certificate
+        files are checked for a renewal every `cert_check_s` seconds. The store is opened by
+        `start`."""
         self.config = config
         self._wall_clock = wall_clock
         self._client_timeout_s = client_timeout_s
         self._api_key = api_key if api_key is not None else read_api_key(config)
         self._transport = transport
-        self.devices = DeviceStore(config.devices_file)
-        self.limiter = RateLimiter(
-            config.limits.per_device_per_minute, config.limits.global_per_minute, clock=clock
-        )
+        self._clock = clock
+        self._store: Store | None = None
+        self._limiter: RateLimiter | None = None
         self._certificate = _certificate(config)
         self._ssl = self._certificate.context if self._certificate else None
         self._cert_check_s = cert_check_s
@@ -127,8 +129,27 @@ class Companion:
         await self.stop()
 
     async def start(self) -> str:
-        """Listen; returns the base URL (http or https, with the real port)."""
-        self.devices.names()  # a corrupt devices file should stop start-up, not the first mint
+        """Open the store (importing a devices file of earlier versions), listen; returns the
+        base URL (http or https, with the real port)."""
+        self._store = await open_store(self.config.store, devices_file=self.config.devices_file)
+        limits = self.config.limits
+        self._limiter = RateLimiter(
+            self._store, limits.per_device_per_minute, limits.global_per_minute, clock=self._clock
+        )
+        try:
+            return await self._listen()
+        except BaseException:
+            await self.stop()
+            raise
+
+    @property
+    def store(self) -> Store:
+        """The open store (between `start` and `stop`)."""
+        if self._store is None:
+            raise RuntimeError("the companion's store is open only while it runs")
+        return self._store
+
+    async def _listen(self) -> str:
         self._upstream = UpstreamClient(
             self.config.upstream, self._api_key, transport=self._transport
         )
@@ -183,7 +204,7 @@ class Companion:
             )
 
     async def stop(self) -> None:
-        """Stop listening and close the upstream connection pool."""
+        """Stop listening, close the upstream connection pool and the store."""
         if self._cert_watch is not None:
             self._cert_watch.cancel()
             await asyncio.gather(self._cert_watch, return_exceptions=True)
@@ -194,9 +215,13 @@ class Companion:
         if self._upstream is not None:
             await self._upstream.aclose()
             self._upstream = None
+        if self._store is not None:
+            await self._store.close()
+            self._store = None
+            self._limiter = None
 
     async def _device_session(self, request: web.Request) -> web.StreamResponse:
-        device = self._identify(request, "mint")
+        device = await self._identify(request, "mint")
         if isinstance(device, web.Response):
             return device
         body = await self._read_body(request)
@@ -206,7 +231,7 @@ class Companion:
         return await self._mint(device)
 
     async def _device_live_session(self, request: web.Request) -> web.StreamResponse:
-        device = self._identify(request, "live session")
+        device = await self._identify(request, "live session")
         if isinstance(device, web.Response):
             return device
         body = await self._read_body(request)
@@ -220,17 +245,18 @@ class Companion:
             return _bad_request(400, "'tools' must be an array of function tools.", "invalid_tools")
         return await self._create_live(device, sdp, tools)
 
-    def _identify(self, request: web.Request, what: str) -> str | web.Response:
-        """The device a request's token names, or the 401/500 to send."""
+    async def _identify(self, request: web.Request, what: str) -> str | web.Response:
+        """The device a request's token names, or the 401/500 to send (asked of the store each
+        time: a device removed through another process is refused at once)."""
         token = _bearer(request)
         if token is None:
             log.info("%s refused: no device token (from %s)", what, request.remote)
             return _unauthorised("Missing device token: send Authorization: Bearer <token>.")
         try:
-            device = self.devices.identify(token)
-        except DeviceError as exc:
+            device = await self.store.identify(token)
+        except StoreError as exc:
             log.error("%s failed: %s", what, exc)
-            return api_error(500, "The companion's devices file is unreadable.", "server_error")
+            return api_error(500, "The companion's store is unavailable.", "server_error")
         if device is None:
             log.info("%s refused: unknown device token (from %s)", what, request.remote)
             return _unauthorised("Unknown device token.")
@@ -338,9 +364,15 @@ class Companion:
         except ValueError:
             return False
 
-    def _rate_limited(self, device: str, what: str) -> web.Response | None:
-        """The 429 to send if the device is over its limit (keys and Live sessions together)."""
-        wait = self.limiter.check(device)
+    async def _rate_limited(self, device: str, what: str) -> web.Response | None:
+        """The 429 (or 500) to send if the device is over its limit (keys and Live sessions
+        together)."""
+        assert self._limiter is not None
+        try:
+            wait = await self._limiter.check(device)
+        except StoreError as exc:
+            log.error("%s for device %s failed: %s", what, device, exc)
+            return api_error(500, "The companion's store is unavailable.", "server_error")
         if not wait:
             return None
         log.info("%s for device %s: rate limited (retry in %d s)", what, device, wait)
@@ -355,7 +387,7 @@ class Companion:
     async def _create_live(
         self, device: str, sdp: str, tools: list[dict[str, Any]]
     ) -> web.Response:
-        limited = self._rate_limited(device, "live session")
+        limited = await self._rate_limited(device, "live session")
         if limited is not None:
             return limited
         assert self._upstream is not None
@@ -387,7 +419,7 @@ class Companion:
         return web.json_response(body, status=201, headers={"Cache-Control": "no-store"})
 
     async def _mint(self, device: str) -> web.Response:
-        limited = self._rate_limited(device, "mint")
+        limited = await self._rate_limited(device, "mint")
         if limited is not None:
             return limited
         assert self._upstream is not None
