@@ -32,9 +32,10 @@ sudo_() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
 apt_packages=(python3-venv python3-dev gcc pkg-config portaudio19-dev libsystemd-dev unzip espeak-ng)
 [[ $(uname -m) == aarch64 ]] && apt_packages+=(swig)
 [[ $mode != device ]] && apt_packages+=(sox)
-# The tests also start a real Mosquitto broker (Home Assistant over MQTT) and drive OpenAI's browser
-# sample in headless Chromium against the emulator.
-[[ $mode == test ]] && apt_packages+=(pulseaudio pulseaudio-utils libasound2-plugins systemd mosquitto chromium)
+# The tests also start a real Mosquitto broker (Home Assistant over MQTT) and a real PostgreSQL
+# server (the companion's shared store), and drive OpenAI's browser sample in headless Chromium
+# against the emulator.
+[[ $mode == test ]] && apt_packages+=(pulseaudio pulseaudio-utils libasound2-plugins systemd mosquitto postgresql chromium)
 missing=()
 for pkg in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
