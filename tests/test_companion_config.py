@@ -63,6 +63,13 @@ def test_relative_paths_follow_the_config_file(tmp_path: Path) -> None:
     assert config.server.tls_key == Path("/abs/k.pem")
     assert config.upstream.api_key_file == tmp_path / "key"
     assert config.devices_file == tmp_path / "state" / "devices.json"
+    # The store lives beside the devices file unless it is set.
+    assert config.store.file == tmp_path / "state" / "companion.db"
+    assert config.store.url == ""
+    pg = load_companion_config(
+        write(tmp_path, '[store]\nurl = "postgresql://w@db/w"\npassword_file = "pw"\n')
+    )
+    assert (pg.store.url, pg.store.password_file) == ("postgresql://w@db/w", tmp_path / "pw")
 
 
 @pytest.mark.parametrize(
@@ -113,6 +120,20 @@ def test_relative_paths_follow_the_config_file(tmp_path: Path) -> None:
             "a table or a JSON string",
         ),
         ('[devices]\nfile = ""\n', "devices.file", "a file path"),
+        ('[store]\nfile = ""\n', "store.file", "a file path"),
+        ('[store]\nuri = "x"\n', "store.uri", "unknown key"),
+        ('[store]\nurl = "mysql://h/db"\n', "store.url", "a postgresql:// URL"),
+        (
+            '[store]\nurl = "postgresql://u:s3cret@h/db"\n',
+            "store.url",
+            "no password in the URL; put it in store.password_file",
+        ),
+        (
+            '[store]\nfile = "c.db"\nurl = "postgresql://h/db"\n',
+            "store.url",
+            "either store.file (SQLite) or store.url, not both",
+        ),
+        ('[store]\npassword_file = "pw"\n', "store.password_file", "store.url set too"),
         (
             "[limits]\nper_device_per_minute = 0\n",
             "limits.per_device_per_minute",
