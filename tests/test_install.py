@@ -374,9 +374,11 @@ async def test_readme_companion_steps_end_with_a_device_getting_a_key(
         )
         assert code == 0, err
         token = out.strip()
-        devices = staged_state / "devices.json"
-        assert (devices.stat().st_uid, devices.stat().st_gid) == service_ids
-        assert _mode(devices) == 0o600
+        # The store beside the devices file, which the service (its own user) must open.
+        store = staged_state / "companion.db"
+        assert not (staged_state / "devices.json").exists()
+        assert (store.stat().st_uid, store.stat().st_gid) == service_ids
+        assert _mode(store) == 0o600
 
         # 4. systemctl start wakertc-companion: as its user, the key from LoadCredential= in a
         # directory only that user can read, in its working directory.
