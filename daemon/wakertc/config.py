@@ -38,6 +38,7 @@ ENV_VAR = "WAKERTC_CONFIG"
 PHASES_WITH_PATTERNS = (
     "idle",
     "offline",
+    "over_budget",
     "wake",
     "connecting",
     "listening",
@@ -138,6 +139,8 @@ DEFAULT_PATTERNS: Mapping[str, LedPattern] = types.MappingProxyType(
         "idle": LedPattern("off"),
         # A slow amber blink: noticeable, unlike the fast red of an error that just happened.
         "offline": LedPattern("blink", "#ff6000", 2.0),
+        # A slow magenta pulse: nothing is broken, the owner's budget is used up for now.
+        "over_budget": LedPattern("pulse", "#ff00c0", 3.0),
         "wake": LedPattern("solid", "#ffffff"),
         "connecting": LedPattern("blink", "#0040ff", 0.4),
         "listening": LedPattern("solid", "#0040ff"),

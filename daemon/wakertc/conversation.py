@@ -27,13 +27,13 @@ from .audio import AudioBackend
 from .config import Config
 from .keys import KeyKeeper
 from .session import events
-from .session.events import Session, SessionFailed, ToolCall, clip
+from .session.events import OverBudget, Session, SessionFailed, ToolCall, clip
 from .session.live import LiveSession
 from .session.realtime import RealtimeSession
 from .state import Phase, PhaseMachine
 from .tools import END_CONVERSATION, ToolRunner
 
-__all__ = ["Conversation", "SessionFailed"]
+__all__ = ["Conversation", "OverBudget", "SessionFailed"]
 
 log = logging.getLogger(__name__)
 

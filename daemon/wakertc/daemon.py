@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import random
 import signal
 import sys
 import time
@@ -31,7 +32,13 @@ from numpy.typing import NDArray
 from .audio import CAPTURE_RATE, AudioBackend, AudioDeviceError, open_backend
 from .button import ButtonError
 from .config import Config, ConfigError, config_path, load_config, read_token
-from .keys import CompanionClient, CompanionError, KeyKeeper
+from .keys import (
+    MAX_RETRY_AFTER_S,
+    CompanionClient,
+    CompanionError,
+    CompanionOverBudget,
+    KeyKeeper,
+)
 from .leds import LedError
 from .logs import register_secret
 from .memory import limit_malloc_arenas, release_free_memory
@@ -101,6 +108,7 @@ class Daemon:
         self._aec_active = False
         self._aec_loaded = False  # the preload has decided: a canceller, or half-duplex
         self._audio_lost = False
+        self._budget_task: asyncio.Task[None] | None = None
         self._audio_wait_reason = ""  # the ERROR phase's reason while the audio device is away
         self._audio_flowing = asyncio.Event()
         self._error_timer: asyncio.TimerHandle | None = None
@@ -356,20 +364,80 @@ class Daemon:
     # -- between conversations ---------------------------------------------------------------
 
     def _listen_for_wake(self, reason: str) -> None:
-        """Back to waiting for the wake word: IDLE, or OFFLINE while no session key can be had."""
+        """Back to waiting for the wake word: IDLE, or OFFLINE while no session key can be had
+        (OVER_BUDGET while the companion refuses them for the budget)."""
         error = self.keys.last_error
         if error is None:
             self.phases.transition(Phase.IDLE, reason)
         else:
-            self.phases.transition(Phase.OFFLINE, f"{reason}; no session key: {error}")
+            self.phases.transition(_waiting_phase(error), f"{reason}; no session key: {error}")
 
     def _key_health(self, error: CompanionError | None) -> None:
         """The key keeper's minting started failing or works again (any caller)."""
         phase = self.phases.phase
-        if error is not None and phase is Phase.IDLE:
-            self.phases.transition(Phase.OFFLINE, f"no session key: {error}")
-        elif error is None and phase is Phase.OFFLINE:
+        if error is not None and phase.awaits_wake:
+            if isinstance(error, CompanionOverBudget):
+                log.warning("%s; no conversation until it resets", error)
+            self.phases.transition(_waiting_phase(error), f"no session key: {error}")
+        elif error is None and phase in (Phase.OFFLINE, Phase.OVER_BUDGET):
             self.phases.transition(Phase.IDLE, "session keys available again")
+
+    # -- the owner's budget ------------------------------------------------------------------
+    #
+    # The companion refuses a device over its budget (429 `insufficient_quota`) and ends a
+    # conversation that reaches it. A Realtime device may still hold a key minted before then,
+    # so after each conversation it asks where it stands (a local request, nothing billed) and
+    # drops that key when over; the key keeper then retries when the companion says the period
+    # resets. A Live device keeps no key: it asks again itself until it may talk.
+
+    async def _check_budget(self) -> None:
+        try:
+            standing = await self.keys.companion.standing()
+        except CompanionOverBudget as exc:
+            self._over_budget(exc)
+            return
+        except CompanionError as exc:
+            log.debug("could not ask the companion about the budget: %s", exc)
+            return
+        if standing.get("state") == "near":
+            log.warning(
+                "near the budget: %s at %s of %s",
+                standing.get("limit"),
+                standing.get("used"),
+                standing.get("allowed"),
+            )
+            self.hook.send({"event": "budget", **standing})
+
+    def _over_budget(self, error: CompanionOverBudget) -> None:
+        """The companion refuses sessions for the budget: show it, and learn when it lifts."""
+        self.hook.send({"event": "budget", "state": "over", "detail": str(error)})
+        if self.config.session.api == "realtime":
+            self.keys.refuse(error)  # the keeper's health moves the phase, and it retries
+            return
+        if self.phases.phase.awaits_wake:
+            log.warning("%s; no conversation until it resets", error)
+            self.phases.transition(Phase.OVER_BUDGET, str(error))
+        if self._budget_task is None:
+            self._budget_task = self._spawn(
+                self._await_budget(error.retry_after_s or MAX_RETRY_AFTER_S), "budget"
+            )
+
+    async def _await_budget(self, wait_s: float) -> None:
+        try:
+            while self.phases.phase is Phase.OVER_BUDGET:
+                await asyncio.sleep(wait_s * random.uniform(0.9, 1.1))
+                try:
+                    await self.keys.companion.standing()
+                except CompanionOverBudget as exc:
+                    wait_s = exc.retry_after_s or MAX_RETRY_AFTER_S
+                    continue
+                except CompanionError as exc:
+                    log.debug("could not ask the companion about the budget: %s", exc)
+                    continue
+                if self.phases.phase is Phase.OVER_BUDGET:
+                    self.phases.transition(Phase.IDLE, "the budget allows conversations again")
+        finally:
+            self._budget_task = None
 
     # -- wake word and button ----------------------------------------------------------------
 
@@ -461,7 +529,7 @@ class Daemon:
     async def _converse(
         self, reason: str, woke_at: float, announcement: str | None, then_converse: bool
     ) -> None:
-        from .conversation import Conversation, SessionFailed
+        from .conversation import Conversation, OverBudget, SessionFailed
 
         self.phases.transition(Phase.WAKE, reason)
         config = self.config
@@ -497,6 +565,15 @@ class Daemon:
                     self._listen_for_wake(f"conversation over ({ending})")
                 else:  # an announcement made while muted
                     self.phases.transition(Phase.MUTED, "microphone muted")
+                self._spawn(self._check_budget(), "budget-check")
+            except OverBudget as exc:
+                log.warning("conversation refused: %s", exc)
+                if self._muted:
+                    self.phases.transition(Phase.MUTED, "microphone muted")
+                else:
+                    self.phases.transition(Phase.OVER_BUDGET, str(exc))
+                if isinstance(exc.__cause__, CompanionOverBudget):
+                    self._over_budget(exc.__cause__)
             except SessionFailed as exc:
                 self.last_wake_to_live_s = conversation.wake_to_live_s
                 log.error("conversation failed: %s", exc)
@@ -804,3 +881,8 @@ def run_daemon(path: str | None) -> int:
         log.exception("the daemon failed")
         return 1
     return 0
+
+
+def _waiting_phase(error: CompanionError) -> Phase:
+    """How a device that cannot get a session key waits for the wake word."""
+    return Phase.OVER_BUDGET if isinstance(error, CompanionOverBudget) else Phase.OFFLINE

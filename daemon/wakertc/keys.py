@@ -16,6 +16,8 @@ Exceptions::
      |                        to come back: a 503 with Retry-After)
      +-- CompanionRejected    401/403: our token is wrong; retrying will not help
      +-- CompanionBusy        429: retry after the delay it asked for
+     +-- CompanionOverBudget  429 `insufficient_quota`: the owner's budget is used up until the
+                              period resets (`retry_after_s`, bounded); no retry helps before
 """
 
 from __future__ import annotations
@@ -70,6 +72,12 @@ class CompanionBusy(CompanionError):
     """The companion rate-limited us."""
 
     retry_after_s: float
+
+
+class CompanionOverBudget(CompanionError):
+    """The companion refuses sessions: this device's or the household's budget is used up."""
+
+    retryable = False
 
 
 class _Unexpected(CompanionError):
@@ -129,6 +137,7 @@ class CompanionClient:
         self._wall_clock = wall_clock
         self._url = config.url.rstrip("/") + "/v1/session"
         self._live_url = config.url.rstrip("/") + "/v1/live/session"
+        self._device_url = config.url.rstrip("/") + "/v1/device"
         self._timeout = config.timeout_s
         self._client = httpx.AsyncClient(
             verify=companion_tls(config),
@@ -147,15 +156,8 @@ class CompanionClient:
             raise CompanionError(f"companion did not answer within {self._timeout:g} s") from exc
         except httpx.HTTPError as exc:
             raise CompanionError(f"companion unreachable: {_describe_http_error(exc)}") from exc
-        if response.status_code in (401, 403):
-            raise CompanionRejected(
-                f"companion refused this device's token ({response.status_code}); "
-                "check companion.token_file"
-            )
+        _raise_refusal(response)
         retry_after = _retry_after(response)
-        if response.status_code == 429:
-            wait = DEFAULT_RETRY_AFTER_S if retry_after is None else retry_after
-            raise CompanionBusy(f"companion rate limit (retry in {wait:g} s)", wait)
         if response.status_code != 200:
             raise CompanionError(
                 f"companion answered {response.status_code}: {error_message(response)}",
@@ -187,14 +189,7 @@ class CompanionClient:
             raise CompanionError(f"companion did not answer within {self._timeout:g} s") from exc
         except httpx.HTTPError as exc:
             raise CompanionError(f"companion unreachable: {_describe_http_error(exc)}") from exc
-        if response.status_code in (401, 403):
-            raise CompanionRejected(
-                f"companion refused this device's token ({response.status_code}); "
-                "check companion.token_file"
-            )
-        if response.status_code == 429:
-            wait = _retry_after(response) or DEFAULT_RETRY_AFTER_S
-            raise CompanionBusy(f"companion rate limit (retry in {wait:g} s)", wait)
+        _raise_refusal(response)
         if response.status_code != 201:
             raise CompanionError(
                 f"companion answered {response.status_code}: {error_message(response)}"
@@ -207,6 +202,30 @@ class CompanionClient:
         if not isinstance(session_id, str) or not isinstance(answer, str):
             raise CompanionError("companion answered 201 without a session id and answer")
         return session_id, answer
+
+    async def standing(self) -> dict[str, Any]:
+        """How this device stands against the owner's budgets (`GET /v1/device`: no upstream
+        call, nothing billed); raises `CompanionOverBudget` when it is over."""
+        try:
+            response = await self._client.get(self._device_url)
+        except httpx.TimeoutException as exc:
+            raise CompanionError(f"companion did not answer within {self._timeout:g} s") from exc
+        except httpx.HTTPError as exc:
+            raise CompanionError(f"companion unreachable: {_describe_http_error(exc)}") from exc
+        _raise_refusal(response)
+        if response.status_code == 404:  # a companion from before budgets: none are kept
+            return {"state": "ok"}
+        if response.status_code != 200:
+            raise CompanionError(
+                f"companion answered {response.status_code}: {error_message(response)}"
+            )
+        try:
+            budget = response.json()["budget"]
+            if not isinstance(budget, dict) or not isinstance(budget.get("state"), str):
+                raise TypeError(budget)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CompanionError("companion answered 200 with an unexpected body") from exc
+        return budget
 
     def _lifetime(self, body: dict[str, Any], expires_at: float, response: httpx.Response) -> float:
         """Seconds the key had left when the companion answered, by the companion's clock: its
@@ -280,6 +299,14 @@ class KeyKeeper:
             self._key = None
             self._changed.set()
 
+    def refuse(self, error: CompanionError) -> None:
+        """The companion says no session may start now (the budget): drop the key in hand, so
+        that a wake asks again instead of opening a call, and report it as the keeper's health
+        until a key can be had again."""
+        self._key = None
+        self._set_health(error)
+        self._changed.set()
+
     async def run(self) -> None:
         """Background task: keep a key in hand, renewing before expiry, backing off on failure."""
         delay = self._retry_initial_s
@@ -292,8 +319,11 @@ class KeyKeeper:
                     delay = self._retry_initial_s
                 except CompanionError as exc:
                     # The companion's Retry-After (bounded when read) beats our own backoff.
-                    wait = delay if exc.retry_after_s is None else exc.retry_after_s
-                    if not exc.retryable:
+                    if exc.retry_after_s is not None:
+                        wait = exc.retry_after_s
+                    elif exc.retryable:
+                        wait = delay
+                    else:
                         wait = self._retry_max_s
                     log.warning(
                         "could not renew the session key: %s (retrying in %.0f s)", exc, wait
@@ -343,7 +373,12 @@ class KeyKeeper:
         return key
 
     def _set_health(self, error: CompanionError | None) -> None:
-        changed = (error is None) != (self.last_error is None)
+        last = self.last_error
+        # Failing to get a key and being refused for the budget show differently: a change
+        # between the two is news too.
+        changed = (error is None) != (last is None) or isinstance(
+            error, CompanionOverBudget
+        ) != isinstance(last, CompanionOverBudget)
         self.last_error = error
         if changed and self._on_health is not None:
             self._on_health(error)
@@ -352,6 +387,31 @@ class KeyKeeper:
         self._changed.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._changed.wait(), seconds)
+
+
+def _raise_refusal(response: httpx.Response) -> None:
+    """Raise what a 401/403 (our token) or a 429 (rate limit, or the budget) means."""
+    status = response.status_code
+    if status in (401, 403):
+        raise CompanionRejected(
+            f"companion refused this device's token ({status}); check companion.token_file"
+        )
+    if status != 429:
+        return
+    retry_after = _retry_after(response)
+    if _error_code(response) == "insufficient_quota":
+        wait = MAX_RETRY_AFTER_S if retry_after is None else retry_after
+        raise CompanionOverBudget(f"over budget: {error_message(response)}", wait)
+    wait = DEFAULT_RETRY_AFTER_S if retry_after is None else retry_after
+    raise CompanionBusy(f"companion rate limit (retry in {wait:g} s)", wait)
+
+
+def _error_code(response: httpx.Response) -> str | None:
+    try:
+        code = response.json()["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return code if isinstance(code, str) else None
 
 
 def _retry_after(response: httpx.Response) -> float | None:

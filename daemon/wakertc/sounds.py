@@ -104,7 +104,7 @@ def cue_for(change: Transition) -> str | None:
         return "wake"
     if new is Phase.MUTED:
         return "mute"
-    if new is Phase.ERROR:
+    if new is Phase.ERROR or (new is Phase.OVER_BUDGET and old in _CONVERSATION):
         return "error"
     if new is Phase.IDLE and old is Phase.MUTED:
         return "unmute"

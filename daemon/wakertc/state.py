@@ -26,6 +26,10 @@ class Phase(enum.Enum):
     # keeper retries with backoff and a wake tries again. Shown so that a broken companion or
     # network is seen before someone talks to the device in vain.
     OFFLINE = "offline"
+    # Listening for the wake word, but the owner's budget for this device (or the household) is
+    # used up: the companion refuses sessions until the period resets. Its own pattern, so that
+    # "the money ran out" is not mistaken for a broken network.
+    OVER_BUDGET = "over_budget"
     WAKE = "wake"  # wake word heard or button pressed; about to connect
     CONNECTING = "connecting"
     LISTENING = "listening"  # session live, the user may speak
@@ -41,7 +45,7 @@ class Phase(enum.Enum):
     @property
     def awaits_wake(self) -> bool:
         """Whether the device is between conversations, listening for the wake word."""
-        return self in (Phase.IDLE, Phase.OFFLINE)
+        return self in (Phase.IDLE, Phase.OFFLINE, Phase.OVER_BUDGET)
 
 
 @dataclass(frozen=True)

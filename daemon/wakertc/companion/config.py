@@ -12,6 +12,7 @@ import json
 import os
 import stat
 import tomllib
+import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -244,6 +245,44 @@ class StoreSettings:
 
 
 @dataclass(frozen=True)
+class BudgetLimits:
+    """What one device, or the whole household, may spend; 0 = no limit on that figure."""
+
+    day_usd: float = 0.0
+    """US dollars per day (the companion's local midnight to midnight), by `[pricing]`."""
+    month_usd: float = 0.0
+    """US dollars per calendar month."""
+    day_minutes: float = 0.0
+    """Minutes of conversation per day."""
+    month_minutes: float = 0.0
+    """Minutes of conversation per calendar month."""
+
+    @property
+    def any(self) -> bool:
+        """Whether any figure is limited."""
+        return any((self.day_usd, self.month_usd, self.day_minutes, self.month_minutes))
+
+
+@dataclass(frozen=True)
+class BudgetSettings:
+    """Spending limits, enforced by the companion through the ledger and the sideband."""
+
+    household: BudgetLimits = BudgetLimits()
+    """All devices together."""
+    devices: Mapping[str, BudgetLimits] = field(default_factory=dict)
+    """Per device name."""
+    warn_at: float = 0.8
+    """Share of a limit from which the device is told it is near (log line, hook event)."""
+    notice: str = "I have to stop here: the budget for talking to me is used up for now."
+    """What the device says before a conversation over the limit is ended."""
+
+    @property
+    def any(self) -> bool:
+        """Whether any budget is set."""
+        return self.household.any or any(limits.any for limits in self.devices.values())
+
+
+@dataclass(frozen=True)
 class CompanionConfig:
     """The whole companion configuration."""
 
@@ -259,6 +298,7 @@ class CompanionConfig:
     live: LivePolicy = LivePolicy()
     limits: LimitSettings = LimitSettings()
     store: StoreSettings = StoreSettings()
+    budgets: BudgetSettings = BudgetSettings()
 
 
 def load_companion_config(path: str | os.PathLike[str]) -> CompanionConfig:
@@ -336,9 +376,8 @@ class _Reader:
 
     def config(self) -> CompanionConfig:
         """The whole validated configuration."""
-        self._only(
-            self.data, "", {"server", "upstream", "session", "live", "devices", "limits", "store"}
-        )
+        sections = {"server", "upstream", "session", "live", "devices", "limits", "store"}
+        self._only(self.data, "", sections | {"budgets"})
         devices = self._table("devices")
         self._only(devices, "devices.", {"file"})
         devices_file = self._required_path(devices, "devices.file", DEFAULT_DEVICES_FILE)
@@ -351,6 +390,7 @@ class _Reader:
             live=self._live(),
             limits=self._limits(),
             store=self._store(devices_file),
+            budgets=self._budgets(),
         )
 
     def _store(self, devices_file: Path) -> StoreSettings:
@@ -598,6 +638,33 @@ class _Reader:
             per_device_per_minute=self._int(table, "limits.per_device_per_minute", 10, 1, 10_000),
             global_per_minute=self._int(table, "limits.global_per_minute", 60, 1, 100_000),
         )
+
+    def _budgets(self) -> BudgetSettings:
+        table = self._table("budgets")
+        self._only(table, "budgets.", {"household", "devices", "warn_at", "notice"})
+        devices = table.get("devices", {})
+        if not isinstance(devices, dict):
+            raise self._error("budgets.devices", "a table of device names")
+        limits = {}
+        for name, entry in devices.items():
+            if not isinstance(entry, dict):
+                raise self._error(f"budgets.devices.{name}", "a table")
+            limits[name] = self._budget_limits(entry, f"budgets.devices.{name}")
+        household = table.get("household", {})
+        if not isinstance(household, dict):
+            raise self._error("budgets.household", "a table")
+        return BudgetSettings(
+            household=self._budget_limits(household, "budgets.household"),
+            devices=types.MappingProxyType(limits),
+            warn_at=self._float(table, "budgets.warn_at", 0.8, 0.1, 1.0),
+            notice=self._str(table, "budgets.notice", BudgetSettings.notice, nonempty=True),
+        )
+
+    def _budget_limits(self, table: dict[str, Any], prefix: str) -> BudgetLimits:
+        names = ("day_usd", "month_usd", "day_minutes", "month_minutes")
+        self._only(table, f"{prefix}.", set(names))
+        values = {name: self._float(table, f"{prefix}.{name}", 0.0, 0.0, 1e9) for name in names}
+        return BudgetLimits(**values)
 
     # -- typed getters ---------------------------------------------------------------------------
 

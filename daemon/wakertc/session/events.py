@@ -7,6 +7,7 @@ never sees an API's event names. The session itself is driven through `Session`.
 Exceptions::
 
     SessionFailed     the conversation could not start or was cut off (the message says why)
+     +-- OverBudget   the companion refused it: the owner's budget is used up for now
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ LOG_TEXT_LIMIT = 500
 
 class SessionFailed(Exception):
     """The conversation could not start or was cut off; the message says why, for the log."""
+
+
+class OverBudget(SessionFailed):
+    """The companion refused the session: the owner's budget is used up for now."""
 
 
 @dataclass(frozen=True)

@@ -38,11 +38,11 @@ from numpy.typing import NDArray
 
 from ..audio import CAPTURE_RATE as MIC_RATE
 from ..config import SessionConfig
-from ..keys import CompanionClient, CompanionError
+from ..keys import CompanionClient, CompanionError, CompanionOverBudget
 from ..tools import ToolRunner
 from ..webrtc import HEARD_POLL_S, CallError, MicTrack, RealtimeCall
 from . import events
-from .events import EventSink, SessionFailed, ToolCall, clip
+from .events import EventSink, OverBudget, SessionFailed, ToolCall, clip
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +156,9 @@ class LiveSession:
             self._on_call(call)
         try:
             await call.negotiate(self._exchange, "the companion (GPT-Live)")
+        except CompanionOverBudget as exc:
+            await call.close(hang_up=False)
+            raise OverBudget(str(exc)) from exc
         except CompanionError as exc:
             await call.close(hang_up=False)
             raise SessionFailed(str(exc)) from exc

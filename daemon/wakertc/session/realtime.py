@@ -24,11 +24,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..config import SessionConfig
-from ..keys import CompanionError, KeyKeeper
+from ..keys import CompanionError, CompanionOverBudget, KeyKeeper
 from ..tools import ToolRunner
 from ..webrtc import CallError, CallRejected, MicTrack, RealtimeCall
 from . import events
-from .events import EventSink, SessionFailed, ToolCall, clip
+from .events import EventSink, OverBudget, SessionFailed, ToolCall, clip
 
 log = logging.getLogger(__name__)
 
@@ -287,6 +287,8 @@ class RealtimeSession:
         while True:
             try:
                 return await self._keys.get()
+            except CompanionOverBudget as exc:
+                raise OverBudget(str(exc)) from exc
             except CompanionError as exc:
                 if not exc.retryable:
                     raise SessionFailed(str(exc)) from exc
