@@ -97,6 +97,7 @@ class DaemonProcess:
         self.wake_to_live_ms: list[float] = []
         self._log_reader: asyncio.Task[None] | None = None
         self.spawned_at = 0.0
+        self.ready_s = 0.0  # spawn to READY=1
 
     @property
     def pid(self) -> int:
@@ -131,7 +132,8 @@ class DaemonProcess:
                 f"the daemon exited ({self.proc.returncode}) before READY=1:\n{tail}"
             )
         exited.cancel()
-        return ready.result() - self.spawned_at
+        self.ready_s = ready.result() - self.spawned_at
+        return self.ready_s
 
     async def _read_log(self) -> None:
         assert self.proc is not None and self.proc.stderr is not None
