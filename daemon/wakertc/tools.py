@@ -189,10 +189,11 @@ class ToolRunner:
         async with httpx.AsyncClient(
             transport=self._transport, timeout=httpx.Timeout(tool.timeout_s)
         ) as client:
+            headers = dict(tool.headers)
             if tool.method == "GET":
-                request = client.build_request("GET", _query_url(tool.url, args))
+                request = client.build_request("GET", _query_url(tool.url, args), headers=headers)
             else:
-                request = client.build_request(tool.method, tool.url, json=args)
+                request = client.build_request(tool.method, tool.url, json=args, headers=headers)
             try:
                 response = await client.send(request, stream=True)
                 try:

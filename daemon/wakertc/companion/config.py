@@ -19,7 +19,9 @@ from typing import Any
 from urllib.parse import urlparse
 
 from .. import limits
-from ..config import COMPANION_TIMEOUT_S
+from ..config import COMPANION_TIMEOUT_S, ToolConfig
+from .pricing import Pricing, PricingError, parse_pricing
+from .server_tools import ServerToolError, parse_server_tools
 
 VOICES = limits.VOICES
 DEFAULT_PORT = 8780
@@ -241,6 +243,10 @@ class CompanionConfig:
     session: SessionPolicy = SessionPolicy()
     live: LivePolicy = LivePolicy()
     limits: LimitSettings = LimitSettings()
+    pricing: Pricing = field(default_factory=Pricing)
+    """What usage costs (`[pricing]`, laid over the defaults in `pricing.py`)."""
+    server_tools: tuple[ToolConfig, ...] = ()
+    """Tools the companion runs itself over the sideband (`[[server_tools]]`)."""
 
 
 def load_companion_config(path: str | os.PathLike[str]) -> CompanionConfig:
@@ -318,18 +324,54 @@ class _Reader:
 
     def config(self) -> CompanionConfig:
         """The whole validated configuration."""
-        self._only(self.data, "", {"server", "upstream", "session", "live", "devices", "limits"})
+        self._only(
+            self.data,
+            "",
+            {
+                "server",
+                "upstream",
+                "session",
+                "live",
+                "devices",
+                "limits",
+                "pricing",
+                "server_tools",
+            },
+        )
         devices = self._table("devices")
         self._only(devices, "devices.", {"file"})
+        session = self._session()
         return CompanionConfig(
             path=self.path,
             devices_file=self._required_path(devices, "devices.file", DEFAULT_DEVICES_FILE),
             server=self._server(),
             upstream=self._upstream(),
-            session=self._session(),
+            session=session,
             live=self._live(),
             limits=self._limits(),
+            pricing=self._pricing(),
+            server_tools=self._server_tools(session),
         )
+
+    def _pricing(self) -> Pricing:
+        try:
+            return parse_pricing(self.data.get("pricing", {}))
+        except PricingError as exc:
+            raise CompanionConfigError(f"{self.path}: {exc}") from None
+
+    def _server_tools(self, session: SessionPolicy) -> tuple[ToolConfig, ...]:
+        try:
+            tools = parse_server_tools(self.data.get("server_tools", []), self.base)
+        except ServerToolError as exc:
+            raise CompanionConfigError(f"{self.path}: {exc}") from None
+        declared = {tool.get("name") for tool in session.tools}
+        for index, tool in enumerate(tools):
+            if tool.name in declared:
+                raise self._error(
+                    f"server_tools[{index}].name",
+                    f"a name not also in session.tools (both define {tool.name!r})",
+                )
+        return tools
 
     def _server(self) -> ServerSettings:
         table = self._table("server")
