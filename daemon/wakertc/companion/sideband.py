@@ -39,7 +39,7 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from ..session.realtime import announce
+from ..session.realtime import COMPANION_END, announce
 from ..tools import ToolRunner
 from .pricing import Pricing, RealtimeTokens, UsageEntry
 
@@ -612,7 +612,12 @@ class SessionWatcher:
             # A reply is running: cut it, or the notice would wait behind it (or be refused).
             self.send({"type": "response.cancel"})
             self.send({"type": "output_audio_buffer.clear"})
-        response = {"instructions": announce(notice), "tool_choice": "none"}
+        # The metadata tells the device that the hang-up that follows is no lost connection.
+        response = {
+            "instructions": announce(notice),
+            "tool_choice": "none",
+            "metadata": dict(COMPANION_END),
+        }
         self.send({"type": "response.create", "response": response})
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
