@@ -1,7 +1,8 @@
 """The companion's HTTP(S) server: devices trade their token for an ephemeral key.
 
     POST /v1/session   Authorization: Bearer <device token> -> 200 {value, expires_at, expires_in,
-                       session, client_secret: {value, expires_at}}; 401 unknown token; 429 +
+                       session, client_secret: {value, expires_at}, server_tools: [names of the
+                       session's tools the companion runs]}; 401 unknown token; 429 +
                        Retry-After;
                        502 upstream failed; 504 upstream timed out
     GET  /session      the same without a token, for browser pages (only if enabled): only with
