@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,6 +19,7 @@ from aiohttp import web
 
 from chain import clip, run_chain
 from emulator_helpers import RealtimeClient
+from wakertc.companion.config import CompanionConfigError, load_companion_config
 from wakertc.companion.pricing import UsageEntry
 from wakertc.companion.sideband import SessionWatcher
 from wakertc.state import Phase
@@ -371,3 +373,46 @@ async def test_a_device_that_changes_the_policy_is_reverted_then_hung_up(
                 assert any("again (instructions)" in r.getMessage() for r in caplog.records)
             finally:
                 await client.close()
+
+
+def write_config(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "companion.toml"
+    path.write_text(text)
+    return path
+
+
+def test_pricing_and_server_tools_are_read_and_checked(tmp_path: Path) -> None:
+    """`[pricing]` lays over the defaults; `[[server_tools]]` read their secret header files;
+    every mistake names the key, and the secret is in no message."""
+    secret = tmp_path / "token"
+    secret.write_text("Bearer s3cret-value\n")
+    secret.chmod(0o600)
+    tool = (
+        '[[server_tools]]\nname = "{name}"\nurl = "http://127.0.0.1:9/x"\n'
+        'header_files = {{ Authorization = "token" }}\n'
+    )
+    config = load_companion_config(
+        write_config(tmp_path, "[pricing.live]\ngpt-live-1 = 0.1\n" + tool.format(name="light_on"))
+    )
+    assert config.pricing.live_per_minute["gpt-live-1"] == 0.1
+    assert config.pricing.live_per_minute["gpt-live-1.1"] == 0.06  # the default stays
+    (server_tool,) = config.server_tools
+    assert server_tool.headers == {"Authorization": "Bearer s3cret-value"}
+    assert "s3cret" not in repr(config)
+    problems = {
+        tool.format(name="set_timer"): "server_tools[0].name: 'set_timer' is a tool every device",
+        tool.format(name="end_conversation"): "server_tools[0].name: 'end_conversation'",
+        '[session]\n[[session.tools]]\nname = "light_on"\n'
+        + tool.format(name="light_on"): "server_tools[0].name: expected a name not also in",
+        "[pricing.realtime.gpt-realtime]\ninput_text = 1\n": "pricing.realtime.gpt-realtime.",
+        "[pricing.live]\ngpt-live-1 = -1\n": "pricing.live.gpt-live-1: expected a number",
+        tool.format(name="x").replace('"token"', '"missing"'): "header_files.Authorization",
+    }
+    for text, expected in problems.items():
+        with pytest.raises(CompanionConfigError) as caught:
+            load_companion_config(write_config(tmp_path, text))
+        assert expected in str(caught.value)
+        assert "s3cret" not in str(caught.value)
+    secret.chmod(0o644)
+    with pytest.raises(CompanionConfigError, match="readable by other users"):
+        load_companion_config(write_config(tmp_path, tool.format(name="light_on")))
