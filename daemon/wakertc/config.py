@@ -266,9 +266,6 @@ class ToolConfig:
     """HTTP method for `url` (GET sends the arguments as query parameters)."""
     timeout_s: float = 10.0
     """Give up on the action after this long and tell the model it failed."""
-    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
-    """Request headers for `url` (the companion's server tools: values read from secret files,
-    so never shown)."""
 
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")

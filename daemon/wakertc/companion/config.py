@@ -19,9 +19,9 @@ from typing import Any
 from urllib.parse import urlparse
 
 from .. import limits
-from ..config import COMPANION_TIMEOUT_S, ToolConfig
+from ..config import COMPANION_TIMEOUT_S
 from .pricing import Pricing, PricingError, parse_pricing
-from .server_tools import ServerToolError, parse_server_tools
+from .server_tools import ServerTool, ServerToolError, parse_server_tools
 
 VOICES = limits.VOICES
 DEFAULT_PORT = 8780
@@ -245,7 +245,7 @@ class CompanionConfig:
     limits: LimitSettings = LimitSettings()
     pricing: Pricing = field(default_factory=Pricing)
     """What usage costs (`[pricing]`, laid over the defaults in `pricing.py`)."""
-    server_tools: tuple[ToolConfig, ...] = ()
+    server_tools: tuple[ServerTool, ...] = ()
     """Tools the companion runs itself over the sideband (`[[server_tools]]`)."""
 
 
@@ -359,7 +359,7 @@ class _Reader:
         except PricingError as exc:
             raise CompanionConfigError(f"{self.path}: {exc}") from None
 
-    def _server_tools(self, session: SessionPolicy) -> tuple[ToolConfig, ...]:
+    def _server_tools(self, session: SessionPolicy) -> tuple[ServerTool, ...]:
         try:
             tools = parse_server_tools(self.data.get("server_tools", []), self.base)
         except ServerToolError as exc:

@@ -46,7 +46,6 @@ import httpx
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from ..tools import ToolRunner
 from .config import (
     DEVICE_TIMEOUT_MARGIN_S,
     DEVICE_TIMEOUT_S,
@@ -58,6 +57,7 @@ from .config import (
 from .devices import BROWSER_DEVICE, DeviceError, DeviceStore
 from .ratelimit import RateLimiter
 from .server_tools import definitions as server_tool_definitions
+from .server_tools import runner as server_tool_runner
 from .sideband import CALL_ID, Hooks, Policy, SessionWatcher, Sidebands
 from .tls import CHECK_S as CERT_CHECK_S
 from .tls import Certificate, CertificateError
@@ -128,7 +128,7 @@ class Companion:
         # The sessions devices open, joined server to server (usage, server tools, policy).
         self.sidebands = Sidebands()
         self.hooks = Hooks()
-        self._server_tools = ToolRunner(config.server_tools)
+        self._server_tools = server_tool_runner(config.server_tools)
         self._sideband_http: aiohttp.ClientSession | None = None
         self.url = ""
 

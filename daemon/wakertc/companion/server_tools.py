@@ -22,14 +22,15 @@ from __future__ import annotations
 
 import json
 import stat
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 from ..config import ToolConfig
 from ..timers import TIMER_TOOL_NAMES
-from ..tools import END_CONVERSATION
+from ..tools import END_CONVERSATION, ToolRunner
 
 # Tools every device defines itself: a server tool of the same name would be called twice.
 DEVICE_BUILTINS = frozenset({END_CONVERSATION, *TIMER_TOOL_NAMES})
@@ -39,15 +40,35 @@ KEYS = frozenset(
 )
 
 
+@dataclass(frozen=True)
+class ServerTool:
+    """One `[[server_tools]]` entry: the HTTP tool, and its headers (secrets: never shown)."""
+
+    tool: ToolConfig
+    """Name, description, parameters, method, url, timeout_s."""
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    """Request headers, `header_files` already read."""
+
+    @property
+    def name(self) -> str:
+        """The function name the model sees."""
+        return self.tool.name
+
+
+def runner(tools: Sequence[ServerTool]) -> ToolRunner:
+    """A runner for the server tools (the device's HTTP tool runner, with their headers)."""
+    return ToolRunner([t.tool for t in tools], headers={t.name: t.headers for t in tools})
+
+
 class ServerToolError(ValueError):
     """A `[[server_tools]]` entry that cannot be used; the message names the key."""
 
 
-def parse_server_tools(value: Any, base: Path) -> tuple[ToolConfig, ...]:
+def parse_server_tools(value: Any, base: Path) -> tuple[ServerTool, ...]:
     """Read `[[server_tools]]` (relative header files are relative to `base`)."""
     if not isinstance(value, list):
         raise ServerToolError("server_tools: expected an array of tables ([[server_tools]])")
-    tools: list[ToolConfig] = []
+    tools: list[ServerTool] = []
     for index, entry in enumerate(value):
         tool = _tool(entry, f"server_tools[{index}]", base)
         if any(t.name == tool.name for t in tools):
@@ -56,20 +77,20 @@ def parse_server_tools(value: Any, base: Path) -> tuple[ToolConfig, ...]:
     return tuple(tools)
 
 
-def definitions(tools: Sequence[ToolConfig]) -> list[dict[str, Any]]:
+def definitions(tools: Sequence[ServerTool]) -> list[dict[str, Any]]:
     """The tools as the session declares them."""
     return [
         {
             "type": "function",
-            "name": tool.name,
-            "description": tool.description,
-            "parameters": dict(tool.parameters),
+            "name": server_tool.tool.name,
+            "description": server_tool.tool.description,
+            "parameters": dict(server_tool.tool.parameters),
         }
-        for tool in tools
+        for server_tool in tools
     ]
 
 
-def _tool(entry: Any, where: str, base: Path) -> ToolConfig:
+def _tool(entry: Any, where: str, base: Path) -> ServerTool:
     if not isinstance(entry, dict):
         raise ServerToolError(f"{where}: expected a table with name, description, url")
     unknown = sorted(set(entry) - KEYS)
@@ -117,15 +138,15 @@ def _tool(entry: Any, where: str, base: Path) -> ToolConfig:
     headers = _headers(entry.get("headers", {}), f"{where}.headers")
     for header, path in _headers(entry.get("header_files", {}), f"{where}.header_files").items():
         headers[header] = _secret(path, f"{where}.header_files.{header}", base)
-    return ToolConfig(
+    tool = ToolConfig(
         name=name,
         description=description,
         parameters=parameters,
         url=url,
         method=method,
         timeout_s=float(timeout),
-        headers=headers,
     )
+    return ServerTool(tool, headers)
 
 
 def _headers(value: Any, where: str) -> dict[str, str]:
