@@ -22,10 +22,13 @@ from emulator_helpers import RealtimeClient
 from wakertc.companion.config import CompanionConfigError, load_companion_config
 from wakertc.companion.pricing import UsageEntry
 from wakertc.companion.sideband import SessionWatcher
+from wakertc.config import CompanionConfig as CompanionSettings
+from wakertc.keys import CompanionClient
 from wakertc.state import Phase
 
 DEVICE = "demo-device"
 HA_TOKEN = "ha-secret-3f9c2d7b1e8a4c6d"
+MEMORY = "Earlier you told me my name is Ada and that I like jazz."
 
 
 async def joined(chain: Any, timeout: float = 10.0) -> SessionWatcher:
@@ -97,13 +100,24 @@ input_cached_audio = 0.4
 output_text = 16.0
 output_audio = 64.0
 """
+    memory = {
+        "type": "message",
+        "role": "user",
+        "content": [{"type": "input_text", "text": MEMORY}],
+    }
     async with run_chain(tmp_path, models_dir, reply="tone", companion_extra=pricing) as chain:
         entries: list[UsageEntry] = []
         chain.companion.hooks.on_usage = entries.append
+        chain.companion.hooks.items_for = lambda device: [memory] if device == DEVICE else []
         await chain.press()
         await chain.expect(Phase.WAKE, Phase.CONNECTING, Phase.LISTENING)
         watcher = await joined(chain)
         assert watcher.api == "realtime" and watcher.session_id == chain.calls()[0].id
+        async with asyncio.timeout(5):  # the earlier turns went in before the user spoke
+            while not [e for e in via_sideband(chain) if e["type"] == "conversation.item.create"]:
+                await asyncio.sleep(0.02)
+        (created,) = via_sideband(chain)
+        assert created["item"]["content"][0]["text"] == MEMORY
         for text in ("what is the weather like today", "and what about tomorrow"):
             chain.mic.speak(clip(text))
             await chain.expect(Phase.THINKING, Phase.SPEAKING, Phase.LISTENING)
@@ -117,6 +131,9 @@ output_audio = 64.0
     assert reported["input_audio"] > 0 and reported["output_audio"] > 0
     assert token_sums(entries) == reported
     assert {e.device for e in entries} == {DEVICE}
+    # The remembered turn is part of what the first response read (and was billed for).
+    instructions = chain.companion.config.session.instructions
+    assert entries[0].input_text_tokens == len(instructions) // 4 + len(MEMORY) // 4
     assert len({e.event_id for e in entries}) == 2
     by_response = {
         e["response"]["id"]: e["response"]["usage"]
@@ -246,6 +263,8 @@ timeout_s = 5
         async with run_chain(
             tmp_path / "chain", models_dir, script=script, companion_extra=extra
         ) as chain:
+            turns: list[tuple[str, str, str]] = []
+            chain.companion.hooks.on_turn = lambda *turn: turns.append(turn)
             await chain.press()
             await chain.expect(Phase.WAKE, Phase.CONNECTING, Phase.LISTENING)
             await joined(chain)
@@ -265,6 +284,7 @@ timeout_s = 5
             mint_text = minted.text
             device_config = chain.config.source.read_text()
         assert ha.requests == [{"entity_id": "light.kitchen"}] and ha.refused == 0
+        assert (DEVICE, "assistant", "The kitchen light is on.") in turns
         call_id = next(
             e["call_id"]
             for e in emitted(chain)
@@ -416,3 +436,39 @@ def test_pricing_and_server_tools_are_read_and_checked(tmp_path: Path) -> None:
     secret.chmod(0o644)
     with pytest.raises(CompanionConfigError, match="readable by other users"):
         load_companion_config(write_config(tmp_path, tool.format(name="light_on")))
+
+
+async def test_a_call_report_never_waits_and_a_failing_one_is_logged_once(caplog):
+    """`report_call` returns at once whatever the companion does; a companion that cannot take
+    reports (an older one: 404; a stalled one: timeout) costs one warning, not one per call."""
+    stalled = asyncio.Event()
+
+    async def calls(request: web.Request) -> web.Response:
+        if (await request.json())["call_id"] == "rtc_slow":
+            await stalled.wait()
+        return web.json_response({"error": {"message": "Not Found."}}, status=404)
+
+    app = web.Application()
+    app.router.add_post("/v1/calls", calls)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    client = CompanionClient(CompanionSettings(url=url, timeout_s=0.5), "wkd_" + "t" * 30)
+    caplog.set_level(logging.DEBUG, logger="wakertc.keys")
+    try:
+        started = time.monotonic()
+        client.report_call("rtc_slow")
+        client.report_call("rtc_gone")
+        client.report_call("rtc_gone_again")
+        assert time.monotonic() - started < 0.05
+        await asyncio.sleep(1.0)  # past the timeout
+        reports = [r for r in caplog.records if "could not report call" in r.getMessage()]
+        assert len(reports) == 3
+        assert [r.levelno for r in reports].count(logging.WARNING) == 1
+        assert all("wkd_" not in r.getMessage() for r in reports)
+    finally:
+        stalled.set()
+        await client.aclose()
+        await runner.cleanup()

@@ -270,6 +270,7 @@ class Companion:
             pricing=self.config.pricing,
             hooks=Hooks(self.hooks.on_usage, self.hooks.on_turn, self.hooks.on_over),
             policy=policy,
+            initial_items=self.hooks.items_for(device) if api == "realtime" else (),
             tools=self._server_tools,
             tool_names=frozenset(tool.name for tool in self.config.server_tools),
         )
