@@ -472,3 +472,21 @@ async def test_a_call_report_never_waits_and_a_failing_one_is_logged_once(caplog
         stalled.set()
         await client.aclose()
         await runner.cleanup()
+
+
+async def test_live_end_speaks_the_commentary_then_closes_the_session(tmp_path, models_dir):
+    """GPT-Live: `end(notice)` appends the notice as commentary, lets it play, then sends
+    `session.close`; the device's conversation is over within 3 s."""
+    async with run_chain(tmp_path, models_dir, api="live") as chain:
+        await chain.press()
+        await chain.expect(Phase.WAKE, Phase.CONNECTING, Phase.LISTENING)
+        watcher = await joined(chain)
+        started = time.monotonic()
+        await watcher.end("Your allowance is used up.")
+        idle = await chain.wait_phase(Phase.IDLE, timeout=5)
+        assert idle.t - started <= 3.0, idle.t - started
+        sent = [e["type"] for e in via_sideband(chain)]
+        assert sent == ["session.commentary.append", "session.close"]
+        assert chain.mic.audible_s(started, idle.t) >= 1.0  # the notice was played
+        assert watcher.over
+        assert idle.reason == "conversation over (the session was closed on request)"
