@@ -364,6 +364,16 @@ async def test_a_device_that_changes_the_policy_is_reverted_then_hung_up(
                 assert reported.status_code == 202
                 watcher = await joined(chain)
                 policy = minted["session"]["instructions"]
+                # What a device may do: add its own tools (as the daemon's session.update does).
+                own = {"type": "function", "name": "set_timer", "description": "A timer."}
+                own["parameters"] = {"type": "object", "properties": {}}
+                client.send(
+                    {"type": "session.update", "session": {"type": "realtime", "tools": [own]}}
+                )
+                allowed = await client.wait_for("session.updated")
+                assert [t["name"] for t in allowed["session"]["tools"]] == ["set_timer"]
+                await asyncio.sleep(0.3)
+                assert not [r for r in caplog.records if "policy fixes" in r.getMessage()]
                 client.send(
                     {
                         "type": "session.update",
