@@ -23,8 +23,11 @@ from wakertc.companion.config import CompanionConfigError, load_companion_config
 from wakertc.companion.pricing import UsageEntry
 from wakertc.companion.sideband import SessionWatcher
 from wakertc.config import CompanionConfig as CompanionSettings
+from wakertc.config import ToolConfig
 from wakertc.keys import CompanionClient
+from wakertc.session.realtime import session_update
 from wakertc.state import Phase
+from wakertc.tools import ToolRunner
 
 DEVICE = "demo-device"
 HA_TOKEN = "ha-secret-3f9c2d7b1e8a4c6d"
@@ -500,3 +503,34 @@ async def test_live_end_speaks_the_commentary_then_closes_the_session(tmp_path, 
         assert chain.mic.audible_s(started, idle.t) >= 1.0  # the notice was played
         assert watcher.over
         assert idle.reason == "conversation over (the session was closed on request)"
+
+
+def test_a_device_tool_named_like_a_server_tool_is_an_error_and_the_companions_is_kept(
+    caplog,
+):
+    """The device's session.update keeps the minted tools and adds its own; one named like a
+    companion server tool is logged as an error and not sent (the companion's definition
+    stays), while one named like a policy tool is the device implementing it (a warning)."""
+    minted = {
+        "type": "realtime",
+        "tools": [
+            {"type": "function", "name": "light_on", "description": "companion's"},
+            {"type": "function", "name": "get_weather", "description": "policy's"},
+        ],
+    }
+    device = ToolRunner(
+        [
+            ToolConfig(name="light_on", description="device's", url="http://127.0.0.1:9/"),
+            ToolConfig(name="get_weather", description="device's", url="http://127.0.0.1:9/"),
+        ]
+    )
+    caplog.set_level(logging.INFO, logger="wakertc.session")
+    update = session_update(minted, device, frozenset({"light_on"}))
+    tools = update["session"]["tools"]
+    assert [t["name"] for t in tools][:2] == ["light_on", "get_weather"]
+    assert [t["name"] for t in tools].count("light_on") == 1
+    assert tools[0]["description"] == "companion's"
+    assert "end_conversation" in {t["name"] for t in tools}
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "light_on" in errors[0].getMessage()
+    assert "companion server tool" in errors[0].getMessage()
