@@ -13,15 +13,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 import pytest
 from aiohttp import web
 
 from chain import clip, run_chain
-from emulator_helpers import RealtimeClient
+from emulator_helpers import KEY, RealtimeClient, running_emulator
 from wakertc.companion.config import CompanionConfigError, load_companion_config
-from wakertc.companion.pricing import UsageEntry
-from wakertc.companion.sideband import SessionWatcher
+from wakertc.companion.pricing import Pricing, UsageEntry
+from wakertc.companion.sideband import JOIN_ATTEMPTS, SessionWatcher
 from wakertc.config import CompanionConfig as CompanionSettings
 from wakertc.config import ToolConfig
 from wakertc.keys import CompanionClient
@@ -534,3 +535,40 @@ def test_a_device_tool_named_like_a_server_tool_is_an_error_and_the_companions_i
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1 and "light_on" in errors[0].getMessage()
     assert "companion server tool" in errors[0].getMessage()
+
+
+async def test_a_failed_join_is_retried_then_given_up_and_a_gone_call_is_not_retried(caplog):
+    """Nothing listening: each attempt is logged and retried with backoff, up to the bound, then
+    one error; a call the service does not know (404) is over at once."""
+    caplog.set_level(logging.INFO, logger="wakertc.companion")
+    async with running_emulator() as emu, aiohttp.ClientSession() as http:
+        common: dict[str, Any] = {
+            "device": DEVICE,
+            "api": "realtime",
+            "model": "gpt-realtime",
+            "api_key": KEY,
+            "http": http,
+            "pricing": Pricing(),
+            "join_backoff_s": 0.01,
+        }
+        unreachable = SessionWatcher(session_id="rtc_x", base_url="http://127.0.0.1:9", **common)
+        gone = SessionWatcher(session_id="rtc_nosuchcall", base_url=emu.url, **common)
+        for watcher in (unreachable, gone):
+            watcher.start()
+        async with asyncio.timeout(10):
+            await unreachable.wait_over()
+            await gone.wait_over()
+    retries = [
+        r for r in caplog.records if "rtc_x" in r.getMessage() and "retrying" in r.getMessage()
+    ]
+    assert len(retries) == JOIN_ATTEMPTS - 1
+    gave_up = [r for r in caplog.records if "gave up after" in r.getMessage()]
+    assert len(gave_up) == 1 and gave_up[0].levelno == logging.ERROR
+    assert not [
+        r
+        for r in caplog.records
+        if "rtc_nosuchcall" in r.getMessage() and "retrying" in r.getMessage()
+    ]
+    assert any(
+        "rtc_nosuchcall" in r.getMessage() and "(404)" in r.getMessage() for r in caplog.records
+    )

@@ -173,11 +173,13 @@ class SessionWatcher:
         tool_names: frozenset[str] = frozenset(),
         initial_items: Sequence[dict[str, Any]] = (),
         wall_clock: Callable[[], float] = time.time,
+        join_backoff_s: float = JOIN_BACKOFF_S,
     ) -> None:
         """`api` is `realtime` or `live`; `session_id` the call id (`rtc_...`) or the Live
         session id; `model` prices the usage; `tools` runs the calls to `tool_names` (the
         server tools); `initial_items` are conversation items sent once, at the first join
-        (Realtime; memory)."""
+        (Realtime; memory); a failed join is retried after `join_backoff_s`, doubled each
+        time."""
         self.device = device
         self.api = api
         self.session_id = session_id
@@ -192,9 +194,10 @@ class SessionWatcher:
         self._tool_names = tool_names
         self._initial_items = list(initial_items)
         self._wall_clock = wall_clock
+        self._join_backoff_s = join_backoff_s
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._task: asyncio.Task[None] | None = None
-        self._tool_tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         self._joined = asyncio.Event()
         self._over = asyncio.Event()
         self._ending = False
@@ -259,9 +262,9 @@ class SessionWatcher:
 
     async def stop(self) -> None:
         """Leave the session (the companion is stopping); the session itself goes on."""
-        for task in [*self._tool_tasks, *([self._task] if self._task else [])]:
+        for task in [*self._tasks, *([self._task] if self._task else [])]:
             task.cancel()
-        await asyncio.gather(*self._tool_tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._task is not None:
             await asyncio.gather(self._task, return_exceptions=True)
         self._set_over()
@@ -346,7 +349,7 @@ class SessionWatcher:
                         problem,
                     )
                     return
-                delay = min(JOIN_BACKOFF_S * 2 ** (attempt - 1), JOIN_BACKOFF_MAX_S)
+                delay = min(self._join_backoff_s * 2 ** (attempt - 1), JOIN_BACKOFF_MAX_S)
                 log.warning(
                     "sideband %s of device %s: %s; retrying in %.1f s",
                     self.session_id,
@@ -399,8 +402,8 @@ class SessionWatcher:
 
     def _spawn(self, coro: Any, what: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=f"sideband-{what}")
-        self._tool_tasks.add(task)
-        task.add_done_callback(self._tool_tasks.discard)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # -- events --------------------------------------------------------------------------------
 
