@@ -200,6 +200,7 @@ class SessionWatcher:
         self._tasks: set[asyncio.Task[None]] = set()
         self._joined = asyncio.Event()
         self._over = asyncio.Event()
+        self._over_listeners: list[Callable[[SessionWatcher], None]] = []
         self._ending = False
         # Realtime bookkeeping.
         self._active: str | None = None  # the response in progress
@@ -255,6 +256,10 @@ class SessionWatcher:
             async with asyncio.timeout(within_s):
                 await self._joined.wait()
         return self._joined.is_set()
+
+    def when_over(self, listener: Callable[[SessionWatcher], None]) -> None:
+        """Call `listener(self)` once the session is over (after `hooks.on_over`)."""
+        self._over_listeners.append(listener)
 
     async def wait_over(self) -> None:
         """Until the session has ended."""
@@ -395,6 +400,8 @@ class SessionWatcher:
         log.info("sideband %s of device %s: session over", self.session_id, self.device)
         if self._hooks.on_over is not None:
             self._hooks.on_over(self)
+        for listener in self._over_listeners:
+            listener(self)
 
     async def _send_now(self, ws: aiohttp.ClientWebSocketResponse, event: dict[str, Any]) -> None:
         with contextlib.suppress(ConnectionError, RuntimeError, aiohttp.ClientError):
@@ -701,17 +708,13 @@ class Sidebands:
                 MAX_SESSIONS_PER_DEVICE,
             )
             return False
-        previous = watcher._hooks.on_over
-
-        def over(done: SessionWatcher) -> None:
-            self._by_device.get(done.device, {}).pop(done.session_id, None)
-            if previous is not None:
-                previous(done)
-
-        watcher._hooks.on_over = over
+        watcher.when_over(self._forget)
         watchers[watcher.session_id] = watcher
         watcher.start()
         return True
+
+    def _forget(self, watcher: SessionWatcher) -> None:
+        self._by_device.get(watcher.device, {}).pop(watcher.session_id, None)
 
     async def close(self) -> None:
         """Leave every session (they go on without the companion)."""
