@@ -280,6 +280,8 @@ class SessionWatcher:
         if ws is None or ws.closed:
             log.debug("sideband %s: not connected, %s not sent", self.session_id, event["type"])
             return False
+        # Tasks start in the order they were made and an uncompressed frame is written before
+        # the first await, so events go out in the order sent (an output before its reply).
         self._spawn(self._send_now(ws, event), "send")
         return True
 
