@@ -152,7 +152,7 @@ def test_the_example_config_documents_budgets(tmp_path: Path) -> None:
 
     example = Path(__file__).resolve().parent.parent / "config" / "companion.toml"
     text = example.read_text(encoding="utf-8")
-    section = text[text.index("[budgets]") :]
+    section = text[text.index("[budgets]") :].split("\n\n")[0]  # up to the next section
     lines = [line.removeprefix("# ") for line in section.splitlines()]
     uncommented = "\n".join(
         line for line in lines if line.startswith("[") or (" = " in line and "(" not in line)

@@ -64,7 +64,10 @@ async def test_device_gets_a_key_with_the_owners_policy(tmp_path: Path) -> None:
         assert response.status_code == 200
         assert response.headers["Cache-Control"] == "no-store"
         body = response.json()
-        assert set(body) == {"value", "expires_at", "expires_in", "session", "client_secret"}
+        assert set(body) == {
+            "value", "expires_at", "expires_in", "session", "client_secret", "server_tools",
+        }  # fmt: skip
+        assert body["server_tools"] == []  # none configured
         assert 115 < body["expires_in"] <= 120  # by the companion's clock, for the device
         assert body["value"].startswith("ek_")
         assert body["client_secret"] == {"value": body["value"], "expires_at": body["expires_at"]}

@@ -25,6 +25,7 @@ import httpx
 import pytest
 from gpiozero.pins.mock import MockFactory, MockPWMPin
 
+from test_companion_sideband import HA_TOKEN, HomeAssistant
 from wakertc.audio import FileBackend
 from wakertc.config import config_from_dict
 from wakertc.daemon import Daemon, Edges
@@ -248,10 +249,20 @@ async def test_daemon_with_hook_and_failures_writes_no_secret(
 ) -> None:
     """The daemon with a hook: a conversation from the wake word, then the Realtime API refuses
     calls (401: the key is discarded and a new one minted), a companion that fails upstream, and
-    a dropped call. Every key the companion minted is known, and none is anywhere."""
+    a dropped call. Every key the companion minted is known, and none is anywhere. The first
+    reply calls a companion server tool whose bearer token (from a file) must stay on the
+    companion: not in any log (the companion's included), file, or answer to the device."""
     workdir = tmp_path / "chain"
     workdir.mkdir()
     said = make_default_input(workdir / "in.wav")
+    home = HomeAssistant()
+    await home.start()
+    ha_token_file = workdir / "ha-token"
+    ha_token_file.write_text(f"Bearer {HA_TOKEN}\n")
+    ha_token_file.chmod(0o600)
+    script = workdir / "script.json"
+    call = {"name": "light_on", "arguments": {"entity_id": "light.kitchen"}}
+    script.write_text(json.dumps([{"say": "One moment.", "call": call}]))
     hook_out = workdir / "hook-payloads.jsonl"
     options = EmulatorOptions(
         host="127.0.0.1",
@@ -259,6 +270,12 @@ async def test_daemon_with_hook_and_failures_writes_no_secret(
         api_key=DEMO_API_KEY,
         reply="echo",
         record_dir=workdir / "recording",
+        script=script,
+    )
+    server_tool = (
+        '[[server_tools]]\nname = "light_on"\n'
+        f'url = "{home.url}/api/services/light/turn_on"\n'
+        f'header_files = {{ Authorization = "{ha_token_file}" }}\n'
     )
     transport = RecordingTransport()
     changes = Changes()
@@ -268,7 +285,7 @@ async def test_daemon_with_hook_and_failures_writes_no_secret(
                 stack,
                 workdir,
                 options,
-                companion_extra="[limits]\nper_device_per_minute = 100\n",
+                companion_extra="[limits]\nper_device_per_minute = 100\n" + server_tool,
             )
             path = write_device_config(
                 workdir,
@@ -306,7 +323,9 @@ async def test_daemon_with_hook_and_failures_writes_no_secret(
                 daemon.stop()
                 async with asyncio.timeout(10):
                     await runner
+                await home.stop()
     out, err = capfd.readouterr()
+    assert home.requests == [{"entity_id": "light.kitchen"}]  # the server tool ran
     keys = transport.keys()
     assert len(keys) >= 3 and all(SHAPES["ephemeral key"].fullmatch(k.encode()) for k in keys)
     reasons = [c.reason for c in changes]
@@ -317,16 +336,21 @@ async def test_daemon_with_hook_and_failures_writes_no_secret(
     assert len(payloads) >= len(changes) - 1
     assert any("hook saw" in text for text in logs.texts)
     token = services.token_file.read_text().strip()
-    secrets = {"API key": DEMO_API_KEY, "device token": token}
+    secrets = {"API key": DEMO_API_KEY, "device token": token, "server tool token": HA_TOKEN}
     secrets.update({f"ephemeral key {i}": key for i, key in enumerate(keys)})
     places: dict[str, bytes | str] = {
         "logs": "\n".join(logs.texts),
         "stdout": out,
         "stderr": err,
         "hook payloads": hook_out.read_text(),
-        **files_written(workdir, skip=(services.token_file,)),
+        **files_written(workdir, skip=(services.token_file, ha_token_file)),
     }
     assert_no_secrets(places, secrets)
+    # What the companion answered the device (its keys are meant to be there; the tool's
+    # secret is not, though the tool is declared in the session).
+    answers = {f"companion answer {i}": body for i, body in enumerate(transport.bodies)}
+    assert any(b"light_on" in body for body in transport.bodies)
+    assert_no_secrets(answers, {"server tool token": HA_TOKEN}, shapes=False)
 
 
 def test_the_search_finds_a_leak_even_behind_a_redacting_handler() -> None:

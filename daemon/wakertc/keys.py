@@ -99,6 +99,8 @@ class EphemeralKey:
     without one, counted from `expires_at` on this device's wall clock)."""
     clock: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
     """A clock that wall-clock steps do not move (time.monotonic)."""
+    server_tools: frozenset[str] = frozenset()
+    """Tools of the session the companion runs itself: their calls are not the device's."""
 
     def __repr__(self) -> str:  # never show the key itself
         return f"EphemeralKey(expires_at={self.expires_at:.0f}, value=[redacted])"
@@ -138,6 +140,9 @@ class CompanionClient:
         self._url = config.url.rstrip("/") + "/v1/session"
         self._live_url = config.url.rstrip("/") + "/v1/live/session"
         self._device_url = config.url.rstrip("/") + "/v1/device"
+        self._calls_url = config.url.rstrip("/") + "/v1/calls"
+        self._reports: set[asyncio.Task[None]] = set()
+        self._report_failed = False  # a failing report is logged once, then at DEBUG
         self._timeout = config.timeout_s
         self._client = httpx.AsyncClient(
             verify=companion_tls(config),
@@ -173,6 +178,7 @@ class CompanionClient:
                 lifetime_s=self._lifetime(body, expires_at, response),
                 received_at=asked_at,
                 clock=self._clock,
+                server_tools=_names(body.get("server_tools")),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise CompanionError("companion answered 200 with an unexpected body") from exc
@@ -227,6 +233,36 @@ class CompanionClient:
             raise CompanionError("companion answered 200 with an unexpected body") from exc
         return budget
 
+    def report_call(self, call_id: str) -> None:
+        """Tell the companion the id of a call just made, so that it joins it (usage, its own
+        tools); in the background: the conversation never waits for it, nor fails by it."""
+        task = asyncio.get_running_loop().create_task(
+            self._report_call(call_id), name=f"report-call-{call_id}"
+        )
+        self._reports.add(task)
+        task.add_done_callback(self._reports.discard)
+
+    async def _report_call(self, call_id: str) -> None:
+        try:
+            response = await self._client.post(self._calls_url, json={"call_id": call_id})
+            problem = None if response.status_code < 300 else f"answered {response.status_code}"
+        except httpx.HTTPError as exc:
+            problem = _describe_http_error(exc)
+        except Exception as exc:  # a report must never take anything down with it
+            problem = f"{type(exc).__name__}: {exc}"
+        if problem is None:
+            log.debug("reported call %s to the companion", call_id)
+            return
+        level = logging.DEBUG if self._report_failed else logging.WARNING
+        self._report_failed = True
+        log.log(
+            level,
+            "could not report call %s to the companion (%s): it cannot meter or steer it "
+            "(further failures are logged at DEBUG)",
+            call_id,
+            problem,
+        )
+
     def _lifetime(self, body: dict[str, Any], expires_at: float, response: httpx.Response) -> float:
         """Seconds the key had left when the companion answered, by the companion's clock: its
         `expires_in`, else `expires_at` less its `Date` (whole seconds, so one is taken off),
@@ -240,8 +276,18 @@ class CompanionClient:
         return expires_at - self._wall_clock()
 
     async def aclose(self) -> None:
-        """Close the connection pool."""
+        """Close the connection pool (a report still on its way is dropped)."""
+        for task in list(self._reports):
+            task.cancel()
+        await asyncio.gather(*self._reports, return_exceptions=True)
         await self._client.aclose()
+
+
+def _names(value: Any) -> frozenset[str]:
+    """A list of tool names from the companion (anything else: none)."""
+    if not isinstance(value, list):
+        return frozenset()
+    return frozenset(name for name in value if isinstance(name, str))
 
 
 class KeyKeeper:

@@ -32,7 +32,7 @@ import re
 import time
 import zoneinfo
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -398,15 +398,15 @@ def _local(instant: float, zone: dt.tzinfo, with_zone: bool = False) -> str:
 
 # -- the model's side ----------------------------------------------------------------------------
 
+TIMER_TOOL_NAMES = frozenset({"set_timer", "set_alarm", "cancel_timer", "list_timers"})
+
 
 @dataclass
 class TimerTools:
     """The four built-in tools the model uses to manage timers (see `tools.ToolRunner`)."""
 
     timers: Timers
-    names: frozenset[str] = field(
-        default=frozenset({"set_timer", "set_alarm", "cancel_timer", "list_timers"})
-    )
+    names: frozenset[str] = TIMER_TOOL_NAMES
 
     def definitions(self) -> list[dict[str, Any]]:
         """The tools, told the local time now: built when each session is configured."""

@@ -15,7 +15,7 @@ import logging
 import os
 import signal
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import httpx
@@ -66,8 +66,12 @@ class ToolRunner:
         *,
         transport: httpx.AsyncBaseTransport | None = None,
         builtins: Sequence[Builtin] = (),
+        headers: Mapping[str, Mapping[str, str]] | None = None,
     ) -> None:
+        """`headers`: request headers of HTTP tools, by tool name (the companion's server tools
+        have secret ones: never logged)."""
         self._tools = {tool.name: tool for tool in tools}
+        self._headers = dict(headers or {})
         self._transport = transport
         self._builtins = tuple(builtins)
 
@@ -189,10 +193,11 @@ class ToolRunner:
         async with httpx.AsyncClient(
             transport=self._transport, timeout=httpx.Timeout(tool.timeout_s)
         ) as client:
+            headers = dict(self._headers.get(tool.name, {}))
             if tool.method == "GET":
-                request = client.build_request("GET", _query_url(tool.url, args))
+                request = client.build_request("GET", _query_url(tool.url, args), headers=headers)
             else:
-                request = client.build_request(tool.method, tool.url, json=args)
+                request = client.build_request(tool.method, tool.url, json=args, headers=headers)
             try:
                 response = await client.send(request, stream=True)
                 try:

@@ -21,6 +21,8 @@ from urllib.parse import urlparse
 
 from .. import limits
 from ..config import COMPANION_TIMEOUT_S
+from .pricing import Pricing, PricingError, parse_pricing
+from .server_tools import ServerTool, ServerToolError, parse_server_tools
 
 VOICES = limits.VOICES
 DEFAULT_PORT = 8780
@@ -299,6 +301,10 @@ class CompanionConfig:
     limits: LimitSettings = LimitSettings()
     store: StoreSettings = StoreSettings()
     budgets: BudgetSettings = BudgetSettings()
+    pricing: Pricing = field(default_factory=Pricing)
+    """What usage costs (`[pricing]`, laid over the defaults in `pricing.py`)."""
+    server_tools: tuple[ServerTool, ...] = ()
+    """Tools the companion runs itself over the sideband (`[[server_tools]]`)."""
 
 
 def load_companion_config(path: str | os.PathLike[str]) -> CompanionConfig:
@@ -377,20 +383,23 @@ class _Reader:
     def config(self) -> CompanionConfig:
         """The whole validated configuration."""
         sections = {"server", "upstream", "session", "live", "devices", "limits", "store"}
-        self._only(self.data, "", sections | {"budgets"})
+        self._only(self.data, "", sections | {"budgets", "pricing", "server_tools"})
         devices = self._table("devices")
         self._only(devices, "devices.", {"file"})
         devices_file = self._required_path(devices, "devices.file", DEFAULT_DEVICES_FILE)
+        session = self._session()
         return CompanionConfig(
             path=self.path,
             devices_file=devices_file,
             server=self._server(),
             upstream=self._upstream(),
-            session=self._session(),
+            session=session,
             live=self._live(),
             limits=self._limits(),
             store=self._store(devices_file),
             budgets=self._budgets(),
+            pricing=self._pricing(),
+            server_tools=self._server_tools(session),
         )
 
     def _store(self, devices_file: Path) -> StoreSettings:
@@ -422,6 +431,26 @@ class _Reader:
             url=url,
             password_file=password_file,
         )
+
+    def _pricing(self) -> Pricing:
+        try:
+            return parse_pricing(self.data.get("pricing", {}))
+        except PricingError as exc:
+            raise CompanionConfigError(f"{self.path}: {exc}") from None
+
+    def _server_tools(self, session: SessionPolicy) -> tuple[ServerTool, ...]:
+        try:
+            tools = parse_server_tools(self.data.get("server_tools", []), self.base)
+        except ServerToolError as exc:
+            raise CompanionConfigError(f"{self.path}: {exc}") from None
+        declared = {tool.get("name") for tool in session.tools}
+        for index, tool in enumerate(tools):
+            if tool.name in declared:
+                raise self._error(
+                    f"server_tools[{index}].name",
+                    f"a name not also in session.tools (both define {tool.name!r})",
+                )
+        return tools
 
     def _server(self) -> ServerSettings:
         table = self._table("server")

@@ -1,13 +1,17 @@
 """The companion's HTTP(S) server: devices trade their token for an ephemeral key.
 
     POST /v1/session   Authorization: Bearer <device token> -> 200 {value, expires_at, expires_in,
-                       session, client_secret: {value, expires_at}}; 401 unknown token; 429 +
+                       session, client_secret: {value, expires_at}, server_tools: [names of the
+                       session's tools the companion runs]}; 401 unknown token; 429 +
                        Retry-After;
                        502 upstream failed; 504 upstream timed out
     GET  /session      the same without a token, for browser pages (only if enabled): only with
                        `Origin: <browser_origin>` and a `Host` of this machine, 403 otherwise (a
                        page elsewhere, or one using DNS rebinding, cannot mint); OPTIONS answers
                        the CORS preflight by the same rules
+    POST /v1/calls     Authorization: Bearer <device token>, JSON {call_id: "rtc_..."} -> 202:
+                       the device's Realtime call, which the companion then joins (`sideband.py`);
+                       400 not a call id; 401 unknown token
     POST /v1/live/session  Authorization: Bearer <device token>, JSON {sdp, tools?} -> 201
                        {session: {id}, transport: {type: webrtc, sdp: <answer>}}: the companion
                        creates the GPT-Live session upstream with the `[live]` policy and the
@@ -37,6 +41,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
+import aiohttp
 import httpx
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -51,6 +56,9 @@ from .config import (
 )
 from .devices import BROWSER_DEVICE
 from .ratelimit import RateLimiter
+from .server_tools import definitions as server_tool_definitions
+from .server_tools import runner as server_tool_runner
+from .sideband import CALL_ID, Hooks, Policy, SessionWatcher, Sidebands
 from .store import Store, StoreError, open_store
 from .tls import CHECK_S as CERT_CHECK_S
 from .tls import Certificate, CertificateError
@@ -119,6 +127,11 @@ class Companion:
         self._allowed_hosts = _allowed_hosts(config)
         self._upstream: UpstreamClient | None = None
         self._runner: web.AppRunner | None = None
+        # The sessions devices open, joined server to server (usage, server tools, policy).
+        self.sidebands = Sidebands()
+        self.hooks = Hooks()
+        self._server_tools = server_tool_runner(config.server_tools)
+        self._sideband_http: aiohttp.ClientSession | None = None
         self.url = ""
 
     async def __aenter__(self) -> Companion:
@@ -153,9 +166,11 @@ class Companion:
         self._upstream = UpstreamClient(
             self.config.upstream, self._api_key, transport=self._transport
         )
+        self._sideband_http = aiohttp.ClientSession()
         app = web.Application(client_max_size=MAX_BODY, middlewares=[_error_envelope])
         app.router.add_post("/v1/session", self._device_session)
         app.router.add_post("/v1/live/session", self._device_live_session)
+        app.router.add_post("/v1/calls", self._device_call)
         app.router.add_get("/healthz", self._healthz)
         if self.config.server.browser_session:
             app.router.add_get("/session", self._browser_session)
@@ -212,6 +227,10 @@ class Companion:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        await self.sidebands.close()
+        if self._sideband_http is not None:
+            await self._sideband_http.close()
+            self._sideband_http = None
         if self._upstream is not None:
             await self._upstream.aclose()
             self._upstream = None
@@ -244,6 +263,54 @@ class Companion:
         if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
             return _bad_request(400, "'tools' must be an array of function tools.", "invalid_tools")
         return await self._create_live(device, sdp, tools)
+
+    async def _device_call(self, request: web.Request) -> web.StreamResponse:
+        device = await self._identify(request, "call report")
+        if isinstance(device, web.Response):
+            return device
+        body = await self._read_body(request)
+        if isinstance(body, web.Response):
+            return body
+        call_id = body.get("call_id")
+        if not isinstance(call_id, str) or not CALL_ID.fullmatch(call_id):
+            log.info("call report from device %s refused: not a call id", device)
+            return _bad_request(400, "'call_id' must be a call id (rtc_...).", "invalid_call_id")
+        session = self.realtime_session()
+        self._watch(device, "realtime", call_id, self.config.session.model, Policy.of(session))
+        return web.json_response({"call_id": call_id}, status=202)
+
+    def _watch(
+        self, device: str, api: str, session_id: str, model: str, policy: Policy | None
+    ) -> None:
+        """Join a device's session in the background."""
+        assert self._sideband_http is not None
+        watcher = SessionWatcher(
+            device=device,
+            api=api,
+            session_id=session_id,
+            model=model,
+            base_url=self.config.upstream.url,
+            api_key=self._api_key,
+            http=self._sideband_http,
+            pricing=self.config.pricing,
+            hooks=Hooks(self.hooks.on_usage, self.hooks.on_turn, self.hooks.on_over),
+            policy=policy,
+            initial_items=self.hooks.items_for(device) if api == "realtime" else (),
+            tools=self._server_tools,
+            tool_names=frozenset(tool.name for tool in self.config.server_tools),
+        )
+        if self.sidebands.add(watcher):
+            log.info("device %s: joining %s session %s", device, api, session_id)
+
+    def realtime_session(self) -> dict[str, Any]:
+        """The session a Realtime key is minted with: the policy, and the server tools."""
+        session = self.config.session.session_object()
+        if self.config.server_tools and session.get("type") == "realtime":
+            session["tools"] = [
+                *session.get("tools", []),
+                *server_tool_definitions(self.config.server_tools),
+            ]
+        return session
 
     async def _identify(self, request: web.Request, what: str) -> str | web.Response:
         """The device a request's token names, or the 401/500 to send (asked of the store each
@@ -412,6 +479,7 @@ class Companion:
             created["id"],
             (time.monotonic() - started) * 1000,
         )
+        self._watch(device, "live", created["id"], policy.model, None)
         body = {
             "session": {"id": created["id"]},
             "transport": {"type": "webrtc", "sdp": created["sdp"]},
@@ -426,7 +494,7 @@ class Companion:
         policy = self.config.session
         started = time.monotonic()
         try:
-            minted = await self._upstream.mint(policy.session_object(), policy.key_lifetime_s)
+            minted = await self._upstream.mint(self.realtime_session(), policy.key_lifetime_s)
         except UpstreamTimeout as exc:
             log.warning("mint for device %s: upstream timeout (%s)", device, exc)
             return api_error(
@@ -457,6 +525,8 @@ class Companion:
             **minted,
             "expires_in": round(expires_in, 3),
             "client_secret": {"value": minted["value"], "expires_at": minted["expires_at"]},
+            # The session's tools the companion runs itself: the device leaves their calls alone.
+            "server_tools": [tool.name for tool in self.config.server_tools],
         }
         return web.json_response(body, headers={"Cache-Control": "no-store"})
 

@@ -35,15 +35,23 @@ log = logging.getLogger(__name__)
 # The `error` code with which the service ends a session at its maximum length, before it closes
 # the call.
 SESSION_EXPIRED = "session_expired"
+# The `metadata` of the notice with which the companion ends a session (a budget): the call that
+# closes after it was ended on purpose, not lost.
+COMPANION_END = {"wakertc": "companion_end"}
 
 
-def session_update(minted: dict[str, Any], tools: ToolRunner) -> dict[str, Any]:
+def session_update(
+    minted: dict[str, Any], tools: ToolRunner, server_tools: frozenset[str] = frozenset()
+) -> dict[str, Any]:
     """The `session.update` event: only what the device owns, on top of the minted session.
 
     The companion minted the key with the owner's policy (model, voice, instructions, turn
     detection, noise reduction, transcription, tools) and returned that session; an update
     replaces every field it names, so it names only the tools, the device's own: the policy's
     tools first, then the device's (end_conversation and `[[tools]]`) under names not taken.
+    A device tool named like one the companion runs itself (`server_tools`) is a configuration
+    error, logged as one: the companion's is kept, as the device cannot tell which the model
+    meant.
     A transcription session has nothing of the device's: the update only names its type, and
     its answer (`session.updated`) says the session is ready.
     """
@@ -56,7 +64,13 @@ def session_update(minted: dict[str, Any], tools: ToolRunner) -> dict[str, Any]:
     )
     taken = {t.get("name") for t in merged}
     for tool in tools.definitions():
-        if tool["name"] in taken:
+        if tool["name"] in server_tools:
+            log.error(
+                "the tool %s is defined on this device and as a companion server tool: the "
+                "companion's is used; rename one of them",
+                clip(tool["name"], 60),
+            )
+        elif tool["name"] in taken:
             log.warning(
                 "the session policy already has a tool %s: the device's is not sent",
                 clip(tool["name"], 60),
@@ -150,9 +164,12 @@ class RealtimeSession:
         self._create_on_commit = False
         self._turn_end: list[dict[str, Any]] = []  # what a press sends to end a manual turn
         self._speaks = True  # a realtime (not a transcription) session
+        # The session's tools the companion runs over its sideband: their calls are not ours.
+        self._server_tools: frozenset[str] = frozenset()
         # Function calls by response id, reported only once their response completed.
         self._calls: dict[str, list[ToolCall]] = {}
         self._transcript: list[str] = []
+        self._ended_by_companion = False  # its closing notice has started
         self.stage = "starting"
         self.last_problem: str | None = None
         self.handlers: dict[str, Callable[[dict[str, Any]], None]] = {
@@ -201,11 +218,14 @@ class RealtimeSession:
                 mic=self.mic,
                 on_event=self.handle_message,
                 on_audio=self._on_audio,
-                on_lost=self._on_lost,
+                on_lost=self._lost,
             )
             self._call = call
             try:
                 await call.connect(key.value)
+                if call.call_id:
+                    # So that the companion joins the call (usage, its tools); never awaited.
+                    self._keys.companion.report_call(call.call_id)
                 break
             except CallRejected as exc:
                 await call.close(hang_up=False)
@@ -226,7 +246,8 @@ class RealtimeSession:
         self.stage = "waiting for the session to be configured"
         self._follow_turn_detection(key.session)
         self._speaks = key.session.get("type", "realtime") == "realtime"
-        self._send(session_update(key.session, self._tools))
+        self._server_tools = key.server_tools
+        self._send(session_update(key.session, self._tools, key.server_tools))
 
     def push_audio(self, samples: NDArray[np.int16]) -> None:
         """Microphone audio into the call (queued until it is up)."""
@@ -372,7 +393,17 @@ class RealtimeSession:
         if self._create_on_commit and not self._manual_turns:
             self._on_event(events.ReplyNeeded())
 
+    def _lost(self, reason: str) -> None:
+        if self._ended_by_companion:
+            log.info("the companion ended the session after its notice")
+            self._on_event(events.Closed("the companion ended the session"))
+            return
+        self._on_lost(reason)
+
     def _response_created(self, event: dict[str, Any]) -> None:
+        response = event.get("response")
+        if isinstance(response, dict) and response.get("metadata") == COMPANION_END:
+            self._ended_by_companion = True
         self._on_event(events.ReplyStarted())
 
     def _speaking_started(self, event: dict[str, Any]) -> None:
@@ -435,6 +466,12 @@ class RealtimeSession:
                 and call.call_id not in noted
             ):
                 calls.append(call)
+        theirs = [call for call in calls if call.name in self._server_tools]
+        if theirs:
+            # The companion runs these and sends their outputs through its sideband; an error
+            # output from here would race its answer.
+            log.debug("left %d call(s) to the companion's tools", len(theirs))
+            calls = [call for call in calls if call.name not in self._server_tools]
         if status == "failed":
             log.warning("the reply failed: %s", _short(response.get("status_details")))
         if status != "completed":
