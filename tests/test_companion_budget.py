@@ -4,6 +4,8 @@ come back."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -183,3 +185,75 @@ def test_a_bad_budget_names_its_key(tmp_path: Path, text: str, key: str) -> None
     path.write_text(text, encoding="utf-8")
     with pytest.raises(CompanionConfigError, match=rf": {key}: "):
         load_companion_config(path)
+
+
+# -- the whole chain: the real daemon, companion and emulator ------------------------------------
+
+PRICES = """
+[pricing.realtime.gpt-realtime]
+input_text = 4.0
+input_audio = 32.0
+input_cached_text = 0.4
+input_cached_audio = 0.4
+output_text = 16.0
+output_audio = 64.0
+"""
+
+
+async def test_a_device_over_its_budget_is_cut_off_with_the_notice_and_then_refused(
+    tmp_path: Path, models_dir: Path
+) -> None:
+    """The first reply uses up the household's day: within 3 s of the service reporting it, the
+    device hears the notice and the call is hung up; the device then shows OVER_BUDGET (its own
+    LED pattern and log line, the key in hand dropped), a wake is refused with the same, and the
+    ledger holds, to the token, what the emulator reported."""
+    from chain import clip, run_chain
+    from wakertc.config import DEFAULT_PATTERNS
+    from wakertc.state import Phase
+
+    budget = "[budgets.household]\nday_usd = 0.000001\n"
+    async with run_chain(
+        tmp_path, models_dir, reply="tone", companion_extra=PRICES + budget
+    ) as chain:
+        assert chain.companion is not None
+        await chain.press()
+        await chain.expect(Phase.WAKE, Phase.CONNECTING, Phase.LISTENING)
+        chain.mic.speak(clip("what is the weather like today"))
+        await chain.expect(Phase.THINKING, Phase.SPEAKING)
+        idle = await chain.wait_phase(Phase.IDLE, timeout=10)
+        assert idle.reason == "conversation over (the companion ended the session)"
+        wall_minus_monotonic = time.time() - time.monotonic()
+        over = await chain.wait_phase(Phase.OVER_BUDGET, timeout=5)
+        assert "over budget" in over.change.reason
+        await chain.companion.control.drain()
+        ledger = await chain.companion.store.usage(None, 0.0)
+        responses = [e for e in ledger if e.event_id.startswith("resp")]
+        # Cut off within 3 s of the usage report that crossed the limit.
+        assert idle.t + wall_minus_monotonic - responses[0].at <= 3.0
+        notice = [
+            e["event"]
+            for e in chain.calls()[0].events
+            if e["dir"] == "in" and e.get("via") == "sideband" and "event" in e
+        ]
+        assert [e["response"]["instructions"] for e in notice if e["type"] == "response.create"]
+        assert chain.mic.audible_s(idle.t - 3.0, idle.t) >= 0.5  # the notice was played
+        assert chain.calls()[0].close_reason == "hung up by the client"
+        assert chain.logs.find("over budget", logging.WARNING)
+        await asyncio.sleep(3.2)  # one whole pulse, for the LED reading
+        # The next wake: refused by the companion, shown as over budget again, no call opened.
+        await chain.press()
+        await chain.expect(Phase.WAKE, Phase.CONNECTING, Phase.OVER_BUDGET)
+        assert len(chain.calls()) == 1
+        reading = chain.leds(over)
+        assert reading.effect == "pulse", reading
+        assert reading.is_colour(DEFAULT_PATTERNS["over_budget"].color), reading
+        reported = [e for e in chain.received(0) if e["type"] == "response.done"]
+    assert len(responses) == len(reported) >= 1
+    for entry, event in zip(responses, reported, strict=True):
+        usage = event["response"]["usage"]
+        assert entry.event_id == event["response"]["id"]
+        assert entry.input_text_tokens == usage["input_token_details"]["text_tokens"]
+        assert entry.input_audio_tokens == usage["input_token_details"]["audio_tokens"]
+        assert entry.output_text_tokens == usage["output_token_details"]["text_tokens"]
+        assert entry.output_audio_tokens == usage["output_token_details"]["audio_tokens"]
+        assert entry.cost_usd > 0

@@ -105,15 +105,12 @@ input_cached_audio = 0.4
 output_text = 16.0
 output_audio = 64.0
 """
-    memory = {
-        "type": "message",
-        "role": "user",
-        "content": [{"type": "input_text", "text": MEMORY}],
-    }
-    async with run_chain(tmp_path, models_dir, reply="tone", companion_extra=pricing) as chain:
-        entries: list[UsageEntry] = []
-        chain.companion.hooks.on_usage = entries.append
-        chain.companion.hooks.items_for = lambda device: [memory] if device == DEVICE else []
+    memory = f"[memory]\ndevices = [{DEVICE!r}]\n"
+    async with run_chain(
+        tmp_path, models_dir, reply="tone", companion_extra=pricing + memory
+    ) as chain:
+        # A turn remembered from an earlier conversation (the store's memory).
+        await chain.companion.store.remember(DEVICE, "user", MEMORY, time.time() - 60)
         await chain.press()
         await chain.expect(Phase.WAKE, Phase.CONNECTING, Phase.LISTENING)
         watcher = await joined(chain)
@@ -131,6 +128,14 @@ output_audio = 64.0
         async with asyncio.timeout(5):
             await watcher.wait_over()
         assert not chain.companion.sidebands.sessions(DEVICE)
+        await chain.companion.control.drain()
+        ledger = await chain.companion.store.usage(DEVICE, 0.0)
+    # The ledger: one entry per response, and the session's last stretch of time at its end.
+    entries = [entry for entry in ledger if entry.event_id != "session_over"]
+    (over,) = [entry for entry in ledger if entry.event_id == "session_over"]
+    assert over.tokens == 0 and over.cost_usd == 0.0
+    minutes = sum(entry.seconds for entry in ledger)
+    assert 2.0 < minutes < 60.0, ledger  # the call's wall-clock time
     reported = reported_sums(emitted(chain))
     assert len(entries) == 2
     assert reported["input_audio"] > 0 and reported["output_audio"] > 0

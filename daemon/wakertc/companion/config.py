@@ -247,6 +247,24 @@ class StoreSettings:
 
 
 @dataclass(frozen=True)
+class MemorySettings:
+    """What the companion remembers of a device's conversations for its next one (`[memory]`)."""
+
+    devices: tuple[str, ...] = ()
+    """Devices whose conversations are remembered (opt-in; `["*"]` = all)."""
+    turns: int = 20
+    """How many of the latest turns (the user's and the assistant's) a new session is given."""
+    max_age_h: float = 24.0
+    """Turns older than this are not given back."""
+    max_chars: int = 1000
+    """A longer turn is kept cut to this many characters."""
+
+    def keeps(self, device: str) -> bool:
+        """Whether `device`'s turns are remembered."""
+        return "*" in self.devices or device in self.devices
+
+
+@dataclass(frozen=True)
 class BudgetLimits:
     """What one device, or the whole household, may spend; 0 = no limit on that figure."""
 
@@ -301,6 +319,7 @@ class CompanionConfig:
     limits: LimitSettings = LimitSettings()
     store: StoreSettings = StoreSettings()
     budgets: BudgetSettings = BudgetSettings()
+    memory: MemorySettings = MemorySettings()
     pricing: Pricing = field(default_factory=Pricing)
     """What usage costs (`[pricing]`, laid over the defaults in `pricing.py`)."""
     server_tools: tuple[ServerTool, ...] = ()
@@ -383,7 +402,7 @@ class _Reader:
     def config(self) -> CompanionConfig:
         """The whole validated configuration."""
         sections = {"server", "upstream", "session", "live", "devices", "limits", "store"}
-        self._only(self.data, "", sections | {"budgets", "pricing", "server_tools"})
+        self._only(self.data, "", sections | {"budgets", "memory", "pricing", "server_tools"})
         devices = self._table("devices")
         self._only(devices, "devices.", {"file"})
         devices_file = self._required_path(devices, "devices.file", DEFAULT_DEVICES_FILE)
@@ -398,6 +417,7 @@ class _Reader:
             limits=self._limits(),
             store=self._store(devices_file),
             budgets=self._budgets(),
+            memory=self._memory(),
             pricing=self._pricing(),
             server_tools=self._server_tools(session),
         )
@@ -687,6 +707,19 @@ class _Reader:
             devices=types.MappingProxyType(limits),
             warn_at=self._float(table, "budgets.warn_at", 0.8, 0.1, 1.0),
             notice=self._str(table, "budgets.notice", BudgetSettings.notice, nonempty=True),
+        )
+
+    def _memory(self) -> MemorySettings:
+        table = self._table("memory")
+        self._only(table, "memory.", {"devices", "turns", "max_age_h", "max_chars"})
+        devices = table.get("devices", [])
+        if not isinstance(devices, list) or not all(isinstance(d, str) and d for d in devices):
+            raise self._error("memory.devices", 'a list of device names (or ["*"])')
+        return MemorySettings(
+            devices=tuple(devices),
+            turns=self._int(table, "memory.turns", 20, 1, 128),
+            max_age_h=self._float(table, "memory.max_age_h", 24.0, 0.1, 24 * 365),
+            max_chars=self._int(table, "memory.max_chars", 1000, 20, 8000),
         )
 
     def _budget_limits(self, table: dict[str, Any], prefix: str) -> BudgetLimits:

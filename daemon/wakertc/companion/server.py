@@ -54,6 +54,7 @@ from .config import (
     LivePolicy,
     read_api_key,
 )
+from .control import ControlPlane, realtime_memory_items
 from .devices import BROWSER_DEVICE
 from .ratelimit import RateLimiter
 from .server_tools import definitions as server_tool_definitions
@@ -130,6 +131,7 @@ class Companion:
         # The sessions devices open, joined server to server (usage, server tools, policy).
         self.sidebands = Sidebands()
         self.hooks = Hooks()
+        self.control: ControlPlane | None = None  # usage, budgets, memory: opened by start()
         self._server_tools = server_tool_runner(config.server_tools)
         self._sideband_http: aiohttp.ClientSession | None = None
         self.url = ""
@@ -145,6 +147,8 @@ class Companion:
         """Open the store (importing a devices file of earlier versions), listen; returns the
         base URL (http or https, with the real port)."""
         self._store = await open_store(self.config.store, devices_file=self.config.devices_file)
+        self.control = ControlPlane(self.config, self._store, self.sidebands, clock=self._clock)
+        self.hooks = self.control.hooks()
         limits = self.config.limits
         self._limiter = RateLimiter(
             self._store, limits.per_device_per_minute, limits.global_per_minute, clock=self._clock
@@ -171,6 +175,7 @@ class Companion:
         app.router.add_post("/v1/session", self._device_session)
         app.router.add_post("/v1/live/session", self._device_live_session)
         app.router.add_post("/v1/calls", self._device_call)
+        app.router.add_get("/v1/device", self._device_standing)
         app.router.add_get("/healthz", self._healthz)
         if self.config.server.browser_session:
             app.router.add_get("/session", self._browser_session)
@@ -228,6 +233,9 @@ class Companion:
             await self._runner.cleanup()
             self._runner = None
         await self.sidebands.close()
+        if self.control is not None:
+            await self.control.drain()  # the ledger keeps what the service reported
+            self.control = None
         if self._sideband_http is not None:
             await self._sideband_http.close()
             self._sideband_http = None
@@ -276,11 +284,53 @@ class Companion:
             log.info("call report from device %s refused: not a call id", device)
             return _bad_request(400, "'call_id' must be a call id (rtc_...).", "invalid_call_id")
         session = self.realtime_session()
-        self._watch(device, "realtime", call_id, self.config.session.model, Policy.of(session))
+        assert self.control is not None
+        items = realtime_memory_items(await self.control.recall(device))
+        self._watch(
+            device, "realtime", call_id, self.config.session.model, Policy.of(session), items
+        )
         return web.json_response({"call_id": call_id}, status=202)
 
+    async def _device_standing(self, request: web.Request) -> web.StreamResponse:
+        """`GET /v1/device`: how the device stands against its budgets (nothing upstream)."""
+        device = await self._identify(request, "standing")
+        if isinstance(device, web.Response):
+            return device
+        refused = await self._over_budget(device, "standing")
+        if refused is not None:
+            return refused
+        assert self.control is not None
+        standing = await self.control.standing(device)
+        budget = standing.as_json() if standing is not None else {"state": "unknown"}
+        return web.json_response(
+            {"device": device, "budget": budget}, headers={"Cache-Control": "no-store"}
+        )
+
+    async def _over_budget(self, device: str, what: str) -> web.Response | None:
+        """The 429 for a device whose budget (or the household's) is used up, or None."""
+        assert self.control is not None
+        standing = await self.control.refusal(device)
+        if standing is None:
+            return None
+        wait = max(1, int(standing.resets_at - self._clock()) + 1)
+        log.info("%s for device %s: over budget (%s)", what, device, standing.describe())
+        return api_error(
+            429,
+            f"Budget used up for device '{device}' ({standing.describe()}); "
+            f"sessions resume in {wait} s.",
+            "insufficient_quota",
+            code="insufficient_quota",
+            headers={"Retry-After": str(wait)},
+        )
+
     def _watch(
-        self, device: str, api: str, session_id: str, model: str, policy: Policy | None
+        self,
+        device: str,
+        api: str,
+        session_id: str,
+        model: str,
+        policy: Policy | None,
+        items: list[dict[str, Any]] | None = None,
     ) -> None:
         """Join a device's session in the background."""
         assert self._sideband_http is not None
@@ -295,12 +345,14 @@ class Companion:
             pricing=self.config.pricing,
             hooks=Hooks(self.hooks.on_usage, self.hooks.on_turn, self.hooks.on_over),
             policy=policy,
-            initial_items=self.hooks.items_for(device) if api == "realtime" else (),
+            initial_items=items or (),
             tools=self._server_tools,
             tool_names=frozenset(tool.name for tool in self.config.server_tools),
         )
         if self.sidebands.add(watcher):
             log.info("device %s: joining %s session %s", device, api, session_id)
+            if self.control is not None:
+                self.control.session_started(watcher)
 
     def realtime_session(self) -> dict[str, Any]:
         """The session a Realtime key is minted with: the policy, and the server tools."""
@@ -457,11 +509,18 @@ class Companion:
         limited = await self._rate_limited(device, "live session")
         if limited is not None:
             return limited
-        assert self._upstream is not None
+        refused = await self._over_budget(device, "live session")
+        if refused is not None:
+            return refused
+        assert self._upstream is not None and self.control is not None
         policy: LivePolicy = self.config.live
+        session = policy.session_object(tools)
+        remembered = realtime_memory_items(await self.control.recall(device))
+        if remembered:
+            session["input"] = remembered  # the same message shape as a Realtime item
         started = time.monotonic()
         try:
-            created = await self._upstream.create_live(policy.session_object(tools), sdp)
+            created = await self._upstream.create_live(session, sdp)
         except UpstreamTimeout as exc:
             log.warning("live session for device %s: upstream timeout (%s)", device, exc)
             return api_error(
@@ -490,6 +549,9 @@ class Companion:
         limited = await self._rate_limited(device, "mint")
         if limited is not None:
             return limited
+        refused = await self._over_budget(device, "mint")
+        if refused is not None:
+            return refused
         assert self._upstream is not None
         policy = self.config.session
         started = time.monotonic()

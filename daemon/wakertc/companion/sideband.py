@@ -13,8 +13,10 @@ it sees to its callbacks:
 - `on_usage(UsageEntry)`: every Realtime `response.done` usage, every change of a Live
   session's cumulative seconds (as a delta: entries add up to the session's total);
 - `on_turn(device, role, text)`: the user's and the assistant's turns as text (memory);
-- `on_over(watcher)`: the session has ended (or cannot be joined): the registry forgets it;
-- `items_for(device)` (the registry's caller): items to send when joining a Realtime session.
+- `on_over(watcher)`: the session has ended (or cannot be joined): the registry forgets it.
+
+Conversation items given at construction (`initial_items`: memory) go into a Realtime session
+at the first join.
 
 It also runs the companion's server tools when the model calls them (Realtime: only calls of a
 completed response, as the device does), reverts a device's `session.update` that changes what
@@ -75,10 +77,6 @@ def _ignore_usage(entry: UsageEntry) -> None:
 
 def _ignore_turn(device: str, role: str, text: str) -> None:
     pass
-
-
-def _no_items(device: str) -> Sequence[dict[str, Any]]:
-    return ()
 
 
 @dataclass(frozen=True)
@@ -149,9 +147,6 @@ class Hooks:
     on_usage: UsageSink = _ignore_usage
     on_turn: TurnSink = _ignore_turn
     on_over: Callable[[SessionWatcher], None] | None = None
-    items_for: Callable[[str], Sequence[dict[str, Any]]] = _no_items
-    """Conversation items to put into a device's new Realtime session when the companion joins
-    it (memory: earlier turns)."""
 
 
 class SessionWatcher:
