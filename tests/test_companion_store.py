@@ -407,6 +407,7 @@ async def test_two_companions_on_one_postgresql_share_limits_and_devices(
 ) -> None:
     url = postgres.new_database()
     extra = f'[store]\nurl = "{url}"\n[limits]\nper_device_per_minute = 3\nglobal_per_minute = 60\n'
+    extra += "[budgets.household]\nday_usd = 1.0\n"
     async with running_emulator() as emu:
         configs = []
         for name in ("one", "two"):
@@ -450,6 +451,34 @@ async def test_two_companions_on_one_postgresql_share_limits_and_devices(
                     refused = await mint(base, hall)
                     assert refused.status_code == 401
                     assert refused.json()["error"]["code"] == "invalid_device_token"
+                # One budget: a dollar metered through one companion (its sideband writes the
+                # ledger) uses up the household's day for both.
+                for base in urls:
+                    standing = await http.get(
+                        base + "/v1/device", headers={"Authorization": f"Bearer {token}"}
+                    )
+                    assert standing.json()["budget"]["state"] == "ok", standing.text
+                store = await open_store(StoreSettings(url=url))
+                try:
+                    await store.record_usage(
+                        UsageEntry(
+                            device="kitchen",
+                            session_id="rtc_budget",
+                            event_id="resp_1",
+                            api="realtime",
+                            at=time.time(),
+                            cost_usd=1.0,
+                        )
+                    )
+                finally:
+                    await store.close()
+                for base in urls:
+                    standing = await http.get(
+                        base + "/v1/device", headers={"Authorization": f"Bearer {token}"}
+                    )
+                    assert standing.status_code == 429
+                    assert standing.json()["error"]["code"] == "insufficient_quota"
+                    assert int(standing.headers["Retry-After"]) <= 24 * 3600 + 1
         finally:
             outputs = [await stop_server(proc, signal.SIGTERM) for proc, _, _, _ in procs]
         for code, _, rest in outputs:
