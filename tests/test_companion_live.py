@@ -150,3 +150,45 @@ async def test_rate_limits_count_keys_and_live_sessions_together(tmp_path: Path)
 def test_live_policy_is_checked_at_load(tmp_path: Path, extra: str, key: str) -> None:
     with pytest.raises(CompanionConfigError, match=f": {key}: "):
         load_companion_config(companion_config_file(tmp_path, "http://127.0.0.1:9", extra))
+
+
+@pytest.mark.parametrize("delegation", ["responses", "client"])
+async def test_server_tools_go_to_the_backend_and_their_names_to_the_device(
+    tmp_path: Path, delegation: str
+) -> None:
+    """Responses delegation: the companion's server tools are the backend's first tools (a
+    device tool of the same name is dropped), one call per response, and the 201 names them;
+    client delegation has no tools, so none are named. The secret is in neither."""
+    secret = tmp_path / "ha-token"
+    secret.write_text("Bearer ha-secret-0b7e\n")
+    secret.chmod(0o600)
+    async with running_emulator() as emu:
+        path = companion_config_file(tmp_path, emu.url, f'[live]\ndelegation = "{delegation}"\n')
+        path.write_text(
+            path.read_text()
+            + '\n[[server_tools]]\nname = "light_on"\ndescription = "Turn on a light."\n'
+            + f'url = "http://127.0.0.1:9/x"\nheader_files = {{ Authorization = "{secret}" }}\n'
+        )
+        config = load_companion_config(path)
+        token = DeviceStore(config.devices_file).add("kitchen")
+        async with Companion(config) as companion:
+            client = RealtimeClient()
+            light = {"type": "function", "name": "light_on", "description": "device's"}
+            response = await live_session(
+                companion.url, token, {"sdp": await client.offer(), "tools": [END, light]}
+            )
+            assert response.status_code == 201, response.text
+            await client.accept(response.json()["transport"]["sdp"])
+            started = await client.wait_for("session.started")
+            await client.close()
+    assert "ha-secret-0b7e" not in response.text + str(started)
+    named = response.json()["server_tools"]
+    session = started["session"]
+    if delegation == "client":
+        assert named == [] and session["delegation"] == {"type": "client"}
+        return
+    assert named == ["light_on"]
+    backend = session["delegation"]["responses"]
+    assert [t["name"] for t in backend["tools"]] == ["light_on", "end_conversation"]
+    assert backend["tools"][0]["description"] == "Turn on a light."
+    assert backend["parallel_tool_calls"] is False

@@ -243,16 +243,12 @@ class HomeAssistant:
         return web.json_response([{"entity_id": body["entity_id"], "state": "on"}])
 
 
-async def test_a_server_tool_runs_on_the_companion_and_its_secret_stays_there(tmp_path, models_dir):
-    """The model calls a server tool: the companion runs it with the secret header from its
-    file, sends the output and asks for the reply through the sideband; the device leaves the
-    call alone; the token is nowhere on the device's side."""
-    ha = HomeAssistant()
-    await ha.start()
+def light_tool(ha: HomeAssistant, tmp_path: Path) -> str:
+    """The companion's `light_on` server tool, its bearer token in a secret file."""
     secret = tmp_path / "ha-token"
     secret.write_text(f"Bearer {HA_TOKEN}\n")
     secret.chmod(0o600)
-    extra = f"""
+    return f"""
 [[server_tools]]
 name = "light_on"
 description = "Turn on a light."
@@ -262,13 +258,25 @@ url = "{ha.url}/api/services/light/turn_on"
 header_files = {{ Authorization = "{secret}" }}
 timeout_s = 5
 """
-    script = [
-        {
-            "say": "One moment.",
-            "call": {"name": "light_on", "arguments": {"entity_id": "light.kitchen"}},
-        },
-        {"say": "The kitchen light is on."},
-    ]
+
+
+LIGHT_SCRIPT = [
+    {
+        "say": "One moment.",
+        "call": {"name": "light_on", "arguments": {"entity_id": "light.kitchen"}},
+    },
+    {"say": "The kitchen light is on."},
+]
+
+
+async def test_a_server_tool_runs_on_the_companion_and_its_secret_stays_there(tmp_path, models_dir):
+    """The model calls a server tool: the companion runs it with the secret header from its
+    file, sends the output and asks for the reply through the sideband; the device leaves the
+    call alone; the token is nowhere on the device's side."""
+    ha = HomeAssistant()
+    await ha.start()
+    extra = light_tool(ha, tmp_path)
+    script = LIGHT_SCRIPT
     try:
         async with run_chain(
             tmp_path / "chain", models_dir, script=script, companion_extra=extra
@@ -336,6 +344,86 @@ timeout_s = 5
         }.items():
             assert HA_TOKEN not in text, where
         assert "light_on" in mint_text  # the tool is declared, only its secret is not there
+    finally:
+        await ha.stop()
+
+
+async def test_a_live_server_tool_is_answered_through_the_sideband_as_the_device_would(
+    tmp_path, models_dir
+):
+    """GPT-Live (responses delegation): the companion declares its server tool to the backend
+    (one call per response) and names it in its answer; the model's call, nested in
+    `response.event`, is run by the companion with the secret header and answered on the
+    sideband with `response.item.create` and one `response.create`, which the emulator accepts;
+    the reply uses the result; the device sent nothing for the call and never saw the secret."""
+    ha = HomeAssistant()
+    await ha.start()
+    try:
+        async with run_chain(
+            tmp_path / "chain",
+            models_dir,
+            script=LIGHT_SCRIPT,
+            companion_extra=light_tool(ha, tmp_path),
+            api="live",
+        ) as chain:
+            await chain.press()
+            await chain.expect(Phase.WAKE, Phase.CONNECTING, Phase.LISTENING)
+            watcher = await joined(chain)
+            assert watcher.api == "live"
+            chain.mic.speak(clip("turn on the kitchen light"))
+            await chain.expect(Phase.THINKING, Phase.SPEAKING)
+            async with asyncio.timeout(10):
+                while not [
+                    e
+                    for e in emitted(chain)
+                    if e["type"] == "session.output_transcript.delta"
+                    and "kitchen light is on" in e["delta"]
+                ]:
+                    await asyncio.sleep(0.05)
+            await chain.wait_phase(Phase.LISTENING, timeout=10)
+            device_config = chain.config.source.read_text()
+        assert ha.requests == [{"entity_id": "light.kitchen"}] and ha.refused == 0
+        server_events = emitted(chain)
+        started = next(e for e in server_events if e["type"] == "session.started")
+        backend = started["session"]["delegation"]["responses"]
+        assert backend["tools"][0]["name"] == "light_on"
+        assert backend["parallel_tool_calls"] is False
+        (call,) = [
+            e["event"]["item"]
+            for e in server_events
+            if e["type"] == "response.event"
+            and e["event"]["type"] == "response.output_item.done"
+            and e["event"]["item"].get("type") == "function_call"
+        ]
+        assert call["name"] == "light_on"
+        sideband = via_sideband(chain)
+        assert [e["type"] for e in sideband] == ["response.item.create", "response.create"]
+        output = sideband[0]["item"]
+        assert output["type"] == "function_call_output" and output["call_id"] == call["call_id"]
+        assert json.loads(output["output"])[0]["state"] == "on"
+        # The emulator took both (no error) and the backend went on: a second response.
+        assert not [e for e in server_events if e["type"] == "error"]
+        completed = [
+            e
+            for e in server_events
+            if e["type"] == "response.event" and e["event"]["type"] == "response.completed"
+        ]
+        assert len(completed) == 2
+        # The device left the call alone: nothing tool-related from its data channel.
+        device_sent = {e["type"] for e in via_device(chain)}
+        assert not device_sent & {"response.item.create", "response.create"}, device_sent
+        device_logs = "\n".join(
+            record.getMessage()
+            for _, record in chain.logs.records
+            if not record.name.startswith(("wakertc.companion", "wakertc.emulator"))
+        )
+        assert "the model called light_on" not in device_logs
+        for where, text in {
+            "device log": device_logs,
+            "device config": device_config,
+            "events to the device": json.dumps(server_events),
+        }.items():
+            assert HA_TOKEN not in text, where
     finally:
         await ha.stop()
 

@@ -186,9 +186,9 @@ class CompanionClient:
             raise CompanionError("companion answered 200 without a key")
         return key
 
-    async def create_live(self, offer: str, tools: list[dict[str, Any]]) -> tuple[str, str]:
-        """One Live session for this offer; returns (session id, answer SDP). Never retried
-        here: the companion bills a session upstream for every request that reaches it."""
+    async def create_live(self, offer: str, tools: list[dict[str, Any]]) -> LiveAnswer:
+        """One Live session for this offer. Never retried here: the companion bills a session
+        upstream for every request that reaches it."""
         try:
             response = await self._client.post(self._live_url, json={"sdp": offer, "tools": tools})
         except httpx.TimeoutException as exc:
@@ -207,7 +207,7 @@ class CompanionClient:
             raise CompanionError("companion answered 201 with an unexpected body") from exc
         if not isinstance(session_id, str) or not isinstance(answer, str):
             raise CompanionError("companion answered 201 without a session id and answer")
-        return session_id, answer
+        return LiveAnswer(session_id, answer, _names(body.get("server_tools")))
 
     async def standing(self) -> dict[str, Any]:
         """How this device stands against the owner's budgets (`GET /v1/device`: no upstream
@@ -288,6 +288,16 @@ def _names(value: Any) -> frozenset[str]:
     if not isinstance(value, list):
         return frozenset()
     return frozenset(name for name in value if isinstance(name, str))
+
+
+@dataclass(frozen=True)
+class LiveAnswer:
+    """The companion's answer to a Live offer."""
+
+    session_id: str
+    sdp: str
+    server_tools: frozenset[str] = frozenset()
+    """Tools of the session the companion runs itself: their calls are not the device's."""
 
 
 class KeyKeeper:

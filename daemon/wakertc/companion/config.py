@@ -13,7 +13,7 @@ import os
 import stat
 import tomllib
 import types
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -188,12 +188,24 @@ class LivePolicy:
     device_tools: tuple[str, ...] = ("end_conversation",)
     """Names of the device's tools that may be offered to the model (`*` = all of them)."""
 
-    def session_object(self, device_tools: list[dict[str, Any]]) -> dict[str, Any]:
-        """The `session` of `POST /v1/live/sessions`, with the device's tools the policy allows."""
-        allowed = [
+    def session_object(
+        self, device_tools: list[dict[str, Any]], server_tools: Sequence[dict[str, Any]] = ()
+    ) -> dict[str, Any]:
+        """The `session` of `POST /v1/live/sessions`, with the device's tools the policy allows.
+
+        Under responses delegation the companion's `server_tools` come first (a device tool of
+        the same name is dropped: the device logs that as its configuration error), and the
+        backend may call one tool per response (`parallel_tool_calls: false`): each round then
+        has one call and one owner, who sends its output and the round's one `response.create`
+        (neither side sees the other's outputs, GPT_LIVE_PROTOCOL.md 2-3). Client delegation
+        has no tools.
+        """
+        ours = {tool.get("name") for tool in server_tools}
+        allowed = [dict(tool) for tool in server_tools] + [
             tool
             for tool in device_tools
-            if "*" in self.device_tools or tool.get("name") in self.device_tools
+            if ("*" in self.device_tools or tool.get("name") in self.device_tools)
+            and tool.get("name") not in ours
         ]
         session: dict[str, Any] = {
             "model": self.model,
@@ -204,6 +216,8 @@ class LivePolicy:
         server_events: list[dict[str, str]] = [{"type": t} for t in LIVE_DEVICE_SERVER_EVENTS]
         if self.delegation == "responses":
             backend: dict[str, Any] = {"model": self.backend_model, "tools": allowed}
+            if server_tools:
+                backend["parallel_tool_calls"] = False
             if self.backend_instructions:
                 backend["instructions"] = self.backend_instructions
             session["delegation"] = {"type": "responses", "responses": backend}

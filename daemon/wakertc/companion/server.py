@@ -13,8 +13,9 @@
                        the device's Realtime call, which the companion then joins (`sideband.py`);
                        400 not a call id; 401 unknown token
     POST /v1/live/session  Authorization: Bearer <device token>, JSON {sdp, tools?} -> 201
-                       {session: {id}, transport: {type: webrtc, sdp: <answer>}}: the companion
-                       creates the GPT-Live session upstream with the `[live]` policy and the
+                       {session: {id}, transport: {type: webrtc, sdp: <answer>}, server_tools:
+                       [names]}: the companion creates the GPT-Live session upstream with the
+                       `[live]` policy, its server tools (responses delegation) and the
                        device's tools the policy allows; 400 no offer; 401/429 as above; 502
                        naming upstream's status (never retried: each creation is billed); 504
     GET  /healthz      200 {"status": "ok"}
@@ -514,7 +515,9 @@ class Companion:
             return refused
         assert self._upstream is not None and self.control is not None
         policy: LivePolicy = self.config.live
-        session = policy.session_object(tools)
+        # Server tools only through a Responses backend (client delegation has no tools).
+        server_tools = self.config.server_tools if policy.delegation == "responses" else ()
+        session = policy.session_object(tools, server_tool_definitions(server_tools))
         remembered = realtime_memory_items(await self.control.recall(device))
         if remembered:
             session["input"] = remembered  # the same message shape as a Realtime item
@@ -542,6 +545,8 @@ class Companion:
         body = {
             "session": {"id": created["id"]},
             "transport": {"type": "webrtc", "sdp": created["sdp"]},
+            # The session's tools the companion runs itself: the device leaves their calls alone.
+            "server_tools": [tool.name for tool in server_tools],
         }
         return web.json_response(body, status=201, headers={"Cache-Control": "no-store"})
 

@@ -18,11 +18,12 @@ it sees to its callbacks:
 Conversation items given at construction (`initial_items`: memory) go into a Realtime session
 at the first join.
 
-It also runs the companion's server tools when the model calls them (Realtime: only calls of a
-completed response, as the device does), reverts a device's `session.update` that changes what
-the policy fixes (a second one hangs up), and `end(notice)` ends the session after a spoken
-notice (budgets). Nothing here can break the conversation: a watcher that fails logs it and the
-device talks on without it.
+It also runs the companion's server tools when the model calls them (only calls of a completed
+response, as the device does; GPT-Live: the call nested in `response.event`, answered with
+`response.item.create` and then `response.create`, as the device answers its own), reverts a
+device's `session.update` that changes what the policy fixes (a second one hangs up), and
+`end(notice)` ends the session after a spoken notice (budgets). Nothing here can break the
+conversation: a watcher that fails logs it and the device talks on without it.
 
 `Sidebands` keeps the running watchers by device (`sessions(device)`).
 """
@@ -211,6 +212,9 @@ class SessionWatcher:
         self._live_text: dict[str, list[str]] = {"user": [], "assistant": []}
         self._last_audio = 0.0  # monotonic time of the last reflected reply audio
         self._unpriced_logged = False
+        self._live_calls: dict[str | None, list[dict[str, Any]]] = {}  # by delegation, until done
+        self._live_mixed: set[str | None] = set()  # delegations whose round holds device calls
+        self._live_answered: set[str] = set()  # call ids (a rejoin replays the last ~3 s)
         realtime: dict[str, Callable[[dict[str, Any]], None]] = {
             "response.created": self._response_created,
             "response.function_call_arguments.done": self._function_call,
@@ -227,6 +231,7 @@ class SessionWatcher:
             "session.input_transcript.delta": self._live_transcript,
             "session.output_transcript.delta": self._live_transcript,
             "session.output_audio.delta": self._live_audio,
+            "response.event": self._live_response_event,
         }
         self._handlers: dict[str, Callable[[dict[str, Any]], None]] = (
             realtime if api == "realtime" else live
@@ -610,6 +615,77 @@ class SessionWatcher:
 
     def _live_audio(self, event: dict[str, Any]) -> None:
         self._last_audio = time.monotonic()
+
+    def _live_response_event(self, event: dict[str, Any]) -> None:
+        """A delegated backend response's event: its server tool calls run once it completed
+        (a delegation's responses run one after another, as the device reads them)."""
+        nested = _table(event.get("event"))
+        delegation_id = event.get("delegation_id")
+        key = delegation_id if isinstance(delegation_id, str) else None
+        kind = nested.get("type")
+        if kind == "response.output_item.done":
+            item = _table(nested.get("item"))
+            if item.get("type") != "function_call":
+                return
+            if item.get("name") not in self._tool_names:
+                self._live_mixed.add(key)
+            elif str(item.get("call_id")) not in self._live_answered:
+                self._live_calls.setdefault(key, []).append(item)
+            return
+        if kind not in ("response.completed", "response.failed", "response.incomplete"):
+            return
+        calls = self._live_calls.pop(key, [])
+        mixed = key in self._live_mixed
+        self._live_mixed.discard(key)
+        if not calls:
+            return
+        if kind != "response.completed" or self._ending:
+            log.info(
+                "sideband %s: dropped %d server tool call(s): %s",
+                self.session_id,
+                len(calls),
+                "ending" if self._ending else kind,
+            )
+            return
+        self._live_answered.update(str(call["call_id"]) for call in calls)
+        if mixed:
+            # The backend was told to call one tool per response; one that called the
+            # device's tools too has its reply asked for by the device, which cannot see our
+            # outputs: they may come too late for it.
+            log.warning(
+                "sideband %s: a delegated response called server and device tools together; "
+                "the device asks for its reply",
+                self.session_id,
+            )
+        self._spawn(self._run_live_tools(calls, reply=not mixed), "tools")
+
+    async def _run_live_tools(self, calls: list[dict[str, Any]], *, reply: bool) -> None:
+        assert self._tools is not None
+        outputs = await asyncio.gather(
+            *(
+                self._tools.run(str(call.get("name")), str(call.get("arguments") or ""))
+                for call in calls
+            )
+        )
+        for call, output in zip(calls, outputs, strict=True):
+            log.info(
+                "server tool %s for device %s: %d characters back",
+                str(call.get("name"))[:60],
+                self.device,
+                len(output),
+            )
+            self.send(
+                {
+                    "type": "response.item.create",
+                    "item": {
+                        "type": "function_call_output",
+                        "call_id": call.get("call_id"),
+                        "output": output,
+                    },
+                }
+            )
+        if reply and not self._ending:
+            self.send({"type": "response.create"})
 
     def _flush_live_turns(self) -> None:
         for role in ("user", "assistant"):

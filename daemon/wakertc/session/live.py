@@ -19,7 +19,9 @@ only transcript deltas and the audio itself. The neutral events are made from th
 - tools: responses delegation; the call arrives nested in `response.event` (as a Responses
   streaming `response.output_item.done`), runs once its backend response has ended
   `response.completed`, and its result goes back as `response.item.create`, then one
-  `response.create`;
+  `response.create`. Calls to the companion's server tools (named in its answer) are left to
+  the companion, which answers them through its sideband (each backend response then holds
+  one call: see `companion.config.LivePolicy.session_object`);
 - the end: `session.close`, answered by `session.closed` (its reason becomes the log line).
 """
 
@@ -116,6 +118,7 @@ class LiveSession:
         self._gap_task: asyncio.Task[None] | None = None
         # Backend function calls by delegation, reported once the response they came in ended.
         self._calls: dict[str | None, list[ToolCall]] = {}
+        self._server_tools: frozenset[str] = frozenset()  # the companion runs these
         self._transcript: list[str] = []
         self.handlers: dict[str, Callable[[dict[str, Any]], None]] = {
             "session.started": self._started,
@@ -249,11 +252,20 @@ class LiveSession:
     # -- set-up ------------------------------------------------------------------------------
 
     async def _exchange(self, offer: str) -> str:
-        session_id, answer = await self._companion.create_live(offer, self._tools.definitions())
-        self.session_id = session_id
+        definitions = self._tools.definitions()
+        answer = await self._companion.create_live(offer, definitions)
+        self.session_id = answer.session_id
+        self._server_tools = answer.server_tools
+        for tool in definitions:
+            if tool["name"] in answer.server_tools:
+                log.error(
+                    "the tool %s is defined on this device and as a companion server tool: the "
+                    "companion's is used; rename one of them",
+                    clip(tool["name"], 60),
+                )
         if self._call is not None:
-            self._call.call_id = session_id
-        return answer
+            self._call.call_id = answer.session_id
+        return answer.sdp
 
     def _send(self, event: dict[str, Any]) -> bool:
         if self._call is None or not self._call.send(event):
@@ -425,6 +437,12 @@ class LiveSession:
             # The event's type says how it ended (the snapshot's `status` is optional).
             status = kind.removeprefix("response.")
             calls = self._calls.pop(key, [])
+            theirs = [call for call in calls if call.name in self._server_tools]
+            if theirs:
+                # The companion answers these through its sideband; an output from here would
+                # race its answer.
+                log.debug("left %d call(s) to the companion's tools", len(theirs))
+                calls = [call for call in calls if call.name not in self._server_tools]
             if status != "completed":
                 for call in calls:
                     log.info(
