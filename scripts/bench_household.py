@@ -1,28 +1,43 @@
 #!/usr/bin/env python3
 """Household enrolment (issue 16), measured: the verifier beside the stock openwakeword package.
 
-    /work/venv-main/bin/python scripts/bench_household.py [--negative-min 30] [--workdir DIR]
+    /work/venv-main/bin/python scripts/bench_household.py [--negative-hours 2] [--workdir DIR]
+        [--tune-only]
 
 Extends scripts/bench_wakeword.py (its mixing, its stock-package worker and its detection rule)
-with what enrolment needs:
+with what enrolment needs. Speech comes from three Debian TTS engines: espeak-ng (`-s` words per
+minute), flite and festival (their duration stretch set to 165 / wpm: both read at roughly 165
+wpm by default, so the rates of those two are approximate). Everything is seeded, and the TTS
+output (`WORKDIR/tts`) and the stock package's scores (by the audio's digest) are cached, so a
+re-run costs the wakertc side only.
 
-- speech from three Debian TTS engines: espeak-ng (`-s` words per minute), flite and festival
-  (their duration stretch set to 165 / wpm: both read at roughly 165 wpm by default, so the
-  rates of those two are approximate);
-- voices split into an enrolled household (enrolled with "hey jarvis" at 130, 150 and 190 wpm,
-  clean, through `wakertc.enroll.enroll`, exactly as `wakertc enroll` does) and strangers (whole
-  voices and the festival engine never enrolled);
-- test positives at 120, 140, 165, 180 and 200 wpm (never an enrolment rate), alone or followed
-  by a request, at -22/-28/-34 dBFS, in pink noise at 5, 10 and 20 dB SNR, babble (four
-  espeak-ng voices reading at once) at 10 dB, and a room reverb (RT60 0.5 s) with pink noise at
-  10 dB, each with 2 s of that noise before it;
-- negatives: bench_wakeword's negative speech (confusable phrases included) read by espeak-ng,
-  flite and festival voices, enrolled and strangers alike, in pink noise or babble at 5-20 dB,
-  plus noise-only stretches; false accepts per hour are reported over all of it.
+The split (`check_split` refuses any overlap, and the run calls it on the sets it built):
 
-Both engines hear the same audio; the stock package is the unchanged openwakeword 0.6.0 on the
-same interpreter (scripts/stock_oww.py). wakertc runs with the verifier file that enrolment
-wrote, through `WakeWordDetector(config, verifier_path)` as the daemon does.
+- household: five voices (ENROLLED, espeak-ng and flite); strangers: six others (STRANGERS,
+  with the festival engine only there), never in enrolment or tuning, nor among the espeak-ng
+  voices that `wakertc enroll` reads its training negatives with or that make the babble;
+- enrolment: each household voice says "hey jarvis" at 130, 150 and 190 wpm, clean, through
+  `wakertc.enroll.enroll`, exactly as `wakertc enroll` does;
+- tuning: the household at 135, 160 and 185 wpm ("hey jarvis", "..., turn on the kitchen
+  light"), and ~23 minutes of negatives read by the household only: generated sentences and
+  NEAR_MISSES_TUNE ("hey Marvin", "hey Jarrod", "car service", ...). The verifier's operating
+  point (base-model floor, acceptance probability, chunks in a row) is chosen here (`choose`:
+  the most tuning clips detected with no more false accepts on the tuning negatives than the
+  stock rule, ties to the stricter point) by simulating the detector's rule over per-chunk
+  traces, and written into the verifier file;
+- test: everyone at 120, 140, 165, 180 and 200 wpm ("hey jarvis", "..., what time is it"), at
+  -22/-28/-34 dBFS, in pink noise at 5, 10 and 20 dB SNR, babble (four espeak-ng voices reading
+  at once) at 10 dB, or a room reverb (RT60 0.5 s) with pink noise at 10 dB, each with 2 s of
+  that noise before it; and at least `--negative-hours` of negatives read by all eleven voices
+  (bench_wakeword's paragraphs and sentences, and NEAR_MISSES_EVAL: "hey Travis", "hey
+  service", "a jar of peas", ...) in pink noise or babble at 5-20 dB, with 20 s of noise alone
+  after every fifth segment. No tuning text is a test text, no tuning or enrolment clip says
+  what a test clip says (same voice, words and rate).
+
+Both engines hear the same test audio; the stock package is the unchanged openwakeword 0.6.0 on
+the same interpreter (scripts/stock_oww.py). wakertc runs with the verifier file that enrolment
+wrote and tuning set the operating point of, through `WakeWordDetector(config, verifier_path)`
+as the daemon does.
 """
 
 from __future__ import annotations

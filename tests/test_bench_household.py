@@ -18,7 +18,7 @@ from wakertc.wakeword import WakeWordDetector
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
-import bench_household as bh  # noqa: E402
+import bench_household as bh
 
 
 def _sets(n_negatives: int = 400) -> tuple[list[bh.Say], ...]:
