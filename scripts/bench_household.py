@@ -88,7 +88,11 @@ ENROLL_WPM = (130, 150, 190)
 TUNE_WPM = (135, 160, 185)
 TEST_WPM = (120, 140, 165, 180, 200)
 PHRASES = ("hey jarvis", "hey jarvis, what time is it")
-TUNE_PHRASES = ("hey jarvis", "hey jarvis, turn on the kitchen light")
+TUNE_PHRASES = (
+    "hey jarvis",
+    "hey jarvis, turn on the kitchen light",
+    "hey jarvis, is it going to rain",
+)
 NEAR_MISSES_TUNE = (
     "hey Marvin",
     "hey Jarrod",
@@ -116,7 +120,7 @@ NEAR_MISSES_EVAL = (
     "they starve us",
     "have a service",
 )
-TUNE_NEGATIVE_S = 20 * 60.0
+TUNE_NEGATIVE_S = 30 * 60.0
 CONDITIONS = (
     ("pink", 5.0),
     ("pink", 10.0),
@@ -471,14 +475,16 @@ class Traced:
     neg_hours: float
 
 
-def evaluate(traced: Traced, window: int, point: OperatingPoint | None) -> tuple[int, int]:
-    """(clips detected, false accepts) on the traced tuning set at `point`."""
+def evaluate(traced: Traced, window: int, point: OperatingPoint | None) -> tuple[int, int, int]:
+    """(clips detected, false accepts, false accepts the verifier made: base score below the
+    word's threshold) on the traced tuning set at `point`."""
     word = WakeWordConfig()
     hits = 0
     for clip, scores, probs in traced.clips:
         fired = simulate(scores, probs, window, point, word)
         hits += any((i + 1) * bw.CHUNK > clip.onset for i in fired)
-    return hits, len(simulate(traced.neg_scores, traced.neg_probs, window, point, word))
+    false = simulate(traced.neg_scores, traced.neg_probs, window, point, word)
+    return hits, len(false), sum(1 for i in false if traced.neg_scores[i] < word.threshold)
 
 
 BASE_FLOORS = (0.0, 0.02, 0.05, 0.1, 0.2)
@@ -486,26 +492,23 @@ ACCEPTS = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999)
 CONFIRMS = (1, 2, 3, 4, 5, 6)
 
 
-def choose(traced: Traced, verifier: WordVerifier) -> tuple[OperatingPoint, list[dict[str, Any]]]:
-    """The operating point with the most tuning clips detected among those with no more false
-    accepts on the tuning negatives than the stock rule; ties go to the stricter point."""
-    _, stock_fa = evaluate(traced, verifier.window, None)
+def choose(traced: Traced, verifier: WordVerifier) -> OperatingPoint:
+    """The operating point with the most tuning clips detected among those where the verifier
+    makes no false accept of its own on the tuning negatives (so none hides behind the stock
+    model's own false accepts and the 2 s refractory period); ties go to the stricter point."""
     table = []
     for floor in BASE_FLOORS:
         for accept in ACCEPTS:
             for confirm in CONFIRMS:
                 point = OperatingPoint(max(verifier.base_threshold, floor), accept, confirm)
-                hits, fa = evaluate(traced, verifier.window, point)
-                table.append({"point": point, "hits": hits, "false_accepts": fa})
-    allowed = [row for row in table if row["false_accepts"] <= stock_fa]
-    if not allowed:  # every point adds false accepts: the fewest
-        fewest = min(row["false_accepts"] for row in table)
-        allowed = [row for row in table if row["false_accepts"] == fewest]
-    best = max(
-        allowed,
-        key=lambda r: (r["hits"], r["point"].confirm, r["point"].accept, r["point"].base_threshold),
+                hits, _, made = evaluate(traced, verifier.window, point)
+                table.append((made, hits, point))
+    fewest = min(made for made, _, _ in table)  # 0 unless every point makes some
+    _, _, best = max(
+        (row for row in table if row[0] == fewest),
+        key=lambda r: (r[1], r[2].confirm, r[2].accept, r[2].base_threshold),
     )
-    return best["point"], table
+    return best
 
 
 def run_verified(audio: bw.AudioSet, wake: WakeConfig, verifier: Path) -> bw.EngineRun:
@@ -581,10 +584,10 @@ def tune(
         traced_clips.append((clip, scores, probs))
     neg_scores, neg_probs = trace(detector, word, negatives.audio)
     traced = Traced(traced_clips, neg_scores, neg_probs, negatives.hours)
-    point, _ = choose(traced, word)
-    stock_hits, stock_fa = evaluate(traced, word.window, None)
+    point = choose(traced, word)
+    stock_hits, stock_fa, _ = evaluate(traced, word.window, None)
     enrolled_point = OperatingPoint(word.base_threshold, word.accept, word.confirm)
-    hits, fa = evaluate(traced, word.window, point)
+    hits, fa, made = evaluate(traced, word.window, point)
     verifier_file.save(
         verifier,
         {
@@ -596,7 +599,7 @@ def tune(
             )
         },
     )
-    enroll_hits, enroll_fa = evaluate(traced, word.window, enrolled_point)
+    enroll_hits, enroll_fa, enroll_made = evaluate(traced, word.window, enrolled_point)
     report = {
         "clips": len(clips),
         "negative_hours": round(negatives.hours, 3),
@@ -605,8 +608,14 @@ def tune(
             **enrolled_point.__dict__,
             "detected": enroll_hits,
             "false_accepts": enroll_fa,
+            "made_by_verifier": enroll_made,
         },
-        "chosen": {**point.__dict__, "detected": hits, "false_accepts": fa},
+        "chosen": {
+            **point.__dict__,
+            "detected": hits,
+            "false_accepts": fa,
+            "made_by_verifier": made,
+        },
     }
     say(f"operating point {point} (tuning: {hits}/{len(clips)} clips, {fa} false accepts)")
     return point, report

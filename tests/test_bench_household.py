@@ -36,7 +36,7 @@ def test_the_bench_split_is_disjoint() -> None:
     enrolment, tuning, test, tuning_neg, test_neg = _sets()
     bh.check_split(enrolment, tuning, test, tuning_neg, test_neg)
     # and the check looks at what it claims to: the sets are not empty, the strangers are tested
-    assert len(enrolment) == 15 and len(tuning) == 30 and len(test) == 110
+    assert len(enrolment) == 15 and len(tuning) == 45 and len(test) == 110
     strangers = {(s.engine, s.voice) for s in test} - set(bh.ENROLLED)
     assert strangers == set(bh.STRANGERS)
     assert {s.engine for s in test_neg} == {"espeak-ng", "flite", "festival"}

@@ -97,6 +97,29 @@ def test_enrolled_voice_is_heard_when_said_fast_and_negatives_stay_quiet(enrolle
     assert detections(enrolled, negative_speech(), models_dir) == []
 
 
+NEAR_MISSES = (
+    "Hey Travis. Hey service. A jar of peas. Hey Harvey. Hey Mavis. Heavy jars.",
+    "Hey Davis. Hey jazz fans. Hey Garvey. Hey Chavis. They starve us. Have a service.",
+)
+
+
+def test_near_misses_said_alone_by_strangers_are_not_accepted(enrolled, models_dir):
+    """Short near misses, each said alone as a wake phrase is, by voices neither enrolled nor
+    among enrolment's negative voices, fast, in noise: the verifier decides on one chunk, so
+    it must tell the household's voice and phrase from these (trained with four negative
+    voices and a weak L2 it accepted en-gb-x-rp+m3's second line at 165 wpm, 10 dB)."""
+    accepted = []
+    for voice in ("en-us+f2", "en-gb-x-rp+m3", "en-gb-x-gbcwmd+f4"):
+        assert voice not in enroll.NEGATIVE_VOICES
+        for wpm in (165, 190):
+            for snr in (20.0, 10.0):
+                for k, text in enumerate(NEAR_MISSES):
+                    speech = in_noise(synth(text, voice=voice, wpm=wpm, pad_s=1.0), snr, seed=k)
+                    found = detections(enrolled, speech, models_dir)
+                    accepted += [(voice, wpm, snr, k, d) for d in found if d.score < 0.5]
+    assert accepted == []
+
+
 def test_enroll_list_and_file_contents(enrolled, capsys):
     assert enroll.main(["--list", "--config", str(enrolled)]) == 0
     out = capsys.readouterr().out
