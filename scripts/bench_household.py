@@ -120,7 +120,7 @@ NEAR_MISSES_EVAL = (
     "they starve us",
     "have a service",
 )
-TUNE_NEGATIVE_S = 30 * 60.0
+TUNE_NEGATIVE_S = 60 * 60.0
 CONDITIONS = (
     ("pink", 5.0),
     ("pink", 10.0),
@@ -511,12 +511,16 @@ def choose(traced: Traced, verifier: WordVerifier) -> OperatingPoint:
     return best
 
 
-def run_verified(audio: bw.AudioSet, wake: WakeConfig, verifier: Path) -> bw.EngineRun:
-    """wakertc with the household verifier, on 20 ms frames (fresh per clip, as bench_wakeword)."""
+def run_detector(
+    audio: bw.AudioSet, wake: WakeConfig, verifier: Path | None, positives: bool = True
+) -> tuple[bw.EngineRun, float]:
+    """wakertc on 20 ms frames (fresh per clip, as bench_wakeword), with the household verifier
+    or (None) without; and the CPU seconds of the negatives alone (the idle path)."""
     from wakertc.wakeword import WakeWordDetector
 
     detector = WakeWordDetector(wake, verifier)
-    assert detector.verified_words == [bw.WORD], "the verifier did not load"
+    if verifier is not None:
+        assert detector.verified_words == [bw.WORD], "the verifier did not load"
     cpu = time.thread_time()
 
     def stream(samples: bw.Samples) -> list[int]:
@@ -527,13 +531,15 @@ def run_verified(audio: bw.AudioSet, wake: WakeConfig, verifier: Path) -> bw.Eng
         return fired
 
     pos_fired = []
-    for clip in audio.clips:
+    for clip in audio.clips if positives else []:
         detector.reset()
         pos_fired.append(stream(audio.positives[clip.start : clip.start + clip.length]))
     detector.reset()
+    idle = time.thread_time()
     neg_fired = stream(audio.negatives)
+    done = time.thread_time()
     empty = np.zeros(0)
-    return bw.EngineRun(empty, empty, pos_fired, neg_fired, time.thread_time() - cpu)
+    return bw.EngineRun(empty, empty, pos_fired, neg_fired, done - cpu), done - idle
 
 
 def stock_run(audio: bw.AudioSet, work: Path, models_dir: Path) -> bw.EngineRun:
@@ -680,8 +686,10 @@ def main(argv: list[str]) -> int:
     )
     stock = stock_run(audio, work, args.models_dir)
     say("stock scored")
-    mine = run_verified(audio, wake, verifier)
+    mine, idle_cpu = run_detector(audio, wake, verifier)
     say("wakertc scored")
+    _, plain_idle_cpu = run_detector(audio, wake, None, positives=False)
+    say("wakertc without the verifier scored (negatives: the idle path)")
     hours = negatives.hours
     hits = {"stock": bw._detected(stock, audio.clips), "wakertc": bw._detected(mine, audio.clips)}
     runs = {"stock": stock, "wakertc": mine}
@@ -691,6 +699,11 @@ def main(argv: list[str]) -> int:
         "negative_speech_min": round(audio.speech_s / 60, 1),
         "negative_noise_min": round(audio.noise_only_s / 60, 1),
         "cpu_s": {k: round(r.cpu_s, 1) for k, r in runs.items()},
+        "idle_cpu_s": {
+            "wakertc": round(idle_cpu, 1),
+            "wakertc_no_verifier": round(plain_idle_cpu, 1),
+            "ratio": round(idle_cpu / plain_idle_cpu, 3),
+        },
     }
     for group, flag in (("enrolled", True), ("strangers", False)):
         idx = [i for i, e in enumerate(enrolled) if e == flag]

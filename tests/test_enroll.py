@@ -105,9 +105,11 @@ NEAR_MISSES = (
 
 def test_near_misses_said_alone_by_strangers_are_not_accepted(enrolled, models_dir):
     """Short near misses, each said alone as a wake phrase is, by voices neither enrolled nor
-    among enrolment's negative voices, fast, in noise: the verifier decides on one chunk, so
-    it must tell the household's voice and phrase from these (trained with four negative
-    voices and a weak L2 it accepted en-gb-x-rp+m3's second line at 165 wpm, 10 dB)."""
+    among enrolment's negative voices, fast, in noise: no chunk the verifier is asked about
+    reaches its acceptance, a margin of one over the detector's two chunks in a row (trained
+    with four negative voices and a weak L2, one chunk of en-gb-x-rp+m3 at 165 wpm did)."""
+    word = verifier.load(verifier.verifier_path(enrolled))["hey_jarvis"]
+    detector = WakeWordDetector(WakeConfig(models_dir=models_dir))
     accepted = []
     for voice in ("en-us+f2", "en-gb-x-rp+m3", "en-gb-x-gbcwmd+f4"):
         assert voice not in enroll.NEGATIVE_VOICES
@@ -116,7 +118,13 @@ def test_near_misses_said_alone_by_strangers_are_not_accepted(enrolled, models_d
                 for k, text in enumerate(NEAR_MISSES):
                     speech = in_noise(synth(text, voice=voice, wpm=wpm, pad_s=1.0), snr, seed=k)
                     found = detections(enrolled, speech, models_dir)
-                    accepted += [(voice, wpm, snr, k, d) for d in found if d.score < 0.5]
+                    assert [d for d in found if d.score < 0.5] == []  # the stock model's own
+                    scores, windows = detector.trace("hey_jarvis", speech)
+                    for i in np.flatnonzero(scores >= word.base_threshold):
+                        if i + 1 > word.window:
+                            p = word.probability(windows[i].reshape(word.window, -1))
+                            if p >= word.accept:
+                                accepted.append((voice, wpm, snr, k, int(i), round(p, 3)))
     assert accepted == []
 
 

@@ -75,9 +75,9 @@ NEGATIVE_VOICES = (
 """Voices of the negative speech, one per sentence and rate in turn: the more voices, the more
 the verifier learns the household's voices rather than the phrase alone."""
 L2 = 3000.0
-"""The verifier's L2 penalty: strong, since a few hundred windows train 1,536 weights (chosen on
-scripts/bench_household.py's tuning set: 14 of 30 clips at the stock model's false accepts,
-against 11 with 1.0)."""
+"""The verifier's L2 penalty: strong, since a few hundred windows train 1,536 weights. Chosen on
+scripts/bench_household.py's tuning set (then 30 clips, 23 minutes of negatives): with the eight
+voices, 14 clips detected at no more false accepts than the stock model, against 11 with 1.0."""
 NEGATIVE_RATES = (130, 160, 190)
 NEGATIVE_TEXT = (
     "hey Travis, can you pass the jar of honey",
