@@ -19,12 +19,13 @@ The split (`check_split` refuses any overlap, and the run calls it on the sets i
 - enrolment: each household voice says "hey jarvis" at 130, 150 and 190 wpm, clean, through
   `wakertc.enroll.enroll`, exactly as `wakertc enroll` does;
 - tuning: the household at 135, 160 and 185 wpm ("hey jarvis", "..., turn on the kitchen
-  light"), and ~23 minutes of negatives read by the household only: generated sentences and
-  NEAR_MISSES_TUNE ("hey Marvin", "hey Jarrod", "car service", ...). The verifier's operating
-  point (base-model floor, acceptance probability, chunks in a row) is chosen here (`choose`:
-  the most tuning clips detected with no more false accepts on the tuning negatives than the
-  stock rule, ties to the stricter point) by simulating the detector's rule over per-chunk
-  traces, and written into the verifier file;
+  light", "..., is it going to rain"), and an hour of negatives read by the household only:
+  generated sentences and NEAR_MISSES_TUNE ("hey Marvin", "hey Jarrod", "car service", ...).
+  The verifier's operating point (base-model floor, acceptance probability, chunks in a row)
+  is chosen here (`choose`: the most tuning clips detected among the points where the
+  verifier makes no false accept of its own on the tuning negatives, ties to the stricter
+  point) by simulating the detector's rule over per-chunk traces, and written into the
+  verifier file;
 - test: everyone at 120, 140, 165, 180 and 200 wpm ("hey jarvis", "..., what time is it"), at
   -22/-28/-34 dBFS, in pink noise at 5, 10 and 20 dB SNR, babble (four espeak-ng voices reading
   at once) at 10 dB, or a room reverb (RT60 0.5 s) with pink noise at 10 dB, each with 2 s of
