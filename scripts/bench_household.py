@@ -1,34 +1,51 @@
 #!/usr/bin/env python3
 """Household enrolment (issue 16), measured: the verifier beside the stock openwakeword package.
 
-    /work/venv-main/bin/python scripts/bench_household.py [--negative-min 30] [--workdir DIR]
+    /work/venv-main/bin/python scripts/bench_household.py [--negative-hours 2] [--workdir DIR]
+        [--tune-only]
 
 Extends scripts/bench_wakeword.py (its mixing, its stock-package worker and its detection rule)
-with what enrolment needs:
+with what enrolment needs. Speech comes from three Debian TTS engines: espeak-ng (`-s` words per
+minute), flite and festival (their duration stretch set to 165 / wpm: both read at roughly 165
+wpm by default, so the rates of those two are approximate). Everything is seeded, and the TTS
+output (`WORKDIR/tts`) and the stock package's scores (by the audio's digest) are cached, so a
+re-run costs the wakertc side only.
 
-- speech from three Debian TTS engines: espeak-ng (`-s` words per minute), flite and festival
-  (their duration stretch set to 165 / wpm: both read at roughly 165 wpm by default, so the
-  rates of those two are approximate);
-- voices split into an enrolled household (enrolled with "hey jarvis" at 130, 150 and 190 wpm,
-  clean, through `wakertc.enroll.enroll`, exactly as `wakertc enroll` does) and strangers (whole
-  voices and the festival engine never enrolled);
-- test positives at 120, 140, 165, 180 and 200 wpm (never an enrolment rate), alone or followed
-  by a request, at -22/-28/-34 dBFS, in pink noise at 5, 10 and 20 dB SNR, babble (four
-  espeak-ng voices reading at once) at 10 dB, and a room reverb (RT60 0.5 s) with pink noise at
-  10 dB, each with 2 s of that noise before it;
-- negatives: bench_wakeword's negative speech (confusable phrases included) read by espeak-ng,
-  flite and festival voices, enrolled and strangers alike, in pink noise or babble at 5-20 dB,
-  plus noise-only stretches; false accepts per hour are reported over all of it.
+The split (`check_split` refuses any overlap, and the run calls it on the sets it built):
 
-Both engines hear the same audio; the stock package is the unchanged openwakeword 0.6.0 on the
-same interpreter (scripts/stock_oww.py). wakertc runs with the verifier file that enrolment
-wrote, through `WakeWordDetector(config, verifier_path)` as the daemon does.
+- household: five voices (ENROLLED, espeak-ng and flite); strangers: six others (STRANGERS,
+  with the festival engine only there), never in enrolment or tuning, nor among the espeak-ng
+  voices that `wakertc enroll` reads its training negatives with or that make the babble;
+- enrolment: each household voice says "hey jarvis" at 130, 150 and 190 wpm, clean, through
+  `wakertc.enroll.enroll`, exactly as `wakertc enroll` does;
+- tuning: the household at 135, 160 and 185 wpm ("hey jarvis", "..., turn on the kitchen
+  light", "..., is it going to rain"), and an hour of negatives read by the household only:
+  generated sentences and NEAR_MISSES_TUNE ("hey Marvin", "hey Jarrod", "car service", ...).
+  The verifier's operating point (base-model floor, acceptance probability, chunks in a row)
+  is chosen here (`choose`: the most tuning clips detected among the points where the
+  verifier makes no false accept of its own on the tuning negatives, ties to the stricter
+  point) by simulating the detector's rule over per-chunk traces, and written into the
+  verifier file;
+- test: everyone at 120, 140, 165, 180 and 200 wpm ("hey jarvis", "..., what time is it"), at
+  -22/-28/-34 dBFS, in pink noise at 5, 10 and 20 dB SNR, babble (four espeak-ng voices reading
+  at once) at 10 dB, or a room reverb (RT60 0.5 s) with pink noise at 10 dB, each with 2 s of
+  that noise before it; and at least `--negative-hours` of negatives read by all eleven voices
+  (bench_wakeword's paragraphs and sentences, and NEAR_MISSES_EVAL: "hey Travis", "hey
+  service", "a jar of peas", ...) in pink noise or babble at 5-20 dB, with 20 s of noise alone
+  after every fifth segment. No tuning text is a test text, no tuning or enrolment clip says
+  what a test clip says (same voice, words and rate).
+
+Both engines hear the same test audio; the stock package is the unchanged openwakeword 0.6.0 on
+the same interpreter (scripts/stock_oww.py). wakertc runs with the verifier file that enrolment
+wrote and tuning set the operating point of, through `WakeWordDetector(config, verifier_path)`
+as the daemon does.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import shutil
 import subprocess
@@ -36,6 +53,9 @@ import sys
 import tempfile
 import time
 import wave
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +64,10 @@ import soxr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_wakeword as bw
+from wakertc import verifier as verifier_file
 from wakertc.config import Config, WakeConfig, WakeWordConfig
-from wakertc.enroll import enroll
-from wakertc.verifier import verifier_path
+from wakertc.enroll import NEGATIVE_VOICES, enroll
+from wakertc.verifier import WordVerifier, verifier_path
 
 RATE = bw.RATE
 ENROLLED = (
@@ -57,16 +78,50 @@ ENROLLED = (
     ("flite", "awb"),
 )
 STRANGERS = (
-    ("espeak-ng", "en-us"),
-    ("espeak-ng", "en-gb-scotland"),
     ("espeak-ng", "en-us+f2"),
+    ("espeak-ng", "en-gb-x-rp+m3"),
+    ("espeak-ng", "en-gb-x-gbcwmd+f4"),
     ("flite", "rms"),
     ("flite", "kal16"),
     ("festival", "kal_diphone"),
 )
 ENROLL_WPM = (130, 150, 190)
+TUNE_WPM = (135, 160, 185)
 TEST_WPM = (120, 140, 165, 180, 200)
 PHRASES = ("hey jarvis", "hey jarvis, what time is it")
+TUNE_PHRASES = (
+    "hey jarvis",
+    "hey jarvis, turn on the kitchen light",
+    "hey jarvis, is it going to rain",
+)
+NEAR_MISSES_TUNE = (
+    "hey Marvin",
+    "hey Jarrod",
+    "car service",
+    "hey Javier",
+    "hey Janice",
+    "hey Travers",
+    "hey Purvis",
+    "jars of honey",
+    "hey Chavez",
+    "a jar vase",
+    "hey nervous",
+)
+NEAR_MISSES_EVAL = (
+    "hey Travis",
+    "hey service",
+    "a jar of peas",
+    "hey Harvey",
+    "hey Davis",
+    "hey Mavis",
+    "hey jazz fans",
+    "hey Garvey",
+    "heavy jars",
+    "hey Chavis",
+    "they starve us",
+    "have a service",
+)
+TUNE_NEGATIVE_S = 60 * 60.0
 CONDITIONS = (
     ("pink", 5.0),
     ("pink", 10.0),
@@ -181,67 +236,292 @@ def noisy(
     return np.clip(np.round(out), -32768, 32767).astype(np.int16), onset
 
 
-def build(tts: Tts, negative_s: float, say: Any) -> tuple[bw.AudioSet, list[bool]]:
-    """The audio set, and per positive clip whether its voice is enrolled."""
-    rng = np.random.default_rng(bw.SEED + 16)
-    clips: list[bw.Positive] = []
-    parts: list[bw.Samples] = []
-    enrolled: list[bool] = []
-    start = 0
-    k = 0
-    for group, voices in ((True, ENROLLED), (False, STRANGERS)):
-        for engine, voice in voices:
-            for wpm in TEST_WPM:
-                for phrase in PHRASES:
-                    kind, snr = CONDITIONS[k % len(CONDITIONS)]
-                    level = LEVELS[k % len(LEVELS)]
-                    k += 1
-                    speech = tts.get(engine, voice, phrase, wpm)
-                    clip, onset = noisy(tts, speech, kind, snr, level, 2.0, 1.5, rng)
-                    label = f"{engine}:{voice} [{kind} {snr:g} dB]"
-                    clips.append(bw.Positive(label, wpm, phrase, level, start, len(clip), onset))
-                    enrolled.append(group)
-                    parts.append(clip)
-                    start += len(clip)
-    say(f"{len(clips)} positives")
-    # negatives: the bench's texts, each segment read by one of all the voices, in turn
-    voices = (*ENROLLED, *STRANGERS)
-    segments: list[bw.Segment] = []
-    negs: list[bw.Samples] = []
-    pos = 0
-    speech_s = noise_s = 0.0
+@dataclass(frozen=True)
+class Say:
+    """One utterance of the sets: who says what, how fast, and the sound around it."""
+
+    engine: str
+    voice: str
+    text: str
+    wpm: int
+    noise: str = "clean"
+    snr_db: float = 0.0
+    level_dbfs: float = -28.0
+
+    @property
+    def speech(self) -> tuple[str, str, str, int]:
+        """What makes the same audio before any mixing: two Says with this equal overlap."""
+        return (self.engine, self.voice, self.text, self.wpm)
+
+
+class SplitError(ValueError):
+    """The enrolment, tuning and evaluation sets overlap where they must not."""
+
+
+def enrollment_says() -> list[Say]:
+    """What each household voice enrolls with: the bare phrase, clean, at ENROLL_WPM."""
+    return [Say(e, v, "hey jarvis", w) for e, v in ENROLLED for w in ENROLL_WPM]
+
+
+def positive_says(
+    voices: tuple[tuple[str, str], ...], rates: tuple[int, ...], phrases: tuple[str, ...]
+) -> list[Say]:
+    """Each voice at each rate saying each phrase, the conditions and levels in rotation."""
+    out = []
+    for engine, voice in voices:
+        for wpm in rates:
+            for phrase in phrases:
+                kind, snr = CONDITIONS[len(out) % len(CONDITIONS)]
+                level = LEVELS[len(out) % len(LEVELS)]
+                out.append(Say(engine, voice, phrase, wpm, kind, snr, level))
+    return out
+
+
+def _near_misses(phrases: tuple[str, ...], n: int) -> str:
+    """Five near misses of the wake phrase said one after the other, each its own sentence."""
+    picked = [phrases[(n * 5 + i) % len(phrases)] for i in range(5)]
+    return " ".join(f"{p[0].upper()}{p[1:]}." for p in picked)
+
+
+def negative_says(tuning: bool) -> Iterator[Say]:
+    """The negative speech of the tuning set (household voices, generated sentences and
+    NEAR_MISSES_TUNE) or of the evaluation set (all voices, bench_wakeword's paragraphs and
+    sentences and NEAR_MISSES_EVAL), without end; every third segment is near misses."""
+    voices = ENROLLED if tuning else (*ENROLLED, *STRANGERS)
     texts = bw._negative_texts()
+    rng = np.random.default_rng([bw.SEED, 2])  # bench_wakeword's sentences use [SEED, 1]
     n = 0
-    while speech_s < negative_s:
-        text, _, wpm = next(texts)
+    while True:
+        wpm = bw.SPEEDS_WPM[n % len(bw.SPEEDS_WPM)]
+        if n % 3 == 2:
+            text = _near_misses(NEAR_MISSES_TUNE if tuning else NEAR_MISSES_EVAL, n // 3)
+        elif tuning:
+            text = bw._sentences(rng, 7)
+        else:
+            text, _, wpm = next(texts)
         engine, voice = voices[n % len(voices)]
         kind, snr = CONDITIONS[(n * 2) % len(CONDITIONS)]
-        speech = tts.get(engine, voice, text, wpm)
-        seg, _ = noisy(tts, speech, kind, max(snr, 5.0), LEVELS[n % 3], 0.5, 0.5, rng)
-        segments.append(bw.Segment(pos, len(seg), f"{engine}:{voice}", wpm, text))
-        negs.append(seg)
-        pos += len(seg)
-        speech_s += len(seg) / RATE
+        yield Say(engine, voice, text, wpm, kind, max(snr, 5.0), LEVELS[n % len(LEVELS)])
         n += 1
-        if n % 5 == 0:
-            quiet, _ = noisy(tts, None, "pink" if n % 10 else "babble", 10.0, -28.0, 20, 0, rng)
-            segments.append(bw.Segment(pos, len(quiet)))
-            negs.append(quiet)
-            pos += len(quiet)
-            noise_s += len(quiet) / RATE
-    audio = bw.AudioSet(
-        np.concatenate(parts), clips, np.concatenate(negs), segments, speech_s, noise_s
+
+
+def check_split(
+    enrollment: list[Say],
+    tuning: list[Say],
+    test: list[Say],
+    tuning_neg: list[Say],
+    test_neg: list[Say],
+) -> None:
+    """SplitError unless the sets are apart: enrolment and tuning clips never say what a test
+    clip says (same voice, text and rate), tuning is not enrolment, no negative text is in both
+    tuning and evaluation, and the strangers' voices and engines are in neither enrolment nor
+    tuning (nor the device's own training negatives, nor the babble)."""
+    problems = []
+    for name, group in (("enrolment", enrollment), ("tuning", tuning)):
+        shared = {s.speech for s in group} & {s.speech for s in test}
+        if shared:
+            problems.append(f"{name} and test clips share {sorted(shared)[:3]}")
+    shared = {s.speech for s in enrollment} & {s.speech for s in tuning}
+    if shared:
+        problems.append(f"enrolment and tuning clips share {sorted(shared)[:3]}")
+    texts = {s.text for s in tuning_neg} & {s.text for s in test_neg}
+    if texts:
+        problems.append(f"tuning and test negatives share texts {sorted(texts)[:2]}")
+    seen = [*enrollment, *tuning, *tuning_neg]
+    household = {(s.engine, s.voice) for s in seen}
+    strangers = set(STRANGERS) - set(ENROLLED)
+    if household & strangers:
+        problems.append(
+            f"strangers' voices in enrolment or tuning: {sorted(household & strangers)}"
+        )
+    own_engines = {e for e, _ in ENROLLED}
+    if {s.engine for s in seen} - own_engines:
+        problems.append("engines outside the household's in enrolment or tuning")
+    device = {("espeak-ng", v) for v in (*NEGATIVE_VOICES, *BABBLE_VOICES)}
+    if device & (strangers | set(ENROLLED)):
+        problems.append(f"a test voice trains or babbles: {sorted(device & set(STRANGERS))}")
+    if problems:
+        raise SplitError("; ".join(problems))
+
+
+def _synthesize(tts: Tts, says: list[Say]) -> list[bw.Samples]:
+    # two at a time: the engines are separate processes
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return list(pool.map(lambda s: tts.get(s.engine, s.voice, s.text, s.wpm), says))
+
+
+def positive_set(
+    tts: Tts, says: list[Say], rng: np.random.Generator
+) -> tuple[bw.Samples, list[bw.Positive]]:
+    """The clips of `says` (2 s of their noise before, 1.5 s after), one after the other."""
+    clips: list[bw.Positive] = []
+    parts: list[bw.Samples] = []
+    start = 0
+    for say, speech in zip(says, _synthesize(tts, says), strict=True):
+        clip, onset = noisy(tts, speech, say.noise, say.snr_db, say.level_dbfs, 2.0, 1.5, rng)
+        label = f"{say.engine}:{say.voice} [{say.noise} {say.snr_db:g} dB]"
+        clips.append(bw.Positive(label, say.wpm, say.text, say.level_dbfs, start, len(clip), onset))
+        parts.append(clip)
+        start += len(clip)
+    return np.concatenate(parts), clips
+
+
+@dataclass
+class NegativeSet:
+    """Negative audio: speech segments from `says`, a noise stretch after every fifth."""
+
+    audio: bw.Samples
+    segments: list[bw.Segment]
+    says: list[Say]
+    speech_s: float
+    noise_s: float
+
+    @property
+    def hours(self) -> float:
+        """Length of all of it."""
+        return len(self.audio) / RATE / 3600
+
+
+def negative_set(
+    tts: Tts, says: Iterator[Say], total_s: float, rng: np.random.Generator
+) -> NegativeSet:
+    """At least `total_s` seconds of negatives (whole segments) from `says`."""
+    segments: list[bw.Segment] = []
+    parts: list[bw.Samples] = []
+    used: list[Say] = []
+    pos = 0
+    speech_s = noise_s = 0.0
+    while speech_s + noise_s < total_s:
+        batch = [next(says) for _ in range(10)]
+        for say, speech in zip(batch, _synthesize(tts, batch), strict=True):
+            seg, _ = noisy(tts, speech, say.noise, say.snr_db, say.level_dbfs, 0.5, 0.5, rng)
+            segments.append(
+                bw.Segment(pos, len(seg), f"{say.engine}:{say.voice}", say.wpm, say.text)
+            )
+            parts.append(seg)
+            used.append(say)
+            pos += len(seg)
+            speech_s += len(seg) / RATE
+            if len(used) % 5 == 0:
+                kind = "pink" if len(used) % 10 else "babble"
+                quiet, _ = noisy(tts, None, kind, 10.0, -28.0, 20, 0, rng)
+                segments.append(bw.Segment(pos, len(quiet)))
+                parts.append(quiet)
+                pos += len(quiet)
+                noise_s += len(quiet) / RATE
+    return NegativeSet(np.concatenate(parts), segments, used, speech_s, noise_s)
+
+
+# --- the operating point, chosen on the tuning set ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """When the verifier is asked (base score) and when its answer fires (probability, chunks)."""
+
+    base_threshold: float
+    accept: float
+    confirm: int
+
+
+def trace(
+    detector: Any, verifier: WordVerifier, samples: bw.Samples
+) -> tuple[bw.Floats, bw.Floats]:
+    """Per 80 ms chunk of `samples` from a fresh detector: the base score and the verifier's
+    probability (computed for every chunk, so any operating point can be tried afterwards)."""
+    scores, windows = detector.trace(bw.WORD, samples)
+    z = ((windows - verifier.mean) / verifier.scale) @ verifier.weights + verifier.bias
+    return scores.astype(np.float64), 1.0 / (1.0 + np.exp(-np.clip(z, -60.0, 60.0)))
+
+
+def simulate(
+    scores: bw.Floats,
+    probs: bw.Floats,
+    window: int,
+    point: OperatingPoint | None,
+    word: WakeWordConfig,
+) -> list[int]:
+    """Chunk indices where the daemon's detector (`WakeWordDetector._step`) fires, given each
+    chunk's base score and verifier probability; `point` None: the stock rule alone."""
+    chunk_s = bw.CHUNK / RATE
+    floor = word.threshold if point is None else min(point.base_threshold, word.threshold)
+    fired: list[int] = []
+    last_t: float | None = None
+    streak, previous = 0, -2
+    for i in np.flatnonzero(scores >= floor):
+        i = int(i)
+        score = scores[i]
+        asked = point is not None and i + 1 > window and score >= point.base_threshold
+        if point is not None and asked and probs[i] >= point.accept:
+            streak = streak + 1 if previous == i - 1 else 1
+        else:
+            streak = 0
+        previous = i
+        accepted = score >= word.threshold or (point is not None and streak >= point.confirm)
+        t = (i + 1) * chunk_s
+        if accepted and (last_t is None or t - last_t >= word.refractory_s - 1e-9):
+            last_t = t
+            fired.append(i)
+    return fired
+
+
+@dataclass
+class Traced:
+    """The tuning set as the detector sees it: per clip and for the negatives, base scores
+    and verifier probabilities per chunk."""
+
+    clips: list[tuple[bw.Positive, bw.Floats, bw.Floats]]
+    neg_scores: bw.Floats
+    neg_probs: bw.Floats
+    neg_hours: float
+
+
+def evaluate(traced: Traced, window: int, point: OperatingPoint | None) -> tuple[int, int, int]:
+    """(clips detected, false accepts, false accepts the verifier made: base score below the
+    word's threshold) on the traced tuning set at `point`."""
+    word = WakeWordConfig()
+    hits = 0
+    for clip, scores, probs in traced.clips:
+        fired = simulate(scores, probs, window, point, word)
+        hits += any((i + 1) * bw.CHUNK > clip.onset for i in fired)
+    false = simulate(traced.neg_scores, traced.neg_probs, window, point, word)
+    return hits, len(false), sum(1 for i in false if traced.neg_scores[i] < word.threshold)
+
+
+BASE_FLOORS = (0.0, 0.02, 0.05, 0.1, 0.2)
+ACCEPTS = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999)
+CONFIRMS = (1, 2, 3, 4, 5, 6)
+
+
+def choose(traced: Traced, verifier: WordVerifier) -> OperatingPoint:
+    """The operating point with the most tuning clips detected among those where the verifier
+    makes no false accept of its own on the tuning negatives (so none hides behind the stock
+    model's own false accepts and the 2 s refractory period); ties go to the stricter point."""
+    table = []
+    for floor in BASE_FLOORS:
+        for accept in ACCEPTS:
+            for confirm in CONFIRMS:
+                point = OperatingPoint(max(verifier.base_threshold, floor), accept, confirm)
+                hits, _, made = evaluate(traced, verifier.window, point)
+                table.append((made, hits, point))
+    fewest = min(made for made, _, _ in table)  # 0 unless every point makes some
+    _, _, best = max(
+        (row for row in table if row[0] == fewest),
+        key=lambda r: (r[1], r[2].confirm, r[2].accept, r[2].base_threshold),
     )
-    say(f"negatives: {speech_s / 60:.1f} min speech + {noise_s / 60:.1f} min noise")
-    return audio, enrolled
+    return best
 
 
-def run_verified(audio: bw.AudioSet, wake: WakeConfig, verifier: Path) -> bw.EngineRun:
-    """wakertc with the household verifier, on 20 ms frames (fresh per clip, as bench_wakeword)."""
+def run_detector(
+    audio: bw.AudioSet, wake: WakeConfig, verifier: Path | None, positives: bool = True
+) -> tuple[bw.EngineRun, float]:
+    """wakertc on 20 ms frames (fresh per clip, as bench_wakeword), with the household verifier
+    or (None) without; and the CPU seconds of the negatives alone (the idle path)."""
     from wakertc.wakeword import WakeWordDetector
 
     detector = WakeWordDetector(wake, verifier)
-    assert detector.verified_words == [bw.WORD], "the verifier did not load"
+    if verifier is not None:
+        assert detector.verified_words == [bw.WORD], "the verifier did not load"
     cpu = time.thread_time()
 
     def stream(samples: bw.Samples) -> list[int]:
@@ -252,21 +532,113 @@ def run_verified(audio: bw.AudioSet, wake: WakeConfig, verifier: Path) -> bw.Eng
         return fired
 
     pos_fired = []
-    for clip in audio.clips:
+    for clip in audio.clips if positives else []:
         detector.reset()
         pos_fired.append(stream(audio.positives[clip.start : clip.start + clip.length]))
     detector.reset()
+    idle = time.thread_time()
     neg_fired = stream(audio.negatives)
+    done = time.thread_time()
     empty = np.zeros(0)
-    return bw.EngineRun(empty, empty, pos_fired, neg_fired, time.thread_time() - cpu)
+    return bw.EngineRun(empty, empty, pos_fired, neg_fired, done - cpu), done - idle
+
+
+def stock_run(audio: bw.AudioSet, work: Path, models_dir: Path) -> bw.EngineRun:
+    """The stock package on `audio`; its scores are cached by the audio's digest (they take
+    most of a run and depend on nothing else)."""
+    digest = hashlib.sha256(audio.positives.tobytes())
+    digest.update(audio.negatives.tobytes())
+    cached = work / f"stock-{digest.hexdigest()[:20]}.npz"
+    word = WakeWordConfig()
+    if cached.exists():
+        saved = np.load(cached)
+        pos_scores, neg_scores = saved["pos"], saved["neg"]
+        cpu = float(saved["cpu"])
+    else:
+        engines = [bw.StockEngine(models_dir, work, f"stock{i}") for i in range(2)]
+        try:
+            run = bw.run_stock(audio, engines, work, word)
+        finally:
+            for e in engines:
+                e.close()
+        pos_scores, neg_scores, cpu = run.pos_scores, run.neg_scores, run.cpu_s
+        np.savez(cached, pos=pos_scores, neg=neg_scores, cpu=cpu)
+    pos_fired, first = [], 0
+    for clip in audio.clips:
+        n = clip.length // bw.CHUNK
+        pos_fired.append(bw.fire_times(pos_scores[first : first + n], 0.5, word.refractory_s))
+        first += n
+    neg_fired = bw.fire_times(neg_scores, word.threshold, word.refractory_s)
+    return bw.EngineRun(pos_scores, neg_scores, pos_fired, neg_fired, cpu)
+
+
+def tune(
+    tts: Tts, wake: WakeConfig, verifier: Path, say: Any
+) -> tuple[OperatingPoint, dict[str, Any]]:
+    """Build the tuning set, trace it, choose the operating point and write it into the
+    verifier file; what was chosen and from what, for the report."""
+    from wakertc.wakeword import WakeWordDetector
+
+    rng = np.random.default_rng([bw.SEED, 16, 1])
+    positives, clips = positive_set(tts, positive_says(ENROLLED, TUNE_WPM, TUNE_PHRASES), rng)
+    negatives = negative_set(tts, negative_says(tuning=True), TUNE_NEGATIVE_S, rng)
+    say(f"tuning set: {len(clips)} clips, {negatives.hours * 60:.1f} min of negatives")
+    word = verifier_file.load(verifier)[bw.WORD]
+    detector = WakeWordDetector(wake)
+    traced_clips = []
+    for clip in clips:
+        scores, probs = trace(detector, word, positives[clip.start : clip.start + clip.length])
+        traced_clips.append((clip, scores, probs))
+    neg_scores, neg_probs = trace(detector, word, negatives.audio)
+    traced = Traced(traced_clips, neg_scores, neg_probs, negatives.hours)
+    point = choose(traced, word)
+    stock_hits, stock_fa, _ = evaluate(traced, word.window, None)
+    enrolled_point = OperatingPoint(word.base_threshold, word.accept, word.confirm)
+    hits, fa, made = evaluate(traced, word.window, point)
+    verifier_file.save(
+        verifier,
+        {
+            bw.WORD: replace(
+                word,
+                base_threshold=point.base_threshold,
+                accept=point.accept,
+                confirm=point.confirm,
+            )
+        },
+    )
+    enroll_hits, enroll_fa, enroll_made = evaluate(traced, word.window, enrolled_point)
+    report = {
+        "clips": len(clips),
+        "negative_hours": round(negatives.hours, 3),
+        "stock": {"detected": stock_hits, "false_accepts": stock_fa},
+        "as_enrolled": {
+            **enrolled_point.__dict__,
+            "detected": enroll_hits,
+            "false_accepts": enroll_fa,
+            "made_by_verifier": enroll_made,
+        },
+        "chosen": {
+            **point.__dict__,
+            "detected": hits,
+            "false_accepts": fa,
+            "made_by_verifier": made,
+        },
+    }
+    say(f"operating point {point} (tuning: {hits}/{len(clips)} clips, {fa} false accepts)")
+    return point, report
 
 
 def main(argv: list[str]) -> int:
-    """Enroll, build, run both engines, print the figures as JSON."""
+    """Enroll, tune, build the test set, run both engines, print the figures as JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--negative-min", type=float, default=30.0, help="minutes of speech")
+    parser.add_argument(
+        "--negative-hours", type=float, default=2.0, help="hours of test negatives (2)"
+    )
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/wakertc-bench-household"))
     parser.add_argument("--models-dir", type=Path, default=bw.ROOT / "models")
+    parser.add_argument(
+        "--tune-only", action="store_true", help="stop after choosing the operating point"
+    )
     args = parser.parse_args(argv)
     started = time.monotonic()
 
@@ -280,33 +652,59 @@ def main(argv: list[str]) -> int:
     config = Config(wake=wake, source=work / "wakertc.toml")
     verifier = verifier_path(config.source)  # type: ignore[arg-type]
     verifier.unlink(missing_ok=True)
+    enrolment = enrollment_says()
     for engine, voice in ENROLLED:
-        clips = [(f"{voice}@{w}", tts.get(engine, voice, "hey jarvis", w)) for w in ENROLL_WPM]
+        clips = [
+            (f"{s.voice}@{s.wpm}", tts.get(s.engine, s.voice, s.text, s.wpm))
+            for s in enrolment
+            if (s.engine, s.voice) == (engine, voice)
+        ]
         enroll(config, voice.replace("+", "_"), clips)
     say("enrolled")
-    audio, enrolled = build(tts, args.negative_min * 60, say)
-    engines = [bw.StockEngine(args.models_dir, work, f"stock{i}") for i in range(2)]
-    try:
-        stock = bw.run_stock(audio, engines, work, WakeWordConfig())
-    finally:
-        for e in engines:
-            e.close()
+    _, tuning = tune(tts, wake, verifier, say)
+    if args.tune_only:
+        print(json.dumps({"tuning": tuning}, indent=1))
+        return 0
+    test_says = positive_says((*ENROLLED, *STRANGERS), TEST_WPM, PHRASES)
+    rng = np.random.default_rng(bw.SEED + 16)
+    positives, clips = positive_set(tts, test_says, rng)
+    negatives = negative_set(tts, negative_says(tuning=False), args.negative_hours * 3600, rng)
+    tuning_neg = list(itertools.islice(negative_says(tuning=True), len(negatives.says)))
+    check_split(
+        enrolment,
+        positive_says(ENROLLED, TUNE_WPM, TUNE_PHRASES),
+        test_says,
+        tuning_neg,
+        negatives.says,
+    )
+    audio = bw.AudioSet(
+        positives, clips, negatives.audio, negatives.segments, negatives.speech_s, negatives.noise_s
+    )
+    enrolled = [(s.engine, s.voice) in ENROLLED for s in test_says]
+    say(
+        f"test set: {len(clips)} clips; negatives {negatives.speech_s / 60:.1f} min speech + "
+        f"{negatives.noise_s / 60:.1f} min noise"
+    )
+    stock = stock_run(audio, work, args.models_dir)
     say("stock scored")
-    mine = run_verified(audio, wake, verifier)
-    plain = bw.run_wakertc(audio, wake)
+    mine, idle_cpu = run_detector(audio, wake, verifier)
     say("wakertc scored")
-    hours = len(audio.negatives) / RATE / 3600
-    hits = {
-        "stock": bw._detected(stock, audio.clips),
-        "wakertc_verifier": bw._detected(mine, audio.clips),
-        "wakertc_no_verifier": bw._detected(plain, audio.clips),
-    }
-    runs = {"stock": stock, "wakertc_verifier": mine, "wakertc_no_verifier": plain}
+    _, plain_idle_cpu = run_detector(audio, wake, None, positives=False)
+    say("wakertc without the verifier scored (negatives: the idle path)")
+    hours = negatives.hours
+    hits = {"stock": bw._detected(stock, audio.clips), "wakertc": bw._detected(mine, audio.clips)}
+    runs = {"stock": stock, "wakertc": mine}
     result: dict[str, Any] = {
+        "tuning": tuning,
         "negative_hours": round(hours, 3),
         "negative_speech_min": round(audio.speech_s / 60, 1),
         "negative_noise_min": round(audio.noise_only_s / 60, 1),
         "cpu_s": {k: round(r.cpu_s, 1) for k, r in runs.items()},
+        "idle_cpu_s": {
+            "wakertc": round(idle_cpu, 1),
+            "wakertc_no_verifier": round(plain_idle_cpu, 1),
+            "ratio": round(idle_cpu / plain_idle_cpu, 3),
+        },
     }
     for group, flag in (("enrolled", True), ("strangers", False)):
         idx = [i for i, e in enumerate(enrolled) if e == flag]

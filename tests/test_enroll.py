@@ -97,6 +97,37 @@ def test_enrolled_voice_is_heard_when_said_fast_and_negatives_stay_quiet(enrolle
     assert detections(enrolled, negative_speech(), models_dir) == []
 
 
+NEAR_MISSES = (
+    "Hey Travis. Hey service. A jar of peas. Hey Harvey. Hey Mavis. Heavy jars.",
+    "Hey Davis. Hey jazz fans. Hey Garvey. Hey Chavis. They starve us. Have a service.",
+)
+
+
+def test_near_misses_said_alone_by_strangers_are_not_accepted(enrolled, models_dir):
+    """Short near misses, each said alone as a wake phrase is, by voices neither enrolled nor
+    among enrolment's negative voices, fast, in noise: no chunk the verifier is asked about
+    reaches its acceptance, a margin of one over the detector's two chunks in a row (trained
+    with four negative voices and a weak L2, one chunk of en-gb-x-rp+m3 at 165 wpm did)."""
+    word = verifier.load(verifier.verifier_path(enrolled))["hey_jarvis"]
+    detector = WakeWordDetector(WakeConfig(models_dir=models_dir))
+    accepted = []
+    for voice in ("en-us+f2", "en-gb-x-rp+m3", "en-gb-x-gbcwmd+f4"):
+        assert voice not in enroll.NEGATIVE_VOICES
+        for wpm in (165, 190):
+            for snr in (20.0, 10.0):
+                for k, text in enumerate(NEAR_MISSES):
+                    speech = in_noise(synth(text, voice=voice, wpm=wpm, pad_s=1.0), snr, seed=k)
+                    found = detections(enrolled, speech, models_dir)
+                    assert [d for d in found if d.score < 0.5] == []  # the stock model's own
+                    scores, windows = detector.trace("hey_jarvis", speech)
+                    for i in np.flatnonzero(scores >= word.base_threshold):
+                        if i + 1 > word.window:
+                            p = word.probability(windows[i].reshape(word.window, -1))
+                            if p >= word.accept:
+                                accepted.append((voice, wpm, snr, k, int(i), round(p, 3)))
+    assert accepted == []
+
+
 def test_enroll_list_and_file_contents(enrolled, capsys):
     assert enroll.main(["--list", "--config", str(enrolled)]) == 0
     out = capsys.readouterr().out

@@ -12,7 +12,7 @@ Training data. Positives: from each clip (clean and mixed with pink noise at 20 
 the embedding windows where the base model's score peaks. Negatives, made here without any
 download: the same clips' windows before the phrase and the clips played backwards (the same
 voice, not the phrase); seeded pink and white noise at five levels; and, when espeak-ng is
-installed, two dozen sentences read in four voices at three rates, many with words that sound
+installed, two dozen sentences read in eight voices at three rates, many with words that sound
 like the phrase ("hey Travis", "jar", "service"). The texts differ from the bench's, so the
 bench measures what enrolment did not see. Negative speech matters most: with only 12 sentences
 at two rates (and acceptance at 0.9) the bench measured 120 false accepts per hour against the
@@ -62,7 +62,22 @@ NOISE_RMS = (30, 100, 300, 1000, 3000)
 MIN_BASE_THRESHOLD = 0.005
 MAX_BASE_THRESHOLD = 0.25
 
-NEGATIVE_VOICES = ("en-us", "en-gb+f3", "en-us+m4", "en-gb-scotland")
+NEGATIVE_VOICES = (
+    "en-us",
+    "en-gb+f3",
+    "en-us+m4",
+    "en-gb-scotland",
+    "en-us+f5",
+    "en-gb+m2",
+    "en+klatt2",
+    "en-us+m1",
+)
+"""Voices of the negative speech, one per sentence and rate in turn: the more voices, the more
+the verifier learns the household's voices rather than the phrase alone."""
+L2 = 3000.0
+"""The verifier's L2 penalty: strong, since a few hundred windows train 1,536 weights. Chosen on
+scripts/bench_household.py's tuning set (then 30 clips, 23 minutes of negatives): with the eight
+voices, 14 clips detected at no more false accepts than the stock model, against 11 with 1.0."""
 NEGATIVE_RATES = (130, 160, 190)
 NEGATIVE_TEXT = (
     "hey Travis, can you pass the jar of honey",
@@ -281,7 +296,7 @@ def _retrain(
     negs = negatives(detector, word)
     if extra_negatives is not None and len(extra_negatives):
         negs = np.concatenate((negs, extra_negatives))
-    mean, scale, weights, bias = verifier_file.train(positives, negs)
+    mean, scale, weights, bias = verifier_file.train(positives, negs, l2=L2)
     window = detector.window(word)
     base_scores = np.array(
         [detector.score_window(word, row.reshape(window, -1)) for row in positives]

@@ -16,7 +16,7 @@ atomically with `atomic.write_atomic`):
 
     {"format": "wakertc-verifier", "version": 1,
      "words": {"hey_jarvis": {"model_sha256": ..., "window": 16, "feature_size": 96,
-                              "base_threshold": 0.02, "accept": 0.9, "confirm": 3,
+                              "base_threshold": 0.02, "accept": 0.9, "confirm": 2,
                               "mean": [...], "scale": [...], "weights": [...], "bias": 0.0,
                               "people": {"alice": {"windows": 9, "positives": [[...], ...]}}}}}
 
@@ -43,7 +43,7 @@ FORMAT = "wakertc-verifier"
 VERSION = 1
 FEATURE_SIZE = 96
 DEFAULT_ACCEPT = 0.9
-DEFAULT_CONFIRM = 3
+DEFAULT_CONFIRM = 2
 
 FloatArray = npt.NDArray[np.float32]
 
