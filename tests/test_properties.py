@@ -415,6 +415,7 @@ class PhaseModel:
     reply_audio: bool = False
     ending: bool = False
     tasks: bool = False  # a tool or the goodbye is pending (nothing runs inside one burst)
+    tool_runs: bool = False  # tools (not the goodbye) of a completed response are running
     clears: int = 0
     ended: bool = False  # ended normally (the service ended the session)
     active: bool = False  # a response is in progress
@@ -455,7 +456,8 @@ class PhaseModel:
             if self.ending:
                 self.tasks = True
             elif self.phase is Phase.SPEAKING:
-                self.phase = Phase.LISTENING
+                # A reply that called tools ("let me check"): the user waits for their answer.
+                self.phase = Phase.THINKING if self.tool_runs else Phase.LISTENING
         elif kind == "response.function_call_arguments.done":
             # Noted only: a call runs once its response completed.
             call = (message.get("name"), message.get("call_id"))
@@ -485,6 +487,7 @@ class PhaseModel:
                     self.tasks = True
             # Tools running: the user waits for their answer, unless still talking.
             tools = any(name != END_CONVERSATION for name, _ in calls)
+            self.tool_runs = self.tool_runs or tools
             if tools and self.phase is Phase.LISTENING and not self.user_speaking:
                 self.phase = Phase.THINKING
             quiet = not self.reply_audio and not self.ending and not self.tasks
@@ -730,6 +733,19 @@ def test_event_handler_never_raises_and_moves_only_as_the_protocol_says(
         '{"type": "response.function_call_arguments.done", "name": "lights", "call_id": "c2",'
         ' "response_id": "r1"}',
         '{"type": "response.done", "response": {"id": "r1", "status": "completed"}}',
+    ],
+    start=Phase.CONNECTING,
+    transcription=False,
+)
+# Found by CI: a reply's audio stops after its response called a tool: the device waits for the
+# tool's answer (THINKING), as it does in a real conversation.
+@example(
+    raws=[
+        '{"type": "input_audio_buffer.speech_started"}',
+        '{"type": "output_audio_buffer.started"}',
+        '{"type": "response.done", "response": {"status": "completed", "output": [{"type":'
+        ' "function_call", "name": "lights", "call_id": ""}]}}',
+        '{"type": "output_audio_buffer.stopped"}',
     ],
     start=Phase.CONNECTING,
     transcription=False,
