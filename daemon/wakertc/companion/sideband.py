@@ -504,7 +504,9 @@ class SessionWatcher:
             )
         )
 
-    async def _run_tools(self, calls: list[dict[str, Any]]) -> None:
+    async def _answer_tools(self, calls: list[dict[str, Any]], event_type: str) -> None:
+        """Run the server tools `calls` name, together, and send each output as `event_type`
+        (Realtime: conversation.item.create; GPT-Live: response.item.create)."""
         assert self._tools is not None
         outputs = await asyncio.gather(
             *(
@@ -521,7 +523,7 @@ class SessionWatcher:
             )
             self.send(
                 {
-                    "type": "conversation.item.create",
+                    "type": event_type,
                     "item": {
                         "type": "function_call_output",
                         "call_id": call.get("call_id"),
@@ -529,6 +531,9 @@ class SessionWatcher:
                     },
                 }
             )
+
+    async def _run_tools(self, calls: list[dict[str, Any]]) -> None:
+        await self._answer_tools(calls, "conversation.item.create")
         if self._ending:
             return
         if self._active is None:
@@ -660,30 +665,7 @@ class SessionWatcher:
         self._spawn(self._run_live_tools(calls, reply=not mixed), "tools")
 
     async def _run_live_tools(self, calls: list[dict[str, Any]], *, reply: bool) -> None:
-        assert self._tools is not None
-        outputs = await asyncio.gather(
-            *(
-                self._tools.run(str(call.get("name")), str(call.get("arguments") or ""))
-                for call in calls
-            )
-        )
-        for call, output in zip(calls, outputs, strict=True):
-            log.info(
-                "server tool %s for device %s: %d characters back",
-                str(call.get("name"))[:60],
-                self.device,
-                len(output),
-            )
-            self.send(
-                {
-                    "type": "response.item.create",
-                    "item": {
-                        "type": "function_call_output",
-                        "call_id": call.get("call_id"),
-                        "output": output,
-                    },
-                }
-            )
+        await self._answer_tools(calls, "response.item.create")
         if reply and not self._ending:
             self.send({"type": "response.create"})
 
