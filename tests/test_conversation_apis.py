@@ -50,14 +50,17 @@ async def test_wake_word_question_reply_and_idle_end(tmp_path, models_dir, api):
         )
         assert wake.reason == "wake word hey_jarvis"
         # The pre-roll (the wake word itself) streams as soon as the call is up, so the service
-        # may report speech before it confirms the session: LISTENING either way, by one reason
-        # or the other, and "user speaking" only if that event really came first.
+        # may report speech before it confirms the session, or right after: the conversation
+        # task marks the session live when it next runs, and a speech event handled before then
+        # (CI, under load) has moved the phase already. LISTENING either way, by one reason or
+        # the other, and "user speaking" only if that event came before the confirmation or
+        # next after it.
         assert live.reason in ("session live", "user speaking")
         if live.reason == "user speaking":
             kinds = [e["type"] for e in chain.received()]
             started = "input_audio_buffer.speech_started" if api == "realtime" else None
             confirmed = "session.updated" if api == "realtime" else "session.started"
-            assert started is not None and kinds.index(started) < kinds.index(confirmed)
+            assert started is not None and kinds.index(started) <= kinds.index(confirmed) + 1
         assert thinking.reason == "user stopped speaking"
         assert (speaking.reason, listening.reason) == ("reply audio", "reply finished")
         assert idle.reason == "conversation over (idle timeout)"
