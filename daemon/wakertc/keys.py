@@ -155,12 +155,7 @@ class CompanionClient:
         """One request for a new key; raises `CompanionError` with the reason on failure."""
         # The key's life is counted from before we asked: never longer than it really has.
         asked_at = self._clock()
-        try:
-            response = await self._client.post(self._url, json={})
-        except httpx.TimeoutException as exc:
-            raise CompanionError(f"companion did not answer within {self._timeout:g} s") from exc
-        except httpx.HTTPError as exc:
-            raise CompanionError(f"companion unreachable: {_describe_http_error(exc)}") from exc
+        response = await self._request("POST", self._url, json={})
         _raise_refusal(response)
         retry_after = _retry_after(response)
         if response.status_code != 200:
@@ -189,12 +184,7 @@ class CompanionClient:
     async def create_live(self, offer: str, tools: list[dict[str, Any]]) -> LiveAnswer:
         """One Live session for this offer. Never retried here: the companion bills a session
         upstream for every request that reaches it."""
-        try:
-            response = await self._client.post(self._live_url, json={"sdp": offer, "tools": tools})
-        except httpx.TimeoutException as exc:
-            raise CompanionError(f"companion did not answer within {self._timeout:g} s") from exc
-        except httpx.HTTPError as exc:
-            raise CompanionError(f"companion unreachable: {_describe_http_error(exc)}") from exc
+        response = await self._request("POST", self._live_url, json={"sdp": offer, "tools": tools})
         _raise_refusal(response)
         if response.status_code != 201:
             raise CompanionError(
@@ -209,15 +199,19 @@ class CompanionClient:
             raise CompanionError("companion answered 201 without a session id and answer")
         return LiveAnswer(session_id, answer, _names(body.get("server_tools")))
 
-    async def standing(self) -> dict[str, Any]:
-        """How this device stands against the owner's budgets (`GET /v1/device`: no upstream
-        call, nothing billed); raises `CompanionOverBudget` when it is over."""
+    async def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        """One request to the companion; a timeout or a network failure is a `CompanionError`."""
         try:
-            response = await self._client.get(self._device_url)
+            return await self._client.request(method, url, **kwargs)
         except httpx.TimeoutException as exc:
             raise CompanionError(f"companion did not answer within {self._timeout:g} s") from exc
         except httpx.HTTPError as exc:
             raise CompanionError(f"companion unreachable: {_describe_http_error(exc)}") from exc
+
+    async def standing(self) -> dict[str, Any]:
+        """How this device stands against the owner's budgets (`GET /v1/device`: no upstream
+        call, nothing billed); raises `CompanionOverBudget` when it is over."""
+        response = await self._request("GET", self._device_url)
         _raise_refusal(response)
         if response.status_code == 404:  # a companion from before budgets: none are kept
             return {"state": "ok"}

@@ -71,7 +71,7 @@ class ControlPlane:
             self._spawn(self._end_if_over(watcher), f"budget-{watcher.session_id}")
 
     async def _end_if_over(self, watcher: SessionWatcher) -> None:
-        standing = await self._standing(watcher.device)
+        standing = await self.standing(watcher.device)
         if standing is not None and standing.state == "over":
             await watcher.wait_joined(JOIN_FOR_NOTICE_S)
             log.warning(
@@ -130,7 +130,7 @@ class ControlPlane:
             await self._enforce(entry.device)
 
     async def _enforce(self, device: str) -> None:
-        standing = await self._standing(device)
+        standing = await self.standing(device)
         if standing is None or standing.state == "ok":
             return
         if standing.state == "near":
@@ -151,7 +151,8 @@ class ControlPlane:
                 )
                 self._spawn(watcher.end(self.config.budgets.notice), f"end-{watcher.session_id}")
 
-    async def _standing(self, device: str) -> Standing | None:
+    async def standing(self, device: str) -> Standing | None:
+        """The device's standing (None: the store could not be read, which is logged)."""
         try:
             return await self.budgets.standing(device)
         except StoreError as exc:
@@ -163,12 +164,8 @@ class ControlPlane:
         that cannot be read refuses nothing: the owner's devices keep working, and it is logged."""
         if not self.budgets.covers(device):
             return None
-        standing = await self._standing(device)
+        standing = await self.standing(device)
         return standing if standing is not None and standing.state == "over" else None
-
-    async def standing(self, device: str) -> Standing | None:
-        """The device's standing (None: it could not be read)."""
-        return await self._standing(device)
 
     # -- memory --------------------------------------------------------------------------------
 
