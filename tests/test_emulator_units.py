@@ -457,3 +457,39 @@ async def test_speech_ends_when_frames_stop_arriving() -> None:
     assert sent[1]["audio_end_ms"] == 500
     engine.close()
     track.stop()
+
+
+async def test_a_stalled_event_loop_is_not_a_client_that_stopped_sending() -> None:
+    """Frames that arrived while the loop was held up reach the engine a few callbacks after the
+    overdue gap timer runs (socket, then the track's queue); the timer must not take the stall
+    for silence and chop the turn (the emulator shares its loop with the daemon in the tests)."""
+    import asyncio
+    import time
+
+    sent: list[dict] = []
+    engine, track = engine_with(sent)
+    for start in range(0, RATE // 2, 960):
+        engine.on_audio(noise(0.02, -20, seed=start))
+    assert [e["type"] for e in sent] == ["input_audio_buffer.speech_started"]
+    loop = asyncio.get_running_loop()
+
+    def deliver() -> None:
+        for start in range(0, RATE // 5, 960):
+            engine.on_audio(noise(0.02, -20, seed=start))
+
+    def stall() -> None:
+        time.sleep(0.8)  # past silence_duration_ms plus slack: the gap timer is now overdue
+        loop.call_soon(loop.call_soon, deliver)  # two hops, as socket -> track -> engine
+
+    loop.call_soon(stall)
+    await asyncio.sleep(0.95)
+    assert [e["type"] for e in sent] == ["input_audio_buffer.speech_started"]
+    # Frames that really stop still end the turn, a recheck later.
+    await asyncio.sleep(0.7)
+    assert [e["type"] for e in sent][:2] == [
+        "input_audio_buffer.speech_started",
+        "input_audio_buffer.speech_stopped",
+    ]
+    assert sent[1]["audio_end_ms"] == 700
+    engine.close()
+    track.stop()

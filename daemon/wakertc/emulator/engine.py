@@ -44,6 +44,11 @@ log = logging.getLogger(__name__)
 
 MIN_COMMIT_MS = 100  # upstream refuses to commit less
 GAP_SLACK_S = 0.1
+# A gap timer that fires this late means the event loop itself was held up: frames that arrived
+# meanwhile may still be waiting behind it, so the quiet is not yet evidence of a client that
+# stopped sending (the emulator shares its loop with whatever else runs in the process).
+GAP_LATE_S = 0.05
+GAP_RECHECK_S = 0.1
 
 
 class RealtimeEngine:
@@ -379,11 +384,19 @@ class RealtimeEngine:
         if self._vad is None or not self._vad.speaking:
             return
         delay = self._vad.settings.silence_duration_ms / 1000 + GAP_SLACK_S
-        self._gap_timer = asyncio.get_running_loop().call_later(delay, self._on_gap)
+        loop = asyncio.get_running_loop()
+        self._gap_timer = loop.call_later(delay, self._on_gap, loop.time() + delay)
 
-    def _on_gap(self) -> None:
+    def _on_gap(self, due: float) -> None:
         self._gap_timer = None
         if self._vad is None or self._closed:
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() - due > GAP_LATE_S:
+            # Held up: look again once what queued behind the stall has run.
+            self._gap_timer = loop.call_later(
+                GAP_RECHECK_S, self._on_gap, loop.time() + GAP_RECHECK_S
+            )
             return
         stopped = self._vad.silence(self.buffer.total)
         if stopped is not None:
