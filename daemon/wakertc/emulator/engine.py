@@ -392,7 +392,9 @@ class RealtimeEngine:
         if self._vad is None or self._closed:
             return
         loop = asyncio.get_running_loop()
-        if loop.time() - due > GAP_LATE_S:
+        late = loop.time() - due
+        if late > GAP_LATE_S:
+            log.info("no input frames, but the loop was held up %.2f s; looking again", late)
             # Held up: look again once what queued behind the stall has run.
             self._gap_timer = loop.call_later(
                 GAP_RECHECK_S, self._on_gap, loop.time() + GAP_RECHECK_S
