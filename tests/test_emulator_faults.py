@@ -410,3 +410,23 @@ def test_jitter_takes_its_figures_or_the_defaults() -> None:
         Faults.parse(["jitter=30,20"])
     with pytest.raises(FaultError, match=r"fault 'jitter'.*within"):
         Faults.parse(["jitter=30,20,150"])
+    assert Faults.parse(["jitter=30,20,1,10"]).jitter == Jitter(
+        delay_s=0.03, jitter_s=0.02, loss=0.01, for_s=10.0
+    )
+    for bad in ("30,20,1,0", "30,20,1,x", "30,20,1,5,5"):
+        with pytest.raises(FaultError, match=r"fault 'jitter'"):
+            Faults.parse([f"jitter={bad}"])
+
+
+async def test_a_jitter_that_stops_leaves_a_clean_path() -> None:
+    """`jitter=D,J,L,S`: bad for the first S seconds of the call's audio, then whole, in order."""
+    async with running_emulator(faults=("jitter=30,20,20,1",)) as emu:
+        client = await connected_client(emu.url, MANUAL)
+        seqs = await rtp_arrivals(client, 3.0)
+        await client.close()
+    first = seqs[0]
+    # Packets up to ~1 s in: some lost (20 %) or overtaken; after 1.2 s: every one, in order.
+    early = [s - first for s in seqs if s - first < 45]
+    late = [s for s in seqs if s - first >= 60]
+    assert len(early) < 45, f"no loss while the path was bad: {seqs}"
+    assert late == sorted(late) and late[-1] - late[0] + 1 == len(late) >= 60, seqs

@@ -37,9 +37,10 @@ FAULT_HELP = {
     "transcription-failed": "every input audio transcription fails (...transcription.failed)",
     "no-reply": "never reply (after a turn, or on response.create)",
     "max-session=S": "end sessions after S seconds instead of the service's 60 minutes",
-    "jitter[=D,J,L]": (
+    "jitter[=D,J,L[,S]]": (
         "delay the reply's RTP packets by D ms +- J ms (reordering them) and drop L % of them "
-        f"(default {Jitter.delay_s * 1000:g},{Jitter.jitter_s * 1000:g},{Jitter.loss * 100:g})"
+        f"(default {Jitter.delay_s * 1000:g},{Jitter.jitter_s * 1000:g},{Jitter.loss * 100:g}); "
+        "with S, only the first S seconds of each call's audio, then the path is clean"
     ),
 }
 
@@ -132,17 +133,25 @@ def _seconds(name: str, raw: str) -> float:
 
 
 def _jitter(raw: str) -> Jitter:
-    """`D,J,L`: delay and jitter in milliseconds, loss in percent."""
+    """`D,J,L[,S]`: delay and jitter in milliseconds, loss in percent, seconds of audio."""
     parts = raw.split(",")
     try:
-        delay_ms, jitter_ms, loss_pct = (float(part) for part in parts)
+        if len(parts) not in (3, 4):
+            raise ValueError
+        delay_ms, jitter_ms, loss_pct = (float(part) for part in parts[:3])
+        for_s = float(parts[3]) if len(parts) == 4 else None
     except ValueError:
         raise FaultError(
-            f"fault 'jitter': expected DELAY_MS,JITTER_MS,LOSS_PERCENT (e.g. 30,20,1), got {raw!r}"
+            "fault 'jitter': expected DELAY_MS,JITTER_MS,LOSS_PERCENT[,SECONDS] (e.g. 30,20,1 "
+            f"or 30,20,1,10), got {raw!r}"
         ) from None
     if not (0 <= delay_ms <= 10000 and 0 <= jitter_ms <= 10000 and 0 <= loss_pct <= 100):
         raise FaultError(
             f"fault 'jitter': delay and jitter must be within 0..10000 ms and loss within "
             f"0..100 %, got {raw!r}"
         )
-    return Jitter(delay_s=delay_ms / 1000, jitter_s=jitter_ms / 1000, loss=loss_pct / 100)
+    if for_s is not None and not 0 < for_s <= 86400:
+        raise FaultError(f"fault 'jitter': seconds must be within 0..86400, got {raw!r}")
+    return Jitter(
+        delay_s=delay_ms / 1000, jitter_s=jitter_ms / 1000, loss=loss_pct / 100, for_s=for_s
+    )

@@ -25,6 +25,8 @@ from aiortc.rtp import is_rtcp
 
 log = logging.getLogger(__name__)
 
+PACKET_S = 0.02  # the reply track's packets: 20 ms of Opus each
+
 
 @dataclass(frozen=True)
 class Jitter:
@@ -38,6 +40,9 @@ class Jitter:
     """Share of packets dropped (0..1)."""
     seed: int = 15
     """Seed of the per-call generator, for repeatable runs."""
+    for_s: float | None = None
+    """Bad for the first this many seconds of the call's audio (20 ms packets), then clean;
+    None: for the whole call."""
 
 
 class JitteryPath:
@@ -51,11 +56,23 @@ class JitteryPath:
         self._tasks: set[asyncio.Task[None]] = set()
         self.sent = 0
         self.dropped = 0
+        self._packets = 0
+        self.clean_at: float | None = None
+        """The loop's time when the path turned clean (`Jitter.for_s`), if it has."""
         transport._send_rtp = self._send_rtp  # this object only; the class keeps aiortc's
 
     async def _send_rtp(self, data: bytes) -> None:
         if is_rtcp(data):
             await self._send(data)
+            return
+        self._packets += 1
+        if self.clean_at is not None:
+            await self._deliver(data)
+            return
+        if self._jitter.for_s is not None and self._packets * PACKET_S > self._jitter.for_s:
+            self.clean_at = asyncio.get_running_loop().time()
+            log.info("jitter path clean after %g s of audio", self._jitter.for_s)
+            await self._deliver(data)
             return
         if self._rng.random() < self._jitter.loss:
             self.dropped += 1
