@@ -32,7 +32,13 @@ Progress goes to stderr; with --json one JSON object goes to stdout. Figures:
 - `mic_to_wire_ms`, `wire_to_speaker_ms` (scripts/bench_latency.py): clicks through the real
   daemon's PyAudio backend on a private PulseAudio server and the echo emulator, timed at the
   sinks' monitors and at the emulator's peer connection; beside bare PortAudio streams on the same
-  devices. Skipped (met: null, with the reason) where PulseAudio cannot start.
+  devices. Skipped (met: null, with the reason) where PulseAudio cannot start. Wire to speaker's
+  target is the bare writer's p50 + 25 ms.
+- `jitter_underruns_per_min`, `jitter_depth_recovery_ms` (scripts/bench_jitter.py): spoken
+  replies through the whole chain in this process under the emulator's `jitter` fault (30 ms
+  +- 20 ms, 1 % loss): the playback queue's underruns per minute of reply audio (reference: the
+  clean path), and its depth 5-6 s after a path that was jittery turned clean (reference: its
+  depth on the clean path).
 - `wake_word_detection_rate`, `wake_word_false_accepts_per_hour` (scripts/bench_wakeword.py):
   espeak-ng voices and speeds in pink noise at 10 dB SNR, and 30+ minutes of other speech, through
   wakertc's detector and the stock openwakeword package on the same audio.
@@ -70,6 +76,7 @@ except ImportError:  # run by a Python without the package: use the project's vi
 
 import numpy as np  # noqa: E402
 
+from bench_jitter import measure as measure_jitter  # noqa: E402
 from bench_latency import measure as measure_audio_latency  # noqa: E402
 from bench_live import (  # noqa: E402
     LiveSessions,
@@ -529,6 +536,7 @@ async def bench(plan: Plan, say: Progress) -> dict[str, Any]:
         figures["utterance_received_ratio"] = await utterance_figure(plan, workdir, models_dir, say)
         quick = plan.name == "quick"
         figures.update(await measure_audio_latency(quick, workdir / "latency", models_dir, say))
+        figures.update(await measure_jitter(quick, workdir / "jitter", models_dir, say))
         figures.update(
             await asyncio.to_thread(measure_wake_word, quick, workdir / "wakeword", models_dir, say)
         )
@@ -544,6 +552,8 @@ async def bench(plan: Plan, say: Progress) -> dict[str, Any]:
         "utterance_received_ratio",
         "mic_to_wire_ms",
         "wire_to_speaker_ms",
+        "jitter_underruns_per_min",
+        "jitter_depth_recovery_ms",
         "wake_word_detection_rate",
         "wake_word_false_accepts_per_hour",
     ]

@@ -600,6 +600,13 @@ HOW = {
     "leaving the speaker sink (probe on speaker.monitor); parts split at the daemon handing "
     "the audio to its backend's play()",
 }
+# Wire to speaker: at most this much above the bare writer on the same device (issue 15).
+OVER_BARE = {"wire_to_speaker_ms"}
+OVER_BARE_MS = 25.0
+TARGET = {
+    "mic_to_wire_ms": f"<= {LIMIT_MS:g} ms",
+    "wire_to_speaker_ms": f"<= reference + {OVER_BARE_MS:g} ms",
+}
 REFERENCE_NAME = {
     "mic_to_wire_ms": "bare PortAudio capture callback on the same device, format and 20 ms "
     "periods as the daemon: click at the microphone to the callback holding it (p50)",
@@ -616,7 +623,7 @@ def skipped(reason: str) -> dict[str, dict[str, Any]]:
             math.nan,
             unit="ms (p50)",
             reference_name=REFERENCE_NAME[name],
-            target=f"<= {LIMIT_MS:g} ms",
+            target=TARGET[name],
             met=None,
             skipped=reason,
         )
@@ -701,13 +708,14 @@ async def measure(
         details["probe_late_reads_ms"] = round(
             max(recording.mic.late_reads_ms(), recording.speaker.late_reads_ms()), 2
         )
+        reference = statistics.median(main.reference)
         figures[name] = figure(
             p50,
-            statistics.median(main.reference),
+            reference,
             unit="ms (p50)",
             reference_name=REFERENCE_NAME[name],
-            target=f"<= {LIMIT_MS:g} ms",
-            met=p50 <= LIMIT_MS,
+            target=TARGET[name],
+            met=p50 <= reference + OVER_BARE_MS if name in OVER_BARE else p50 <= LIMIT_MS,
             **details,
         )
         say(
