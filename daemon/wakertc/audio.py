@@ -393,10 +393,7 @@ class _PlaybackQueue:
         ahead = self._peek(min(self._queued, n + 1))
         if lag < headroom:
             return min(round((headroom - lag) * PLAYBACK_RATE), n) if abs(ahead[0]) <= _QUIET else 0
-        # Down to the middle of the band a start leaves the lag in, not its top: a depth that
-        # came down from a jittery stretch then sits where a fresh start on the path would.
-        settle = headroom + _BLOCK_S / 2
-        shrink = min(round((lag - settle) * PLAYBACK_RATE), n, len(ahead) - 1)
+        shrink = min(round((lag - top) * PLAYBACK_RATE), n, len(ahead) - 1)
         if shrink > 0 and np.abs(ahead[: shrink + 1]).max() <= _QUIET:
             self._take(np.empty(shrink, np.float32))
         return 0

@@ -24,11 +24,15 @@ as any chunk can be late, or that chunk finds the queue dry. `lag_s` is how far 
   beyond which waiting costs more than a gap.
 - The window counts received audio, not wall time: between replies nothing arrives, and the
   path's jitter is remembered for the next reply; once the jitter stops, the late chunks leave
-  the window within `WINDOW_S` of audio and the target is back at the floor. The depth then
-  follows it at the reply's next pauses: the issue asks for the depth within 10 ms of the clean
-  path's 5 s after the jitter stops, which a 4 s window missed (48 ms against 23 at 5-6 s,
-  scripts/bench_jitter.py) and 3 s meets; in the 20 simulated jittery minutes below, 1.5-4 s
-  windows all leave the same 3 underruns.
+  the window within `WINDOW_S` of audio and the target is back at the floor; the depth follows
+  at the reply's next pauses. The issue asks for the depth within 10 ms of the clean path's
+  5 s after the jitter stops: `scripts/bench_jitter.py --quick` read 48 ms against 23. A 3 s
+  window met it (24-27 ms against 22-24, three runs), and so did settling a shrinking queue in
+  the middle of the start band instead of at its top (26 against 25), but each left a gap on
+  the clean path of tests/test_jitter_chain.py in 1-2 of 8 runs on this machine, where 4 s and
+  the top left none in 8: the shorter memory measures the machine's own scheduling noise as
+  smaller than it is. A gap heard on every path costs more than a deep queue for a few
+  seconds after a bad one, so the window stays 4 s.
 - Until `LEARN_S` of audio has been measured the path is unknown: the target is at least
   `START_S`, so the first words of the first reply on a bad path do not break up while the
   window fills (without it, 23 underruns in the 40 replies). It costs 40 ms once, at the first
@@ -44,7 +48,7 @@ import collections
 
 FLOOR_S = 0.02
 CEILING_S = 0.15
-WINDOW_S = 3.0
+WINDOW_S = 4.0
 TOLERANCE_S = 0.015
 LOSS_S = 0.06  # (jitter.HOLD + 1) frames of 20 ms; not imported: audio does not pull in aiortc
 LEARN_S = 0.5
