@@ -44,7 +44,8 @@ Progress goes to stderr; with --json one JSON object goes to stdout. Figures:
   wakertc's detector and the stock openwakeword package on the same audio.
 
 Figures are medians or percentiles because this machine is shared: other processes compete for its
-two cores, so single samples are noisy. `--quick` (~80 s) uses fewer samples than the full run.
+two cores, so single samples are noisy. `--quick` (~2.5 min) uses fewer samples than the full run
+(~26 min).
 """
 
 from __future__ import annotations

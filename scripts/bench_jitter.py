@@ -94,6 +94,10 @@ async def replies(
 ) -> list[Reply]:
     """`count` conversations, one reply each, in one daemon; what each reply did to the queue."""
     done: list[Reply] = []
+    # The chain harness turns the package's logging up to INFO for its own records; what reaches
+    # the console stays at WARNING.
+    for handler in logging.getLogger().handlers:
+        handler.setLevel(max(handler.level, logging.WARNING))
     async with run_chain(
         workdir, models_dir, reply="speech", reply_text=plan.reply, faults=faults, device=QUIET
     ) as chain:
