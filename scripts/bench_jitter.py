@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 import statistics
@@ -108,24 +107,12 @@ async def replies(
             await chain.expect(Phase.WAKE, Phase.CONNECTING, Phase.LISTENING)
             chain.mic.speak(clip(QUESTION))
             await chain.expect(Phase.THINKING, Phase.SPEAKING, timeout=60)
-            reply = Reply(played_s=0.0, underruns=0)
             started = time.monotonic()
-
-            async def watch(reply: Reply = reply) -> None:
-                while True:
-                    reply.depth.append((time.monotonic(), speaker.playback_queued_s))
-                    await asyncio.sleep(0.02)
-
-            watcher = asyncio.create_task(watch())
-            try:
-                await chain.wait_phase(Phase.LISTENING, timeout=90)
-            finally:
-                watcher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watcher
-            reply.played_s = time.monotonic() - started
-            reply.underruns = speaker.playback_underruns - ran_dry
-            done.append(reply)
+            depth = await chain.sample_until(
+                Phase.LISTENING, lambda: (time.monotonic(), speaker.playback_queued_s), timeout=90
+            )
+            played_s = time.monotonic() - started
+            done.append(Reply(played_s, speaker.playback_underruns - ran_dry, depth))
             await chain.wait_phase(Phase.IDLE, timeout=30)  # idle timeout: the call ends
     return done
 

@@ -28,10 +28,10 @@ import logging
 import threading
 import time
 import tomllib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from gpiozero.pins.mock import MockFactory, MockPWMPin
@@ -46,6 +46,8 @@ from wakertc.emulator.live_permissions import NOT_PERMITTED
 from wakertc.leds import colour
 from wakertc.measure import read_wav, received_ratio, write_wav
 from wakertc.state import Phase, Transition
+
+T = TypeVar("T")
 
 BUTTON_PIN = 17
 LED_PINS = (5, 6, 13)
@@ -479,6 +481,27 @@ class Chain:
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), remaining)
+
+    async def sample_until(
+        self, phase: Phase, read: Callable[[], T], *, every_s: float = 0.02, timeout: float = 30.0
+    ) -> list[T]:
+        """`read()` every `every_s` until the next change into `phase` (as `wait_phase`): e.g.
+        the playback queue's depth while a reply plays."""
+        samples: list[T] = []
+
+        async def sample() -> None:
+            while True:
+                samples.append(read())
+                await asyncio.sleep(every_s)
+
+        sampler = asyncio.create_task(sample(), name="chain-sample")
+        try:
+            await self.wait_phase(phase, timeout=timeout)
+        finally:
+            sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sampler
+        return samples
 
     async def wait_phase(self, phase: Phase, *, timeout: float = 15.0) -> Seen:
         """Wait for the next change into `phase` after the cursor; the cursor moves past it."""

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -34,20 +32,10 @@ async def play_story(tmp_path: Path, models_dir: Path, faults: tuple[str, ...]) 
         await chain.expect(Phase.WAKE, Phase.CONNECTING, Phase.LISTENING)
         chain.mic.speak(clip(QUESTION))
         await chain.expect(Phase.THINKING, Phase.SPEAKING, timeout=30)
-        seen: list[tuple[float, float]] = []  # (target, depth), every 20 ms of the reply
-
-        async def watch() -> None:
-            while True:
-                seen.append((speaker.playback_target_s, speaker.playback_queued_s))
-                await asyncio.sleep(0.02)
-
-        watcher = asyncio.create_task(watch())
-        try:
-            await chain.wait_phase(Phase.LISTENING, timeout=30)
-        finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+        # (target, depth), every 20 ms of the reply
+        seen = await chain.sample_until(
+            Phase.LISTENING, lambda: (speaker.playback_target_s, speaker.playback_queued_s)
+        )
         ran_dry = speaker.playback_ran_dry
         underruns = speaker.playback_underruns
         target = speaker.playback_target_s
