@@ -66,12 +66,10 @@ class JitteryPath:
             await self._send(data)
             return
         self._packets += 1
-        if self.clean_at is not None:
-            await self._deliver(data)
-            return
         if self._jitter.for_s is not None and self._packets * PACKET_S > self._jitter.for_s:
-            self.clean_at = asyncio.get_running_loop().time()
-            log.info("jitter path clean after %g s of audio", self._jitter.for_s)
+            if self.clean_at is None:
+                self.clean_at = asyncio.get_running_loop().time()
+                log.info("jitter path clean after %g s of audio", self._jitter.for_s)
             await self._deliver(data)
             return
         if self._rng.random() < self._jitter.loss:
