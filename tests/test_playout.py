@@ -92,6 +92,34 @@ def test_a_jittery_path_raises_the_target_beyond_its_lateness():
     assert depth.lateness_s == pytest.approx(transit.max() - transit.min())
 
 
+def test_a_lone_late_chunk_costs_its_lateness_not_a_loss_allowance():
+    # a loopback path with one hiccup: no loss, one chunk 25 ms late
+    depth = PlayoutDepth()
+    arrivals = clean(100, 0.0, noise=0.0)
+    arrivals[60] = (arrivals[60][0] + 0.025, 1)
+    feed(depth, arrivals)
+    assert depth.lateness_s == pytest.approx(0.025)
+    assert depth.target_s == pytest.approx(FLOOR_S + 0.025 + playout.TOLERANCE_S)
+    # a second late chunk is a path that jitters, where losses come with it
+    feed(depth, [(2.0 + 0.02, 1)])
+    assert depth.target_s == pytest.approx(FLOOR_S + 0.025 + playout.LOSS_S + playout.TOLERANCE_S)
+
+
+def test_a_chunk_held_behind_a_loss_brings_the_loss_allowance():
+    # no jitter, one packet lost: the receive buffer holds the next ones until HOLD + 1 are
+    # in, then releases them with the lost one concealed, as one chunk: the only late one
+    arrivals = released(100, delay=0.03, jitter=0.0, loss=0.0, seed=1)
+    lost = 50
+    release = (arrivals[lost + HOLD + 1][0], HOLD + 2)
+    arrivals = [*arrivals[:lost], release, *arrivals[lost + HOLD + 2 :]]
+    depth = PlayoutDepth()
+    feed(depth, arrivals)
+    assert depth.lateness_s == pytest.approx((HOLD + 1) * FRAME_S)
+    expected = FLOOR_S + depth.lateness_s + playout.LOSS_S + playout.TOLERANCE_S
+    assert depth.target_s == pytest.approx(min(CEILING_S, expected))
+    assert depth.target_s > FLOOR_S + depth.lateness_s + playout.TOLERANCE_S + 0.01
+
+
 def test_the_target_never_exceeds_the_ceiling():
     depth = PlayoutDepth()
     feed(depth, released(200, delay=0.3, jitter=0.25, loss=0.05, seed=4))

@@ -17,6 +17,14 @@ as any chunk can be late, or that chunk finds the queue dry. `lag_s` is how far 
   tests/test_playout.py, 40 replies of 7 s from start-up and 20 minutes-long ones), the spread
   alone left 50 underruns in the 40 replies and 124 in the 20 minutes; with `LOSS_S`, 3 and 3,
   each where two packets were lost close together.
+- ... but not on a path whose only lateness is one chunk, with no loss (a chunk longer than a
+  packet: what the receive buffer releases after holding frames) in the window: that is a
+  hiccup (the sender's or this machine's scheduling), not a lossy path, and it costs its own
+  lateness for `WINDOW_S`, not 60 ms more. On a loopback path one such chunk raised the latency
+  of everything played in the next 4 s from ~95 to ~165 ms (`scripts/bench_latency.py`). The
+  cost, simulated as above: with +-10 ms of jitter and 1 % loss, the first loss of a reply
+  finds the queue shallow a little more often, 11 underruns instead of 9 in 40 replies of 7 s
+  from start-up (seeds 100-139); in 20 minutes, 3 either way (and with +-20 ms, unchanged).
 - A spread within `TOLERANCE_S` is the machine's own scheduling noise, absorbed by the block's
   phase as before (0 underruns at the floor on a clean path; the clean path of
   tests/test_jitter_chain.py spreads 5-9 ms on this machine, lightly loaded): the target leaves
@@ -67,10 +75,11 @@ class PlayoutDepth:
         self.ceiling_s = ceiling_s
         self._received = 0.0  # seconds of audio measured so far, across streams
         self._shift = 0.0  # added to the stream position at each new stream (re-anchoring)
-        # (stream position at the chunk's start, transit) of the chunks in the window
-        self._window: collections.deque[tuple[float, float]] = collections.deque()
+        # (stream position at the chunk's start, transit, duration) of the chunks in the window
+        self._window: collections.deque[tuple[float, float, float]] = collections.deque()
         self._earliest = 0.0  # smallest transit in the window
         self._spread = 0.0  # largest transit in the window minus `_earliest`
+        self._lossy = False  # the window shows a loss, or more than one late chunk
         self._last_at = -float("inf")  # when the last measured chunk arrived
 
     @property
@@ -78,7 +87,8 @@ class PlayoutDepth:
         """The depth to queue before playing (a reply's start, or after running dry)."""
         target = self.floor_s
         if self._spread > TOLERANCE_S:
-            target = min(self.ceiling_s, self.floor_s + self._spread + LOSS_S + TOLERANCE_S)
+            loss = LOSS_S if self._lossy else 0.0
+            target = min(self.ceiling_s, self.floor_s + self._spread + loss + TOLERANCE_S)
         return max(target, min(START_S, self.ceiling_s)) if self._received < LEARN_S else target
 
     @property
@@ -118,12 +128,18 @@ class PlayoutDepth:
             # a new stream: this chunk counts as on time, the window keeps the path's history
             self._shift += transit - self._earliest
             transit = self._earliest
-        self._window.append((self._received, transit))
+        self._window.append((self._received, transit, seconds))
         self._last_at = at
         self._received += seconds
         while self._window[0][0] < self._received - WINDOW_S:
             self._window.popleft()
-        transits = [t for _, t in self._window]
+        transits = [t for _, t, _ in self._window]
         self._earliest = min(transits)
         self._spread = max(transits) - self._earliest
+        # a chunk longer than a packet: the receive buffer held frames behind a missing one
+        durations = sorted(duration for _, _, duration in self._window)
+        packet = durations[len(durations) // 2]
+        held = durations[-1] > 1.5 * packet
+        late = sum(t - self._earliest > TOLERANCE_S for t in transits)
+        self._lossy = held or late > 1
         return continues
