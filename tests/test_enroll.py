@@ -106,8 +106,8 @@ NEAR_MISSES = (
 def test_near_misses_said_alone_by_strangers_are_not_accepted(enrolled, models_dir):
     """Short near misses, each said alone as a wake phrase is, by voices neither enrolled nor
     among enrolment's negative voices, fast, in noise: no chunk the verifier is asked about
-    reaches its acceptance, a margin of one over the detector's two chunks in a row (trained
-    with four negative voices and a weak L2, one chunk of en-gb-x-rp+m3 at 165 wpm did)."""
+    reaches its acceptance, where one chunk would fire (trained with four negative voices and
+    a weak L2, one chunk of en-gb-x-rp+m3 at 165 wpm did)."""
     word = verifier.load(verifier.verifier_path(enrolled))["hey_jarvis"]
     detector = WakeWordDetector(WakeConfig(models_dir=models_dir))
     accepted = []

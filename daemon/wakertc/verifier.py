@@ -16,7 +16,7 @@ atomically with `atomic.write_atomic`):
 
     {"format": "wakertc-verifier", "version": 1,
      "words": {"hey_jarvis": {"model_sha256": ..., "window": 16, "feature_size": 96,
-                              "base_threshold": 0.02, "accept": 0.9, "confirm": 2,
+                              "base_threshold": 0.02, "accept": 0.95, "confirm": 1,
                               "mean": [...], "scale": [...], "weights": [...], "bias": 0.0,
                               "people": {"alice": {"windows": 9, "positives": [[...], ...]}}}}}
 
@@ -42,8 +42,8 @@ from .atomic import write_atomic
 FORMAT = "wakertc-verifier"
 VERSION = 1
 FEATURE_SIZE = 96
-DEFAULT_ACCEPT = 0.9
-DEFAULT_CONFIRM = 2
+DEFAULT_ACCEPT = 0.95
+DEFAULT_CONFIRM = 1
 
 FloatArray = npt.NDArray[np.float32]
 
