@@ -639,6 +639,19 @@ def tune(tts: Tts, wake: WakeConfig, verifier: Path, say: Any) -> tuple[list[Say
     return negatives.says, report
 
 
+def unmatched(fired: list[int], other: list[int], within: int) -> list[int]:
+    """The chunks in `fired` with none of `other` within `within` chunks of them: the false
+    accepts one engine made and the other did not (same audio, same chunk clock)."""
+    ordered = np.sort(np.asarray(other, dtype=np.int64))
+    out = []
+    for f in fired:
+        i = int(np.searchsorted(ordered, f))
+        near = [abs(int(ordered[j]) - f) for j in (i - 1, i) if 0 <= j < len(ordered)]
+        if not near or min(near) > within:
+            out.append(f)
+    return out
+
+
 def main(argv: list[str]) -> int:
     """Enroll, tune, build the test set, run both engines, print the figures as JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -749,9 +762,15 @@ def main(argv: list[str]) -> int:
     result["false_accepts_per_hour"] = {
         k: round(len(r.neg_fired) / hours, 2) for k, r in runs.items()
     }
+    refractory = round(WakeWordConfig().refractory_s * RATE / bw.CHUNK)
+
+    def labels(fired: list[int]) -> list[str]:
+        return [bw._segment_at(audio.segments, f * bw.CHUNK).label()[:70] for f in fired]
+
     result["false_accepts"] = {
-        k: [bw._segment_at(audio.segments, f * bw.CHUNK).label()[:70] for f in r.neg_fired[:10]]
-        for k, r in runs.items()
+        **{k: labels(r.neg_fired) for k, r in runs.items()},
+        "wakertc_only": labels(unmatched(mine.neg_fired, stock.neg_fired, refractory)),
+        "stock_only": labels(unmatched(stock.neg_fired, mine.neg_fired, refractory)),
     }
     print(json.dumps(result, indent=1))
     say("done")

@@ -112,3 +112,11 @@ def test_tuning_simulates_the_detector(tmp_path: Path) -> None:
             real.append((round(d.t * bh.RATE / bh.bw.CHUNK) - 1, d.score < 0.5))
     assert len(real) >= 3 and any(by_verifier for _, by_verifier in real), real
     assert simulated == [i for i, _ in real]
+
+
+def test_the_false_accepts_one_engine_made_alone_are_found() -> None:
+    stock = [100, 400, 900]
+    mine = [101, 400, 650, 930]  # 101 and 400 are the stock model's; 650 and 930 are not
+    assert bh.unmatched(mine, stock, within=25) == [650, 930]
+    assert bh.unmatched(stock, mine, within=25) == [900]
+    assert bh.unmatched(mine, [], within=25) == mine
