@@ -63,6 +63,7 @@ LEARN_S = 0.5
 START_S = 0.06
 GAP_S = 0.3
 MAX_CHUNK_S = 0.2
+HELD_RATIO = 1.5  # a chunk this much longer than the median one: frames held behind a gap
 
 
 class PlayoutDepth:
@@ -138,8 +139,7 @@ class PlayoutDepth:
         self._spread = max(transits) - self._earliest
         # a chunk longer than a packet: the receive buffer held frames behind a missing one
         durations = sorted(duration for _, _, duration in self._window)
-        packet = durations[len(durations) // 2]
-        held = durations[-1] > 1.5 * packet
+        held = durations[-1] > HELD_RATIO * durations[len(durations) // 2]
         late = sum(t - self._earliest > TOLERANCE_S for t in transits)
         self._lossy = held or late > 1
         return continues
