@@ -3,6 +3,7 @@ backend), loaded by the daemon at start, bad files reported and ignored, `--remo
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import re
@@ -133,9 +134,63 @@ def test_enroll_list_and_file_contents(enrolled, capsys):
     out = capsys.readouterr().out
     assert out.startswith("alice\they_jarvis\t")
     data = json.loads(verifier.verifier_path(enrolled).read_text())
-    assert data["format"] == "wakertc-verifier" and data["version"] == 1
+    assert data["format"] == "wakertc-verifier" and data["version"] == 2
     entry = data["words"]["hey_jarvis"]
     assert len(entry["weights"]) == 16 * 96 and set(entry["people"]) == {"alice"}
+    # the training windows: base64 float32, as many as the file says, and what training used
+    alice = entry["people"]["alice"]
+    raw = base64.b64decode(alice["positives"])
+    assert len(raw) == alice["windows"] * 16 * 96 * 4 == len(ENROLL_WPM) * 3 * 3 * 16 * 96 * 4
+    loaded = verifier.load(verifier.verifier_path(enrolled))["hey_jarvis"].people["alice"]
+    assert np.array_equal(loaded, np.frombuffer(raw, "<f4").reshape(-1, 16 * 96))
+
+
+def _as_version_1(path: Path) -> None:
+    """Rewrite the verifier file at `path` as wakertc wrote it before version 2: number lists."""
+    data = json.loads(path.read_text())
+    data["version"] = 1
+    for entry in data["words"].values():
+        for person in entry["people"].values():
+            rows = np.frombuffer(base64.b64decode(person["positives"]), "<f4").reshape(-1, 1536)
+            person["positives"] = [[round(float(v), 6) for v in row] for row in rows]
+    path.write_text(json.dumps(data))
+
+
+def test_a_version_1_file_still_works_and_is_rewritten_as_version_2_when_someone_enrolls(
+    enrolled, tmp_path, models_dir
+):
+    config = _copy_config(enrolled, tmp_path)
+    path = verifier.verifier_path(config)
+    _as_version_1(path)
+    alice = verifier.load(path)["hey_jarvis"].people["alice"]
+    assert detections(config, fast_phrase(), models_dir) != []  # the daemon's detector uses it
+    wavs = [
+        str(write_wav(tmp_path / f"b{wpm}.wav", synth("hey jarvis", "en-gb", wpm), 16000))
+        for wpm in (150, 190)
+    ]
+    assert enroll.main(["bob", *wavs, "--config", str(config)]) == 0
+    assert json.loads(path.read_text())["version"] == 2
+    people = verifier.load(path)["hey_jarvis"].people
+    assert set(people) == {"alice", "bob"} and np.array_equal(people["alice"], alice)
+    assert detections(config, fast_phrase(), models_dir) != []
+
+
+def test_the_daemon_does_not_decode_the_training_windows(enrolled, tmp_path, models_dir):
+    """The detector needs the model, not the people's windows: it loads without decoding them
+    (damaged ones do not stop it), while `enroll`, which retrains from them, reports them."""
+    config = _copy_config(enrolled, tmp_path)
+    path = verifier.verifier_path(config)
+    data = json.loads(path.read_text())
+    data["words"]["hey_jarvis"]["people"]["alice"]["positives"] = "not base64!"
+    path.write_text(json.dumps(data))
+    quick = verifier.load(path, training_data=False)["hey_jarvis"]
+    assert list(quick.people) == ["alice"] and quick.people["alice"].size == 0
+    detector = WakeWordDetector(WakeConfig(models_dir=models_dir), path)
+    assert detector.verified_words == ["hey_jarvis"]
+    assert detections(config, fast_phrase(), models_dir) != []
+    with pytest.raises(verifier.VerifierError, match=r"people\.alice\.positives: not base64"):
+        verifier.load(path)
+    assert enroll.main(["--list", "--config", str(config)]) == 2
 
 
 def test_detect_shows_base_score_and_verifier_decision(enrolled, tmp_path, capsys):
@@ -198,6 +253,10 @@ def _short_weights(entry: dict) -> None:
     entry["weights"] = entry["weights"][:100]
 
 
+def _future_version(data: dict) -> None:
+    data["version"] = 3
+
+
 @pytest.mark.parametrize(
     ("damage", "message"),
     [
@@ -206,6 +265,7 @@ def _short_weights(entry: dict) -> None:
         (_corrupt, "feature_size: 128, but the embedding model gives 96"),
         (_other_model, "trained for another model than"),
         (_short_weights, "weights: expected a list of 1536 numbers, got 100 values"),
+        (_future_version, "verifier format version 3, this wakertc reads versions 1, 2"),
     ],
 )
 def test_bad_verifier_is_reported_and_ignored(
@@ -218,7 +278,7 @@ def test_bad_verifier_is_reported_and_ignored(
         path.write_text(damage(text))
     else:
         data = json.loads(text)
-        damage(data["words"]["hey_jarvis"])
+        damage(data if damage is _future_version else data["words"]["hey_jarvis"])
         path.write_text(json.dumps(data))
     with caplog.at_level(logging.INFO, logger="wakertc.wakeword"):
         detector = WakeWordDetector(WakeConfig(models_dir=models_dir), path)

@@ -268,7 +268,7 @@ class WakeWordDetector:
         """Use the household verifier in `path`; a bad or mismatched file is logged and ignored
         (the stock model keeps working), never fatal."""
         try:
-            verifiers = verifier_file.load(path)
+            verifiers = verifier_file.load(path, training_data=False)
         except verifier_file.VerifierError as exc:
             log.error("ignoring the wake-word verifier: %s", exc)
             return
