@@ -348,7 +348,8 @@ def check_split(
         problems.append("engines outside the household's in enrolment or tuning")
     device = {("espeak-ng", v) for v in (*NEGATIVE_VOICES, *BABBLE_VOICES)}
     if device & (strangers | set(ENROLLED)):
-        problems.append(f"a test voice trains or babbles: {sorted(device & set(STRANGERS))}")
+        tested = sorted(device & (strangers | set(ENROLLED)))
+        problems.append(f"a test voice trains or babbles: {tested}")
     visitors = {(s.engine, s.voice) for s in tuning_neg} - set(ENROLLED)
     if visitors & device:
         problems.append(f"a visitor's voice trains or babbles: {sorted(visitors & device)}")

@@ -120,3 +120,12 @@ def test_the_false_accepts_one_engine_made_alone_are_found() -> None:
     assert bh.unmatched(mine, stock, within=25) == [650, 930]
     assert bh.unmatched(stock, mine, within=25) == [900]
     assert bh.unmatched(mine, [], within=25) == mine
+
+
+def test_a_household_voice_among_the_devices_own_voices_is_refused_by_name(monkeypatch) -> None:
+    """A household voice that also babbles (or reads enrol's negatives) is no test of hearing
+    it: refused, and named, as a stranger's voice would be."""
+    enrolment, tuning, test, tuning_neg, test_neg = _sets(60)
+    monkeypatch.setattr(bh, "BABBLE_VOICES", (*bh.BABBLE_VOICES, "en-029+f3"))
+    with pytest.raises(bh.SplitError, match=r"a test voice trains or babbles: .*en-029\+f3"):
+        bh.check_split(enrolment, tuning, test, tuning_neg, test_neg)
