@@ -257,6 +257,10 @@ def _future_version(data: dict) -> None:
     data["version"] = 3
 
 
+def _boolean_version(data: dict) -> None:
+    data["version"] = True  # == 1 to Python, but no version
+
+
 @pytest.mark.parametrize(
     ("damage", "message"),
     [
@@ -266,6 +270,7 @@ def _future_version(data: dict) -> None:
         (_other_model, "trained for another model than"),
         (_short_weights, "weights: expected a list of 1536 numbers, got 100 values"),
         (_future_version, "verifier format version 3, this wakertc reads versions 1, 2"),
+        (_boolean_version, "verifier format version True, this wakertc reads versions 1, 2"),
     ],
 )
 def test_bad_verifier_is_reported_and_ignored(
@@ -278,7 +283,8 @@ def test_bad_verifier_is_reported_and_ignored(
         path.write_text(damage(text))
     else:
         data = json.loads(text)
-        damage(data if damage is _future_version else data["words"]["hey_jarvis"])
+        whole_file = damage in (_future_version, _boolean_version)
+        damage(data if whole_file else data["words"]["hey_jarvis"])
         path.write_text(json.dumps(data))
     with caplog.at_level(logging.INFO, logger="wakertc.wakeword"):
         detector = WakeWordDetector(WakeConfig(models_dir=models_dir), path)

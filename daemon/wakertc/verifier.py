@@ -24,8 +24,8 @@ diffable, written atomically with `atomic.write_atomic`):
 `enroll --remove` can retrain without the original recordings. They are base64 of
 little-endian float32 rows of `window x feature_size` values: ~230 KB a person enrolled with
 three clips, where version 1's number lists (still read) took ~420 KB and ~41,000 floats to
-parse. For five people that was 23 ms and a 10 MB peak at every start, against 3 ms and 2 MB
-now, and the daemon does not decode them at all (`load(..., training_data=False)`).
+parse. For five people that was 23 ms and a 10 MB peak at every start, against 3 ms and 2.3
+MB now, and the daemon does not decode them at all (`load(..., training_data=False)`).
 
 Errors: `VerifierError`, whose message names the file and the problem; the detector logs it and
 runs the stock model alone.
@@ -240,7 +240,7 @@ def load(path: Path, *, training_data: bool = True) -> dict[str, WordVerifier]:
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise VerifierError(f'{path}: not a wakertc verifier file (no "format": "{FORMAT}")')
     version = data.get("version")
-    if version not in READABLE:
+    if isinstance(version, bool) or version not in READABLE:
         raise VerifierError(
             f"{path}: verifier format version {data.get('version')!r}, this wakertc reads "
             f"versions {', '.join(map(str, READABLE))}; re-run `wakertc enroll`"
