@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -242,6 +243,36 @@ def test_rgb_error_blinks_red_only(open_leds: Callable[..., Any]) -> None:
     assert [float(v) for v in states(red)[start:][:4]] == [1.0, 0.0, 1.0, 0.0]
     assert green.state == 0.0 and blue.state == 0.0
     assert len(green.states) == 1 and len(blue.states) == 1  # never lit
+
+
+@pytest.mark.parametrize("phase", [Phase.ERROR, Phase.THINKING])  # a blink, a pulse
+def test_a_new_pattern_shows_with_the_phase_not_when_its_thread_first_runs(
+    open_leds: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, phase: Phase
+) -> None:
+    """The pattern's first value is set by the phase change itself, in the caller's thread.
+    Left to the cycle's thread, it waited for that thread to be scheduled: on a loaded
+    machine the old phase's blue stayed lit tens of ms into an error, and an RGB LED showed
+    a mix of the two colours while the thread rewrote its pins one by one."""
+    writers: list[tuple[int, int, float]] = []
+    change = MockPWMPin._change_state
+
+    def recording(pin: MockPWMPin, value: float) -> bool:
+        writers.append((id(pin), threading.get_ident(), float(value)))
+        return bool(change(pin, value))
+
+    monkeypatch.setattr(MockPWMPin, "_change_state", recording)
+    _, machine, pins = open_leds("rgb")
+    machine.transition(Phase.LISTENING, "test")
+    lit = {id(p): p.state for p in pins}
+    writers.clear()
+    machine.transition(phase, "test")
+    first = {}
+    for pin, thread, _ in writers:
+        first.setdefault(pin, thread)
+    changed = [p for p in pins if id(p) in first]
+    assert changed, "the pattern changed no pin"
+    assert all(first[id(p)] == threading.get_ident() for p in changed), writers
+    assert rgb_state(pins) != tuple(round(float(v), 3) for v in lit.values())
 
 
 def test_rgb_pulse_keeps_its_hue(open_leds: Callable[..., Any]) -> None:

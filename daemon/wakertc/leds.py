@@ -59,9 +59,11 @@ class StatusLeds:
         intensities, step_s = _cycle(pattern, dimmable=kind != "single")
         values = [_value(kind, rgb, t) for t in intensities]
         log.debug("leds: %s %s %s", phase.value, pattern.effect, pattern.color)
-        if len(values) == 1:
-            device.value = values[0]
-        else:
+        # The first value now, in the caller's thread: the LED changes with the phase, not when
+        # the cycle's thread first runs (tens of ms later on a loaded board, showing the old
+        # phase meanwhile and, on an RGB LED, a mix of the two while its pins are rewritten).
+        device.value = values[0]
+        if len(values) > 1:
             device.source_delay = step_s
             device.source = itertools.cycle(values)
 
