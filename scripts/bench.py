@@ -87,7 +87,14 @@ from bench_live import (  # noqa: E402
     make_idle_input,
     write_daemon_config,
 )
-from bench_procs import DaemonProcess, ReferenceProcess, cpu_s, rss_mb, venv_bin  # noqa: E402
+from bench_procs import (  # noqa: E402
+    DaemonProcess,
+    ReferenceProcess,
+    cpu_s,
+    rss_mb,
+    rss_parts_mb,
+    venv_bin,
+)
 from bench_report import figure, p50_p90  # noqa: E402
 from bench_wakeword import measure as measure_wake_word  # noqa: E402
 from wakertc.demo import run_demo  # noqa: E402
@@ -228,6 +235,7 @@ async def daemon_process_figures(
             read_after_ready_s=plan.settle_s,
             rss_after_cpu_window_mb=round(idle["rss_after_window"], 1),
             listened_s=round(idle["listened"], 1),
+            resident_mb=resident(idle["rss_parts"]),
         ),
         "idle_cpu_s_per_min": figure(
             idle["cpu_per_min"],
@@ -240,9 +248,14 @@ async def daemon_process_figures(
             reference_late_chunks=idle["late"],
         ),
     }
-    for name, value, n in (
-        ("rss_after_first_conversation_mb", talk["rss"][0], 1),
-        ("idle_rss_after_n_conversations_mb", talk["rss_final"], len(talk["rss"])),
+    for name, value, n, parts in (
+        ("rss_after_first_conversation_mb", talk["rss"][0], 1, talk["rss_parts"][0]),
+        (
+            "idle_rss_after_n_conversations_mb",
+            talk["rss_final"],
+            len(talk["rss"]),
+            talk["rss_parts"][1],
+        ),
     ):
         figures[name] = figure(
             value,
@@ -252,6 +265,7 @@ async def daemon_process_figures(
             target=f"<= {CONVERSATION_RSS_LIMIT_MB:g} MB",
             met=value <= CONVERSATION_RSS_LIMIT_MB,
             n=n,
+            resident_mb=resident(parts),
         )
     figures["idle_rss_after_n_conversations_mb"].update(
         growth_since_first_mb=round(talk["rss_final"] - talk["rss"][0], 2),
@@ -327,13 +341,21 @@ async def gpt_live_figure(
     )
 
 
+def resident(parts: dict[str, float]) -> dict[str, float]:
+    """A reading's split (bench_procs.rss_parts_mb), for the report: most of the file-backed
+    part is shared library code, which the kernel can drop and read again; the anonymous part
+    is the process's own."""
+    return {k: round(parts[k], 1) for k in ("anonymous", "file_backed", "shmem")}
+
+
 async def idle_window(
     plan: Plan, daemon: DaemonProcess, reference: ReferenceProcess, say: Progress
 ) -> dict[str, float]:
     """The daemon's idle RSS once start-up has settled (`settle_s` after READY in every plan),
     then CPU of the daemon and the stock loop over the same wall-clock window, then both RSS."""
     await asyncio.sleep(daemon.spawned_at + daemon.ready_s + plan.settle_s - time.monotonic())
-    idle_rss = rss_mb(daemon.pid)
+    idle_parts = rss_parts_mb(daemon.pid)
+    idle_rss = idle_parts["total"]
     daemon_cpu = cpu_s(daemon.pid)
     started = time.monotonic()
     await reference.go()
@@ -356,6 +378,7 @@ async def idle_window(
         "cpu_per_min": daemon_cpu * 60 / window,
         "reference_cpu_per_min": reference_cpu * 60 / window,
         "rss": idle_rss,
+        "rss_parts": idle_parts,
         "rss_after_window": rss_after_window,
         "reference_rss": reference_rss,
         "listened": time.monotonic() - daemon.spawned_at,
@@ -375,6 +398,7 @@ async def conversations(
     and the bare pair with audio."""
     prefix = "STATUS=idle: conversation over"
     rss: list[float] = []
+    first_parts: dict[str, float] = {}
     reference_ms: list[float] = []
     with_audio_ms: list[float] = []
     missed = 0
@@ -386,7 +410,9 @@ async def conversations(
             missed += 1
             say(f"wake phrase {k + 1}: no complete conversation")
             continue
-        rss.append(rss_mb(daemon.pid))
+        parts = rss_parts_mb(daemon.pid)
+        rss.append(parts["total"])
+        first_parts = first_parts or parts
         # The reference runs while the daemon listens again, under the same machine load.
         await asyncio.sleep(0.3)  # the emulator's side of the call finishes closing
         reference_ms.append(await reference() * 1000)
@@ -397,10 +423,11 @@ async def conversations(
     if not rss:
         raise RuntimeError(f"none of the {plan.conversations} wake phrases led to a conversation")
     await asyncio.sleep(2.0)  # listening again, nothing said
-    rss_final = rss_mb(daemon.pid)
+    final_parts = rss_parts_mb(daemon.pid)
     return {
         "rss": rss,
-        "rss_final": rss_final,
+        "rss_final": final_parts["total"],
+        "rss_parts": (first_parts, final_parts),
         "reference_ms": reference_ms,
         "with_audio_ms": with_audio_ms,
         "missed": missed,

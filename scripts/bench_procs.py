@@ -31,6 +31,28 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for process {pid}")
 
 
+def rss_parts_mb(pid: int) -> dict[str, float]:
+    """VmRSS of `pid` in MiB and how the kernel splits it, from one read of /proc/PID/status:
+    `anonymous` (malloc's heap, Python's objects, thread stacks: memory only this process
+    holds), `file_backed` (the pages of libraries and models it has touched: clean ones the
+    kernel can drop and read again, shared with every process that maps the same file) and
+    `shmem`. The three add up to `total`."""
+    wanted = {
+        "VmRSS": "total",
+        "RssAnon": "anonymous",
+        "RssFile": "file_backed",
+        "RssShmem": "shmem",
+    }
+    parts: dict[str, float] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in wanted:
+            parts[wanted[key]] = int(value.split()[0]) / 1024
+    if len(parts) != len(wanted):
+        raise RuntimeError(f"process {pid}: /proc status lacks {set(wanted) - set(parts)}")
+    return parts
+
+
 def cpu_s(pid: int) -> float:
     """User plus system CPU seconds used so far by every thread of `pid`."""
     stat = Path(f"/proc/{pid}/stat").read_text()

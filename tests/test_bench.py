@@ -94,6 +94,17 @@ def test_quick_bench_reports_every_figure_beside_its_reference() -> None:
     assert math.isclose(live["ratio_to_realtime"], live["p50"] / realtime["p50"], rel_tol=0.01)
     assert len(report["figures"]["start_to_ready_s"]["samples"]) >= 3
     assert report["figures"]["idle_rss_mb"]["listened_s"] >= 5.0
+    # Each memory reading is split as the kernel counts it, and the parts make the whole.
+    for name in (
+        "idle_rss_mb",
+        "rss_after_first_conversation_mb",
+        "idle_rss_after_n_conversations_mb",
+    ):
+        fig = report["figures"][name]
+        parts = fig["resident_mb"]
+        assert set(parts) == {"anonymous", "file_backed", "shmem"}, name
+        assert parts["anonymous"] > 10 and parts["file_backed"] > 10, (name, parts)
+        assert math.isclose(sum(parts.values()), fig["value"], abs_tol=0.2), (name, parts)
     utterance = report["figures"]["utterance_received_ratio"]
     assert 0.0 <= utterance["min"] <= utterance["mean"] <= 1.0
     # Progress went to stderr, so stdout held exactly the one JSON object.
