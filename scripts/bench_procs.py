@@ -23,14 +23,6 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 LIVE_LINE = re.compile(r"session live (\d+) ms after the wake word")
 
 
-def rss_mb(pid: int) -> float:
-    """Resident memory of `pid` in MiB (VmRSS)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for process {pid}")
-
-
 def rss_parts_mb(pid: int) -> dict[str, float]:
     """VmRSS of `pid` in MiB and how the kernel splits it, from one read of /proc/PID/status:
     `anonymous` (malloc's heap, Python's objects, thread stacks: memory only this process
@@ -51,6 +43,11 @@ def rss_parts_mb(pid: int) -> dict[str, float]:
     if len(parts) != len(wanted):
         raise RuntimeError(f"process {pid}: /proc status lacks {set(wanted) - set(parts)}")
     return parts
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of `pid` in MiB (VmRSS)."""
+    return rss_parts_mb(pid)["total"]
 
 
 def cpu_s(pid: int) -> float:

@@ -242,7 +242,7 @@ def load(path: Path, *, training_data: bool = True) -> dict[str, WordVerifier]:
     version = data.get("version")
     if isinstance(version, bool) or version not in READABLE:
         raise VerifierError(
-            f"{path}: verifier format version {data.get('version')!r}, this wakertc reads "
+            f"{path}: verifier format version {version!r}, this wakertc reads "
             f"versions {', '.join(map(str, READABLE))}; re-run `wakertc enroll`"
         )
     words = data.get("words")
