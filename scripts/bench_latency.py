@@ -703,6 +703,8 @@ async def measure(
                 "formats": runs["native"].formats.describe(),
                 **native,
             }
+        if name == "wire_to_speaker_ms":
+            details["device_playback"] = runs["chosen"].backend.device_playback
         details["how"] = HOW[name]
         details["probe_late_reads_ms"] = round(
             max(recording.mic.late_reads_ms(), recording.speaker.late_reads_ms()), 2

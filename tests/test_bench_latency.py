@@ -49,7 +49,10 @@ async def test_quick_measure_gives_plausible_figures_beside_bare_portaudio(
         assert all(_finite(x) and 0 < x < 1000 for x in samples), (name, samples)
         assert f["value"] == pytest.approx(f["p50"], abs=0.1)
         assert f["p50"] <= f["p90"]
-        assert f["met"] is (f["value"] <= bench_latency.LIMIT_MS)
+        if name == "wire_to_speaker_ms":  # issue 15: against the bare writer of the same run
+            assert f["met"] is (f["value"] <= f["reference"] + bench_latency.OVER_BARE_MS)
+        else:
+            assert f["met"] is (f["value"] <= bench_latency.LIMIT_MS)
         # The parts split the figure at the daemon's backend: each takes time, together they
         # make the figure. (The bare reference is not a lower bound click by click: two capture
         # streams on one source get their 20 ms periods at different phases.)
@@ -59,6 +62,9 @@ async def test_quick_measure_gives_plausible_figures_beside_bare_portaudio(
     # aiortc's receive jitter buffer (4 frames) is the emulator's and is left out.
     excluded = figures["mic_to_wire_ms"]["parts"]["excluded_emulator_jitter_buffer_ms"]
     assert excluded["p50"] > 50
+    # how the playback thread kept the device: one period, more only after a gap
+    device = figures["wire_to_speaker_ms"]["device_playback"]
+    assert device["keep_periods"] == 1 + min(device["gaps"], 1), device
     assert any("clicks echoed" in line for line in said)
 
 

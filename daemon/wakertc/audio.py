@@ -13,11 +13,13 @@ canceller's reference) is continuous and aligned with what the speaker plays, an
 open/close pops or start-up latency are paid at the start of each reply.
 
 Latency, measured through PulseAudio here: a click played and captured back through the
-speaker's monitor takes ~62 ms with no conversion; PortAudio's output buffer in blocking mode is
-two 20 ms periods. On top come the playback queue's depth (20 ms on a clean path, more on a
-jittery one: the jitter buffer for network audio, playout.py) and the conversions (see
-`_QUALITY`). A capture device opened at 16 kHz skips the capture
-conversion entirely.
+speaker's monitor takes ~62 ms with no conversion. PortAudio's output buffer holds three 20 ms
+periods there; a blocking writer keeps it full, so each sample waits behind two or three. The
+playback thread writes each period only once the device is down to one (`_RoomPacer`), more
+after the device ran dry while playing. On top come the playback queue's depth (20 ms on a
+clean path, more on a jittery one: the jitter buffer for network audio, playout.py) and the
+conversions (see `_QUALITY`). A capture device opened at 16 kHz skips the capture conversion
+entirely.
 
 Errors: `AudioDeviceError` for a device that cannot be found, opened or kept running (a message
 naming the device, what was asked and what exists), `DeviceMissing` when it is not there now;
@@ -73,11 +75,14 @@ _FADE = int(PLAYBACK_RATE * 0.005)  # 5 ms ramps at every start, stop and clear:
 # reference only has to lead the echo); the speaker path uses LQ to cut reply latency.
 _QUALITY = "HQ"
 _PLAYBACK_QUALITY = "LQ"
-_STALL_S = 2.0  # no capture callback for this long = the input device is gone
+_STALL_S = 2.0  # no capture callback, or no room to play into, for this long = the device is gone
 # Below this (scaled sample, ~-54 dBFS at full volume) audio is a pause: the playback queue may
 # drop or insert samples there to follow its target depth, the steps it makes being inaudible.
 _QUIET = 0.002
 _SHRINK_MARGIN_S = 0.005
+_POLL_S = 0.001  # the playback thread looks for room this often once it is due
+_PROBE_S = 0.0005  # ... and looks this much earlier each period it finds the room already there
+_CALM_S = 60.0  # a device that ran dry while playing keeps a period more in it for this long
 
 Int16Array = npt.NDArray[np.int16]
 Float32Array = npt.NDArray[np.float32]
@@ -442,6 +447,120 @@ class _PlaybackQueue:
         return filled
 
 
+class _Refill:
+    """Exactly `n` samples at a time from blocks of varying length (a resampler's output)."""
+
+    def __init__(self) -> None:
+        self._blocks: collections.deque[Int16Array] = collections.deque()
+        self._have = 0
+
+    def take(self, n: int, more: Callable[[], Int16Array]) -> Int16Array:
+        """The next `n` samples, calling `more` for blocks while fewer are held."""
+        while self._have < n:
+            block = more()
+            self._blocks.append(block)
+            self._have += len(block)
+        out = np.empty(n, np.int16)
+        filled = 0
+        while filled < n:
+            block = self._blocks[0]
+            k = min(len(block), n - filled)
+            out[filled : filled + k] = block[:k]
+            if k == len(block):
+                self._blocks.popleft()
+            else:
+                self._blocks[0] = block[k:]
+            filled += k
+        self._have -= n
+        return out
+
+
+class _RoomPacer:
+    """When to write the next period to a blocking output stream, and how much to keep queued in
+    the device: as little as it plays without running dry.
+
+    A blocking write pulled as soon as the previous one returned keeps the device's buffer full
+    (3 periods through PulseAudio here, 60 ms): every sample waits behind all of it. Here the
+    queue is pulled once the device holds only `keep` periods (from PortAudio's
+    `get_write_available`, which grows a period at a time), and the write returns at once:
+    a sample reaches the device's buffer 1-2 periods from its end instead of 2-3. `keep` starts
+    at 1 and grows by one each time the device is found empty while it played audio (a late
+    wake: this machine's scheduling, the GIL; a gap or a click was heard), up to the full
+    buffer, where a blocking writer would be; after `_CALM_S` without one it comes down a
+    period again. Running dry in silence (start-up's load, while listening for the wake word)
+    is not heard and only counted.
+
+    The wake: sleep until due, look once; most of the time the room is there. The due time
+    follows the device's clock: it moves `_PROBE_S` earlier at each hit, and a miss (polled
+    every `_POLL_S` until the room is there) sets it to just after the room appeared.
+    """
+
+    def __init__(
+        self,
+        room: Callable[[], int],
+        frames: int,
+        rate: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._room = room
+        self._frames = frames
+        self._period_s = frames / rate
+        self._clock = clock
+        self._capacity = max(room(), frames)  # before the first write: the whole buffer
+        self._most = max(1, self._capacity // frames - 1)  # what a blocking writer keeps
+        self.keep = 1
+        """Periods still in the device when the next one is written."""
+        self.ran_dry = 0
+        """Times the device was found empty."""
+        self.gaps = 0
+        """... of them, while it played audio: each one raised `keep` (up to the full buffer)."""
+        self._due: float | None = None
+        self._anchored = False  # a poll has seen the room appear: `_due` follows the device
+        self._calm_since = clock()
+
+    @property
+    def _want(self) -> int:
+        return max(self._frames, self._capacity - self.keep * self._frames)
+
+    def wait(self, stop: threading.Event, audible: bool) -> bool:
+        """Return True once the next period should be written (it will not block), False once
+        `stop` is set; `audible`: the last period written held audio. Raises AudioDeviceError
+        when the device has had no room for `_STALL_S`."""
+        if self._due is not None and stop.wait(max(0.0, self._due - self._clock())):
+            return False
+        since = self._clock()
+        missed = False
+        while (room := self._room()) < self._want:
+            missed = True
+            if self._clock() - since > _STALL_S:
+                raise AudioDeviceError(f"no room to play into for {_STALL_S:.0f} s")
+            if stop.wait(_POLL_S):
+                return False
+        now = self._clock()
+        if self._due is not None and room >= self._capacity:
+            self.ran_dry += 1
+            if audible:
+                self.gaps += 1
+                self._calm_since = now
+                if self.keep < self._most:
+                    self.keep += 1
+                    log.info(
+                        "playback: the device ran dry while playing; keeping %d ms in it",
+                        round(self.keep * self._period_s * 1000),
+                    )
+        elif self.keep > 1 and now - self._calm_since > _CALM_S:
+            self.keep -= 1
+            self._calm_since = now
+        if missed:
+            self._due = now + self._period_s  # the room appeared within the last poll
+            self._anchored = True
+        elif room >= self._want + self._frames or not self._anchored:
+            self._due = now  # behind (or where the device's periods fall is not known yet)
+        else:
+            self._due += self._period_s - _PROBE_S
+        return True
+
+
 class _RenderTap:
     """Feeds `on_render`: what was played, converted to 16 kHz, in 10 ms multiples."""
 
@@ -745,9 +864,11 @@ class PyAudioBackend(_QueuedPlayback, AudioBackend):
     """Real devices through PortAudio.
 
     Capture uses PortAudio's callback thread (the callback only converts and hands frames to the
-    loop). Playback has its own thread doing blocking writes of 20 ms blocks, silence when idle;
-    PortAudio's buffer (its default low latency, ~40 ms) paces it. The playback thread also
-    watches capture: no callback for 2 s means the input device is gone, reported to `on_error`.
+    loop). Playback has its own thread writing 20 ms periods, silence when idle, each when the
+    device has room for it (`_RoomPacer`: the writes do not block, and the queue is read at the
+    last moment). The playback thread also watches capture: no callback for 2 s means the input
+    device is gone, reported to `on_error`. PortAudio's callback mode was tried for playback:
+    it keeps the device's whole buffer full (89 ms wire to speaker, as the blocking writer).
     """
 
     def __init__(self, config: AudioConfig, *, prebuffer_s: float = 0.02) -> None:
@@ -783,7 +904,18 @@ class PyAudioBackend(_QueuedPlayback, AudioBackend):
         self._thread: threading.Thread | None = None
         self._on_frame: FrameCallback | None = None
         self._last_capture = 0.0
+        self._device_blocks = _Refill()
+        self._pacer: _RoomPacer | None = None
         self._closed = False
+
+    @property
+    def device_playback(self) -> dict[str, int]:
+        """How the playback thread kept the device (`_RoomPacer`): periods left in it at each
+        write now, times it was found empty, and how many of those were while playing."""
+        pacer = self._pacer
+        if pacer is None:
+            return {"keep_periods": 0, "ran_dry": 0, "gaps": 0}
+        return {"keep_periods": pacer.keep, "ran_dry": pacer.ran_dry, "gaps": pacer.gaps}
 
     def _capture_format(self, config: AudioConfig) -> tuple[int, int]:
         dev = self.input_device
@@ -885,20 +1017,17 @@ class PyAudioBackend(_QueuedPlayback, AudioBackend):
         return None, pyaudio.paContinue
 
     def _playback(self) -> None:
+        period = round(self.output_rate * _BLOCK_S)
+        pacer = self._pacer = _RoomPacer(
+            self._out_stream.get_write_available, period, self.output_rate
+        )
         stall_reported = False
+        audible = False
         try:
-            while not self._stop.is_set():
-                block, _ = self._queue.pull(_BLOCK)
-                self._render.push(block)
-                out = (
-                    block
-                    if self._out_resampler is None
-                    else self._out_resampler.resample_chunk(block)
-                )
-                if len(out):
-                    self._out_stream.write(
-                        np.repeat(_to_int16(out), self.output_channels).tobytes()
-                    )
+            while pacer.wait(self._stop, audible):
+                out = self._device_blocks.take(period, self._next_device_block)
+                audible = bool(out.any())
+                self._out_stream.write(np.repeat(out, self.output_channels).tobytes())
                 stalled = time.monotonic() - self._last_capture > _STALL_S
                 if stalled and not stall_reported:
                     self._handoff.error(
@@ -916,6 +1045,14 @@ class PyAudioBackend(_QueuedPlayback, AudioBackend):
                         f"failed: {exc}"
                     )
                 )
+
+    def _next_device_block(self) -> Int16Array:
+        """The queue's next block, fed to the echo reference, at the device's rate."""
+        block, _ = self._queue.pull(_BLOCK)
+        self._render.push(block)
+        if self._out_resampler is not None:
+            block = self._out_resampler.resample_chunk(block)
+        return _to_int16(block)
 
     def close(self) -> None:
         """Stop capture, then the playback thread, then PortAudio."""

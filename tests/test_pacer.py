@@ -1,0 +1,210 @@
+"""The playback thread's pacing (audio._RoomPacer): write each period just after the device has
+room for it, keep as little in the device as it plays without running dry.
+
+A simulated device (a fake clock that the pacer's sleeps advance, room growing a period at a
+time as PortAudio reports it through PulseAudio) checks the pacing itself; the real backend
+through the private PulseAudio server checks that it is what the daemon writes with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pulse import PulseRig, pulse_rig  # noqa: F401  (fixture)
+from wakertc.audio import (
+    _CALM_S,
+    _STALL_S,
+    AudioDeviceError,
+    PyAudioBackend,
+    _Refill,
+    _RoomPacer,
+)
+
+RATE = 44100
+FRAMES = 882  # 20 ms
+CAPACITY = 3 * FRAMES  # what PortAudio's ALSA buffer holds through PulseAudio here
+
+
+class Device:
+    """A device that consumes a period every 20 ms of the fake clock, from a buffer of
+    `CAPACITY` frames; `stop.wait` (the pacer's only way to sleep) advances the clock."""
+
+    def __init__(self, phase_s: float = 0.0123) -> None:
+        self.now = 100.0
+        self.phase_s = phase_s  # where in its period the device is when the clock starts
+        self.written = 0
+        self.dry = 0  # periods the device found empty
+        self.consumed = 0
+        self.room_calls = 0
+        self.level_at_write: list[int] = []
+        self.late_by: list[float] = []  # how long the room had been there at each write
+        self._room_since = self.now
+
+    def clock(self) -> float:
+        return self.now
+
+    def _consume(self) -> None:
+        due = int((self.now - 100.0 + self.phase_s) / 0.02)  # periods the device has played
+        while self.consumed < due:
+            if self.written - self.consumed * FRAMES <= 0:
+                self.dry += 1
+                self.written += FRAMES  # it played silence instead, and restarts empty
+            self.consumed += 1
+            if CAPACITY - (self.written - self.consumed * FRAMES) >= 2 * FRAMES:
+                self._room_since = 100.0 + self.consumed * 0.02 - self.phase_s
+
+    def room(self) -> int:
+        self.room_calls += 1
+        self._consume()
+        return CAPACITY - (self.written - self.consumed * FRAMES)
+
+    def write(self) -> None:
+        self._consume()
+        level = self.written - self.consumed * FRAMES
+        assert level + FRAMES <= CAPACITY, "the write would have blocked"
+        self.level_at_write.append(level)
+        self.late_by.append(self.now - self._room_since)
+        self.written += FRAMES
+
+    def wait(self, seconds: float) -> bool:
+        self.now += seconds
+        return False
+
+
+def run(device: Device, pacer: _RoomPacer, periods: int, audible: bool = True) -> None:
+    for _ in range(periods):
+        assert pacer.wait(device, audible)  # type: ignore[arg-type]  # has wait(seconds)
+        device.write()
+
+
+def test_each_period_is_written_just_after_the_room_for_it_appears():
+    device = Device()
+    pacer = _RoomPacer(device.room, FRAMES, RATE, clock=device.clock)
+    run(device, pacer, 3)  # start-up: two periods go at once, then the pacing settles
+    device.level_at_write.clear()
+    device.late_by.clear()
+    calls = device.room_calls
+    run(device, pacer, 500)
+
+    assert device.dry == 0
+    assert pacer.keep == 1
+    # one period left in the device when the next is written: 20 ms of buffer, not 40
+    assert set(device.level_at_write) == {FRAMES}
+    # the wake follows the device's clock to within about a poll
+    assert max(device.late_by) < 0.0025
+    # most periods cost one look at the room; a miss costs a poll more
+    assert (device.room_calls - calls) / 500 < 1.6
+
+
+def test_a_late_wake_while_playing_keeps_a_period_more_until_calm_again():
+    device = Device()
+    pacer = _RoomPacer(device.room, FRAMES, RATE, clock=device.clock)
+    run(device, pacer, 50)
+    device.now += 0.07  # the playback thread held up (the GIL, the scheduler): a gap
+    run(device, pacer, 1)
+    assert device.dry >= 1
+    assert (pacer.ran_dry, pacer.gaps, pacer.keep) == (1, 1, 2)
+    run(device, pacer, 3)  # the device refilled at once
+    device.level_at_write.clear()
+    dry = device.dry
+    run(device, pacer, 100)
+    assert set(device.level_at_write) == {2 * FRAMES}  # a blocking writer's level
+    assert device.dry == dry
+
+    run(device, pacer, round(_CALM_S / 0.02) + 5)
+    assert pacer.keep == 1
+    device.level_at_write.clear()
+    run(device, pacer, 10)
+    assert set(device.level_at_write) == {FRAMES}
+
+
+def test_running_dry_in_silence_is_counted_but_keeps_the_short_buffer():
+    device = Device()
+    pacer = _RoomPacer(device.room, FRAMES, RATE, clock=device.clock)
+    run(device, pacer, 50, audible=False)
+    device.now += 0.045  # start-up's load, while the speaker plays silence
+    run(device, pacer, 20, audible=False)
+    assert (pacer.ran_dry, pacer.gaps, pacer.keep) == (1, 0, 1)
+
+
+def test_the_keep_never_exceeds_what_a_blocking_writer_holds():
+    device = Device()
+    pacer = _RoomPacer(device.room, FRAMES, RATE, clock=device.clock)
+    run(device, pacer, 5)
+    for _ in range(4):
+        device.now += 0.09
+        run(device, pacer, 5)
+    assert pacer.gaps == 4 and pacer.keep == 2  # 3 periods of buffer: keep 2, write 1
+
+
+def test_a_device_with_no_room_for_the_stall_time_is_an_error():
+    device = Device()
+    pacer = _RoomPacer(lambda: 0, FRAMES, RATE, clock=device.clock)
+    with pytest.raises(AudioDeviceError, match="no room to play into"):
+        pacer.wait(device, True)  # type: ignore[arg-type]
+    assert device.now - 100.0 == pytest.approx(_STALL_S, abs=0.01)
+
+
+def test_refill_hands_out_exact_counts_in_order():
+    source = np.arange(10_000, dtype=np.int16)
+    sizes = iter([881, 883, 0, 882, 880, 884] * 5)
+    at = 0
+
+    def more() -> np.ndarray:
+        nonlocal at
+        n = next(sizes)
+        at += n
+        return source[at - n : at]
+
+    refill = _Refill()
+    out = [refill.take(882, more) for _ in range(8)]
+    assert all(len(o) == 882 for o in out)
+    assert np.array_equal(np.concatenate(out), source[: 8 * 882])
+
+
+@pytest.mark.pulse
+async def test_the_backend_writes_into_a_device_holding_one_period_without_blocking(
+    pulse_rig: PulseRig,  # noqa: F811
+    tmp_path: Path,
+):
+    """Through PulseAudio: each write finds room for it (it returns at once) and leaves one
+    period in the device when written; a blocking writer's block waits ~20 ms in each write
+    with the device full."""
+    backend = PyAudioBackend(pulse_rig.audio_config())
+    backend.start(asyncio.get_running_loop(), lambda f: None)
+    stream = backend._out_stream
+    write = stream.write
+    seen: list[tuple[int, float]] = []
+
+    def timed(data: bytes) -> None:
+        room = stream.get_write_available()
+        t = time.perf_counter()
+        write(data)
+        seen.append((room, time.perf_counter() - t))
+
+    try:
+        await asyncio.sleep(0.3)
+        stream.write = timed
+        t0 = len(seen)
+        backend.play(np.full(PLAYBACK_RATE_2S, 3000, np.int16))
+        await asyncio.sleep(2.5)
+        pacer = backend._pacer
+    finally:
+        backend.close()
+    period = round(backend.output_rate * 0.02)
+    rooms = np.array([room for room, _ in seen[t0:]])
+    took = np.array([took for _, took in seen[t0:]])
+    assert len(rooms) > 100
+    assert pacer is not None and pacer.gaps == 0
+    # the device's buffer less one period was free at (nearly) every write
+    capacity = pacer._capacity
+    assert np.mean(rooms >= capacity - period) > 0.95, np.unique(rooms, return_counts=True)
+    assert np.median(took) < 0.002
+
+
+PLAYBACK_RATE_2S = 48000
