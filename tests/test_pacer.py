@@ -18,6 +18,7 @@ import pytest
 from pulse import PulseRig, pulse_rig  # noqa: F401  (fixture)
 from wakertc.audio import (
     _CALM_S,
+    _LATE_S,
     _STALL_S,
     AudioDeviceError,
     PyAudioBackend,
@@ -32,7 +33,8 @@ CAPACITY = 3 * FRAMES  # what PortAudio's ALSA buffer holds through PulseAudio h
 
 class Device:
     """A device that consumes a period every 20 ms of the fake clock, from a buffer of
-    `CAPACITY` frames; `stop.wait` (the pacer's only way to sleep) advances the clock."""
+    `CAPACITY` frames; it is also the pacer's stop event, whose `wait` (the pacer's only way
+    to sleep) advances the clock."""
 
     def __init__(self, phase_s: float = 0.0123) -> None:
         self.now = 100.0
@@ -41,6 +43,7 @@ class Device:
         self.dry = 0  # periods the device found empty
         self.consumed = 0
         self.room_calls = 0
+        self.oversleep = 0.0  # added to the next sleep: a late wake
         self.level_at_write: list[int] = []
         self.late_by: list[float] = []  # how long the room had been there at each write
         self._room_since = self.now
@@ -63,23 +66,32 @@ class Device:
         self._consume()
         return CAPACITY - (self.written - self.consumed * FRAMES)
 
-    def write(self) -> None:
+    def write(self, blocking: bool = False) -> None:
         self._consume()
         level = self.written - self.consumed * FRAMES
+        if blocking:  # PortAudio waits for the room
+            while level + FRAMES > CAPACITY:
+                self.now += 0.0005
+                self._consume()
+                level = self.written - self.consumed * FRAMES
         assert level + FRAMES <= CAPACITY, "the write would have blocked"
         self.level_at_write.append(level)
         self.late_by.append(self.now - self._room_since)
         self.written += FRAMES
 
     def wait(self, seconds: float) -> bool:
-        self.now += seconds
+        self.now += seconds + self.oversleep
+        self.oversleep = 0.0
+        return False
+
+    def is_set(self) -> bool:
         return False
 
 
 def run(device: Device, pacer: _RoomPacer, periods: int, audible: bool = True) -> None:
     for _ in range(periods):
         assert pacer.wait(device, audible)  # type: ignore[arg-type]  # has wait(seconds)
-        device.write()
+        device.write(blocking=pacer.blocking)
 
 
 def test_each_period_is_written_just_after_the_room_for_it_appears():
@@ -123,6 +135,25 @@ def test_a_late_wake_while_playing_keeps_a_period_more_until_calm_again():
     assert set(device.level_at_write) == {FRAMES}
 
 
+def test_a_wake_late_enough_to_starve_an_audio_server_counts_as_a_gap():
+    """Through PulseAudio the client's buffer can look fine while the server's ran dry (it
+    does not tell the client): a wake over `_LATE_S` late while playing steps up too."""
+    device = Device()
+    pacer = _RoomPacer(device.room, FRAMES, RATE, clock=device.clock)
+    run(device, pacer, 50)
+    device.oversleep = 0.005  # within the margin: nothing
+    run(device, pacer, 5)
+    assert (pacer.late, pacer.gaps, pacer.keep) == (0, 0, 1)
+    device.oversleep = _LATE_S + 0.002  # late, but the device still held something
+    run(device, pacer, 5)
+    assert device.dry == 0
+    assert (pacer.ran_dry, pacer.late, pacer.gaps, pacer.keep) == (0, 1, 1, 2)
+    run(device, pacer, 5)
+    device.oversleep = _LATE_S + 0.002  # the same in silence is not heard: no step
+    run(device, pacer, 5, audible=False)
+    assert (pacer.late, pacer.keep) == (1, 2)
+
+
 def test_running_dry_in_silence_is_counted_but_keeps_the_short_buffer():
     device = Device()
     pacer = _RoomPacer(device.room, FRAMES, RATE, clock=device.clock)
@@ -132,14 +163,38 @@ def test_running_dry_in_silence_is_counted_but_keeps_the_short_buffer():
     assert (pacer.ran_dry, pacer.gaps, pacer.keep) == (1, 0, 1)
 
 
-def test_the_keep_never_exceeds_what_a_blocking_writer_holds():
+def test_gap_after_gap_ends_at_the_blocking_writer_and_each_gap_doubles_the_calm():
     device = Device()
     pacer = _RoomPacer(device.room, FRAMES, RATE, clock=device.clock)
     run(device, pacer, 5)
-    for _ in range(4):
+    for gaps in (1, 2, 3):
         device.now += 0.09
         run(device, pacer, 5)
-    assert pacer.gaps == 4 and pacer.keep == 2  # 3 periods of buffer: keep 2, write 1
+        assert pacer.gaps == gaps
+    # 3 periods of buffer: 1 or 2 kept short of blocking, then the blocking writer itself
+    assert (pacer.keep, pacer.blocking) == (3, True)
+    device.level_at_write.clear()
+    dry = device.dry
+    run(device, pacer, 50)
+    assert set(device.level_at_write) == {2 * FRAMES}  # waits in the write with the rest full
+    assert device.dry == dry
+    device.now += 0.09  # a blocking writer can still be held up past its whole buffer
+    run(device, pacer, 5)
+    assert (pacer.gaps, pacer.keep) == (4, 3)
+    dry = device.dry
+
+    # four gaps: each step down waits 8 calm minutes, not one
+    calm = _CALM_S * 8
+    run(device, pacer, round(0.9 * calm / 0.02))
+    assert pacer.keep == 3
+    run(device, pacer, round(0.2 * calm / 0.02))
+    assert (pacer.keep, pacer.blocking) == (2, False)
+    run(device, pacer, round(1.05 * calm / 0.02))
+    assert pacer.keep == 1
+    device.level_at_write.clear()
+    run(device, pacer, 10)
+    assert set(device.level_at_write) == {FRAMES}
+    assert device.dry == dry
 
 
 def test_a_device_with_no_room_for_the_stall_time_is_an_error():

@@ -83,6 +83,8 @@ _SHRINK_MARGIN_S = 0.005
 _POLL_S = 0.001  # the playback thread looks for room this often once it is due
 _PROBE_S = 0.0005  # ... and looks this much earlier each period it finds the room already there
 _CALM_S = 60.0  # a device that ran dry while playing keeps a period more in it for this long
+_CALM_MAX_S = 24 * 3600.0  # ... doubled at each further gap, up to this
+_LATE_S = 0.008  # a wake this late while playing counts as a gap (through an audio server: unseen)
 
 Int16Array = npt.NDArray[np.int16]
 Float32Array = npt.NDArray[np.float32]
@@ -482,13 +484,18 @@ class _RoomPacer:
     A blocking write pulled as soon as the previous one returned keeps the device's buffer full
     (3 periods through PulseAudio here, 60 ms): every sample waits behind all of it. Here the
     queue is pulled once the device holds only `keep` periods (from PortAudio's
-    `get_write_available`, which grows a period at a time), and the write returns at once:
-    a sample reaches the device's buffer 1-2 periods from its end instead of 2-3. `keep` starts
-    at 1 and grows by one each time the device is found empty while it played audio (a late
-    wake: this machine's scheduling, the GIL; a gap or a click was heard), up to the full
-    buffer, where a blocking writer would be; after `_CALM_S` without one it comes down a
-    period again. Running dry in silence (start-up's load, while listening for the wake word)
-    is not heard and only counted.
+    `get_write_available`, which grows a period at a time), and the write returns at once: a
+    sample reaches the device's buffer 1-2 periods from its end instead of 2-3. The cost is
+    the margin: a wake later than `keep` periods runs the device dry, where the blocking
+    writer's next block waits inside PortAudio, ready, with the whole buffer to spare.
+
+    So `keep` starts at 1 and grows by one each time the device is found empty while it played
+    audio (a late wake: this machine's scheduling, the GIL; a gap was heard), to the blocking
+    writer itself at the top (`blocking`: `wait` returns at once and the write waits). After
+    `_CALM_S` without a gap it comes down one step; each gap doubles that wait (up to
+    `_CALM_MAX_S`), so a machine that keeps running late settles on the safe end instead of
+    being probed every minute. Running dry in silence (start-up's load, listening for the wake
+    word) is not heard and only counted.
 
     The wake: sleep until due, look once; most of the time the room is there. The due time
     follows the device's clock: it moves `_PROBE_S` earlier at each hit, and a miss (polled
@@ -507,58 +514,100 @@ class _RoomPacer:
         self._period_s = frames / rate
         self._clock = clock
         self._capacity = max(room(), frames)  # before the first write: the whole buffer
-        self._most = max(1, self._capacity // frames - 1)  # what a blocking writer keeps
+        self._most = max(1, self._capacity // frames - 1)  # the most `keep` short of blocking
         self.keep = 1
-        """Periods still in the device when the next one is written."""
+        """Periods still in the device when the next one is written (above `_most`: blocking)."""
         self.ran_dry = 0
         """Times the device was found empty."""
+        self.late = 0
+        """Wakes over `_LATE_S` late while playing: a gap through an audio server, which does
+        not tell the client when its own buffer ran dry."""
         self.gaps = 0
-        """... of them, while it played audio: each one raised `keep` (up to the full buffer)."""
+        """Times the device ran dry while playing, or the thread woke late: each raised `keep`."""
+        self._started = False
         self._due: float | None = None
         self._anchored = False  # a poll has seen the room appear: `_due` follows the device
         self._calm_since = clock()
 
     @property
-    def _want(self) -> int:
-        return max(self._frames, self._capacity - self.keep * self._frames)
+    def blocking(self) -> bool:
+        """Writing as a blocking writer does: each block pulled as soon as the last was taken."""
+        return self.keep > self._most
 
     def wait(self, stop: threading.Event, audible: bool) -> bool:
-        """Return True once the next period should be written (it will not block), False once
-        `stop` is set; `audible`: the last period written held audio. Raises AudioDeviceError
-        when the device has had no room for `_STALL_S`."""
-        if self._due is not None and stop.wait(max(0.0, self._due - self._clock())):
+        """Return True once the next period should be written (it will not block unless
+        `blocking`), False once `stop` is set; `audible`: the last period written held audio.
+        Raises AudioDeviceError when the device has had no room for `_STALL_S`."""
+        self._calm_down()
+        if self.blocking:
+            if stop.is_set():
+                return False
+            self._count_dry(self._room(), audible)
+            return True
+        due = self._due
+        if due is not None and stop.wait(max(0.0, due - self._clock())):
             return False
+        late = due is not None and self._anchored and self._clock() - due > _LATE_S and audible
+        if late:
+            self._late_wake()  # a gap here or, through an audio server, in the server
+        want = max(self._frames, self._capacity - self.keep * self._frames)
         since = self._clock()
         missed = False
-        while (room := self._room()) < self._want:
+        while (room := self._room()) < want:
             missed = True
             if self._clock() - since > _STALL_S:
                 raise AudioDeviceError(f"no room to play into for {_STALL_S:.0f} s")
             if stop.wait(_POLL_S):
                 return False
         now = self._clock()
-        if self._due is not None and room >= self._capacity:
-            self.ran_dry += 1
-            if audible:
-                self.gaps += 1
-                self._calm_since = now
-                if self.keep < self._most:
-                    self.keep += 1
-                    log.info(
-                        "playback: the device ran dry while playing; keeping %d ms in it",
-                        round(self.keep * self._period_s * 1000),
-                    )
-        elif self.keep > 1 and now - self._calm_since > _CALM_S:
-            self.keep -= 1
-            self._calm_since = now
         if missed:
             self._due = now + self._period_s  # the room appeared within the last poll
             self._anchored = True
-        elif room >= self._want + self._frames or not self._anchored:
+        elif room >= want + self._frames or not self._anchored or self._due is None:
             self._due = now  # behind (or where the device's periods fall is not known yet)
         else:
             self._due += self._period_s - _PROBE_S
+        self._count_dry(room, audible and not late)  # one step up for one late wake
         return True
+
+    def _count_dry(self, room: int, audible: bool) -> None:
+        """Count a device found empty; after a gap, keep a period more."""
+        if self._started and room >= self._capacity:
+            self.ran_dry += 1
+            if audible:
+                self._step_up("the device ran dry while playing")
+        self._started = True
+
+    def _late_wake(self) -> None:
+        self.late += 1
+        self._step_up(f"the playback thread woke over {_LATE_S * 1000:.0f} ms late while playing")
+
+    def _step_up(self, why: str) -> None:
+        self.gaps += 1
+        self._calm_since = self._clock()
+        if self.blocking:
+            return
+        self.keep += 1
+        self._due, self._anchored = None, False
+        log.info(
+            "playback: %s; %s from now on",
+            why,
+            "a blocking writer"
+            if self.blocking
+            else f"keeping {round(self.keep * self._period_s * 1000)} ms in the device",
+        )
+
+    def _calm_down(self) -> None:
+        """After a calm as long as the gaps so far call for, keep a period less."""
+        now = self._clock()
+        if self.keep > 1 and now - self._calm_since > self._calm_s:
+            self.keep -= 1
+            self._calm_since = now
+            self._due, self._anchored = None, False
+
+    @property
+    def _calm_s(self) -> float:
+        return min(_CALM_S * (1 << min(max(0, self.gaps - 1), 20)), _CALM_MAX_S)
 
 
 class _RenderTap:
@@ -909,13 +958,20 @@ class PyAudioBackend(_QueuedPlayback, AudioBackend):
         self._closed = False
 
     @property
-    def device_playback(self) -> dict[str, int]:
+    def device_playback(self) -> dict[str, int | bool]:
         """How the playback thread kept the device (`_RoomPacer`): periods left in it at each
-        write now, times it was found empty, and how many of those were while playing."""
+        write now (or writing as a blocking writer), times it was found empty, and how many of
+        those were while playing."""
         pacer = self._pacer
         if pacer is None:
-            return {"keep_periods": 0, "ran_dry": 0, "gaps": 0}
-        return {"keep_periods": pacer.keep, "ran_dry": pacer.ran_dry, "gaps": pacer.gaps}
+            return {"keep_periods": 0, "blocking": False, "ran_dry": 0, "late": 0, "gaps": 0}
+        return {
+            "keep_periods": pacer.keep,
+            "blocking": pacer.blocking,
+            "ran_dry": pacer.ran_dry,
+            "late": pacer.late,
+            "gaps": pacer.gaps,
+        }
 
     def _capture_format(self, config: AudioConfig) -> tuple[int, int]:
         dev = self.input_device
