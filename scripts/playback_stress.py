@@ -3,13 +3,16 @@
 
     .venv/bin/python scripts/playback_stress.py [--busy N] [--gil F] [--seconds S] [--runs R]
 
-Plays a steady 440 Hz tone through the daemon's `PyAudioBackend` into the private PulseAudio
-rig (scripts/pulserig.py), handed over in 20 ms chunks on the event loop as network audio is,
+Plays a 440 Hz tone in phrases (1.4 s loud, 0.2 s at a level no one hears: speech's pauses,
+where the playback thread may refill the device) through the daemon's `PyAudioBackend` into the
+private PulseAudio rig (scripts/pulserig.py), handed over in 20 ms chunks on the event loop as
+network audio is,
 while `--busy` processes spin on the CPUs and a Python thread in this process holds the GIL a
 fraction `--gil` of the time (in 5 ms switch intervals, as the wake-word loop or a decoder
-would). The speaker's monitor is recorded; a gap is a stretch of the tone below a tenth of its
-level. Prints, per run: gaps and the time lost, and how the playback thread kept the device
-(`device_playback`: periods kept, times found empty, of those while playing).
+would). The speaker's monitor is recorded; a gap is a stretch where it is all but silent (the
+sink plays zeros when the client's audio is not there). Prints, per run: gaps and the time
+lost, the queue's underruns and target, and how the playback thread kept the device
+(`device_playback`).
 
 It is a check of the playback thread's margin (audio._RoomPacer keeps one 20 ms period in the
 device, a blocking writer two): run it on the device itself, where the scheduler and the GIL
@@ -43,6 +46,9 @@ from wakertc.audio import PLAYBACK_RATE, PyAudioBackend  # noqa: E402
 from wakertc.config import AudioConfig  # noqa: E402
 
 LEVEL = 0.3 * 32767
+PAUSE_LEVEL = 30.0  # a pause between phrases: audible to no one, above a gap's zeros
+GAP_LEVEL = 8.0  # a 2.5 ms window whose peak is below this is a gap
+PHRASE_S, PAUSE_S = 1.4, 0.2
 WINDOW = round(SPEAKER_RATE * 0.0025)  # the envelope's resolution: 2.5 ms
 
 
@@ -63,7 +69,7 @@ def gaps_in(recording: Path) -> tuple[int, float, float]:
     on = np.flatnonzero(envelope > LEVEL / 10)
     if not len(on):
         raise RuntimeError(f"no tone in {recording}")
-    low = envelope[on[0] : on[-1] + 1] <= LEVEL / 10
+    low = envelope[on[0] : on[-1] + 1] < GAP_LEVEL
     gaps = int(np.sum(low[1:] & ~low[:-1]))
     return gaps, float(low.sum()) * WINDOW / SPEAKER_RATE * 1000, len(low) * WINDOW / SPEAKER_RATE
 
@@ -94,7 +100,10 @@ async def one_run(busy: int, gil: float, seconds: float, workdir: Path) -> str:
             chunk = PLAYBACK_RATE // 50
             count = round(seconds * 50)
             t = np.arange(chunk * count) / PLAYBACK_RATE
-            tone = (LEVEL * np.sin(2 * np.pi * 440 * t)).astype(np.int16)
+            phrase = (t % (PHRASE_S + PAUSE_S)) < PHRASE_S
+            tone = (np.where(phrase, LEVEL, PAUSE_LEVEL) * np.sin(2 * np.pi * 440 * t)).astype(
+                np.int16
+            )
             t0 = time.monotonic()
             for k in range(count):
                 await asyncio.sleep(max(0.0, t0 + k * 0.02 - time.monotonic()))

@@ -62,9 +62,10 @@ async def test_quick_measure_gives_plausible_figures_beside_bare_portaudio(
     # aiortc's receive jitter buffer (4 frames) is the emulator's and is left out.
     excluded = figures["mic_to_wire_ms"]["parts"]["excluded_emulator_jitter_buffer_ms"]
     assert excluded["p50"] > 50
-    # how the playback thread kept the device: one period, more only after a gap
+    # how the playback thread kept the device: one period, a period more for each step up
     device = figures["wire_to_speaker_ms"]["device_playback"]
-    assert device["keep_periods"] == 1 + min(device["gaps"], 1), device
+    assert device["keep_periods"] == 1 + device["steps_up"], device
+    assert device["blocking"] is (device["keep_periods"] == 3), device  # 3 periods via Pulse
     assert any("clicks echoed" in line for line in said)
 
 

@@ -118,9 +118,12 @@ def test_a_late_wake_while_playing_keeps_a_period_more_until_calm_again():
     pacer = _RoomPacer(device.room, FRAMES, RATE, clock=device.clock)
     run(device, pacer, 50)
     device.now += 0.07  # the playback thread held up (the GIL, the scheduler): a gap
-    run(device, pacer, 1)
+    run(device, pacer, 20)
     assert device.dry >= 1
-    assert (pacer.ran_dry, pacer.gaps, pacer.keep) == (1, 1, 2)
+    # the step up waits for the reply's end: filling the device takes a block ahead of time
+    assert (pacer.steps_up, pacer.keep) == (0, 1)
+    run(device, pacer, 2, audible=False)
+    assert (pacer.steps_up, pacer.keep) == (1, 2)
     run(device, pacer, 3)  # the device refilled at once
     device.level_at_write.clear()
     dry = device.dry
@@ -143,11 +146,13 @@ def test_a_wake_late_enough_to_starve_an_audio_server_counts_as_a_gap():
     run(device, pacer, 50)
     device.oversleep = 0.005  # within the margin: nothing
     run(device, pacer, 5)
-    assert (pacer.late, pacer.gaps, pacer.keep) == (0, 0, 1)
+    assert (pacer.late, pacer.steps_up, pacer.keep) == (0, 0, 1)
     device.oversleep = _LATE_S + 0.002  # late, but the device still held something
     run(device, pacer, 5)
     assert device.dry == 0
-    assert (pacer.ran_dry, pacer.late, pacer.gaps, pacer.keep) == (0, 1, 1, 2)
+    assert (pacer.ran_dry, pacer.late, pacer.keep) == (0, 1, 1)
+    run(device, pacer, 2, audible=False)
+    assert (pacer.steps_up, pacer.keep) == (1, 2)
     run(device, pacer, 5)
     device.oversleep = _LATE_S + 0.002  # the same in silence is not heard: no step
     run(device, pacer, 5, audible=False)
@@ -160,17 +165,18 @@ def test_running_dry_in_silence_is_counted_but_keeps_the_short_buffer():
     run(device, pacer, 50, audible=False)
     device.now += 0.045  # start-up's load, while the speaker plays silence
     run(device, pacer, 20, audible=False)
-    assert (pacer.ran_dry, pacer.gaps, pacer.keep) == (1, 0, 1)
+    assert (pacer.ran_dry, pacer.steps_up, pacer.keep) == (1, 0, 1)
 
 
-def test_gap_after_gap_ends_at_the_blocking_writer_and_each_gap_doubles_the_calm():
+def test_gap_after_gap_ends_at_the_blocking_writer_and_each_step_doubles_the_calm():
     device = Device()
     pacer = _RoomPacer(device.room, FRAMES, RATE, clock=device.clock)
     run(device, pacer, 5)
-    for gaps in (1, 2, 3):
+    for steps in (1, 2):
         device.now += 0.09
         run(device, pacer, 5)
-        assert pacer.gaps == gaps
+        run(device, pacer, 2, audible=False)
+        assert pacer.steps_up == steps
     # 3 periods of buffer: 1 or 2 kept short of blocking, then the blocking writer itself
     assert (pacer.keep, pacer.blocking) == (3, True)
     device.level_at_write.clear()
@@ -180,11 +186,11 @@ def test_gap_after_gap_ends_at_the_blocking_writer_and_each_gap_doubles_the_calm
     assert device.dry == dry
     device.now += 0.09  # a blocking writer can still be held up past its whole buffer
     run(device, pacer, 5)
-    assert (pacer.gaps, pacer.keep) == (4, 3)
+    assert pacer.ran_dry == 3 and (pacer.steps_up, pacer.keep) == (2, 3)
     dry = device.dry
 
-    # four gaps: each step down waits 8 calm minutes, not one
-    calm = _CALM_S * 8
+    # two steps up: each step down waits 2 calm minutes, not one
+    calm = _CALM_S * 2
     run(device, pacer, round(0.9 * calm / 0.02))
     assert pacer.keep == 3
     run(device, pacer, round(0.2 * calm / 0.02))
@@ -255,7 +261,7 @@ async def test_the_backend_writes_into_a_device_holding_one_period_without_block
     rooms = np.array([room for room, _ in seen[t0:]])
     took = np.array([took for _, took in seen[t0:]])
     assert len(rooms) > 100
-    assert pacer is not None and pacer.gaps == 0
+    assert pacer is not None and pacer.steps_up == 0
     # the device's buffer less one period was free at (nearly) every write
     capacity = pacer._capacity
     assert np.mean(rooms >= capacity - period) > 0.95, np.unique(rooms, return_counts=True)

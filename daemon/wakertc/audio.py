@@ -79,6 +79,7 @@ _STALL_S = 2.0  # no capture callback, or no room to play into, for this long = 
 # Below this (scaled sample, ~-54 dBFS at full volume) audio is a pause: the playback queue may
 # drop or insert samples there to follow its target depth, the steps it makes being inaudible.
 _QUIET = 0.002
+_QUIET_PCM = round(_QUIET * 32768)  # the same on the device's int16 samples
 _SHRINK_MARGIN_S = 0.005
 _POLL_S = 0.001  # the playback thread looks for room this often once it is due
 _PROBE_S = 0.0005  # ... and looks this much earlier each period it finds the room already there
@@ -490,12 +491,14 @@ class _RoomPacer:
     writer's next block waits inside PortAudio, ready, with the whole buffer to spare.
 
     So `keep` starts at 1 and grows by one each time the device is found empty while it played
-    audio (a late wake: this machine's scheduling, the GIL; a gap was heard), to the blocking
-    writer itself at the top (`blocking`: `wait` returns at once and the write waits). After
-    `_CALM_S` without a gap it comes down one step; each gap doubles that wait (up to
-    `_CALM_MAX_S`), so a machine that keeps running late settles on the safe end instead of
-    being probed every minute. Running dry in silence (start-up's load, listening for the wake
-    word) is not heard and only counted.
+    audio, or the thread woke over `_LATE_S` late then (this machine's scheduling, the GIL), to
+    the blocking writer itself at the top (`blocking`: `wait` returns at once and the write
+    waits). A step up waits for a pause (a period under `_QUIET`): filling the device takes a
+    block ahead of time, which in the middle of a word would leave the queue a block short.
+    After `_CALM_S` without a gap or a late wake it comes down one step; each step up doubles
+    that wait (up to `_CALM_MAX_S`), so a machine that keeps running late settles on the safe
+    end instead of being probed every minute. Running dry in a pause (start-up's load,
+    listening for the wake word) is not heard and only counted.
 
     The wake: sleep until due, look once; most of the time the room is there. The due time
     follows the device's clock: it moves `_PROBE_S` earlier at each hit, and a miss (polled
@@ -522,9 +525,10 @@ class _RoomPacer:
         self.late = 0
         """Wakes over `_LATE_S` late while playing: a gap through an audio server, which does
         not tell the client when its own buffer ran dry."""
-        self.gaps = 0
-        """Times the device ran dry while playing, or the thread woke late: each raised `keep`."""
+        self.steps_up = 0
+        """Times `keep` went up (one for each pause that followed a gap or a late wake)."""
         self._started = False
+        self._pending = 0  # steps up waiting for silence
         self._due: float | None = None
         self._anchored = False  # a poll has seen the room appear: `_due` follows the device
         self._calm_since = clock()
@@ -536,9 +540,12 @@ class _RoomPacer:
 
     def wait(self, stop: threading.Event, audible: bool) -> bool:
         """Return True once the next period should be written (it will not block unless
-        `blocking`), False once `stop` is set; `audible`: the last period written held audio.
+        `blocking`), False once `stop` is set; `audible`: the last period written was above
+        `_QUIET` (not a pause).
         Raises AudioDeviceError when the device has had no room for `_STALL_S`."""
         self._calm_down()
+        if self._pending and not audible:
+            self._raise_keep()
         if self.blocking:
             if stop.is_set():
                 return False
@@ -583,22 +590,27 @@ class _RoomPacer:
         self._step_up(f"the playback thread woke over {_LATE_S * 1000:.0f} ms late while playing")
 
     def _step_up(self, why: str) -> None:
-        self.gaps += 1
         self._calm_since = self._clock()
-        if self.blocking:
-            return
-        self.keep += 1
+        if not self._pending and not self.blocking:
+            self._pending = 1
+            log.info("playback: %s; a period more in the device at the next pause", why)
+
+    def _raise_keep(self) -> None:
+        """Apply the step up in a pause: the writes that fill the device take a block ahead of
+        time, which in the middle of a word would leave the queue a block short."""
+        self.keep += self._pending
+        self._pending = 0
+        self.steps_up += 1
         self._due, self._anchored = None, False
         log.info(
-            "playback: %s; %s from now on",
-            why,
+            "playback: %s from now on",
             "a blocking writer"
             if self.blocking
             else f"keeping {round(self.keep * self._period_s * 1000)} ms in the device",
         )
 
     def _calm_down(self) -> None:
-        """After a calm as long as the gaps so far call for, keep a period less."""
+        """After a calm as long as the steps up so far call for, keep a period less."""
         now = self._clock()
         if self.keep > 1 and now - self._calm_since > self._calm_s:
             self.keep -= 1
@@ -607,7 +619,7 @@ class _RoomPacer:
 
     @property
     def _calm_s(self) -> float:
-        return min(_CALM_S * (1 << min(max(0, self.gaps - 1), 20)), _CALM_MAX_S)
+        return min(_CALM_S * (1 << min(max(0, self.steps_up - 1), 20)), _CALM_MAX_S)
 
 
 class _RenderTap:
@@ -964,13 +976,13 @@ class PyAudioBackend(_QueuedPlayback, AudioBackend):
         those were while playing."""
         pacer = self._pacer
         if pacer is None:
-            return {"keep_periods": 0, "blocking": False, "ran_dry": 0, "late": 0, "gaps": 0}
+            return {"keep_periods": 0, "blocking": False, "ran_dry": 0, "late": 0, "steps_up": 0}
         return {
             "keep_periods": pacer.keep,
             "blocking": pacer.blocking,
             "ran_dry": pacer.ran_dry,
             "late": pacer.late,
-            "gaps": pacer.gaps,
+            "steps_up": pacer.steps_up,
         }
 
     def _capture_format(self, config: AudioConfig) -> tuple[int, int]:
@@ -1082,7 +1094,7 @@ class PyAudioBackend(_QueuedPlayback, AudioBackend):
         try:
             while pacer.wait(self._stop, audible):
                 out = self._device_blocks.take(period, self._next_device_block)
-                audible = bool(out.any())
+                audible = bool(np.abs(out).max() > _QUIET_PCM)
                 self._out_stream.write(np.repeat(out, self.output_channels).tobytes())
                 stalled = time.monotonic() - self._last_capture > _STALL_S
                 if stalled and not stall_reported:
