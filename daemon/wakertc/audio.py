@@ -436,18 +436,25 @@ class _PlaybackQueue:
         return out, bool(took) or ramped
 
     def _take(self, dest: Float32Array) -> int:
-        filled = 0
-        while filled < len(dest):
-            chunk = self._chunks[0]
-            k = min(len(chunk), len(dest) - filled)
-            dest[filled : filled + k] = chunk[:k]
-            if k == len(chunk):
-                self._chunks.popleft()
-            else:
-                self._chunks[0] = chunk[k:]
-            filled += k
+        filled = _fill_from(self._chunks, dest)
         self._queued -= filled
         return filled
+
+
+def _fill_from(chunks: collections.deque[Any], dest: npt.NDArray[Any]) -> int:
+    """Fill `dest` from the front of `chunks` (which must hold enough), consuming what it
+    takes; returns len(dest)."""
+    filled = 0
+    while filled < len(dest):
+        chunk = chunks[0]
+        k = min(len(chunk), len(dest) - filled)
+        dest[filled : filled + k] = chunk[:k]
+        if k == len(chunk):
+            chunks.popleft()
+        else:
+            chunks[0] = chunk[k:]
+        filled += k
+    return filled
 
 
 class _Refill:
@@ -464,17 +471,7 @@ class _Refill:
             self._blocks.append(block)
             self._have += len(block)
         out = np.empty(n, np.int16)
-        filled = 0
-        while filled < n:
-            block = self._blocks[0]
-            k = min(len(block), n - filled)
-            out[filled : filled + k] = block[:k]
-            if k == len(block):
-                self._blocks.popleft()
-            else:
-                self._blocks[0] = block[k:]
-            filled += k
-        self._have -= n
+        self._have -= _fill_from(self._blocks, out)
         return out
 
 
@@ -528,7 +525,7 @@ class _RoomPacer:
         self.steps_up = 0
         """Times `keep` went up (one for each pause that followed a gap or a late wake)."""
         self._started = False
-        self._pending = 0  # steps up waiting for silence
+        self._pending = False  # a step up waiting for a pause
         self._due: float | None = None
         self._anchored = False  # a poll has seen the room appear: `_due` follows the device
         self._calm_since = clock()
@@ -592,14 +589,14 @@ class _RoomPacer:
     def _step_up(self, why: str) -> None:
         self._calm_since = self._clock()
         if not self._pending and not self.blocking:
-            self._pending = 1
+            self._pending = True
             log.info("playback: %s; a period more in the device at the next pause", why)
 
     def _raise_keep(self) -> None:
         """Apply the step up in a pause: the writes that fill the device take a block ahead of
         time, which in the middle of a word would leave the queue a block short."""
-        self.keep += self._pending
-        self._pending = 0
+        self.keep += 1
+        self._pending = False
         self.steps_up += 1
         self._due, self._anchored = None, False
         log.info(
