@@ -2,7 +2,7 @@
 """Household enrolment (issue 16), measured: the verifier beside the stock openwakeword package.
 
     /work/venv-main/bin/python scripts/bench_household.py [--negative-hours 2] [--workdir DIR]
-        [--tune-only]
+        [--tune-only] [--test-set 1|2]
 
 Extends scripts/bench_wakeword.py (its mixing, its stock-package worker and its detection rule)
 with what enrolment needs. Speech comes from three Debian TTS engines: espeak-ng (`-s` words per
@@ -26,7 +26,8 @@ The split (`check_split` refuses any overlap, and the run calls it on the sets i
   the points where the verifier makes no false accept of its own on the tuning negatives, ties
   to the stricter point) by simulating the detector's rule over per-chunk traces, and written
   into the verifier file;
-- test: everyone at 120, 140, 165, 180 and 200 wpm ("hey jarvis", "..., what time is it"), at
+- test (set 1; set 2 in `TEST_SETS` says other things at other rates): everyone at 120, 140,
+  165, 180 and 200 wpm ("hey jarvis", "..., what time is it"), at
   -22/-28/-34 dBFS, in pink noise at 5, 10 and 20 dB SNR, babble (four espeak-ng voices reading
   at once) at 10 dB, or a room reverb (RT60 0.5 s) with pink noise at 10 dB, each with 2 s of
   that noise before it; and at least `--negative-hours` of negatives read by all eleven voices
@@ -95,8 +96,6 @@ strangers are. Neither household nor strangers, nor among `enroll`'s training vo
 babble's, and of the household's engines (the strangers' engine, festival, stays unseen)."""
 ENROLL_WPM = (130, 150, 190)
 TUNE_WPM = (135, 160, 185)
-TEST_WPM = (120, 140, 165, 180, 200)
-PHRASES = ("hey jarvis", "hey jarvis, what time is it")
 TUNE_PHRASES = (
     "hey jarvis",
     "hey jarvis, turn on the kitchen light",
@@ -129,7 +128,61 @@ NEAR_MISSES_EVAL = (
     "they starve us",
     "have a service",
 )
+NEAR_MISSES_EVAL_2 = (
+    "hey Carver",
+    "hey Jasmine",
+    "a jar of this",
+    "hey Harvest",
+    "hey Mervyn",
+    "hey Java",
+    "heavy jobs",
+    "hey Garvin",
+    "they served us",
+    "hey Davies",
+    "hay and jars",
+    "hey Charles",
+)
 TUNE_NEGATIVE_S = 2 * 60 * 60.0
+
+
+@dataclass(frozen=True)
+class TestSet:
+    """What one test set says: its rates, phrases, near misses and seeds. Set 1 is the one of
+    the README's first runs (looked at six times); set 2 was made afterwards, once, from texts
+    and rates no earlier set used, so that a design chosen after looking at set 1 can be
+    measured on audio it has not seen."""
+
+    wpm: tuple[int, ...]
+    phrases: tuple[str, ...]
+    near_misses: tuple[str, ...]
+    seed: int
+    paragraphs: bool
+    """Set 1 alternates bench_wakeword's paragraphs with its generated sentences; set 2 reads
+    only sentences generated from its own seed."""
+    sentence_seed: tuple[int, ...]
+    negative_wpm: tuple[int, ...]
+
+
+TEST_SETS = {
+    1: TestSet(
+        (120, 140, 165, 180, 200),
+        ("hey jarvis", "hey jarvis, what time is it"),
+        NEAR_MISSES_EVAL,
+        bw.SEED + 16,
+        True,
+        (bw.SEED, 1),
+        bw.SPEEDS_WPM,
+    ),
+    2: TestSet(
+        (125, 145, 170, 175, 195),
+        ("hey jarvis", "hey jarvis, set a timer for ten minutes"),
+        NEAR_MISSES_EVAL_2,
+        bw.SEED + 17,
+        False,
+        (bw.SEED, 3),
+        (125, 155, 175, 200),
+    ),
+}
 CONDITIONS = (
     ("pink", 5.0),
     ("pink", 10.0),
@@ -291,23 +344,29 @@ def _near_misses(phrases: tuple[str, ...], n: int) -> str:
     return " ".join(f"{p[0].upper()}{p[1:]}." for p in picked)
 
 
-def negative_says(tuning: bool) -> Iterator[Say]:
+def negative_says(tuning: bool, test: TestSet = TEST_SETS[1]) -> Iterator[Say]:
     """The negative speech of the tuning set (household and visitors' voices, generated
-    sentences and NEAR_MISSES_TUNE) or of the evaluation set (all voices, bench_wakeword's
-    paragraphs and sentences and NEAR_MISSES_EVAL), without end; every third segment is near
-    misses."""
+    sentences and NEAR_MISSES_TUNE) or of test set `test` (all voices; its sentences, with
+    bench_wakeword's paragraphs in set 1, and its near misses), without end; every third
+    segment is near misses."""
     voices = (*ENROLLED, *VISITORS) if tuning else (*ENROLLED, *STRANGERS)
     texts = bw._negative_texts()
     rng = np.random.default_rng([bw.SEED, 2])  # bench_wakeword's sentences use [SEED, 1]
+    test_rng = np.random.default_rng(list(test.sentence_seed))
     n = 0
     while True:
         wpm = bw.SPEEDS_WPM[n % len(bw.SPEEDS_WPM)]
         if n % 3 == 2:
-            text = _near_misses(NEAR_MISSES_TUNE if tuning else NEAR_MISSES_EVAL, n // 3)
+            text = _near_misses(NEAR_MISSES_TUNE if tuning else test.near_misses, n // 3)
+            if not tuning:
+                wpm = test.negative_wpm[n % len(test.negative_wpm)]
         elif tuning:
             text = bw._sentences(rng, 7)
-        else:
+        elif test.paragraphs:
             text, _, wpm = next(texts)
+        else:
+            text = bw._sentences(test_rng, 7)
+            wpm = test.negative_wpm[n % len(test.negative_wpm)]
         engine, voice = voices[n % len(voices)]
         kind, snr = CONDITIONS[(n * 2) % len(CONDITIONS)]
         yield Say(engine, voice, text, wpm, kind, max(snr, 5.0), LEVELS[n % len(LEVELS)])
@@ -664,6 +723,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--tune-only", action="store_true", help="stop after choosing the operating point"
     )
+    parser.add_argument(
+        "--test-set",
+        type=int,
+        choices=sorted(TEST_SETS),
+        default=1,
+        help="which test set (TEST_SETS; 1, the README's first)",
+    )
     args = parser.parse_args(argv)
     started = time.monotonic()
 
@@ -690,10 +756,13 @@ def main(argv: list[str]) -> int:
     if args.tune_only:
         print(json.dumps({"tuning": tuning}, indent=1))
         return 0
-    test_says = positive_says((*ENROLLED, *STRANGERS), TEST_WPM, PHRASES)
-    rng = np.random.default_rng(bw.SEED + 16)
+    test = TEST_SETS[args.test_set]
+    test_says = positive_says((*ENROLLED, *STRANGERS), test.wpm, test.phrases)
+    rng = np.random.default_rng(test.seed)
     positives, clips = positive_set(tts, test_says, rng)
-    negatives = negative_set(tts, negative_says(tuning=False), args.negative_hours * 3600, rng)
+    negatives = negative_set(
+        tts, negative_says(tuning=False, test=test), args.negative_hours * 3600, rng
+    )
     check_split(
         enrolment,
         positive_says(ENROLLED, TUNE_WPM, TUNE_PHRASES),
@@ -719,6 +788,7 @@ def main(argv: list[str]) -> int:
     hits = {"stock": bw._detected(stock, audio.clips), "wakertc": bw._detected(mine, audio.clips)}
     runs = {"stock": stock, "wakertc": mine}
     result: dict[str, Any] = {
+        "test_set": args.test_set,
         "tuning": tuning,
         "negative_hours": round(hours, 3),
         "negative_speech_min": round(audio.speech_s / 60, 1),

@@ -21,19 +21,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 import bench_household as bh
 
 
-def _sets(n_negatives: int = 400) -> tuple[list[bh.Say], ...]:
+def _sets(n_negatives: int = 400, test_set: int = 1) -> tuple[list[bh.Say], ...]:
     """The bench's own sets (more negative segments than a 2-hour run uses)."""
+    chosen = bh.TEST_SETS[test_set]
     return (
         bh.enrollment_says(),
         bh.positive_says(bh.ENROLLED, bh.TUNE_WPM, bh.TUNE_PHRASES),
-        bh.positive_says((*bh.ENROLLED, *bh.STRANGERS), bh.TEST_WPM, bh.PHRASES),
+        bh.positive_says((*bh.ENROLLED, *bh.STRANGERS), chosen.wpm, chosen.phrases),
         list(itertools.islice(bh.negative_says(tuning=True), n_negatives)),
-        list(itertools.islice(bh.negative_says(tuning=False), n_negatives)),
+        list(itertools.islice(bh.negative_says(tuning=False, test=chosen), n_negatives)),
     )
 
 
-def test_the_bench_split_is_disjoint() -> None:
-    enrolment, tuning, test, tuning_neg, test_neg = _sets()
+@pytest.mark.parametrize("test_set", sorted(bh.TEST_SETS))
+def test_the_bench_split_is_disjoint(test_set: int) -> None:
+    enrolment, tuning, test, tuning_neg, test_neg = _sets(test_set=test_set)
     bh.check_split(enrolment, tuning, test, tuning_neg, test_neg)
     # and the check looks at what it claims to: the sets are not empty, the strangers are tested
     assert len(enrolment) == 15 and len(tuning) == 45 and len(test) == 110
@@ -112,6 +114,18 @@ def test_tuning_simulates_the_detector(tmp_path: Path) -> None:
             real.append((round(d.t * bh.RATE / bh.bw.CHUNK) - 1, d.score < 0.5))
     assert len(real) >= 3 and any(by_verifier for _, by_verifier in real), real
     assert simulated == [i for i, _ in real]
+
+
+def test_the_second_test_set_is_new_audio() -> None:
+    """Set 2 shares no clip (voice, words and rate) and no negative text with set 1, so a
+    design chosen after looking at set 1 is measured on speech it has not heard."""
+    first, second = _sets(test_set=1), _sets(test_set=2)
+    assert not {s.speech for s in first[2]} & {s.speech for s in second[2]}
+    assert not {s.text for s in first[4]} & {s.text for s in second[4]}
+    strings = " ".join(s.text.lower() for s in second[4][2::3])  # every third: near misses
+    assert all(p.lower() in strings for p in bh.NEAR_MISSES_EVAL_2)
+    assert not any(p.lower() in strings for p in bh.NEAR_MISSES_EVAL + bh.NEAR_MISSES_TUNE)
+    assert {s.wpm for s in second[4]} == set(bh.TEST_SETS[2].negative_wpm)
 
 
 def test_the_false_accepts_one_engine_made_alone_are_found() -> None:
