@@ -95,6 +95,9 @@ command = ["date"]
         ('[audio]\nbackend = "alsa"\n', r"audio\.backend = 'alsa': one of 'pyaudio', 'file'"),
         ("[audio]\noutput_volume = 5.0\n", r"audio\.output_volume = 5\.0: a number from 0\.0 to 2"),
         ("[audio]\ninput_rate = -1\n", r"audio\.input_rate = -1: zero or a positive integer"),
+        ("[audio]\noutput_buffer_ms = 0\n", r"audio\.output_buffer_ms = 0: a number from 20 to"),
+        ("[audio]\noutput_buffer_ms = 5000\n", r"audio\.output_buffer_ms = 5000: a number from"),
+        ("[audio]\noutput_buffer_ms = 40.5\n", r"audio\.output_buffer_ms = 40\.5: an integer"),
         ('[audio]\nbackend = "file"\n', r"audio\.input_file = \(missing\): a WAV file"),
         (
             "[audio]\ninput_channels = 2\ninput_channel = 2\n",

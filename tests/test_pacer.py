@@ -203,6 +203,39 @@ def test_gap_after_gap_ends_at_the_blocking_writer_and_each_step_doubles_the_cal
     assert device.dry == dry
 
 
+def test_a_floor_keeps_that_many_periods_and_calm_never_goes_below_it():
+    """`[audio] output_buffer_ms`: 40 ms is two periods left in the device at each write, from
+    the start; a gap still steps up, and the calm steps down to the floor, not below."""
+    device = Device()
+    pacer = _RoomPacer(device.room, FRAMES, RATE, clock=device.clock, floor=2)
+    assert (pacer.floor, pacer.keep, pacer.blocking) == (2, 2, False)
+    run(device, pacer, 5)
+    device.level_at_write.clear()
+    run(device, pacer, 100)
+    assert set(device.level_at_write) == {2 * FRAMES}
+    assert device.dry == 0
+    device.now += 0.09
+    run(device, pacer, 5)
+    run(device, pacer, 2, audible=False)
+    assert (pacer.keep, pacer.blocking) == (3, True)
+    run(device, pacer, round(3 * _CALM_S / 0.02))
+    assert pacer.keep == 2
+    device.level_at_write.clear()
+    run(device, pacer, 10)
+    assert set(device.level_at_write) == {2 * FRAMES}
+
+
+def test_a_floor_beyond_the_device_buffer_is_the_blocking_writer():
+    device = Device()
+    pacer = _RoomPacer(device.room, FRAMES, RATE, clock=device.clock, floor=50)
+    assert (pacer.floor, pacer.blocking) == (3, True)
+    run(device, pacer, 5)
+    device.level_at_write.clear()
+    run(device, pacer, round(2 * _CALM_S / 0.02))
+    assert pacer.blocking and device.dry == 0
+    assert set(device.level_at_write) == {2 * FRAMES}  # each write waited for its room
+
+
 def test_a_device_with_no_room_for_the_stall_time_is_an_error():
     device = Device()
     pacer = _RoomPacer(lambda: 0, FRAMES, RATE, clock=device.clock)
@@ -229,14 +262,16 @@ def test_refill_hands_out_exact_counts_in_order():
 
 
 @pytest.mark.pulse
+@pytest.mark.parametrize("buffer_ms", [20, 40])
 async def test_the_backend_writes_into_a_device_holding_one_period_without_blocking(
     pulse_rig: PulseRig,  # noqa: F811
     tmp_path: Path,
+    buffer_ms: int,
 ):
     """Through PulseAudio: each write finds room for it (it returns at once) and leaves one
-    period in the device when written; a blocking writer's block waits ~20 ms in each write
-    with the device full."""
-    backend = PyAudioBackend(pulse_rig.audio_config())
+    period in the device when written (two with `output_buffer_ms = 40`); a blocking writer's
+    block waits ~20 ms in each write with the device full."""
+    backend = PyAudioBackend(pulse_rig.audio_config(output_buffer_ms=buffer_ms))
     backend.start(asyncio.get_running_loop(), lambda f: None)
     stream = backend._out_stream
     write = stream.write
@@ -262,9 +297,13 @@ async def test_the_backend_writes_into_a_device_holding_one_period_without_block
     took = np.array([took for _, took in seen[t0:]])
     assert len(rooms) > 100
     assert pacer is not None and pacer.steps_up == 0
-    # the device's buffer less one period was free at (nearly) every write
+    kept = buffer_ms // 20
+    assert backend.device_playback["floor_periods"] == kept == pacer.keep
+    # the device's buffer less `kept` periods was free at (nearly) every write, not more
     capacity = pacer._capacity
-    assert np.mean(rooms >= capacity - period) > 0.95, np.unique(rooms, return_counts=True)
+    counts = np.unique(rooms, return_counts=True)
+    assert np.mean(rooms >= capacity - kept * period) > 0.95, counts
+    assert np.mean(rooms >= capacity - (kept - 1) * period) < 0.05, counts
     assert np.median(took) < 0.002
 
 

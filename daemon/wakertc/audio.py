@@ -32,6 +32,7 @@ import abc
 import asyncio
 import collections
 import logging
+import math
 import threading
 import time
 import wave
@@ -487,15 +488,16 @@ class _RoomPacer:
     the margin: a wake later than `keep` periods runs the device dry, where the blocking
     writer's next block waits inside PortAudio, ready, with the whole buffer to spare.
 
-    So `keep` starts at 1 and grows by one each time the device is found empty while it played
+    So `keep` starts at `floor` (1, or what `[audio] output_buffer_ms` asks for) and grows by
+    one each time the device is found empty while it played
     audio, or the thread woke over `_LATE_S` late then (this machine's scheduling, the GIL), to
     the blocking writer itself at the top (`blocking`: `wait` returns at once and the write
     waits). A step up waits for a pause (a period under `_QUIET`): filling the device takes a
     block ahead of time, which in the middle of a word would leave the queue a block short.
-    After `_CALM_S` without a gap or a late wake it comes down one step; each step up doubles
-    that wait (up to `_CALM_MAX_S`), so a machine that keeps running late settles on the safe
-    end instead of being probed every minute. Running dry in a pause (start-up's load,
-    listening for the wake word) is not heard and only counted.
+    After `_CALM_S` without a gap or a late wake it comes down one step, never below `floor`;
+    each step up doubles that wait (up to `_CALM_MAX_S`), so a machine that keeps running late
+    settles on the safe end instead of being probed every minute. Running dry in a pause
+    (start-up's load, listening for the wake word) is not heard and only counted.
 
     The wake: sleep until due, look once; most of the time the room is there. The due time
     follows the device's clock: it moves `_PROBE_S` earlier at each hit, and a miss (polled
@@ -508,6 +510,7 @@ class _RoomPacer:
         frames: int,
         rate: int,
         clock: Callable[[], float] = time.monotonic,
+        floor: int = 1,
     ) -> None:
         self._room = room
         self._frames = frames
@@ -515,7 +518,8 @@ class _RoomPacer:
         self._clock = clock
         self._capacity = max(room(), frames)  # before the first write: the whole buffer
         self._most = max(1, self._capacity // frames - 1)  # the most `keep` short of blocking
-        self.keep = 1
+        self._floor = max(1, min(floor, self._most + 1))  # above `_most`: a blocking writer
+        self.keep = self._floor
         """Periods still in the device when the next one is written (above `_most`: blocking)."""
         self.ran_dry = 0
         """Times the device was found empty."""
@@ -529,6 +533,11 @@ class _RoomPacer:
         self._due: float | None = None
         self._anchored = False  # a poll has seen the room appear: `_due` follows the device
         self._calm_since = clock()
+
+    @property
+    def floor(self) -> int:
+        """The fewest periods kept (`[audio] output_buffer_ms`); above `_most`: blocking."""
+        return self._floor
 
     @property
     def blocking(self) -> bool:
@@ -609,7 +618,7 @@ class _RoomPacer:
     def _calm_down(self) -> None:
         """After a calm as long as the steps up so far call for, keep a period less."""
         now = self._clock()
-        if self.keep > 1 and now - self._calm_since > self._calm_s:
+        if self.keep > self._floor and now - self._calm_since > self._calm_s:
             self.keep -= 1
             self._calm_since = now
             self._due, self._anchored = None, False
@@ -949,6 +958,8 @@ class PyAudioBackend(_QueuedPlayback, AudioBackend):
             self._pa.terminate()
             raise
         self._queue = _PlaybackQueue(config.output_volume, prebuffer_s)
+        self._buffer_ms = config.output_buffer_ms
+        self._floor_periods = max(1, math.ceil(config.output_buffer_ms / (_BLOCK_S * 1000)))
         self._render = _RenderTap(self)
         self._handoff = _LoopHandoff(self, "audio device")
         self._out_resampler = (
@@ -968,13 +979,21 @@ class PyAudioBackend(_QueuedPlayback, AudioBackend):
 
     @property
     def device_playback(self) -> dict[str, int | bool]:
-        """How the playback thread kept the device (`_RoomPacer`): periods left in it at each
-        write now (or writing as a blocking writer), times it was found empty, and how many of
-        those were while playing."""
+        """How the playback thread kept the device (`_RoomPacer`): the fewest periods it keeps
+        (`[audio] output_buffer_ms`), the periods left in it at each write now (or writing as a
+        blocking writer), times it was found empty, late wakes while playing, steps up."""
         pacer = self._pacer
         if pacer is None:
-            return {"keep_periods": 0, "blocking": False, "ran_dry": 0, "late": 0, "steps_up": 0}
+            return {
+                "floor_periods": 0,
+                "keep_periods": 0,
+                "blocking": False,
+                "ran_dry": 0,
+                "late": 0,
+                "steps_up": 0,
+            }
         return {
+            "floor_periods": pacer.floor,
             "keep_periods": pacer.keep,
             "blocking": pacer.blocking,
             "ran_dry": pacer.ran_dry,
@@ -1084,8 +1103,19 @@ class PyAudioBackend(_QueuedPlayback, AudioBackend):
     def _playback(self) -> None:
         period = round(self.output_rate * _BLOCK_S)
         pacer = self._pacer = _RoomPacer(
-            self._out_stream.get_write_available, period, self.output_rate
+            self._out_stream.get_write_available,
+            period,
+            self.output_rate,
+            floor=self._floor_periods,
         )
+        if pacer.keep > 1:
+            log.info(
+                "playback: %s (audio.output_buffer_ms = %d)",
+                "a blocking writer"
+                if pacer.blocking
+                else f"keeping at least {round(pacer.keep * _BLOCK_S * 1000)} ms in the device",
+                self._buffer_ms,
+            )
         stall_reported = False
         audible = False
         try:

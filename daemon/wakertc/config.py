@@ -50,6 +50,10 @@ PHASES_WITH_PATTERNS = (
 )
 
 
+OUTPUT_BUFFER_MIN_MS = 20  # one playback period
+OUTPUT_BUFFER_MAX_MS = 1000
+
+
 @dataclass(frozen=True)
 class AudioConfig:
     """Microphone and speaker."""
@@ -72,6 +76,10 @@ class AudioConfig:
     """Playback channels; 0 = the device's default (at most 2). Mono is copied to each."""
     output_volume: float = 1.0
     """Playback gain, 0.0 (silent) to 2.0."""
+    output_buffer_ms: int = OUTPUT_BUFFER_MIN_MS
+    """Audio kept in the playback device ahead of the speaker, at least (20 ms periods, rounded
+    up): the least by default, more by itself after a gap. Raise it for a device that stutters;
+    at or above the device's own buffer it is written as a plain blocking writer fills it."""
     input_file: Path | None = None
     """`file` backend: WAV file to read as the microphone (then silence after its end)."""
     output_file: Path | None = None
@@ -479,6 +487,12 @@ def _check_semantics(config: Config, source: Path) -> list[Problem]:
         )
     for name, value, low, high in (
         ("audio.output_volume", audio.output_volume, 0.0, 2.0),
+        (
+            "audio.output_buffer_ms",
+            audio.output_buffer_ms,
+            OUTPUT_BUFFER_MIN_MS,
+            OUTPUT_BUFFER_MAX_MS,
+        ),
         ("leds.brightness", config.leds.brightness, 0.0, 1.0),
         ("sounds.volume", config.sounds.volume, 0.0, 1.0),
         ("timers.ring_volume", config.timers.ring_volume, 0.0, 1.0),
