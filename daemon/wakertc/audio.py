@@ -86,6 +86,7 @@ _POLL_S = 0.001  # the playback thread looks for room this often once it is due
 _PROBE_S = 0.0005  # ... and looks this much earlier each period it finds the room already there
 _CALM_S = 60.0  # a device that ran dry while playing keeps a period more in it for this long
 _CALM_MAX_S = 24 * 3600.0  # ... doubled at each further gap, up to this
+_STEPS_TRUSTED = 25  # growths of the device's room seen before its step sets the floor
 _LATE_S = 0.008  # a wake this late while playing counts as a gap (through an audio server: unseen)
 
 Int16Array = npt.NDArray[np.int16]
@@ -476,6 +477,11 @@ class _Refill:
         return out
 
 
+def floor_periods(buffer_ms: int) -> int:
+    """`[audio] output_buffer_ms` as playback periods, rounded up (at least one)."""
+    return max(1, math.ceil(buffer_ms / (_BLOCK_S * 1000) - 1e-9))
+
+
 class _RoomPacer:
     """When to write the next period to a blocking output stream, and how much to keep queued in
     the device: as little as it plays without running dry.
@@ -512,13 +518,20 @@ class _RoomPacer:
         clock: Callable[[], float] = time.monotonic,
         floor: int = 1,
     ) -> None:
-        self._room = room
+        self._room_of_device = room
         self._frames = frames
         self._period_s = frames / rate
         self._clock = clock
-        self._capacity = max(room(), frames)  # before the first write: the whole buffer
+        self._last_room: int | None = None  # what the device should show now, after our writes
+        self.device_step = 0
+        """The least the room was seen to grow by between two looks (our writes accounted; 0
+        until seen): the device's own period, if it plays a period at a time. Acted on once
+        `_STEPS_TRUSTED` growths were seen, so a late start-up's double step misleads nobody."""
+        self._grown = 0
+        self._capacity = max(self._room(), frames)  # before the first write: the whole buffer
         self._most = max(1, self._capacity // frames - 1)  # the most `keep` short of blocking
-        self._floor = max(1, min(floor, self._most + 1))  # above `_most`: a blocking writer
+        self._asked = max(1, floor)
+        self._floor = min(self._asked, self._most + 1)  # above `_most`: a blocking writer
         self.keep = self._floor
         """Periods still in the device when the next one is written (above `_most`: blocking)."""
         self.ran_dry = 0
@@ -536,8 +549,59 @@ class _RoomPacer:
 
     @property
     def floor(self) -> int:
-        """The fewest periods kept (`[audio] output_buffer_ms`); above `_most`: blocking."""
+        """The fewest periods kept: `[audio] output_buffer_ms`, or more for a device that plays
+        more than one of our periods at a time (`device_step`); above `_most`: blocking."""
         return self._floor
+
+    def report(self) -> dict[str, int | bool]:
+        """One consistent reading for `device_playback` (from another thread: `keep` is read
+        once)."""
+        keep = self.keep
+        return {
+            "floor_periods": self._floor,
+            "keep_periods": keep,
+            "blocking": keep > self._most,
+            "device_step_frames": self.device_step,
+            "ran_dry": self.ran_dry,
+            "late": self.late,
+            "steps_up": self.steps_up,
+        }
+
+    def _room(self) -> int:
+        """The device's room now, checked, and what it tells of the device's own period."""
+        room = self._room_of_device()
+        if room < 0:  # PyAudio hands PortAudio's error codes through
+            raise AudioDeviceError(f"the device reports no room to play into (error {room})")
+        last, self._last_room = self._last_room, room
+        if last is not None and room > last:
+            self._grown += 1
+            smaller = not self.device_step or room - last < self.device_step
+            if smaller:
+                self.device_step = room - last
+            if self._grown == _STEPS_TRUSTED or (smaller and self._grown > _STEPS_TRUSTED):
+                self._follow_device_step()
+        return room
+
+    def _follow_device_step(self) -> None:
+        """One of our periods written when the device holds `keep` only works if it plays at
+        most that much at a time: a device that rounds our 882 frames up to 896 would break up
+        every few seconds at one period. The floor covers its period (never less than asked)."""
+        needed = -(-self.device_step // self._frames)
+        floor = min(max(self._asked, needed), self._most + 1)
+        if floor == self._floor:
+            return
+        self._floor = floor
+        if self.keep < floor:
+            self.keep = floor
+            self._due, self._anchored = None, False
+            log.info(
+                "playback: the device plays %d frames at a time, our periods %d: %s",
+                self.device_step,
+                self._frames,
+                "a blocking writer"
+                if self.blocking
+                else f"keeping at least {round(floor * self._period_s * 1000)} ms in it",
+            )
 
     @property
     def blocking(self) -> bool:
@@ -547,8 +611,10 @@ class _RoomPacer:
     def wait(self, stop: threading.Event, audible: bool) -> bool:
         """Return True once the next period should be written (it will not block unless
         `blocking`), False once `stop` is set; `audible`: the last period written was above
-        `_QUIET` (not a pause).
-        Raises AudioDeviceError when the device has had no room for `_STALL_S`."""
+        `_QUIET` (not a pause). The caller writes exactly one period after each True.
+        Raises AudioDeviceError when the device has had no room for `_STALL_S` (not when
+        `blocking`: then the write waits for the room inside PortAudio, as a blocking writer's
+        always did) or reports an error instead of its room."""
         self._calm_down()
         if self._pending and not audible:
             self._raise_keep()
@@ -556,6 +622,7 @@ class _RoomPacer:
             if stop.is_set():
                 return False
             self._count_dry(self._room(), audible)
+            self._last_room = None  # the write waits for room: what it leaves is not known
             return True
         due = self._due
         if due is not None and stop.wait(max(0.0, due - self._clock())):
@@ -581,6 +648,7 @@ class _RoomPacer:
         else:
             self._due += self._period_s - _PROBE_S
         self._count_dry(room, audible and not late)  # one step up for one late wake
+        self._last_room = room - self._frames  # after the write the caller makes now
         return True
 
     def _count_dry(self, room: int, audible: bool) -> None:
@@ -932,9 +1000,10 @@ class PyAudioBackend(_QueuedPlayback, AudioBackend):
 
     Capture uses PortAudio's callback thread (the callback only converts and hands frames to the
     loop). Playback has its own thread writing 20 ms periods, silence when idle, each when the
-    device has room for it (`_RoomPacer`: the writes do not block, and the queue is read at the
-    last moment). The playback thread also watches capture: no callback for 2 s means the input
-    device is gone, reported to `on_error`. PortAudio's callback mode was tried for playback:
+    device has room for it (`_RoomPacer`: the writes do not block unless it has stepped up to
+    a blocking writer, and the queue is read at the last moment). The playback thread also
+    watches capture: no callback for 2 s means the input device is gone, reported to
+    `on_error`. PortAudio's callback mode was tried for playback:
     it keeps the device's whole buffer full (89 ms wire to speaker, as the blocking writer).
     """
 
@@ -959,7 +1028,7 @@ class PyAudioBackend(_QueuedPlayback, AudioBackend):
             raise
         self._queue = _PlaybackQueue(config.output_volume, prebuffer_s)
         self._buffer_ms = config.output_buffer_ms
-        self._floor_periods = max(1, math.ceil(config.output_buffer_ms / (_BLOCK_S * 1000)))
+        self._floor_periods = floor_periods(config.output_buffer_ms)
         self._render = _RenderTap(self)
         self._handoff = _LoopHandoff(self, "audio device")
         self._out_resampler = (
@@ -985,21 +1054,15 @@ class PyAudioBackend(_QueuedPlayback, AudioBackend):
         pacer = self._pacer
         if pacer is None:
             return {
-                "floor_periods": 0,
+                "floor_periods": self._floor_periods,
                 "keep_periods": 0,
                 "blocking": False,
+                "device_step_frames": 0,
                 "ran_dry": 0,
                 "late": 0,
                 "steps_up": 0,
             }
-        return {
-            "floor_periods": pacer.floor,
-            "keep_periods": pacer.keep,
-            "blocking": pacer.blocking,
-            "ran_dry": pacer.ran_dry,
-            "late": pacer.late,
-            "steps_up": pacer.steps_up,
-        }
+        return pacer.report()
 
     def _capture_format(self, config: AudioConfig) -> tuple[int, int]:
         dev = self.input_device
@@ -1102,23 +1165,23 @@ class PyAudioBackend(_QueuedPlayback, AudioBackend):
 
     def _playback(self) -> None:
         period = round(self.output_rate * _BLOCK_S)
-        pacer = self._pacer = _RoomPacer(
-            self._out_stream.get_write_available,
-            period,
-            self.output_rate,
-            floor=self._floor_periods,
-        )
-        if pacer.keep > 1:
-            log.info(
-                "playback: %s (audio.output_buffer_ms = %d)",
-                "a blocking writer"
-                if pacer.blocking
-                else f"keeping at least {round(pacer.keep * _BLOCK_S * 1000)} ms in the device",
-                self._buffer_ms,
-            )
         stall_reported = False
         audible = False
         try:
+            pacer = self._pacer = _RoomPacer(
+                self._out_stream.get_write_available,
+                period,
+                self.output_rate,
+                floor=self._floor_periods,
+            )
+            if pacer.keep > 1:
+                log.info(
+                    "playback: %s (audio.output_buffer_ms = %d)",
+                    "a blocking writer"
+                    if pacer.blocking
+                    else f"keeping at least {round(pacer.keep * _BLOCK_S * 1000)} ms in it",
+                    self._buffer_ms,
+                )
             while pacer.wait(self._stop, audible):
                 out = self._device_blocks.take(period, self._next_device_block)
                 audible = bool(np.abs(out).max() > _QUIET_PCM)

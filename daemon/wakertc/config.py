@@ -77,9 +77,10 @@ class AudioConfig:
     output_volume: float = 1.0
     """Playback gain, 0.0 (silent) to 2.0."""
     output_buffer_ms: int = OUTPUT_BUFFER_MIN_MS
-    """Audio kept in the playback device ahead of the speaker, at least (20 ms periods, rounded
-    up): the least by default, more by itself after a gap. Raise it for a device that stutters;
-    at or above the device's own buffer it is written as a plain blocking writer fills it."""
+    """Audio still in the playback device when the next period goes in, at least (rounded up to
+    20 ms periods): the least by default; the pacer keeps more by itself after a gap and for a
+    device that plays more than a period at a time. At or above the device's whole buffer: a
+    plain blocking writer, which keeps the buffer full."""
     input_file: Path | None = None
     """`file` backend: WAV file to read as the microphone (then silence after its end)."""
     output_file: Path | None = None
