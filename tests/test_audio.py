@@ -484,6 +484,71 @@ async def test_audio_server_going_away_is_reported_on_the_loop(pulse_rig: PulseR
 
 
 @pytest.mark.pulse
+async def test_a_playback_thread_stuck_in_portaudio_is_reported_from_the_loop(
+    pulse_rig: PulseRig,  # noqa: F811
+):
+    """A write that never returns (an audio server that hangs) stops the playback thread, and
+    with it the capture watch it runs: the loop sees no write return for 3 s and reports it,
+    naming the device, once; the daemon then reopens the device as for any audio error, which
+    works with the stuck thread left behind."""
+    backend = PyAudioBackend(pulse_rig.audio_config())
+    loop = asyncio.get_running_loop()
+    errors: list[Exception] = []
+    backend.on_error = errors.append
+    backend.start(loop, lambda frame: None)
+    stream = backend._out_stream
+    write = stream.write
+    release = threading.Event()
+    stuck = threading.Event()
+
+    def hangs(data: bytes) -> None:
+        stuck.set()
+        release.wait(10)
+        write(data)
+
+    released: list[str] = []
+    release_portaudio = backend._release_portaudio
+
+    def recorded() -> None:
+        released.append(threading.current_thread().name)
+        release_portaudio()
+
+    backend._release_portaudio = recorded  # type: ignore[method-assign]
+
+    again = None
+    try:
+        await asyncio.sleep(0.5)
+        assert errors == []  # a healthy thread is not reported
+        stream.write = hangs
+        await asyncio.to_thread(stuck.wait, 2)
+        t0 = time.monotonic()
+        await wait_for(lambda: bool(errors), 6)
+        noticed = time.monotonic() - t0
+        await asyncio.sleep(2.2)  # reported once, not every second
+        # What the daemon does next: close (the stuck thread is left behind) and reopen.
+        await asyncio.to_thread(backend.close)
+        again = PyAudioBackend(pulse_rig.audio_config())
+        frames: list[np.ndarray] = []
+        again.start(loop, frames.append)
+        first = again._last_write
+        await wait_for(lambda: len(frames) >= 10 and again._last_write > first + 0.1, 3)
+    finally:
+        release.set()
+        backend.close()
+        if again is not None:
+            again.close()
+    # the stuck thread, once it returned, released the PortAudio instance close left to it
+    backend._thread.join(2)
+    assert not backend._thread.is_alive() and backend._thread_done
+    assert released == ["wakertc-playback"]
+    assert len(errors) == 1, errors
+    exc = errors[0]
+    assert isinstance(exc, AudioDeviceError)
+    assert "hung" in str(exc) and pulse_rig.output_device in str(exc)
+    assert 2.9 < noticed < 4.5
+
+
+@pytest.mark.pulse
 async def test_a_capture_device_that_stops_delivering_is_reported(pulse_rig: PulseRig):  # noqa: F811
     backend = PyAudioBackend(pulse_rig.audio_config())
     loop = asyncio.get_running_loop()

@@ -77,6 +77,7 @@ _FADE = int(PLAYBACK_RATE * 0.005)  # 5 ms ramps at every start, stop and clear:
 _QUALITY = "HQ"
 _PLAYBACK_QUALITY = "LQ"
 _STALL_S = 2.0  # no capture callback, or no room to play into, for this long = the device is gone
+_HUNG_S = 3.0  # the playback thread inside one PortAudio call this long: seen from the loop
 # Below this (scaled sample, ~-54 dBFS at full volume) audio is a pause: the playback queue may
 # drop or insert samples there to follow its target depth, the steps it makes being inaudible.
 _QUIET = 0.002
@@ -1003,7 +1004,8 @@ class PyAudioBackend(_QueuedPlayback, AudioBackend):
     device has room for it (`_RoomPacer`: the writes do not block unless it has stepped up to
     a blocking writer, and the queue is read at the last moment). The playback thread also
     watches capture: no callback for 2 s means the input device is gone, reported to
-    `on_error`. PortAudio's callback mode was tried for playback:
+    `on_error`; and the loop watches the playback thread: no write returned for 3 s means it is
+    stuck inside PortAudio, reported the same way. PortAudio's callback mode was tried for playback:
     it keeps the device's whole buffer full (89 ms wire to speaker, as the blocking writer).
     """
 
@@ -1042,6 +1044,11 @@ class PyAudioBackend(_QueuedPlayback, AudioBackend):
         self._thread: threading.Thread | None = None
         self._on_frame: FrameCallback | None = None
         self._last_capture = 0.0
+        self._last_write = 0.0  # the playback thread's last completed write (or start)
+        self._ending = threading.Lock()  # the playback thread's end against `close`
+        self._thread_done = False
+        self._left_behind = False
+        self._hang_check: asyncio.TimerHandle | None = None
         self._device_blocks = _Refill()
         self._pacer: _RoomPacer | None = None
         self._closed = False
@@ -1142,8 +1149,28 @@ class PyAudioBackend(_QueuedPlayback, AudioBackend):
             self._in_stream.get_input_latency() * 1000,
             self._out_stream.get_output_latency() * 1000,
         )
+        self._last_write = time.monotonic()
         self._thread = threading.Thread(target=self._playback, name="wakertc-playback", daemon=True)
         self._thread.start()
+        self._hang_check = loop.call_later(1.0, self._check_hung, loop)
+
+    def _check_hung(self, loop: asyncio.AbstractEventLoop) -> None:
+        """From the loop, once a second: a playback thread stuck inside PortAudio (a write or a
+        look at the room that never returns: an audio server that hangs) watches nothing, not
+        even capture, so it is reported from here, once, and the daemon reopens the device."""
+        thread = self._thread
+        if self._closed or thread is None or not thread.is_alive() or self._stop.is_set():
+            return
+        stuck_s = time.monotonic() - self._last_write
+        if stuck_s > _HUNG_S:
+            self._handoff.error(
+                AudioDeviceError(
+                    f"playback on [{self.output_device.index}] {self.output_device.name} hung: "
+                    f"no write returned for {stuck_s:.0f} s"
+                )
+            )
+            return
+        self._hang_check = loop.call_later(1.0, self._check_hung, loop)
 
     def _on_capture(
         self, data: bytes | None, frame_count: int, time_info: Any, status: int
@@ -1186,7 +1213,8 @@ class PyAudioBackend(_QueuedPlayback, AudioBackend):
                 out = self._device_blocks.take(period, self._next_device_block)
                 audible = bool(np.abs(out).max() > _QUIET_PCM)
                 self._out_stream.write(np.repeat(out, self.output_channels).tobytes())
-                stalled = time.monotonic() - self._last_capture > _STALL_S
+                self._last_write = time.monotonic()
+                stalled = self._last_write - self._last_capture > _STALL_S
                 if stalled and not stall_reported:
                     self._handoff.error(
                         AudioDeviceError(
@@ -1203,6 +1231,11 @@ class PyAudioBackend(_QueuedPlayback, AudioBackend):
                         f"failed: {exc}"
                     )
                 )
+        finally:
+            with self._ending:
+                self._thread_done = True
+                if self._left_behind:  # `close` gave up on this thread: finish its work
+                    self._release_portaudio()
 
     def _next_device_block(self) -> Int16Array:
         """The queue's next block, fed to the echo reference, at the device's rate."""
@@ -1218,14 +1251,27 @@ class PyAudioBackend(_QueuedPlayback, AudioBackend):
             return
         self._closed = True
         self._stop.set()
+        if self._hang_check is not None:
+            self._hang_check.cancel()
         # Pa_CloseStream on a running stream discards its buffers (no drain wait): prompt.
         if self._in_stream is not None:
             self._in_stream.close()
         if self._thread is not None:
             self._thread.join(0.5)
-            if self._thread.is_alive():
-                log.warning("playback thread did not stop within 0.5 s; leaving it behind")
-                return
+            with self._ending:
+                if not self._thread_done:
+                    self._left_behind = True
+                    log.warning(
+                        "playback thread did not stop within 0.5 s; leaving it behind "
+                        "(it closes PortAudio if it ever returns)"
+                    )
+                    return
+        self._release_portaudio()
+
+    def _release_portaudio(self) -> None:
+        # While one PyAudio instance lives, PortAudio keeps the device list it made at start:
+        # a stuck thread's instance is released when the thread returns, so a device plugged
+        # in later is seen by the next one.
         if self._out_stream is not None:
             self._out_stream.close()
         self._pa.terminate()
