@@ -110,13 +110,15 @@ def test_ready_status_watchdog_and_clean_sigterm(device_config, notify, tmp_path
     try:
         seen = wait_for(notify, lambda m: "READY=1" in m, timeout=15)
         assert any(m.startswith("STATUS=idle") for m in seen), seen
-        # The watchdog is fed from the event loop, every WATCHDOG_USEC / 2.
+        # The watchdog is fed from the event loop, every WATCHDOG_USEC / 2. Counted over 3 s
+        # (20 expected, within 20 %): right after READY=1 the preload's imports hold the GIL
+        # for a few hundred ms, which on a busy CI machine cost a 1.2 s window two of its 8.
         pings = []
-        deadline = time.monotonic() + 1.2
+        deadline = time.monotonic() + 3.0
         while time.monotonic() < deadline:
             pings += [m for _, m in notify.drain() if m == "WATCHDOG=1"]
             time.sleep(0.05)
-        assert 6 <= len(pings) <= 10, pings  # 1.2 s / 0.15 s
+        assert 16 <= len(pings) <= 24, pings  # 3.0 s / 0.15 s
 
         sent = time.monotonic()
         process.send_signal(signal.SIGTERM)
