@@ -599,10 +599,15 @@ class _RoomPacer:
                 "playback: the device plays %d frames at a time, our periods %d: %s",
                 self.device_step,
                 self._frames,
-                "a blocking writer"
-                if self.blocking
-                else f"keeping at least {round(floor * self._period_s * 1000)} ms in it",
+                self.holding,
             )
+
+    @property
+    def holding(self) -> str:
+        """How the device is kept now, for the log."""
+        if self.blocking:
+            return "a blocking writer"
+        return f"keeping {round(self.keep * self._period_s * 1000)} ms in the device"
 
     @property
     def blocking(self) -> bool:
@@ -677,12 +682,7 @@ class _RoomPacer:
         self._pending = False
         self.steps_up += 1
         self._due, self._anchored = None, False
-        log.info(
-            "playback: %s from now on",
-            "a blocking writer"
-            if self.blocking
-            else f"keeping {round(self.keep * self._period_s * 1000)} ms in the device",
-        )
+        log.info("playback: %s from now on", self.holding)
 
     def _calm_down(self) -> None:
         """After a calm as long as the steps up so far call for, keep a period less."""
@@ -1203,11 +1203,7 @@ class PyAudioBackend(_QueuedPlayback, AudioBackend):
             )
             if pacer.keep > 1:
                 log.info(
-                    "playback: %s (audio.output_buffer_ms = %d)",
-                    "a blocking writer"
-                    if pacer.blocking
-                    else f"keeping at least {round(pacer.keep * _BLOCK_S * 1000)} ms in it",
-                    self._buffer_ms,
+                    "playback: %s (audio.output_buffer_ms = %d)", pacer.holding, self._buffer_ms
                 )
             while pacer.wait(self._stop, audible):
                 out = self._device_blocks.take(period, self._next_device_block)
