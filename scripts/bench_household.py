@@ -2,7 +2,7 @@
 """Household enrolment (issue 16), measured: the verifier beside the stock openwakeword package.
 
     /work/venv-main/bin/python scripts/bench_household.py [--negative-hours 2] [--workdir DIR]
-        [--tune-only] [--test-set 1|2]
+        [--tune-only] [--test-set 1|2|3]
 
 Extends scripts/bench_wakeword.py (its mixing, its stock-package worker and its detection rule)
 with what enrolment needs. Speech comes from three Debian TTS engines: espeak-ng (`-s` words per
@@ -19,14 +19,15 @@ The split (`check_split` refuses any overlap, and the run calls it on the sets i
 - enrolment: each household voice says "hey jarvis" at 130, 150 and 190 wpm, clean, through
   `wakertc.enroll.enroll`, exactly as `wakertc enroll` does;
 - tuning: the household at 135, 160 and 185 wpm ("hey jarvis", "..., turn on the kitchen
-  light", "..., is it going to rain"), and 2 hours of negatives (as long as the test's) read by
-  the household and by VISITORS: generated sentences and NEAR_MISSES_TUNE ("hey Marvin", "hey
-  Jarrod", "car service", ...). The verifier's operating point (base-model floor, acceptance
-  probability, chunks in a row) is chosen here (`choose`: the most tuning clips detected among
-  the points where the verifier makes no false accept of its own on the tuning negatives, ties
-  to the stricter point) by simulating the detector's rule over per-chunk traces, and written
-  into the verifier file;
-- test (set 1; set 2 in `TEST_SETS` says other things at other rates): everyone at 120, 140,
+  light", "..., is it going to rain"), VISITORS saying the same as guests, and 2 hours of
+  negatives (as long as the test's) read by the household and by VISITORS: generated sentences
+  and NEAR_MISSES_TUNE ("hey Marvin", "hey Jarrod", "car service", ...). The verifier's
+  operating point (base-model floor, acceptance probability, chunks in a row, veto) is chosen
+  here (`choose`: the most tuning clips detected among the points where the verifier makes no
+  false accept of its own on the tuning negatives, ties to the stricter point; then the highest
+  veto that keeps the household's and the guests' detections, with a margin) by simulating the
+  detector's rule over per-chunk traces, and written into the verifier file;
+- test (set 1; sets 2 and 3 in `TEST_SETS` say other things at other rates): everyone at 120, 140,
   165, 180 and 200 wpm ("hey jarvis", "..., what time is it"), at
   -22/-28/-34 dBFS, in pink noise at 5, 10 and 20 dB SNR, babble (four espeak-ng voices reading
   at once) at 10 dB, or a room reverb (RT60 0.5 s) with pink noise at 10 dB, each with 2 s of
@@ -46,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import shutil
 import subprocess
@@ -55,7 +57,7 @@ import time
 import wave
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -142,15 +144,30 @@ NEAR_MISSES_EVAL_2 = (
     "hay and jars",
     "hey Charles",
 )
+NEAR_MISSES_EVAL_3 = (
+    "hey Carlos",
+    "hey Jasper",
+    "a jar of jam",
+    "hey Harris",
+    "hey Marla",
+    "hey Jeeves",
+    "heavy bars",
+    "hey Barnes",
+    "they carve us",
+    "hey Dennis",
+    "hay for jars",
+    "hey Charlie",
+)
 TUNE_NEGATIVE_S = 2 * 60 * 60.0
 
 
 @dataclass(frozen=True)
 class TestSet:
     """What one test set says: its rates, phrases, near misses and seeds. Set 1 is the one of
-    the README's first runs (looked at six times); set 2 was made afterwards, once, from texts
-    and rates no earlier set used, so that a design chosen after looking at set 1 can be
-    measured on audio it has not seen."""
+    the README's first runs (looked at six times); set 2 was made afterwards, from texts and
+    rates no earlier set used, so that a design chosen after looking at set 1 could be
+    measured on audio it had not seen (looked at once before the verifier's veto); set 3 the
+    same again, made for the veto and first run with it."""
 
     wpm: tuple[int, ...]
     phrases: tuple[str, ...]
@@ -181,6 +198,15 @@ TEST_SETS = {
         False,
         (bw.SEED, 3),
         (125, 155, 175, 200),
+    ),
+    3: TestSet(
+        (128, 152, 168, 182, 198),
+        ("hey jarvis", "hey jarvis, play some music"),
+        NEAR_MISSES_EVAL_3,
+        bw.SEED + 18,
+        False,
+        (bw.SEED, 5),
+        (128, 150, 172, 198),
     ),
 }
 CONDITIONS = (
@@ -336,6 +362,11 @@ def positive_says(
                 level = LEVELS[len(out) % len(LEVELS)]
                 out.append(Say(engine, voice, phrase, wpm, kind, snr, level))
     return out
+
+
+def guest_says() -> list[Say]:
+    """The tuning's guests: VISITORS saying the tuning phrases at the tuning rates."""
+    return positive_says(VISITORS, TUNE_WPM, TUNE_PHRASES)
 
 
 def _near_misses(phrases: tuple[str, ...], n: int) -> str:
@@ -494,6 +525,8 @@ class OperatingPoint:
     base_threshold: float
     accept: float
     confirm: int
+    veto: float = 0.0
+    """Verifier probability below which a base score at the threshold does not fire."""
 
 
 def trace(
@@ -529,7 +562,10 @@ def simulate(
         else:
             streak = 0
         previous = i
-        accepted = score >= word.threshold or (point is not None and streak >= point.confirm)
+        vetoed = point is not None and asked and probs[i] < point.veto
+        accepted = (score >= word.threshold and not vetoed) or (
+            point is not None and streak >= point.confirm
+        )
         t = (i + 1) * chunk_s
         if accepted and (last_t is None or t - last_t >= word.refractory_s - 1e-9):
             last_t = t
@@ -546,16 +582,28 @@ class Traced:
     neg_scores: bw.Floats
     neg_probs: bw.Floats
     neg_hours: float
+    guests: list[tuple[bw.Positive, bw.Floats, bw.Floats]] = field(default_factory=list)
+    """VISITORS saying the tuning phrases: a veto must not cost a guest the stock model hears."""
+
+
+def detected(
+    clips: list[tuple[bw.Positive, bw.Floats, bw.Floats]],
+    window: int,
+    point: OperatingPoint | None,
+) -> int:
+    """How many of the traced `clips` fire after their phrase begins, at `point`."""
+    word = WakeWordConfig()
+    return sum(
+        any((i + 1) * bw.CHUNK > clip.onset for i in simulate(scores, probs, window, point, word))
+        for clip, scores, probs in clips
+    )
 
 
 def evaluate(traced: Traced, window: int, point: OperatingPoint | None) -> tuple[int, int, int]:
     """(clips detected, false accepts, false accepts the verifier made: base score below the
     word's threshold) on the traced tuning set at `point`."""
     word = WakeWordConfig()
-    hits = 0
-    for clip, scores, probs in traced.clips:
-        fired = simulate(scores, probs, window, point, word)
-        hits += any((i + 1) * bw.CHUNK > clip.onset for i in fired)
+    hits = detected(traced.clips, window, point)
     false = simulate(traced.neg_scores, traced.neg_probs, window, point, word)
     return hits, len(false), sum(1 for i in false if traced.neg_scores[i] < word.threshold)
 
@@ -563,12 +611,21 @@ def evaluate(traced: Traced, window: int, point: OperatingPoint | None) -> tuple
 BASE_FLOORS = (0.0, 0.02, 0.05, 0.1, 0.2)
 ACCEPTS = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999)
 CONFIRMS = (1, 2, 3, 4, 5, 6)
+VETOES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
 
 
 def choose(traced: Traced, verifier: WordVerifier) -> OperatingPoint:
-    """The operating point with the most tuning clips detected among those where the verifier
-    makes no false accept of its own on the tuning negatives (so none hides behind the stock
-    model's own false accepts and the 2 s refractory period); ties go to the stricter point."""
+    """The operating point for the tuning set, in two steps.
+
+    1. Proposals: the most tuning clips detected among the points where the verifier makes
+       no false accept of its own on the tuning negatives (so none hides behind the stock
+       model's own false accepts and the 2 s refractory period); ties go to the stricter point.
+    2. The veto: the highest in VETOES that, at that point and at the next veto up too (a
+       margin for sayings a little unlike the tuning's), detects every tuning clip and every
+       guest's clip the veto-free point does. It removes the stock model's false accepts the
+       verifier is sure of; the tuning's own count is reported, not maximised, so the veto is
+       bounded by the sayings it must keep rather than chosen for the negatives it happens
+       to have."""
     table = []
     for floor in BASE_FLOORS:
         for accept in ACCEPTS:
@@ -581,7 +638,22 @@ def choose(traced: Traced, verifier: WordVerifier) -> OperatingPoint:
         (row for row in table if row[0] == fewest),
         key=lambda r: (r[1], r[2].confirm, r[2].accept, r[2].base_threshold),
     )
-    return best
+
+    def keeps(veto: float) -> bool:
+        point = replace(best, veto=veto)
+        return all(
+            detected(clips, verifier.window, point) >= detected(clips, verifier.window, best)
+            for clips in (traced.clips, traced.guests)
+        )
+
+    vetoes = [*VETOES, 1.0]
+    chosen = 0.0
+    for veto, margin in itertools.pairwise(vetoes):
+        if keeps(veto) and keeps(margin):
+            chosen = veto
+        else:
+            break
+    return replace(best, veto=chosen)
 
 
 def run_detector(
@@ -661,10 +733,17 @@ def tune(tts: Tts, wake: WakeConfig, verifier: Path, say: Any) -> tuple[list[Say
         scores, probs = trace(detector, word, positives[clip.start : clip.start + clip.length])
         traced_clips.append((clip, scores, probs))
     neg_scores, neg_probs = trace(detector, word, negatives.audio)
-    traced = Traced(traced_clips, neg_scores, neg_probs, negatives.hours)
+    guest_audio, guest_clips = positive_set(
+        tts, guest_says(), np.random.default_rng([bw.SEED, 16, 2])
+    )
+    guests = []
+    for clip in guest_clips:
+        scores, probs = trace(detector, word, guest_audio[clip.start : clip.start + clip.length])
+        guests.append((clip, scores, probs))
+    traced = Traced(traced_clips, neg_scores, neg_probs, negatives.hours, guests)
     point = choose(traced, word)
     stock_hits, stock_fa, _ = evaluate(traced, word.window, None)
-    enrolled_point = OperatingPoint(word.base_threshold, word.accept, word.confirm)
+    enrolled_point = OperatingPoint(word.base_threshold, word.accept, word.confirm, word.veto)
     hits, fa, made = evaluate(traced, word.window, point)
     verifier_file.save(
         verifier,
@@ -674,23 +753,31 @@ def tune(tts: Tts, wake: WakeConfig, verifier: Path, say: Any) -> tuple[list[Say
                 base_threshold=point.base_threshold,
                 accept=point.accept,
                 confirm=point.confirm,
+                veto=point.veto,
             )
         },
     )
     enroll_hits, enroll_fa, enroll_made = evaluate(traced, word.window, enrolled_point)
     report = {
         "clips": len(clips),
+        "guest_clips": len(guests),
         "negative_hours": round(negatives.hours, 3),
-        "stock": {"detected": stock_hits, "false_accepts": stock_fa},
+        "stock": {
+            "detected": stock_hits,
+            "guests_detected": detected(guests, word.window, None),
+            "false_accepts": stock_fa,
+        },
         "as_enrolled": {
             **enrolled_point.__dict__,
             "detected": enroll_hits,
+            "guests_detected": detected(guests, word.window, enrolled_point),
             "false_accepts": enroll_fa,
             "made_by_verifier": enroll_made,
         },
         "chosen": {
             **point.__dict__,
             "detected": hits,
+            "guests_detected": detected(guests, word.window, point),
             "false_accepts": fa,
             "made_by_verifier": made,
         },
@@ -765,7 +852,7 @@ def main(argv: list[str]) -> int:
     )
     check_split(
         enrolment,
-        positive_says(ENROLLED, TUNE_WPM, TUNE_PHRASES),
+        [*positive_says(ENROLLED, TUNE_WPM, TUNE_PHRASES), *guest_says()],
         test_says,
         tuning_neg,
         negatives.says,

@@ -137,6 +137,7 @@ def test_enroll_list_and_file_contents(enrolled, capsys):
     assert data["format"] == "wakertc-verifier" and data["version"] == 2
     entry = data["words"]["hey_jarvis"]
     assert len(entry["weights"]) == 16 * 96 and set(entry["people"]) == {"alice"}
+    assert entry["veto"] == verifier.DEFAULT_VETO
     # the training windows: base64 float32, as many as the file says, and what training used
     alice = entry["people"]["alice"]
     raw = base64.b64decode(alice["positives"])
@@ -173,6 +174,56 @@ def test_a_version_1_file_still_works_and_is_rewritten_as_version_2_when_someone
     people = verifier.load(path)["hey_jarvis"].people
     assert set(people) == {"alice", "bob"} and np.array_equal(people["alice"], alice)
     assert detections(config, fast_phrase(), models_dir) != []
+
+
+def _set_veto(path: Path, veto: float | None) -> None:
+    data = json.loads(path.read_text())
+    entry = data["words"]["hey_jarvis"]
+    entry.pop("veto", None)
+    if veto is not None:
+        entry["veto"] = veto
+    path.write_text(json.dumps(data))
+
+
+def test_the_verifier_vetoes_a_base_detection_it_is_sure_of_and_detect_shows_it(
+    enrolled, tmp_path, models_dir, caplog, capsys
+):
+    """A base score at the threshold fires unless the verifier's probability is below the
+    file's veto: then it is logged and `wakertc detect` shows it; a file without a veto (as
+    written before it existed) vetoes nothing."""
+    from wakertc.wakeword import detect_main
+
+    config = _copy_config(enrolled, tmp_path)
+    path = verifier.verifier_path(config)
+    word = verifier.load(path)["hey_jarvis"]
+    # "a jar vase": the stock model hears the phrase in it (0.99)
+    speech = synth("Hey Chavez. A jar vase. Hey nervous.", voice="en-us", wpm=150, pad_s=1.0)
+    scores, windows = WakeWordDetector(WakeConfig(models_dir=models_dir)).trace(
+        "hey_jarvis", speech
+    )
+    high = [
+        word.probability(windows[i].reshape(word.window, -1)) for i in np.flatnonzero(scores >= 0.5)
+    ]
+    assert high and max(high) < word.accept  # proposals the verifier alone would not fire
+    stock = detections(None, speech, models_dir)
+    _set_veto(path, None)
+    assert verifier.load(path)["hey_jarvis"].veto == 0.0
+    kept = detections(config, speech, models_dir)
+    assert len(stock) >= 1 and [d.t for d in kept] == [d.t for d in stock]
+
+    _set_veto(path, round(max(high) + 0.01, 4))
+    with caplog.at_level(logging.INFO, logger="wakertc.wakeword"):
+        assert detections(config, speech, models_dir) == []
+    vetoed = [r.getMessage() for r in caplog.records if "vetoed" in r.getMessage()]
+    assert len(vetoed) == len(stock), vetoed  # one line for each detection it stopped
+    assert f"below its veto {max(high) + 0.01:.2f}" in vetoed[0]
+    wav = write_wav(tmp_path / "chavez.wav", speech, 16000)
+    assert detect_main([str(wav), "--config", str(config)]) == 0
+    out, err = capsys.readouterr()
+    assert out == "" and re.search(r"hey_jarvis: score 0\.\d+ at [\d.]+ s vetoed by the", err)
+
+    _set_veto(path, round(max(min(high) - 0.01, 0.0), 4))
+    assert [d.t for d in detections(config, speech, models_dir)] == [d.t for d in stock]
 
 
 def test_the_daemon_does_not_decode_the_training_windows(enrolled, tmp_path, models_dir):
@@ -253,6 +304,10 @@ def _short_weights(entry: dict) -> None:
     entry["weights"] = entry["weights"][:100]
 
 
+def _veto_out_of_range(entry: dict) -> None:
+    entry["veto"] = 1.5
+
+
 def _future_version(data: dict) -> None:
     data["version"] = 3
 
@@ -269,6 +324,7 @@ def _boolean_version(data: dict) -> None:
         (_corrupt, "feature_size: 128, but the embedding model gives 96"),
         (_other_model, "trained for another model than"),
         (_short_weights, "weights: expected a list of 1536 numbers, got 100 values"),
+        (_veto_out_of_range, "words.hey_jarvis.veto: expected a number in [0.0, 1.0], got 1.5"),
         (_future_version, "verifier format version 3, this wakertc reads versions 1, 2"),
         (_boolean_version, "verifier format version True, this wakertc reads versions 1, 2"),
     ],

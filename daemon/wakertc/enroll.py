@@ -37,7 +37,13 @@ import numpy.typing as npt
 from . import verifier as verifier_file
 from .audio import AudioDeviceError
 from .config import Config, ConfigError, config_path, load_config
-from .verifier import DEFAULT_ACCEPT, DEFAULT_CONFIRM, VerifierError, WordVerifier
+from .verifier import (
+    DEFAULT_ACCEPT,
+    DEFAULT_CONFIRM,
+    DEFAULT_VETO,
+    VerifierError,
+    WordVerifier,
+)
 from .wakeword import (
     CHUNK_SAMPLES,
     SAMPLE_RATE,
@@ -310,6 +316,7 @@ def _retrain(
         base_threshold=round(base, 4),
         accept=DEFAULT_ACCEPT,
         confirm=DEFAULT_CONFIRM,
+        veto=DEFAULT_VETO,
         mean=mean,
         scale=scale,
         weights=weights,

@@ -6,10 +6,12 @@ little fast scores 0.01-0.2 against a 0.5 threshold). A household hears the same
 embeddings, 16 x 96 values) from the household's clips and from negatives. At run time the base
 model proposes: when its score reaches the verifier's lower `base_threshold`, the verifier's
 probability decides: the proposal fires once it reaches `accept` on `confirm` chunks in a row.
-A score at or above the word's own threshold fires as it always did, so a voice never enrolled
-is heard at least as well as by the stock model (though it can be accepted falsely); the
-verifier only adds the near misses it recognises. It costs one dot product, and only on
-proposals, so the idle path stays what the three models cost.
+A score at or above the word's own threshold fires as it always did unless the verifier is sure
+it is not the phrase (a probability below `veto`, 0.4 from `wakertc enroll`: chosen on the
+household bench's tuning set as high as keeps every saying of the household and of guests that
+the stock model hears, with a margin), so the verifier adds the near misses it recognises and
+takes back the stock model's false accepts it is sure of. It costs one dot product, and only
+on proposals, so the idle path stays what the three models cost.
 
 The file, `<config stem>.verifier.json` beside the config, is JSON (the model readable and
 diffable, written atomically with `atomic.write_atomic`):
@@ -18,6 +20,7 @@ diffable, written atomically with `atomic.write_atomic`):
      "words": {"hey_jarvis": {"model_sha256": ..., "window": 16, "feature_size": 96,
                               "base_threshold": 0.005, "accept": 0.95, "confirm": 1,
                               "mean": [...], "scale": [...], "weights": [...], "bias": 0.0,
+                              "veto": 0.3,
                               "people": {"alice": {"windows": 27, "positives": "<base64>"}}}}}
 
 `people` keeps each enrolled person's positive windows, so that enrolling someone else or
@@ -54,6 +57,7 @@ READABLE = (1, 2)
 FEATURE_SIZE = 96
 DEFAULT_ACCEPT = 0.95
 DEFAULT_CONFIRM = 1
+DEFAULT_VETO = 0.4
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -89,6 +93,10 @@ class WordVerifier:
     scale: FloatArray
     weights: FloatArray
     bias: float
+    veto: float = 0.0
+    """Verifier probability below which even a base score at the word's threshold does not
+    fire: the stock model's own false accepts the verifier is sure are not the phrase. 0 (the
+    default, and files written before it existed) vetoes nothing."""
     people: dict[str, FloatArray] = field(default_factory=dict)
     """Per enrolled person, the positive feature windows (flattened), one row each."""
 
@@ -198,6 +206,7 @@ def _word(entry: Any, where: str, version: int, training_data: bool) -> WordVeri
         scale=_floats(entry.get("scale"), size, f"{where}.scale"),
         weights=_floats(entry.get("weights"), size, f"{where}.weights"),
         bias=_number(entry, "bias", where, -1e6, 1e6),
+        veto=_number(entry, "veto", where, 0.0, 1.0) if "veto" in entry else 0.0,
         people=people,
     )
 
@@ -275,6 +284,7 @@ def save(path: Path, verifiers: dict[str, WordVerifier]) -> None:
             "scale": _rounded(v.scale),
             "weights": _rounded(v.weights),
             "bias": v.bias,
+            "veto": v.veto,
             "people": {
                 person: {"windows": len(rows), "positives": _encoded(rows)}
                 for person, rows in sorted(v.people.items())

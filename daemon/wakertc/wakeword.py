@@ -232,6 +232,8 @@ class _Word:
         self.verifier: WordVerifier | None = None
         self.streak = 0
         """Consecutive chunks the verifier has accepted."""
+        self.vetoing = False
+        """The last chunk was a base-model proposal the verifier vetoed (one log line a run)."""
 
     def score(self, features: FloatArray) -> float:
         """This word's score for the newest `window` features."""
@@ -258,6 +260,10 @@ class WakeWordDetector:
         """Each word's score for the most recent chunk (for debugging and tuning)."""
         self.best_scores: dict[str, float] = {w.config.name: 0.0 for w in self._words}
         """Each word's highest score since the detector was made: how close the word came."""
+        self.vetoes = 0
+        """Base-model detections the household verifier has vetoed since the detector was made."""
+        self.last_veto: Detection | None = None
+        """The most recent of them (its `verifier` the probability that vetoed it)."""
         log.info(
             "wake words: %s (models in %s)",
             ", ".join(f"{w.config.name} >= {w.config.threshold}" for w in self._words),
@@ -291,10 +297,12 @@ class WakeWordDetector:
             assert word is not None
             word.verifier = verifier
             log.info(
-                "wake word %s: household verifier for %s (proposals from score %.3f) from %s",
+                "wake word %s: household verifier for %s (proposals from score %.3f, "
+                "vetoes below %.2f) from %s",
                 name,
                 ", ".join(sorted(verifier.people)) or "nobody",
                 verifier.base_threshold,
+                verifier.veto,
                 path,
             )
 
@@ -353,6 +361,7 @@ class WakeWordDetector:
         for word in self._words:
             word.last_fired = None
             word.streak = 0
+            word.vetoing = False
             self.last_scores[word.config.name] = 0.0
 
     def process(self, samples: npt.NDArray[Any]) -> list[Detection]:
@@ -383,7 +392,8 @@ class WakeWordDetector:
             self.last_scores[cfg.name] = score
             self.best_scores[cfg.name] = max(self.best_scores[cfg.name], score)
             # The verifier runs only on proposals (a dot product), so the idle path costs what
-            # the three models cost; it can add detections, never remove the stock model's.
+            # the three models cost. It adds the near misses it recognises, and vetoes a base
+            # score at the threshold only when it is sure that is not the phrase (`veto`).
             verifier = word.verifier
             p = None
             # Not while the start-up noise is still in the window: the verifier learnt real
@@ -397,9 +407,16 @@ class WakeWordDetector:
             word.streak = (
                 word.streak + 1 if verifier and p is not None and p >= verifier.accept else 0
             )
-            accepted = score >= cfg.threshold or (
+            vetoed = (
+                score >= cfg.threshold
+                and verifier is not None
+                and p is not None
+                and p < verifier.veto
+            )
+            accepted = (score >= cfg.threshold and not vetoed) or (
                 verifier is not None and word.streak >= verifier.confirm
             )
+            was_vetoing, word.vetoing = word.vetoing, vetoed and not accepted
             if score < cfg.threshold / 2 and p is None:
                 continue
             log.debug(
@@ -411,9 +428,21 @@ class WakeWordDetector:
                 "-" if p is None else f"{p:.3f}",
             )
             # The tolerance keeps float rounding of t from shortening the refractory period.
-            if accepted and (
-                word.last_fired is None or t - word.last_fired >= cfg.refractory_s - 1e-9
-            ):
+            ready = word.last_fired is None or t - word.last_fired >= cfg.refractory_s - 1e-9
+            if word.vetoing and ready and not was_vetoing:
+                assert verifier is not None and p is not None
+                self.vetoes += 1
+                self.last_veto = Detection(cfg.name, score, t, p)
+                log.info(
+                    "wake word %s vetoed by the household verifier (score %.3f, verifier %.3f "
+                    "below its veto %.2f, at %.2f s)",
+                    cfg.name,
+                    score,
+                    p,
+                    verifier.veto,
+                    t,
+                )
+            if accepted and ready:
                 word.last_fired = t
                 detections.append(Detection(cfg.name, score, t, p))
                 log.info(
@@ -502,6 +531,7 @@ def detect_main(argv: list[str]) -> int:
         return 2
     verified = set(detector.verified_words)
     best = {w.name: (0.0, 0.0) for w in wake.words}
+    vetoes = 0
     for start in range(0, len(samples), CHUNK_SAMPLES):
         for detection in detector.process(samples[start : start + CHUNK_SAMPLES]):
             line: dict[str, Any] = {
@@ -517,6 +547,13 @@ def detect_main(argv: list[str]) -> int:
                     "base" if detection.score >= detector.threshold(detection.word) else "verifier"
                 )
             print(json.dumps(line), flush=True)
+        if detector.vetoes != vetoes and detector.last_veto is not None:
+            vetoes, veto = detector.vetoes, detector.last_veto
+            print(
+                f"{veto.word}: score {veto.score:.4f} at {veto.t:.2f} s vetoed by the household "
+                f"verifier ({veto.verifier:.4f})",
+                file=sys.stderr,
+            )
         for name, score in detector.last_scores.items():
             if score > best[name][0]:
                 best[name] = (score, detector.seconds)
