@@ -308,6 +308,10 @@ def _veto_out_of_range(entry: dict) -> None:
     entry["veto"] = 1.5
 
 
+def _veto_above_accept(entry: dict) -> None:
+    entry["veto"] = round(entry["accept"] + 0.01, 2)
+
+
 def _future_version(data: dict) -> None:
     data["version"] = 3
 
@@ -324,7 +328,8 @@ def _boolean_version(data: dict) -> None:
         (_corrupt, "feature_size: 128, but the embedding model gives 96"),
         (_other_model, "trained for another model than"),
         (_short_weights, "weights: expected a list of 1536 numbers, got 100 values"),
-        (_veto_out_of_range, "words.hey_jarvis.veto: expected a number in [0.0, 1.0], got 1.5"),
+        (_veto_out_of_range, "words.hey_jarvis.veto: expected a number in [0.0, 0.95], got 1.5"),
+        (_veto_above_accept, "words.hey_jarvis.veto: expected a number in [0.0, 0.95], got 0.96"),
         (_future_version, "verifier format version 3, this wakertc reads versions 1, 2"),
         (_boolean_version, "verifier format version True, this wakertc reads versions 1, 2"),
     ],

@@ -9,9 +9,9 @@ probability decides: the proposal fires once it reaches `accept` on `confirm` ch
 A score at or above the word's own threshold fires as it always did unless the verifier is sure
 it is not the phrase (a probability below `veto`, 0.4 from `wakertc enroll`: chosen on the
 household bench's tuning set as high as keeps every saying of the household and of guests that
-the stock model hears, with a margin), so the verifier adds the near misses it recognises and
-takes back the stock model's false accepts it is sure of. It costs one dot product, and only
-on proposals, so the idle path stays what the three models cost.
+the verifier hears without one, with a margin), so the verifier adds the near misses it
+recognises and takes back the stock model's false accepts it is sure of. It costs one dot
+product, and only on proposals, so the idle path stays what the three models cost.
 
 The file, `<config stem>.verifier.json` beside the config, is JSON (the model readable and
 diffable, written atomically with `atomic.write_atomic`):
@@ -196,17 +196,20 @@ def _word(entry: Any, where: str, version: int, training_data: bool) -> WordVeri
         people[name] = _windows(person.get("positives"), size, at, version)
         if len(people[name]) == 0:
             raise VerifierError(f"{at}: no windows")
+    accept = _number(entry, "accept", where, 0.0, 1.0)
+    # a veto above the acceptance would both veto a chunk and let its streak fire it
+    veto = _number(entry, "veto", where, 0.0, accept) if "veto" in entry else 0.0
     return WordVerifier(
         model_sha256=digest,
         window=window,
         base_threshold=_number(entry, "base_threshold", where, 0.0, 1.0),
-        accept=_number(entry, "accept", where, 0.0, 1.0),
+        accept=accept,
         confirm=int(_number(entry, "confirm", where, 1, 50)),
         mean=_floats(entry.get("mean"), size, f"{where}.mean"),
         scale=_floats(entry.get("scale"), size, f"{where}.scale"),
         weights=_floats(entry.get("weights"), size, f"{where}.weights"),
         bias=_number(entry, "bias", where, -1e6, 1e6),
-        veto=_number(entry, "veto", where, 0.0, 1.0) if "veto" in entry else 0.0,
+        veto=veto,
         people=people,
     )
 

@@ -232,8 +232,11 @@ class _Word:
         self.verifier: WordVerifier | None = None
         self.streak = 0
         """Consecutive chunks the verifier has accepted."""
-        self.vetoing = False
-        """The last chunk was a base-model proposal the verifier vetoed (one log line a run)."""
+        self.pending_veto: Detection | None = None
+        """Where the stock rule would have fired in the current run of scores at the threshold,
+        had the verifier not vetoed it: reported when the run ends without a detection."""
+        self.last_vetoed: float | None = None
+        """When the last veto was pending: vetoes keep the refractory period, as fires do."""
 
     def score(self, features: FloatArray) -> float:
         """This word's score for the newest `window` features."""
@@ -262,8 +265,9 @@ class WakeWordDetector:
         """Each word's highest score since the detector was made: how close the word came."""
         self.vetoes = 0
         """Base-model detections the household verifier has vetoed since the detector was made."""
-        self.last_veto: Detection | None = None
-        """The most recent of them (its `verifier` the probability that vetoed it)."""
+        self.vetoed: list[Detection] = []
+        """Those reported by the last `process` call (each `verifier` the probability that
+        vetoed it), to show them (`wakertc detect`)."""
         log.info(
             "wake words: %s (models in %s)",
             ", ".join(f"{w.config.name} >= {w.config.threshold}" for w in self._words),
@@ -361,7 +365,8 @@ class WakeWordDetector:
         for word in self._words:
             word.last_fired = None
             word.streak = 0
-            word.vetoing = False
+            word.pending_veto = None
+            word.last_vetoed = None
             self.last_scores[word.config.name] = 0.0
 
     def process(self, samples: npt.NDArray[Any]) -> list[Detection]:
@@ -375,9 +380,25 @@ class WakeWordDetector:
         usable = len(samples) - len(samples) % CHUNK_SAMPLES
         self._pending = samples[usable:].copy()
         detections: list[Detection] = []
+        self.vetoed = []
         for start in range(0, usable, CHUNK_SAMPLES):
             detections.extend(self._step(samples[start : start + CHUNK_SAMPLES]))
         return detections
+
+    def _report_veto(self, veto: Detection, verifier: WordVerifier | None) -> None:
+        """A run of base scores at the threshold ended without a detection: the verifier
+        vetoed what the stock model would have fired on at `veto.t`."""
+        self.vetoes += 1
+        self.vetoed.append(veto)
+        log.info(
+            "wake word %s vetoed by the household verifier (score %.3f, verifier %.3f below "
+            "its veto %.2f, at %.2f s)",
+            veto.word,
+            veto.score,
+            veto.verifier,
+            verifier.veto if verifier is not None else 0.0,
+            veto.t,
+        )
 
     def _step(self, chunk: SampleArray) -> list[Detection]:
         self._front.push(chunk)
@@ -416,7 +437,15 @@ class WakeWordDetector:
             accepted = (score >= cfg.threshold and not vetoed) or (
                 verifier is not None and word.streak >= verifier.confirm
             )
-            was_vetoing, word.vetoing = word.vetoing, vetoed and not accepted
+            # The tolerance keeps float rounding of t from shortening the refractory period.
+            ready = word.last_fired is None or t - word.last_fired >= cfg.refractory_s - 1e-9
+            if vetoed and not accepted and ready and word.pending_veto is None:
+                if word.last_vetoed is None or t - word.last_vetoed >= cfg.refractory_s - 1e-9:
+                    word.pending_veto = Detection(cfg.name, score, t, p)
+                    word.last_vetoed = t
+            elif score < cfg.threshold and word.pending_veto is not None:
+                self._report_veto(word.pending_veto, verifier)
+                word.pending_veto = None
             if score < cfg.threshold / 2 and p is None:
                 continue
             log.debug(
@@ -427,22 +456,8 @@ class WakeWordDetector:
                 cfg.threshold,
                 "-" if p is None else f"{p:.3f}",
             )
-            # The tolerance keeps float rounding of t from shortening the refractory period.
-            ready = word.last_fired is None or t - word.last_fired >= cfg.refractory_s - 1e-9
-            if word.vetoing and ready and not was_vetoing:
-                assert verifier is not None and p is not None
-                self.vetoes += 1
-                self.last_veto = Detection(cfg.name, score, t, p)
-                log.info(
-                    "wake word %s vetoed by the household verifier (score %.3f, verifier %.3f "
-                    "below its veto %.2f, at %.2f s)",
-                    cfg.name,
-                    score,
-                    p,
-                    verifier.veto,
-                    t,
-                )
             if accepted and ready:
+                word.pending_veto = None  # the run fired after all: no veto to report
                 word.last_fired = t
                 detections.append(Detection(cfg.name, score, t, p))
                 log.info(
@@ -531,7 +546,6 @@ def detect_main(argv: list[str]) -> int:
         return 2
     verified = set(detector.verified_words)
     best = {w.name: (0.0, 0.0) for w in wake.words}
-    vetoes = 0
     for start in range(0, len(samples), CHUNK_SAMPLES):
         for detection in detector.process(samples[start : start + CHUNK_SAMPLES]):
             line: dict[str, Any] = {
@@ -547,8 +561,7 @@ def detect_main(argv: list[str]) -> int:
                     "base" if detection.score >= detector.threshold(detection.word) else "verifier"
                 )
             print(json.dumps(line), flush=True)
-        if detector.vetoes != vetoes and detector.last_veto is not None:
-            vetoes, veto = detector.vetoes, detector.last_veto
+        for veto in detector.vetoed:
             print(
                 f"{veto.word}: score {veto.score:.4f} at {veto.t:.2f} s vetoed by the household "
                 f"verifier ({veto.verifier:.4f})",
