@@ -14,6 +14,8 @@ import pytest
 from emulator_helpers import (
     KEY,
     companion_config_file,
+    cpu_seconds,
+    reap,
     run_command,
     running_emulator,
     spawn_server,
@@ -60,20 +62,27 @@ async def test_serves_fast_mints_and_stops_on_sigterm(tmp_path: Path) -> None:
         _, out, _ = await run_command("companion", "add-device", "hall", "--config", str(config))
         token = out.strip()
         proc, url, took, lines = await spawn_server("companion", "--config", str(config))
-        assert took < 2.0, f"ready after {took:.2f} s"
-        async with httpx.AsyncClient() as http:
-            response = await http.post(
-                url + "/v1/session", headers={"Authorization": f"Bearer {token}"}
+        try:
+            # its own start-up work, and no waiting on anything beyond what a busy host adds
+            assert cpu_seconds(proc) < 1.5, f"{cpu_seconds(proc):.2f} CPU seconds to get ready"
+            assert took < 5.0, f"ready after {took:.2f} s"
+            async with httpx.AsyncClient() as http:
+                response = await http.post(
+                    url + "/v1/session", headers={"Authorization": f"Bearer {token}"}
+                )
+            assert response.status_code == 200
+            minted = response.json()["value"]
+            code, stopped_in, rest = await stop_server(proc, signal.SIGTERM)
+            assert code == 0 and stopped_in < 3.0
+            stderr = "".join(lines) + rest
+            assert (
+                sum("listening on http://127.0.0.1:" in line for line in stderr.splitlines()) == 1
             )
-        assert response.status_code == 200
-        minted = response.json()["value"]
-        code, stopped_in, rest = await stop_server(proc, signal.SIGTERM)
-        assert code == 0 and stopped_in < 3.0
-        stderr = "".join(lines) + rest
-        assert sum("listening on http://127.0.0.1:" in line for line in stderr.splitlines()) == 1
-        assert "mint for device hall: ok" in stderr
-        for secret in (token, KEY, minted):
-            assert secret not in stderr
+            assert "mint for device hall: ok" in stderr
+            for secret in (token, KEY, minted):
+                assert secret not in stderr
+        finally:
+            await reap(proc)
 
 
 @pytest.mark.parametrize(

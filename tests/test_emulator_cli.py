@@ -9,7 +9,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from emulator_helpers import RealtimeClient, run_command, spawn_server, stop_server
+from emulator_helpers import (
+    RealtimeClient,
+    cpu_seconds,
+    reap,
+    run_command,
+    spawn_server,
+    stop_server,
+)
 
 
 async def test_ready_fast_serves_and_stops_on_sigterm_mid_call(tmp_path: Path) -> None:
@@ -24,40 +31,47 @@ async def test_ready_fast_serves_and_stops_on_sigterm_mid_call(tmp_path: Path) -
         "--record",
         str(tmp_path),
     )
-    assert took < 2.0, f"ready after {took:.2f} s"
-    assert url.startswith("http://127.0.0.1:")
-    async with httpx.AsyncClient() as http:
-        assert (await http.get(url + "/healthz")).status_code == 200
-        denied = await http.post(url + "/v1/realtime/client_secrets", json={})
-        assert denied.status_code == 401
-        minted = await http.post(
-            url + "/v1/realtime/client_secrets", json={}, headers={"Authorization": "Bearer sk-cli"}
+    try:
+        # its own start-up work, and no waiting on anything beyond what a busy host adds
+        assert cpu_seconds(proc) < 1.5, f"{cpu_seconds(proc):.2f} CPU seconds to get ready"
+        assert took < 5.0, f"ready after {took:.2f} s"
+        assert url.startswith("http://127.0.0.1:")
+        async with httpx.AsyncClient() as http:
+            assert (await http.get(url + "/healthz")).status_code == 200
+            denied = await http.post(url + "/v1/realtime/client_secrets", json={})
+            assert denied.status_code == 401
+            minted = await http.post(
+                url + "/v1/realtime/client_secrets",
+                json={},
+                headers={"Authorization": "Bearer sk-cli"},
+            )
+            assert minted.status_code == 200
+        client = RealtimeClient()
+        await client.connect(url, minted.json()["value"])
+        assert (await client.next_event())["type"] == "session.created"
+        client.send(
+            {
+                "type": "session.update",
+                "session": {"type": "realtime", "audio": {"input": {"turn_detection": None}}},
+            }
         )
-        assert minted.status_code == 200
-    client = RealtimeClient()
-    await client.connect(url, minted.json()["value"])
-    assert (await client.next_event())["type"] == "session.created"
-    client.send(
-        {
-            "type": "session.update",
-            "session": {"type": "realtime", "audio": {"input": {"turn_detection": None}}},
-        }
-    )
-    await client.wait_for("session.updated")
-    client.send({"type": "response.create"})
-    transcript = await client.wait_for("response.output_audio_transcript.done")
-    assert transcript["transcript"].startswith("tone 440 Hz")  # --reply tone reached the engine
+        await client.wait_for("session.updated")
+        client.send({"type": "response.create"})
+        transcript = await client.wait_for("response.output_audio_transcript.done")
+        assert transcript["transcript"].startswith("tone 440 Hz")  # --reply tone reached the engine
 
-    code, stopped_in, rest = await stop_server(proc, signal.SIGTERM)
-    assert code == 0
-    assert stopped_in < 3.0, f"stopped after {stopped_in:.2f} s"
-    stderr = "".join(lines) + rest
-    assert sum("listening on http://" in line for line in stderr.splitlines()) == 1
-    assert "Traceback" not in stderr
-    assert "sk-cli" not in stderr and minted.json()["value"] not in stderr
-    events = tmp_path / (client.call_id or "") / "events.jsonl"
-    assert json.loads(events.read_text().splitlines()[0])["event"]["type"] == "session.created"
-    await client.close()
+        code, stopped_in, rest = await stop_server(proc, signal.SIGTERM)
+        assert code == 0
+        assert stopped_in < 3.0, f"stopped after {stopped_in:.2f} s"
+        stderr = "".join(lines) + rest
+        assert sum("listening on http://" in line for line in stderr.splitlines()) == 1
+        assert "Traceback" not in stderr
+        assert "sk-cli" not in stderr and minted.json()["value"] not in stderr
+        events = tmp_path / (client.call_id or "") / "events.jsonl"
+        assert json.loads(events.read_text().splitlines()[0])["event"]["type"] == "session.created"
+        await client.close()
+    finally:
+        await reap(proc)
 
 
 async def test_sigint_and_api_key_from_environment() -> None:
