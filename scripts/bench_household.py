@@ -651,16 +651,15 @@ def choose(traced: Traced, verifier: WordVerifier) -> OperatingPoint:
         key=lambda r: (r[1], r[2].confirm, r[2].accept, r[2].base_threshold),
     )
 
+    groups = (traced.clips, traced.guests)
+    without = [heard(clips, verifier.window, best) for clips in groups]
+
     def keeps(veto: float) -> bool:
         point = replace(best, veto=veto)
         return all(
             now or not before
-            for clips in (traced.clips, traced.guests)
-            for before, now in zip(
-                heard(clips, verifier.window, best),
-                heard(clips, verifier.window, point),
-                strict=True,
-            )
+            for clips, before_each in zip(groups, without, strict=True)
+            for before, now in zip(before_each, heard(clips, verifier.window, point), strict=True)
         )
 
     # a veto can lose a clip at a lower level and not a higher one (an early fire it stops can
