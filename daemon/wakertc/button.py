@@ -8,14 +8,19 @@ Debouncing is done here, not by gpiozero's `bounce_time`, because pin drivers di
 drops edges inside the bounce window (a quick release can be lost, leaving the button "stuck"
 down), lgpio filters glitches, and the mock factory ignores it. Here every edge restarts a short
 timer and, once the line has been quiet for `bounce_s`, its actual level decides: a contact
-that chatters produces one press and one release whatever the driver.
+that chatters produces one press and one release whatever the driver. Each edge carries its time
+and level from the gpiozero thread, so a press and release that both arrive while the loop is
+busy (a quick tap, a loop late by more than the press minus `bounce_s`) still count when the
+line was held for `bounce_s` between them, instead of settling back where it started.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -69,6 +74,8 @@ class ActionButton:
         self._pressed = False  # the debounced state
         self._long_fired = False
         self._settle: asyncio.TimerHandle | None = None
+        self._edges: list[tuple[float, bool]] = []
+        """(monotonic time, level pressed) of each edge since the line last settled."""
         self._hold: asyncio.TimerHandle | None = None
         self._closed = False
         try:
@@ -103,13 +110,15 @@ class ActionButton:
         """Any edge, on a gpiozero thread: the only hand-over to the loop."""
         if self._closed:
             return
+        edge = (time.monotonic(), bool(self._button.is_pressed))
         # RuntimeError: the loop is already closed, the daemon is exiting.
         with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(self._restart_settle)
+            self._loop.call_soon_threadsafe(self._restart_settle, edge)
 
-    def _restart_settle(self) -> None:
+    def _restart_settle(self, edge: tuple[float, bool]) -> None:
         if self._closed:
             return
+        self._edges.append(edge)
         if self._settle is not None:
             self._settle.cancel()
         self._settle = self._loop.call_later(self._bounce_s, self._settled)
@@ -119,9 +128,22 @@ class ActionButton:
         self._settle = None
         if self._closed:
             return
+        edges, self._edges = self._edges, []
         pressed = bool(self._button.is_pressed)
-        if pressed == self._pressed:
-            return  # a glitch shorter than the bounce time
+        if pressed != self._pressed:
+            self._change(pressed)
+        elif any(
+            level != pressed and later - at >= self._bounce_s
+            for (at, level), (later, _) in itertools.pairwise(edges)
+        ):
+            # The loop was late for a whole press and release (or release and press): the line
+            # stayed at the other level for the bounce time, so both happened.
+            self._change(not pressed)
+            self._change(pressed)
+        # else: a glitch shorter than the bounce time
+
+    def _change(self, pressed: bool) -> None:
+        """The debounced level changed to `pressed`."""
         self._pressed = pressed
         if pressed:
             self._long_fired = False
