@@ -1,11 +1,13 @@
-"""Wake-word detection: openWakeWord models run directly on the TFLite interpreter.
+"""Wake-word detection: openWakeWord's models run on NumPy.
 
 The stock `openwakeword` package imports scikit-learn, SciPy and onnxruntime even for TFLite
 inference (~1.4 s and ~110 MB here), which a Raspberry Pi cannot afford. This module runs the same
-three-stage pipeline with only NumPy and `ai_edge_litert` (Google's successor to `tflite_runtime`,
-the same interpreter), reproducing openWakeWord 0.6.0's
-streaming behaviour exactly (`openwakeword/utils.py` `AudioFeatures`, `openwakeword/model.py`
-`Model.predict`); `tests/test_wakeword.py` checks the scores against the stock package.
+three-stage pipeline reproducing openWakeWord 0.6.0's streaming behaviour exactly
+(`openwakeword/utils.py` `AudioFeatures`, `openwakeword/model.py` `Model.predict`);
+`tests/test_wakeword.py` checks the scores against the stock package. The models run on wakertc's
+own small TFLite interpreter (`tflite.py`: ~21 MB less resident memory than Google's
+`ai_edge_litert`, and the embedding model streamed), or on `ai_edge_litert` for a model of one's
+own that uses an operator `tflite.py` does not run (imported only then).
 
 Per 80 ms chunk (1280 samples at 16 kHz):
 
@@ -19,7 +21,8 @@ All words share stages 1 and 2. The feature history starts as the embeddings of 
 random noise, as openWakeWord's does (it uses unseeded noise; a fixed seed keeps ours repeatable),
 and scores are forced to 0 for the first 5 chunks, while that noise still fills the window.
 
-Errors: `WakeWordError` for any model that cannot be loaded (missing, not TFLite, wrong shape);
+Errors: `WakeWordError` for any model that cannot be loaded (missing, not TFLite, damaged, wrong
+shape, or failing a trial run on silence);
 `ValueError` for audio that is not int16 mono.
 """
 
@@ -37,6 +40,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from . import tflite
 from . import verifier as verifier_file
 from .config import WakeConfig, WakeWordConfig
 from .verifier import WordVerifier
@@ -55,6 +59,9 @@ _MEL_WINDOW = 76
 _MEL_STRIDE = 8
 _FEATURE_SIZE = 96
 _WARMUP_CHUNKS = 5
+_MAX_INPUT = 1 << 20
+"""Values in a model's input beyond which its shape is taken for damage (the models take 1,760
+samples, 76 x 32 mel bins or 16 x 96 features)."""
 
 FEATURE_NOISE_SEED = 0
 """Seed of the 4 s of noise whose embeddings fill the feature history at start (see module doc)."""
@@ -82,67 +89,125 @@ class Detection:
     """The household verifier's probability for this proposal; None when no verifier ran."""
 
 
-def _load(path: Path, what: str, missing_hint: str) -> Any:
-    """A TFLite interpreter for `path` (not yet allocated); `WakeWordError` if it is no model."""
-    from ai_edge_litert.interpreter import Interpreter
+class _Network:
+    """One model, run by wakertc's own interpreter (`tflite.py`) or, for a model that uses an
+    operator it does not run, by the TFLite interpreter (`ai_edge_litert`, imported only then)."""
 
-    if not path.is_file():
-        raise WakeWordError(f"{path}: {what} not found; {missing_hint}")
-    try:
-        return Interpreter(model_path=str(path), num_threads=1)
-    except (ValueError, RuntimeError) as exc:
-        raise WakeWordError(
-            f"{path}: {what} is not a TensorFlow Lite model ({exc}); "
-            "point the config at an openWakeWord .tflite file"
-        ) from exc
+    def __init__(self, path: Path, what: str, missing_hint: str, probe: int = 0) -> None:
+        if not path.is_file():
+            raise WakeWordError(f"{path}: {what} not found; {missing_hint}")
+        self.path, self.what = path, what
+        self.graph: tflite.Graph | None = None
+        self.interpreter: Any = None
+        try:
+            self.graph = tflite.Graph(tflite.Model(path))
+            self.input_shape = [int(n) for n in self.graph.input_shape]
+            self.output_shape = [int(n) for n in self.graph.output_shape]
+        except IndexError as exc:  # no input or no output
+            raise WakeWordError(f"{path}: {what} has no input or no output") from exc
+        except tflite.Unsupported as exc:
+            log.info("%s runs on the TFLite interpreter: %s", path, exc)
+            self.interpreter = self._interpreter()
+        except tflite.TFLiteError as exc:
+            raise WakeWordError(
+                f"{path}: {what} is not a TensorFlow Lite model ({exc}); "
+                "point the config at an openWakeWord .tflite file"
+            ) from exc
+        if self.graph is None:
+            self.input_shape = [int(n) for n in self.interpreter.get_input_details()[0]["shape"]]
+            self.output_shape = [int(n) for n in self.interpreter.get_output_details()[0]["shape"]]
+        self._size: tuple[int, ...] = ()
+        self.probe = probe
+        """Input length to try a resizable model with (the melspectrogram model's samples)."""
 
+    def _interpreter(self) -> Any:
+        from ai_edge_litert.interpreter import Interpreter
 
-def _shapes(interpreter: Any) -> tuple[list[int], list[int]]:
-    return (
-        [int(n) for n in interpreter.get_input_details()[0]["shape"]],
-        [int(n) for n in interpreter.get_output_details()[0]["shape"]],
-    )
+        try:
+            return Interpreter(model_path=str(self.path), num_threads=1)
+        except (ValueError, RuntimeError) as exc:
+            raise WakeWordError(
+                f"{self.path}: {self.what} is not a TensorFlow Lite model ({exc}); "
+                "point the config at an openWakeWord .tflite file"
+            ) from exc
 
+    def check(self) -> None:
+        """Run the model once on silence, so that a model that cannot run fails here, named."""
+        shape = list(self.input_shape)
+        if self.probe:
+            shape[-1] = self.probe
+        if any(n < 1 for n in shape) or np.prod(shape, dtype=np.float64) > _MAX_INPUT:
+            raise WakeWordError(
+                f"{self.path}: {self.what} declares an input of shape {self.input_shape}"
+            )
+        try:
+            out = self.run(np.zeros(shape, np.float32))
+        except (ValueError, RuntimeError, IndexError, KeyError, TypeError, MemoryError) as exc:
+            raise WakeWordError(f"{self.path}: {self.what} could not be run ({exc})") from exc
+        if self.graph is not None and out.shape[-1] != self.output_shape[-1]:
+            raise WakeWordError(
+                f"{self.path}: {self.what} gives output of shape {list(out.shape)}, "
+                f"not the {self.output_shape} it declares"
+            )
 
-def _allocate(interpreter: Any, path: Path, what: str) -> None:
-    try:
-        interpreter.allocate_tensors()
-    except RuntimeError as exc:
-        raise WakeWordError(f"{path}: {what} could not be prepared ({exc})") from exc
+    def run(self, x: FloatArray) -> FloatArray:
+        """The model's output for one input."""
+        if self.graph is not None:
+            out: FloatArray = self.graph.run([x])[0]
+            return out
+        it = self.interpreter
+        index = it.get_input_details()[0]["index"]
+        if self._size != x.shape:
+            # Resizing reallocates, so only when the shape changes; the XNNPACK delegate cannot
+            # prepare a dynamic input shape, so it comes before the first allocation.
+            it.resize_tensor_input(index, list(x.shape), strict=True)
+            try:
+                it.allocate_tensors()
+            except RuntimeError as exc:
+                raise WakeWordError(
+                    f"{self.path}: {self.what} could not be prepared ({exc})"
+                ) from exc
+            self._size = x.shape
+        it.set_tensor(index, x)
+        it.invoke()
+        result: FloatArray = it.get_tensor(it.get_output_details()[0]["index"])
+        return result
 
 
 class _FeatureFrontEnd:
     """Stages 1 and 2, shared by all words: audio chunks in, a history of embeddings out."""
 
     def __init__(self, models_dir: Path, history: int) -> None:
-        self._mel_path = models_dir / "melspectrogram.tflite"
-        self._emb_path = models_dir / "embedding_model.tflite"
-        self._mel = _load(self._mel_path, "melspectrogram model", BOOTSTRAP_HINT)
-        self._emb = _load(self._emb_path, "embedding model", BOOTSTRAP_HINT)
-        mel_in, _ = _shapes(self._mel)
-        emb_in, _ = _shapes(self._emb)
+        mel_path = models_dir / "melspectrogram.tflite"
+        emb_path = models_dir / "embedding_model.tflite"
+        self._mel = _Network(mel_path, "melspectrogram model", BOOTSTRAP_HINT, probe=1760)
+        self._emb = _Network(emb_path, "embedding model", BOOTSTRAP_HINT)
+        mel_in, emb_in = self._mel.input_shape, self._emb.input_shape
         if len(mel_in) != 2 or emb_in[1:] != [_MEL_WINDOW, _MEL_BINS, 1]:
             raise WakeWordError(
-                f"{self._mel_path.parent}: melspectrogram/embedding models have unexpected shapes "
+                f"{mel_path.parent}: melspectrogram/embedding models have unexpected shapes "
                 f"({mel_in}, {emb_in}); {BOOTSTRAP_HINT}"
             )
-        _allocate(self._emb, self._emb_path, "embedding model")
-        self._mel_in = self._mel.get_input_details()[0]["index"]
-        self._mel_out = self._mel.get_output_details()[0]["index"]
-        self._emb_in = self._emb.get_input_details()[0]["index"]
-        self._emb_out = self._emb.get_output_details()[0]["index"]
-        self._mel_size = 0
+        self._mel.check()
+        self._emb.check()
+        # The embedding model as a stream: each chunk moves its window 8 mel frames on, and
+        # only the rows those frames change are computed (see tflite.RowStream).
+        graph = self._emb.graph
+        self._stream = tflite.RowStream.of(graph, _MEL_STRIDE) if graph is not None else None
         self._initial = self._noise_features(history)
         self.features = self._initial.copy()
         """The last `history` embeddings, oldest first."""
         self._mel_frames = np.ones((_MEL_WINDOW, _MEL_BINS), dtype=np.float32)
         self._context = np.zeros(0, dtype=np.float32)
+        self.reset()
 
     def reset(self) -> None:
         """Forget all audio: back to the state right after construction."""
         np.copyto(self.features, self._initial)
         self._mel_frames.fill(1.0)
         self._context = np.zeros(0, dtype=np.float32)
+        if self._stream is not None:
+            self._stream.reset()
 
     def push(self, chunk: SampleArray) -> None:
         """Add one 1280-sample chunk: append its embedding to `features`."""
@@ -153,19 +218,11 @@ class _FeatureFrontEnd:
         self._mel_frames[:-n] = self._mel_frames[n:]
         self._mel_frames[-n:] = frames
         self.features[:-1] = self.features[1:]
-        self.features[-1] = self._embed(self._mel_frames)
+        self.features[-1] = self._embed(self._mel_frames, n)
 
     def _melspectrogram(self, audio: FloatArray) -> FloatArray:
-        # Resizing reallocates, so it happens only when the length changes: the first chunk after
-        # a reset is shorter (no context yet), exactly as in openWakeWord. It must come before the
-        # first allocation: the XNNPACK delegate cannot prepare the model's dynamic input shape.
-        if self._mel_size != len(audio):
-            self._mel.resize_tensor_input(self._mel_in, [1, len(audio)], strict=True)
-            _allocate(self._mel, self._mel_path, "melspectrogram model")
-            self._mel_size = len(audio)
-        self._mel.set_tensor(self._mel_in, audio[None, :])
-        self._mel.invoke()
-        spec: FloatArray = self._mel.get_tensor(self._mel_out).reshape(-1, _MEL_BINS)
+        # The first chunk after a reset is shorter (no context yet), exactly as in openWakeWord.
+        spec = self._mel.run(audio[None, :]).reshape(-1, _MEL_BINS)
         # openWakeWord's fixed transform, in float32 like theirs (NumPy's stubs need the scalars
         # typed to see that the result stays float32)
         return spec / np.float32(10) + np.float32(2)
@@ -173,21 +230,11 @@ class _FeatureFrontEnd:
     def _noise_features(self, history: int) -> FloatArray:
         """Embeddings of seeded noise, with the same values as openWakeWord's `_get_embeddings`."""
         noise = np.random.RandomState(FEATURE_NOISE_SEED).randint(-1000, 1000, _NOISE_SAMPLES)
-        # A throwaway interpreter sized for 4 s: resizing the streaming one would keep its larger
-        # arena for the life of the process. For the same reason the embeddings are computed one
-        # window at a time (a batch of 41 costs ~26 MB; the results are bitwise the same).
-        mel = _load(self._mel_path, "melspectrogram model", BOOTSTRAP_HINT)
-        mel.resize_tensor_input(self._mel_in, [1, _NOISE_SAMPLES], strict=True)
-        _allocate(mel, self._mel_path, "melspectrogram model")
-        mel.set_tensor(self._mel_in, noise.astype(np.int16).astype(np.float32)[None, :])
-        mel.invoke()
-        spec = mel.get_tensor(self._mel_out).reshape(-1, _MEL_BINS) / 10 + 2
-        del mel
+        samples = noise.astype(np.int16).astype(np.float32)[None, :]
+        spec = self._mel.run(samples).reshape(-1, _MEL_BINS) / np.float32(10) + np.float32(2)
+        starts = range(0, len(spec) - _MEL_WINDOW + 1, _MEL_STRIDE)
         noise_features = np.stack(
-            [
-                self._embed(spec[i : i + _MEL_WINDOW])
-                for i in range(0, len(spec) - _MEL_WINDOW + 1, _MEL_STRIDE)
-            ]
+            [self._embed(spec[i : i + _MEL_WINDOW], _MEL_STRIDE if i else 0) for i in starts]
         )
         features = np.zeros((history, _FEATURE_SIZE), dtype=np.float32)
         # A model wider than the noise history (none of the official ones) sees zeros first;
@@ -196,10 +243,11 @@ class _FeatureFrontEnd:
         features[history - len(kept) :] = kept
         return features
 
-    def _embed(self, mel_window: FloatArray) -> FloatArray:
-        self._emb.set_tensor(self._emb_in, mel_window[None, :, :, None])
-        self._emb.invoke()
-        embedding: FloatArray = self._emb.get_tensor(self._emb_out).reshape(_FEATURE_SIZE)
+    def _embed(self, mel_window: FloatArray, shift: int) -> FloatArray:
+        """The embedding of `mel_window`, which is the previous one moved `shift` frames on."""
+        x = np.ascontiguousarray(mel_window[None, :, :, None])
+        out = self._stream.step(x, shift) if self._stream is not None else self._emb.run(x)
+        embedding: FloatArray = out.reshape(_FEATURE_SIZE)
         return embedding
 
 
@@ -211,8 +259,8 @@ class _Word:
         self.path = config.model_path(models_dir)
         what = f"wake-word model for '{config.name}'"
         hint = BOOTSTRAP_HINT if config.model is None else f"check wake.words[{index}].model"
-        self.interpreter = _load(self.path, what, hint)
-        shape_in, shape_out = _shapes(self.interpreter)
+        self.network = _Network(self.path, what, hint)
+        shape_in, shape_out = self.network.input_shape, self.network.output_shape
         if len(shape_in) != 3 or shape_in[0] != 1 or shape_in[2] != _FEATURE_SIZE:
             raise WakeWordError(
                 f"{self.path}: {what} takes input of shape {shape_in}, expected [1, N, "
@@ -224,10 +272,8 @@ class _Word:
                 f"{self.path}: {what} has output shape {shape_out}, expected [1, 1] "
                 "(one score; multi-class models are not supported)"
             )
-        _allocate(self.interpreter, self.path, what)
+        self.network.check()
         self.window = shape_in[1]
-        self._in = self.interpreter.get_input_details()[0]["index"]
-        self._out = self.interpreter.get_output_details()[0]["index"]
         self.last_fired: float | None = None
         self.verifier: WordVerifier | None = None
         self.streak = 0
@@ -240,9 +286,7 @@ class _Word:
 
     def score(self, features: FloatArray) -> float:
         """This word's score for the newest `window` features."""
-        self.interpreter.set_tensor(self._in, features[None, -self.window :])
-        self.interpreter.invoke()
-        return float(self.interpreter.get_tensor(self._out)[0, 0])
+        return float(self.network.run(features[None, -self.window :]).reshape(-1)[0])
 
 
 class WakeWordDetector:
