@@ -139,12 +139,16 @@ _OPERATORS = {
 }
 # TensorType codes -> NumPy dtypes (the float and index types float graphs use).
 _TYPES = {0: np.float32, 2: np.int32, 4: np.int64, 6: np.bool_, 10: np.float64}
+# Fused activations as TFLite's float kernels apply them (they clamp; TANH and SIGN_BIT are not
+# applied by every kernel, so a model with them goes to the TFLite interpreter).
 _ACTIVATIONS: dict[int, Callable[[Array], Array] | None] = {
     0: None,
-    1: lambda x: np.maximum(x, 0, out=x),
-    3: lambda x: np.clip(x, 0, 6, out=x),
-    4: lambda x: np.tanh(x, out=x),
+    1: lambda x: np.maximum(x, np.float32(0)),
+    2: lambda x: np.clip(x, np.float32(-1), np.float32(1)),
+    3: lambda x: np.clip(x, np.float32(0), np.float32(6)),
 }
+_MAX_IF_DEPTH = 8
+"""IF branches nested deeper than this are refused (the wake-word models have one level)."""
 
 
 @dataclass
@@ -190,7 +194,7 @@ class Model:
             raise TFLiteError(f"{path}: not a TensorFlow Lite model (no TFL3 identifier)")
         try:
             self.subgraphs = self._read(buf)
-        except (struct.error, IndexError, ValueError) as exc:
+        except (struct.error, IndexError, ValueError, OverflowError, MemoryError) as exc:
             raise TFLiteError(f"{path}: a damaged TensorFlow Lite file ({exc})") from exc
 
     def _read(self, buf: bytes) -> list[Subgraph]:
@@ -220,7 +224,7 @@ class Model:
                     "interpreter does not run (float models only)"
                 )
             quant = t.table(4)
-            if quant is not None and quant.vector(1, "f4") is not None:
+            if quant is not None and quant.vector(2, "f4") is not None:  # scale
                 raise Unsupported(f"{self.path}: tensor '{name}' is quantized (float models only)")
             dtype = _TYPES[type_code]
             shape_vec = t.vector(0, "i4")
@@ -276,14 +280,32 @@ class _Step:
 class Graph:
     """A model's main subgraph, its operators prepared to run on NumPy arrays."""
 
-    def __init__(self, model: Model, index: int = 0, within: frozenset[int] = frozenset()) -> None:
+    def __init__(
+        self,
+        model: Model,
+        index: int = 0,
+        within: tuple[int, ...] = (),
+        branches: dict[int, Graph] | None = None,
+    ) -> None:
         self.model = model
         self.subgraph = model.subgraphs[index]
-        self._within = within | {index}
+        self._within = (*within, index)
         """This subgraph and those whose IF led here: a branch leading back is refused."""
+        self._branches: dict[int, Graph] = {} if branches is None else branches
+        """The model's IF branches, each prepared once however many IFs name it."""
         try:
             self.steps = [self._prepare(op) for op in self.subgraph.operators]
-        except (IndexError, KeyError, ValueError, TypeError, AttributeError, struct.error) as exc:
+        except (
+            IndexError,
+            KeyError,
+            ValueError,
+            TypeError,
+            AttributeError,
+            OverflowError,
+            ZeroDivisionError,
+            MemoryError,
+            struct.error,
+        ) as exc:
             # operators pointing at tensors that are not there, constants of the wrong shape
             raise TFLiteError(f"{model.path}: a damaged TensorFlow Lite file ({exc})") from exc
 
@@ -350,7 +372,7 @@ class Graph:
         kernel, rows = self._binary(op, consts, fn)
         if act is None:
             return kernel, rows
-        return (lambda xs: [act(kernel(xs)[0])]), rows
+        return (lambda xs: [np.asarray(act(kernel(xs)[0]))]), rows
 
     def _op_add(self, op: Operator, consts: list[Array | None], where: str) -> Any:
         return self._arith(op, consts, where, np.add)
@@ -419,7 +441,7 @@ class Graph:
         return self._unary(lambda x: np.where(x >= 0, x, x * alpha))
 
     def _op_softmax(self, op: Operator, consts: list[Array | None], where: str) -> Any:
-        beta = np.float32(self._options(op).scalar(0, "f", 1.0))
+        beta = np.float32(self._options(op).scalar(0, "f", 0.0))  # the schema's default
 
         def softmax(x: Array) -> Array:
             e = np.exp((x - x.max(axis=-1, keepdims=True)) * beta)
@@ -459,7 +481,7 @@ class Graph:
         axis = consts[1]
         if axis is None:
             raise Unsupported(f"{where}: run-time axes are not supported")
-        axes = tuple(int(n) for n in axis.reshape(-1))
+        axes = tuple(sorted({int(n) for n in axis.reshape(-1)}))  # TFLite allows repeats
         keep = bool(op.options.scalar(0, "b")) if op.options is not None else False
         return (lambda xs: [np.asarray(fn(xs[0], axis=axes, keepdims=keep))]), None
 
@@ -497,7 +519,7 @@ class Graph:
             if b is not None:
                 y += b
             if act is not None:
-                act(y)
+                y = act(y)
             return [y.reshape(*x.shape[:-1], w.shape[1]) if keep else y]
 
         return fully_connected, None
@@ -521,7 +543,9 @@ class Graph:
         """(padding, row stride, column stride) of a convolution or pooling."""
         opts = self._options(op)
         padding = "SAME" if opts.scalar(0, "b") == 0 else "VALID"
-        stride_w, stride_h = opts.scalar(1, "i", 1), opts.scalar(2, "i", 1)
+        stride_w, stride_h = opts.scalar(1, "i"), opts.scalar(2, "i")
+        if stride_w < 1 or stride_h < 1:
+            raise TFLiteError(f"operator {op.name}: strides {stride_h} x {stride_w}")
         return padding, stride_h, stride_w
 
     def _op_conv_2d(self, op: Operator, consts: list[Array | None], where: str) -> Any:
@@ -532,6 +556,11 @@ class Graph:
         padding, stride_h, stride_w = self._window(op)
         act = self._fused(op, 3, where)
         dil_w, dil_h = opts.scalar(4, "i", 1), opts.scalar(5, "i", 1)
+        channels = self.subgraph.tensors[op.inputs[0]].shape[-1:]
+        if channels and channels[0] not in (weights.shape[-1], -1):
+            raise Unsupported(f"{where}: a grouped convolution")
+        if dil_w < 1 or dil_h < 1 or min(weights.shape) < 1:
+            raise TFLiteError(f"{where}: dilation {dil_h} x {dil_w}, filter {weights.shape}")
         out_c, kh, kw, _ = weights.shape
         # one matrix product over every window (im2col): (taps x channels) x out channels; a
         # transposed view, which BLAS reads as is (no second copy of the weights)
@@ -544,7 +573,7 @@ class Graph:
             if bias is not None:
                 y += bias
             if act is not None:
-                act(y)
+                y = act(y)
             return [y.reshape(n, ho, wo, out_c)]
 
         return conv, _row_window(padding, kh, stride_h, dil_h)
@@ -552,7 +581,9 @@ class Graph:
     def _op_max_pool_2d(self, op: Operator, consts: list[Array | None], where: str) -> Any:
         opts = self._options(op)
         padding, stride_h, stride_w = self._window(op)
-        fw, fh = opts.scalar(3, "i", 1), opts.scalar(4, "i", 1)
+        fw, fh = opts.scalar(3, "i"), opts.scalar(4, "i")
+        if fw < 1 or fh < 1:
+            raise TFLiteError(f"{where}: a {fh} x {fw} window")
         act = self._fused(op, 5, where)
 
         tiles = padding == "VALID" and (fh, fw) == (stride_h, stride_w)
@@ -566,7 +597,7 @@ class Graph:
             else:
                 y = _windows(x, (fh, fw), (stride_h, stride_w), (1, 1)).max(axis=(3, 4))
             if act is not None:
-                act(y)
+                y = act(y)
             return [y]
 
         return pool, _row_window(padding, fh, stride_h, 1)
@@ -577,7 +608,12 @@ class Graph:
         for index in branches.values():
             if not 0 <= index < len(self.model.subgraphs) or index in self._within:
                 raise TFLiteError(f"{where}: branch subgraph {index} does not exist or loops")
-        graphs = {k: Graph(self.model, i, self._within) for k, i in branches.items()}
+        if len(self._within) > _MAX_IF_DEPTH:
+            raise Unsupported(f"{where}: branches nested deeper than {_MAX_IF_DEPTH}")
+        for index in branches.values():
+            if index not in self._branches:
+                self._branches[index] = Graph(self.model, index, self._within, self._branches)
+        graphs = {k: self._branches[i] for k, i in branches.items()}
 
         def branch(xs: list[Array]) -> list[Array]:
             return graphs[bool(np.asarray(xs[0]).reshape(-1)[0])].run(xs[1:])
@@ -601,9 +637,9 @@ def _rowwise_constant(constant: Array, rank: int) -> tuple[int, int] | None:
     of its `rank`-dimensional run-time operand) on its own: the constant does not vary along
     that axis (NumPy's broadcasting aligns the last axes)."""
     along_rows = constant.ndim - rank + 1
-    if rank < 2 or along_rows < 0 or constant.shape[along_rows] == 1:
-        return (1, 1) if rank >= 2 else None
-    return None
+    if rank < 2 or constant.ndim > rank:  # (a wider constant would move the rows)
+        return None
+    return (1, 1) if along_rows < 0 or constant.shape[along_rows] == 1 else None
 
 
 def _row_window(padding: str, height: int, stride: int, dilation: int) -> tuple[int, int] | None:

@@ -142,9 +142,17 @@ class _Network:
             )
         try:
             out = self.run(np.zeros(shape, np.float32))
-        except (ValueError, RuntimeError, IndexError, KeyError, TypeError, MemoryError) as exc:
+        except (
+            ValueError,
+            RuntimeError,
+            IndexError,
+            KeyError,
+            TypeError,
+            ZeroDivisionError,
+            MemoryError,
+        ) as exc:
             raise WakeWordError(f"{self.path}: {self.what} could not be run ({exc})") from exc
-        if self.graph is not None and out.shape[-1] != self.output_shape[-1]:
+        if self.graph is not None and out.shape[-1:] != tuple(self.output_shape[-1:]):
             raise WakeWordError(
                 f"{self.path}: {self.what} gives output of shape {list(out.shape)}, "
                 f"not the {self.output_shape} it declares"
