@@ -149,8 +149,6 @@ def test_the_embedding_stream_recomputes_only_the_new_rows() -> None:
     """The point of the stream: each operator runs on the rows the new frames reach, far fewer
     than the window's (counted by the rows each kernel is given)."""
     graph = tflite.Graph(tflite.Model(MODELS / "embedding_model.tflite"))
-    stream = tflite.RowStream.of(graph, 8)
-    assert stream is not None
     rows: list[int] = []
     for step in graph.steps:
         kernel = step.kernel
@@ -160,6 +158,8 @@ def test_the_embedding_stream_recomputes_only_the_new_rows() -> None:
             return kernel(xs)  # type: ignore[no-any-return]
 
         step.kernel = counted
+    stream = tflite.RowStream.of(graph, 8)
+    assert stream is not None
     mel = np.random.default_rng(4).random((84, 32)).astype(np.float32)
     stream.step(mel[None, :76, :, None].copy(), 0)
     whole = sum(rows)
@@ -283,3 +283,339 @@ def test_a_model_with_an_operator_it_does_not_run_uses_the_tflite_interpreter(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert run.stdout.strip() == "True"
+
+
+# -- each operator against the TFLite interpreter, on small synthetic models ---------------------
+
+F32 = np.float32
+I32 = np.int32
+W = np.random.default_rng(5)
+
+
+def w(*shape: int) -> np.ndarray:
+    return W.standard_normal(shape).astype(F32)
+
+
+ACT = {"RELU": 1, "RELU_N1_TO_1": 2, "RELU6": 3}
+OPERATORS: list[tuple[str, str, list[tuple[int, ...]], list[Any], tuple[int, ...], Any]] = [
+    (
+        "conv SAME, stride 2x1, RELU6",
+        "CONV_2D",
+        [(1, 7, 6, 3)],
+        [w(4, 3, 3, 3), w(4)],
+        (1, 4, 6, 4),
+        ("Conv2DOptions", dict(padding=0, strideW=1, strideH=2, fusedActivationFunction=3)),
+    ),
+    (
+        "conv VALID, stride 1x2, dilation 2x1, RELU_N1_TO_1",
+        "CONV_2D",
+        [(1, 9, 8, 2)],
+        [w(3, 2, 3, 2), w(3)],
+        (1, 7, 3, 3),
+        (
+            "Conv2DOptions",
+            dict(padding=1, strideW=2, strideH=1, dilationHFactor=2, fusedActivationFunction=2),
+        ),
+    ),
+    (
+        "conv SAME 1x3 (the embedding model's)",
+        "CONV_2D",
+        [(1, 5, 8, 4)],
+        [w(6, 1, 3, 4), w(6)],
+        (1, 5, 8, 6),
+        ("Conv2DOptions", dict(padding=0, strideW=1, strideH=1)),
+    ),
+    (
+        "max pool SAME 3x3 stride 2",
+        "MAX_POOL_2D",
+        [(1, 7, 5, 3)],
+        [],
+        (1, 4, 3, 3),
+        ("Pool2DOptions", dict(padding=0, strideW=2, strideH=2, filterWidth=3, filterHeight=3)),
+    ),
+    (
+        "max pool VALID 2x2 tiles, odd height, RELU",
+        "MAX_POOL_2D",
+        [(1, 7, 6, 2)],
+        [],
+        (1, 3, 3, 2),
+        (
+            "Pool2DOptions",
+            dict(
+                padding=1,
+                strideW=2,
+                strideH=2,
+                filterWidth=2,
+                filterHeight=2,
+                fusedActivationFunction=1,
+            ),
+        ),
+    ),
+    (
+        "max pool VALID 3x2 stride 1x2",
+        "MAX_POOL_2D",
+        [(1, 6, 6, 2)],
+        [],
+        (1, 4, 3, 2),
+        ("Pool2DOptions", dict(padding=1, strideW=2, strideH=1, filterWidth=2, filterHeight=3)),
+    ),
+    (
+        "fully connected, keep_num_dims, RELU",
+        "FULLY_CONNECTED",
+        [(2, 3, 5)],
+        [w(4, 5), w(4)],
+        (2, 3, 4),
+        ("FullyConnectedOptions", dict(keepNumDims=True, fusedActivationFunction=1)),
+    ),
+    (
+        "fully connected, no bias",
+        "FULLY_CONNECTED",
+        [(2, 5)],
+        [w(3, 5), None],
+        (2, 3),
+        ("FullyConnectedOptions", dict()),
+    ),
+    (
+        "mean, keep dims",
+        "MEAN",
+        [(2, 3, 4)],
+        [np.array([1], I32)],
+        (2, 1, 4),
+        ("ReducerOptions", dict(keepDims=True)),
+    ),
+    (
+        "mean, a repeated axis",
+        "MEAN",
+        [(2, 3, 4)],
+        [np.array([1, 1], I32)],
+        (2, 4),
+        ("ReducerOptions", dict(keepDims=False)),
+    ),
+    (
+        "sum over two axes",
+        "SUM",
+        [(2, 3, 4)],
+        [np.array([0, 2], I32)],
+        (3,),
+        ("ReducerOptions", dict(keepDims=False)),
+    ),
+    (
+        "reduce max",
+        "REDUCE_MAX",
+        [(2, 3, 4)],
+        [np.array([2], I32)],
+        (2, 3),
+        ("ReducerOptions", dict(keepDims=False)),
+    ),
+    ("softmax, beta 2", "SOFTMAX", [(2, 5)], [], (2, 5), ("SoftmaxOptions", dict(beta=2.0))),
+    ("softmax, beta 0", "SOFTMAX", [(2, 5)], [], (2, 5), ("SoftmaxOptions", dict(beta=0.0))),
+    (
+        "leaky relu, alpha 2",
+        "LEAKY_RELU",
+        [(2, 6)],
+        [],
+        (2, 6),
+        ("LeakyReluOptions", dict(alpha=2.0)),
+    ),
+    (
+        "leaky relu, alpha 0.2",
+        "LEAKY_RELU",
+        [(2, 6)],
+        [],
+        (2, 6),
+        ("LeakyReluOptions", dict(alpha=0.2)),
+    ),
+    (
+        "batch matmul, both adjoint",
+        "BATCH_MATMUL",
+        [(2, 5, 3)],
+        [w(2, 4, 5)],
+        (2, 3, 4),
+        ("BatchMatMulOptions", dict(adjX=True, adjY=True)),
+    ),
+    (
+        "pad",
+        "PAD",
+        [(1, 3, 4, 2)],
+        [np.array([[0, 0], [1, 2], [0, 1], [0, 0]], I32)],
+        (1, 6, 5, 2),
+        None,
+    ),
+    ("reshape, -1", "RESHAPE", [(2, 6)], [np.array([3, -1], I32)], (3, 4), None),
+    ("squeeze", "SQUEEZE", [(2, 1, 3)], [], (2, 3), ("SqueezeOptions", dict(squeezeDims=[1]))),
+    ("transpose", "TRANSPOSE", [(2, 3, 4)], [np.array([0, 2, 1], I32)], (2, 4, 3), None),
+    ("expand dims", "EXPAND_DIMS", [(2, 3)], [np.array(1, I32)], (2, 1, 3), None),
+    (
+        "add, broadcast, RELU",
+        "ADD",
+        [(2, 3)],
+        [w(3)],
+        (2, 3),
+        ("AddOptions", dict(fusedActivationFunction=1)),
+    ),
+    ("sub", "SUB", [(2, 3)], [w(2, 3)], (2, 3), ("SubOptions", dict())),
+    (
+        "mul, RELU6",
+        "MUL",
+        [(2, 3)],
+        [w(2, 3)],
+        (2, 3),
+        ("MulOptions", dict(fusedActivationFunction=3)),
+    ),
+    ("div", "DIV", [(2, 3)], [np.full((2, 3), 1.7, F32)], (2, 3), ("DivOptions", dict())),
+    ("maximum", "MAXIMUM", [(2, 3)], [w(2, 3)], (2, 3), None),
+    ("minimum", "MINIMUM", [(2, 3)], [w(3)], (2, 3), None),
+    ("squared difference", "SQUARED_DIFFERENCE", [(2, 3)], [w(2, 3)], (2, 3), None),
+    *[(op.lower(), op, [(2, 7)], [], (2, 7), None) for op in ("LOGISTIC", "TANH", "EXP", "RELU")],
+    *[(op.lower(), op, [(2, 7)], [], (2, 7), None) for op in ("RELU6", "SQUARE")],
+    *[(op.lower() + " (positive)", op, [(2, 7)], [], (2, 7), None) for op in ("LOG", "SQRT")],
+    ("rsqrt (positive)", "RSQRT", [(2, 7)], [], (2, 7), None),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "op", "shapes", "consts", "out_shape", "opts"),
+    OPERATORS,
+    ids=[c[0] for c in OPERATORS],
+)
+def test_each_operator_matches_the_tflite_interpreter(
+    tmp_path: Path,
+    name: str,
+    op: str,
+    shapes: list[tuple[int, ...]],
+    consts: list[Any],
+    out_shape: tuple[int, ...],
+    opts: Any,
+) -> None:
+    from tflite_builder import options, reference, single
+
+    path = single(
+        tmp_path / "op.tflite",
+        op,
+        shapes,
+        consts,
+        out_shape,
+        options(opts[0], **opts[1]) if opts else None,
+    )
+    rng = np.random.default_rng(9)
+    xs = [(rng.standard_normal(s) * 3).astype(F32) for s in shapes]
+    if "positive" in name:
+        xs = [np.abs(x) + F32(0.1) for x in xs]
+    ours = tflite.Graph(tflite.Model(path)).run(xs)[0]
+    theirs = reference(path, xs)
+    assert ours.shape == theirs.shape and ours.dtype == theirs.dtype, (ours.shape, theirs.shape)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+def test_a_fused_tanh_is_left_to_the_tflite_interpreter(tmp_path: Path) -> None:
+    """TFLite's float kernels do not all apply a fused TANH (a convolution's is ignored): such a
+    model is not one this interpreter runs, so the detector falls back."""
+    from tflite_builder import options, single
+
+    path = single(
+        tmp_path / "tanh.tflite",
+        "CONV_2D",
+        [(1, 4, 4, 1)],
+        [w(2, 1, 1, 1), w(2)],
+        (1, 4, 4, 2),
+        options("Conv2DOptions", padding=1, strideW=1, strideH=1, fusedActivationFunction=4),
+    )
+    with pytest.raises(tflite.Unsupported, match="fused activation 4"):
+        tflite.Graph(tflite.Model(path))
+
+
+def test_a_zero_stride_or_window_is_refused_at_load(tmp_path: Path) -> None:
+    from tflite_builder import options, single
+
+    conv = single(
+        tmp_path / "conv.tflite",
+        "CONV_2D",
+        [(1, 4, 4, 1)],
+        [w(2, 1, 1, 1), w(2)],
+        (1, 4, 4, 2),
+        options("Conv2DOptions", padding=1, strideW=0, strideH=1),
+    )
+    pool = single(
+        tmp_path / "pool.tflite",
+        "MAX_POOL_2D",
+        [(1, 4, 4, 1)],
+        [],
+        (1, 4, 4, 1),
+        options("Pool2DOptions", padding=1, strideW=1, strideH=1, filterWidth=0, filterHeight=1),
+    )
+    for path in (conv, pool):
+        with pytest.raises(tflite.TFLiteError, match=str(path)):
+            tflite.Graph(tflite.Model(path))
+
+
+def if_ladder(path: Path, depth: int) -> Path:
+    """IF -> IF -> ... -> x + 1, `depth` IFs deep, each naming the next subgraph in both of its
+    branches (built naively, that is 2^depth graphs)."""
+    from tflite_builder import Sub, options, write
+
+    subs = []
+    for level in range(depth + 1):
+        sub = Sub()
+        cond, x = sub.tensor("cond", (), np.bool_), sub.tensor("x", (2,))
+        out = sub.tensor("out", (2,))
+        sub.inputs, sub.outputs = [cond, x], [out]
+        if level < depth:
+            branch = options("IfOptions", thenSubgraphIndex=level + 1, elseSubgraphIndex=level + 1)
+            sub.op("IF", [cond, cond, x], [out], branch)
+        else:
+            sub.op("ADD", [x, sub.const("one", np.ones(2))], [out], options("AddOptions"))
+        subs.append(sub)
+    return write(path, *subs)
+
+
+@pytest.mark.timeout(20)
+def test_if_branches_run_and_deep_nesting_is_refused_quickly(tmp_path: Path) -> None:
+    from tflite_builder import reference
+
+    shallow = if_ladder(tmp_path / "shallow.tflite", 5)
+    xs = [np.array(True), np.array([1.5, -2.0], F32)]
+    np.testing.assert_array_equal(tflite.Graph(tflite.Model(shallow)).run(xs)[0], [2.5, -1.0])
+    np.testing.assert_array_equal(reference(shallow, xs), [2.5, -1.0])
+    deep = if_ladder(tmp_path / "deep.tflite", 40)
+    with pytest.raises(tflite.Unsupported, match="nested deeper than 8"):
+        tflite.Graph(tflite.Model(deep))
+
+
+def test_a_buffer_offset_past_any_file_is_a_damaged_file(tmp_path: Path) -> None:
+    """Models over 2 GB keep their weights after the FlatBuffer, at an offset: a wild one is a
+    damaged file, not an OverflowError."""
+    from tflite_builder import Sub, schema, write
+
+    sub = Sub()
+    x = sub.tensor("x", (2,))
+    c = sub.const("c", np.ones(2))
+    out = sub.tensor("out", (2,))
+    sub.inputs, sub.outputs = [x], [out]
+    sub.op("ADD", [x, c], [out])
+    path = write(tmp_path / "far.tflite", sub)
+    model = schema.ModelT.InitFromPackedBuf(path.read_bytes(), 0)
+    model.buffers[1].data, model.buffers[1].offset, model.buffers[1].size = None, 1 << 62, 8
+    import flatbuffers
+
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    path.write_bytes(bytes(builder.Output()))
+    with pytest.raises(tflite.TFLiteError, match="damaged"):
+        tflite.Graph(tflite.Model(path))
+
+
+def test_the_melspectrogram_filters_run_as_an_fft_and_others_do_not() -> None:
+    """Its two convolutions are a windowed DFT's real and imaginary parts: recognised, and run
+    by FFT (the outputs are checked against the TFLite interpreter above); filters that are not
+    a DFT, or a DFT with one filter changed, are not taken for one."""
+    graph = tflite.Graph(tflite.Model(MODELS / "melspectrogram.tflite"))
+    convs = [s for s in graph.steps if s.op.name == "CONV_2D"]
+    assert [s.kernel.__name__ for s in convs] == ["transform", "transform"]
+    filters = graph.subgraph.tensors[convs[1].op.inputs[1]].data[:, 0, :, 0]
+    found = tflite._as_dft(filters, None)
+    assert found is not None and found[1] is False  # the real part: cosines
+    assert tflite._as_dft(w(257, 512), None) is None
+    changed = filters.copy()
+    changed[100, 3] += 0.01
+    assert tflite._as_dft(changed, None) is None
+    assert tflite._as_dft(filters, np.ones(257, F32)) is None  # a bias is not a DFT's

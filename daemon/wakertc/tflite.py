@@ -291,6 +291,8 @@ class Graph:
         self.subgraph = model.subgraphs[index]
         self._within = (*within, index)
         """This subgraph and those whose IF led here: a branch leading back is refused."""
+        self._spectrum: tuple[Array, Array, int, Array] | None = None
+        """The last FFT a DFT convolution made (input, window, stride, spectrum), for its twin."""
         self._branches: dict[int, Graph] = {} if branches is None else branches
         """The model's IF branches, each prepared once however many IFs name it."""
         try:
@@ -475,7 +477,7 @@ class Graph:
         if perm is None:
             raise Unsupported(f"{where}: a run-time permutation is not supported")
         p = tuple(int(n) for n in perm)
-        return (lambda xs: [np.ascontiguousarray(np.transpose(xs[0], p))]), None
+        return (lambda xs: [np.transpose(xs[0], p)]), None  # a view: readers copy if they must
 
     def _reduce(self, op: Operator, consts: list[Array | None], where: str, fn: Any) -> Any:
         axis = consts[1]
@@ -499,8 +501,18 @@ class Graph:
         if pads is None:
             raise Unsupported(f"{where}: run-time paddings are not supported")
         widths = [(int(a), int(b)) for a, b in pads.reshape(-1, 2)]
+        if any(a < 0 or b < 0 for a, b in widths):
+            raise TFLiteError(f"{where}: negative paddings")
         rows = (1, 1) if len(widths) > 1 and widths[1] == (0, 0) else None
-        return (lambda xs: [np.pad(xs[0], widths)]), rows
+
+        def pad(xs: list[Array]) -> list[Array]:
+            # zeros and one copy: np.pad costs ten times that on these small arrays
+            x = xs[0]
+            out = np.zeros([n + a + b for n, (a, b) in zip(x.shape, widths, strict=True)], x.dtype)
+            out[tuple(slice(a, a + n) for n, (a, _) in zip(x.shape, widths, strict=True))] = x
+            return [out]
+
+        return pad, rows
 
     def _op_fully_connected(self, op: Operator, consts: list[Array | None], where: str) -> Any:
         act = self._fused(op, 0, where)
@@ -545,7 +557,9 @@ class Graph:
         padding = "SAME" if opts.scalar(0, "b") == 0 else "VALID"
         stride_w, stride_h = opts.scalar(1, "i"), opts.scalar(2, "i")
         if stride_w < 1 or stride_h < 1:
-            raise TFLiteError(f"operator {op.name}: strides {stride_h} x {stride_w}")
+            raise TFLiteError(
+                f"{self.model.path}: operator {op.name}: strides {stride_h} x {stride_w}"
+            )
         return padding, stride_h, stride_w
 
     def _op_conv_2d(self, op: Operator, consts: list[Array | None], where: str) -> Any:
@@ -566,10 +580,19 @@ class Graph:
         # transposed view, which BLAS reads as is (no second copy of the weights)
         matrix = weights.reshape(out_c, -1).T
 
+        dft = None
+        if padding == "VALID" and (kh, dil_w, weights.shape[3]) == (1, 1, 1) and act is None:
+            dft = _as_dft(weights[:, 0, :, 0], bias)
+        if dft is not None:
+            return self._dft(dft, kw, stride_w), _row_window(padding, kh, stride_h, dil_h)
+
         def conv(xs: list[Array]) -> list[Array]:
             patches = _patches(xs[0], (kh, kw), (stride_h, stride_w), (dil_h, dil_w), padding)
             n, ho, wo = patches.shape[:3]
-            y = patches.reshape(n * ho * wo, -1) @ matrix
+            rows = patches.reshape(n * ho * wo, -1)
+            # BLAS is faster with the file's weights (out x taps) on the left when the rows are
+            # fewer than the taps (the melspectrogram's 8 frames of 512 samples: twice as fast)
+            y = (matrix.T @ rows.T).T if len(rows) < len(matrix) else rows @ matrix
             if bias is not None:
                 y += bias
             if act is not None:
@@ -577,6 +600,31 @@ class Graph:
             return [y.reshape(n, ho, wo, out_c)]
 
         return conv, _row_window(padding, kh, stride_h, dil_h)
+
+    def _dft(self, dft: tuple[Array, bool, float], size: int, stride: int) -> Kernel:
+        """A convolution whose filters are a windowed DFT's (the melspectrogram model's two):
+        the same numbers by FFT, without reading the 0.5 MB of filters every 80 ms."""
+        window, imaginary, sign = dft
+
+        def transform(xs: list[Array]) -> list[Array]:
+            x = xs[0]  # N x H x W x 1
+            n, h, w = x.shape[:3]
+            wo = (w - size) // stride + 1
+            if wo < 1:
+                raise ValueError(f"input {x.shape} is shorter than the window {size}")
+            last = self._spectrum
+            if last is not None and last[0] is x and last[1] is window and last[2] == stride:
+                spectrum = last[3]  # the real part's convolution reads the same frames
+            else:
+                rows = np.ascontiguousarray(x[..., 0]).reshape(n * h, w)
+                frames = np.lib.stride_tricks.sliding_window_view(rows, size, axis=1)[:, ::stride]
+                spectrum = np.fft.rfft(frames * window, axis=-1)
+                self._spectrum = (x, window, stride, spectrum)
+            part = spectrum.imag if imaginary else spectrum.real
+            y = (part * np.float32(sign)).astype(np.float32)
+            return [y.reshape(n, h, wo, -1)]
+
+        return transform
 
     def _op_max_pool_2d(self, op: Operator, consts: list[Array | None], where: str) -> Any:
         opts = self._options(op)
@@ -586,16 +634,25 @@ class Graph:
             raise TFLiteError(f"{where}: a {fh} x {fw} window")
         act = self._fused(op, 5, where)
 
-        tiles = padding == "VALID" and (fh, fw) == (stride_h, stride_w)
-
         def pool(xs: list[Array]) -> list[Array]:
             x = _pad_same(xs[0], padding, (fh, fw), (stride_h, stride_w), (1, 1), -np.inf)
-            if tiles:  # windows side by side (2x2 stride 2): one reshape, one max
-                n, h, w, c = x.shape
-                ho, wo = h // fh, w // fw
-                y = x[:, : ho * fh, : wo * fw].reshape(n, ho, fh, wo, fw, c).max(axis=(2, 4))
-            else:
-                y = _windows(x, (fh, fw), (stride_h, stride_w), (1, 1)).max(axis=(3, 4))
+            ho = (x.shape[1] - fh) // stride_h + 1
+            wo = (x.shape[2] - fw) // stride_w + 1
+            if ho < 1 or wo < 1:
+                raise ValueError(f"input {xs[0].shape} is smaller than the window {fh} x {fw}")
+            # the maximum over the window's taps, each a strided slice (no copy of windows)
+            taps = [
+                x[
+                    :,
+                    i : i + (ho - 1) * stride_h + 1 : stride_h,
+                    j : j + (wo - 1) * stride_w + 1 : stride_w,
+                ]
+                for i in range(fh)
+                for j in range(fw)
+            ]
+            y = taps[0].copy()
+            for tap in taps[1:]:
+                np.maximum(y, tap, out=y)
             if act is not None:
                 y = act(y)
             return [y]
@@ -640,6 +697,41 @@ def _rowwise_constant(constant: Array, rank: int) -> tuple[int, int] | None:
     if rank < 2 or constant.ndim > rank:  # (a wider constant would move the rows)
         return None
     return (1, 1) if along_rows < 0 or constant.shape[along_rows] == 1 else None
+
+
+def _as_dft(filters: Array, bias: Array | None) -> tuple[Array, bool, float] | None:
+    """(window, imaginary part?, sign) when `filters` (out x taps, taps even, out = taps/2 + 1)
+    are a windowed discrete Fourier transform's real or imaginary part: filter k, tap t is
+    window[t] * cos(2 pi k t / taps), or -+ window[t] * sin(...). Else None."""
+    out, taps = filters.shape
+    if taps % 2 or out != taps // 2 + 1 or (bias is not None and np.any(bias)):
+        return None
+    if filters.dtype != np.float32:
+        return None
+    with np.errstate(all="ignore"):  # (a damaged file's weights may be signalling NaNs)
+        f = filters.astype(np.float64)
+    if not np.all(np.isfinite(f)):
+        return None
+    angle = 2 * np.pi * np.outer(np.arange(out), np.arange(taps)) / taps
+    cos, sin = np.cos(angle), np.sin(angle)
+    scale = float(np.max(np.abs(f)))
+    if scale == 0:
+        return None
+    # the window from the first filter (cos 0 = 1); for sines, each tap's from the filter
+    # where its sine is largest (taps 0 and taps/2, where every sine is 0, do not matter)
+    candidates = [(f[0], False, 1.0)]
+    best = np.argmax(np.abs(sin), axis=0)
+    columns = np.arange(taps)
+    peak = sin[best, columns]
+    usable = np.abs(peak) > 0.5
+    for sign in (1.0, -1.0):
+        window = np.where(usable, f[best, columns] / np.where(usable, sign * peak, 1.0), 0.0)
+        candidates.append((window, True, sign))
+    for window, imaginary, sign in candidates:
+        basis = sign * window * (sin if imaginary else cos)
+        if np.all(np.abs(window) < 1e30) and np.allclose(f, basis, rtol=0, atol=1e-6 * scale):
+            return window.astype(np.float32), imaginary, sign
+    return None
 
 
 def _row_window(padding: str, height: int, stride: int, dilation: int) -> tuple[int, int] | None:
@@ -736,18 +828,30 @@ def _span(size: int, stride: int, offset: int, limit: int) -> tuple[int, int]:
 class RowStream:
     """A graph run as a stream along axis 1 (rows): each `step` gets the previous input moved
     `shift` rows up with `shift` new rows at the end, and recomputes only the output rows that
-    depend on them, keeping every operator's previous output."""
+    depend on them. Between steps it keeps, of each operator's output, only the last rows that
+    the next operator will read again (a convolution 3 rows high reads 2 old rows beside the
+    new ones); the other operators pass their new rows on."""
 
     def __init__(self, graph: Graph, stride: int) -> None:
         self.graph = graph
         self.stride = stride
         """The `shift` a step streams; any other shift recomputes everything."""
-        steps = graph.steps
-        self._keep = [i + 1 == len(steps) or steps[i + 1].rows != (1, 1) for i in range(len(steps))]
-        """Which operators' whole outputs are kept: the last, and each one whose reader looks
-        at neighbouring rows; the others pass on their new rows only."""
-        self._heights = [0] * len(steps)
-        self._kept: list[Array | None] | None = None
+        # Each operator that reads neighbouring rows, with the row-wise ones after it as one
+        # stage: fewer turns of the loop below, which runs every 80 ms.
+        self._stages: list[tuple[tuple[int, int], list[Kernel]]] = []
+        for step in graph.steps:
+            assert step.rows is not None
+            if step.rows == (1, 1) and self._stages:
+                self._stages[-1][1].append(step.kernel)
+            else:
+                self._stages.append((step.rows, [step.kernel]))
+        n = len(self._stages)
+        self._heights = [(0, 0)] * n
+        """(input rows, output rows) of each operator, from the last whole computation."""
+        self._new = [0] * n
+        """Rows each operator's output gains in a streamed step."""
+        self._tails: list[Array | None] | None = None
+        """The kept last rows of each operator's output (None: nothing kept)."""
 
     @classmethod
     def of(cls, graph: Graph, stride: int) -> RowStream | None:
@@ -769,47 +873,70 @@ class RowStream:
 
     def reset(self) -> None:
         """Forget the previous input: the next step computes everything."""
-        self._kept = None
+        self._tails = None
 
     def step(self, x: Array, shift: int) -> Array:
         """The graph's output for `x`, which is the previous `x` moved `shift` rows up."""
         with np.errstate(all="ignore"):
-            return self._step(x, shift)
+            if self._tails is None or shift != self.stride or shift > x.shape[1]:
+                return self._whole(x)
+            return self._streamed(x, shift)
 
-    def _step(self, x: Array, shift: int) -> Array:
-        steps = self.graph.steps
-        if self._kept is None or shift != self.stride:
-            kept: list[Array | None] = []
-            for i, step in enumerate(steps):
-                x = step.kernel([x])[0]
-                kept.append(x if self._keep[i] else None)
-                self._heights[i] = x.shape[1]
-            self._kept = kept
-            return x.copy()
-        # Only the new rows travel from one operator to the next; an operator that reads
-        # neighbouring rows (a window or stride along rows) reads its input's kept output,
-        # moved up by the rows it gained.
-        full, fresh, rows_in = x, x[:, -shift:], shift
-        for i, step in enumerate(steps):
-            window, row_stride = step.rows  # type: ignore[misc]
-            height = self._heights[i]
+    def _whole(self, x: Array) -> Array:
+        """Compute everything, and plan what to keep for the streamed steps."""
+        stages = self._stages
+        outputs = []
+        for i, (_, kernels) in enumerate(stages):
+            rows_in = x.shape[1]
+            for kernel in kernels:
+                x = kernel([x])[0]
+            outputs.append(x)
+            self._heights[i] = (rows_in, x.shape[1])
+        rows = self.stride
+        keep = [0] * len(stages)
+        for i, ((window, row_stride), _) in enumerate(stages):
+            rows_in, rows_out = self._heights[i]
+            if (window, row_stride) != (1, 1):
+                rows = min(rows // row_stride, rows_out)
+                # what this operator reads of its input in a streamed step: all of it, or
+                # from the first row its first new output row reads
+                need = rows_in if rows >= rows_out else rows_in - (rows_out - rows) * row_stride
+                if i > 0:  # (the first operator's input is given whole)
+                    keep[i - 1] = need
+            self._new[i] = rows
+        keep[-1] = self._heights[-1][1]
+        self._tails = [
+            out[:, -k:].copy() if k else None for out, k in zip(outputs, keep, strict=True)
+        ]
+        return x.copy()
+
+    def _streamed(self, x: Array, shift: int) -> Array:
+        assert self._tails is not None
+        fresh, source = x[:, -shift:], x
+        for i, ((window, row_stride), kernels) in enumerate(self._stages):
+            new = self._new[i]
             if (window, row_stride) == (1, 1):
-                new = rows_in
-                out = step.kernel([fresh])[0]
+                out = fresh
+            elif new >= self._heights[i][1]:
+                out = source
             else:
-                new = rows_in // row_stride
-                if new >= height:
-                    new, out = height, step.kernel([full])[0]
+                # the input rows the new output rows read, in `source`, which holds the
+                # input's last rows
+                rows_in, rows_out = self._heights[i]
+                first = (rows_out - new) * row_stride - (rows_in - source.shape[1])
+                out = source[:, first : first + (new - 1) * row_stride + window]
+            for kernel in kernels:
+                out = kernel([out])[0]
+            tail = self._tails[i]
+            if tail is not None:
+                kept = tail.shape[1]
+                if new >= kept:
+                    tail = out[:, -kept:]
                 else:
-                    first = (height - new) * row_stride  # the input rows the new rows read
-                    out = step.kernel([full[:, first : (height - 1) * row_stride + window]])[0]
-            buf = self._kept[i]
-            if buf is not None:
-                if new >= height:
-                    buf = out
-                else:
-                    buf[:, :-new] = buf[:, new:]
-                    buf[:, -new:] = out
-                self._kept[i] = full = buf
-            fresh, rows_in = out, new
-        return full.copy()
+                    tail[:, :-new] = tail[:, new:]
+                    tail[:, -new:] = out
+                self._tails[i] = source = tail
+            fresh = out
+        last = self._tails[-1]
+        assert last is not None
+        return last.copy()
