@@ -619,3 +619,31 @@ def test_the_melspectrogram_filters_run_as_an_fft_and_others_do_not() -> None:
     changed[100, 3] += 0.01
     assert tflite._as_dft(changed, None) is None
     assert tflite._as_dft(filters, np.ones(257, F32)) is None  # a bias is not a DFT's
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+@pytest.mark.parametrize("sine", [False, True], ids=["cosines", "sines"])
+def test_dft_filters_of_either_sign_run_as_the_tflite_interpreter_runs_them(
+    tmp_path: Path, sine: bool, sign: float
+) -> None:
+    """The FFT path on its own (the melspectrogram squares both parts, so a wrong sign of the
+    sine part would not show there): 16-tap frames with a Hann window, hop 4."""
+    from tflite_builder import options, reference, single
+
+    taps = 16
+    t = np.arange(taps)
+    window = np.hanning(taps)
+    wave = np.sin if sine else np.cos
+    filters = np.stack([sign * window * wave(2 * np.pi * k * t / taps) for k in range(9)])
+    path = single(
+        tmp_path / "dft.tflite",
+        "CONV_2D",
+        [(1, 1, 64, 1)],
+        [filters.astype(F32)[:, None, :, None], np.zeros(9, F32)],
+        (1, 1, 13, 9),
+        options("Conv2DOptions", padding=1, strideW=4, strideH=1),
+    )
+    graph = tflite.Graph(tflite.Model(path))
+    assert graph.steps[0].kernel.__name__ == "transform"
+    x = (np.random.default_rng(2).standard_normal((1, 1, 64, 1)) * 100).astype(F32)
+    np.testing.assert_allclose(graph.run([x])[0], reference(path, [x]), rtol=0, atol=1e-3)

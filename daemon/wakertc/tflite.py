@@ -601,10 +601,10 @@ class Graph:
 
         return conv, _row_window(padding, kh, stride_h, dil_h)
 
-    def _dft(self, dft: tuple[Array, bool, float], size: int, stride: int) -> Kernel:
+    def _dft(self, dft: tuple[Array, bool], size: int, stride: int) -> Kernel:
         """A convolution whose filters are a windowed DFT's (the melspectrogram model's two):
         the same numbers by FFT, without reading the 0.5 MB of filters every 80 ms."""
-        window, imaginary, sign = dft
+        window, sine = dft
 
         def transform(xs: list[Array]) -> list[Array]:
             x = xs[0]  # N x H x W x 1
@@ -620,8 +620,8 @@ class Graph:
                 frames = np.lib.stride_tricks.sliding_window_view(rows, size, axis=1)[:, ::stride]
                 spectrum = np.fft.rfft(frames * window, axis=-1)
                 self._spectrum = (x, window, stride, spectrum)
-            part = spectrum.imag if imaginary else spectrum.real
-            y = (part * np.float32(sign)).astype(np.float32)
+            # rfft gives sum(x cos) - i sum(x sin): a sine filter's sum is minus the imaginary part
+            y = (-spectrum.imag if sine else spectrum.real).astype(np.float32)
             return [y.reshape(n, h, wo, -1)]
 
         return transform
@@ -699,38 +699,38 @@ def _rowwise_constant(constant: Array, rank: int) -> tuple[int, int] | None:
     return (1, 1) if along_rows < 0 or constant.shape[along_rows] == 1 else None
 
 
-def _as_dft(filters: Array, bias: Array | None) -> tuple[Array, bool, float] | None:
-    """(window, imaginary part?, sign) when `filters` (out x taps, taps even, out = taps/2 + 1)
-    are a windowed discrete Fourier transform's real or imaginary part: filter k, tap t is
-    window[t] * cos(2 pi k t / taps), or -+ window[t] * sin(...). Else None."""
+def _as_dft(filters: Array, bias: Array | None) -> tuple[Array, bool] | None:
+    """(window, sine?) when `filters` (out x taps, taps even, out = taps/2 + 1) are a windowed
+    discrete Fourier transform's: filter k, tap t is window[t] * cos(2 pi k t / taps), or
+    window[t] * sin(...) (the sign is the window's). Else None. Row by row, without a matrix
+    of the filters' size (at start-up on a small board)."""
     out, taps = filters.shape
-    if taps % 2 or out != taps // 2 + 1 or (bias is not None and np.any(bias)):
+    if taps % 2 or out != taps // 2 + 1 or filters.dtype != np.float32:
         return None
-    if filters.dtype != np.float32:
+    if bias is not None and np.any(bias):
         return None
     with np.errstate(all="ignore"):  # (a damaged file's weights may be signalling NaNs)
-        f = filters.astype(np.float64)
-    if not np.all(np.isfinite(f)):
-        return None
-    angle = 2 * np.pi * np.outer(np.arange(out), np.arange(taps)) / taps
-    cos, sin = np.cos(angle), np.sin(angle)
-    scale = float(np.max(np.abs(f)))
+        if not np.all(np.isfinite(filters)):
+            return None
+    scale = float(np.max(np.abs(filters)))
     if scale == 0:
         return None
-    # the window from the first filter (cos 0 = 1); for sines, each tap's from the filter
-    # where its sine is largest (taps 0 and taps/2, where every sine is 0, do not matter)
-    candidates = [(f[0], False, 1.0)]
-    best = np.argmax(np.abs(sin), axis=0)
-    columns = np.arange(taps)
-    peak = sin[best, columns]
-    usable = np.abs(peak) > 0.5
-    for sign in (1.0, -1.0):
-        window = np.where(usable, f[best, columns] / np.where(usable, sign * peak, 1.0), 0.0)
-        candidates.append((window, True, sign))
-    for window, imaginary, sign in candidates:
-        basis = sign * window * (sin if imaginary else cos)
-        if np.all(np.abs(window) < 1e30) and np.allclose(f, basis, rtol=0, atol=1e-6 * scale):
-            return window.astype(np.float32), imaginary, sign
+    t = np.arange(taps)
+    for sine in (False, True):
+        wave = np.sin if sine else np.cos
+        # each tap's window value by least squares over the filters (a sine's taps 0 and
+        # taps/2 are 0 in every filter: their value does not matter)
+        num, den = np.zeros(taps), np.zeros(taps)
+        for k in range(out):
+            basis = wave(2 * np.pi * k * t / taps)
+            num += filters[k] * basis
+            den += basis * basis
+        window = np.divide(num, den, out=np.zeros(taps), where=den > 1e-9)
+        if all(
+            np.max(np.abs(filters[k] - window * wave(2 * np.pi * k * t / taps))) <= 1e-6 * scale
+            for k in range(out)
+        ):
+            return window.astype(np.float32), sine
     return None
 
 
