@@ -10,17 +10,19 @@ the interpreter recomputes every 80 ms.
 
 - `Model(path)` reads a `.tflite` file (a FlatBuffer, `tensorflow/lite/schema/schema.fbs`): its
   tensors, constant buffers, operators and their options, every subgraph. `TFLiteError` for a
-  file that is not one, or that uses an operator, tensor type or option this interpreter does not
-  run (quantized models, for instance): the caller can fall back to `ai_edge_litert`.
+  file that is not one or is damaged; its subclass `Unsupported` for one that uses an operator,
+  tensor type or option this interpreter does not run (quantized models, for instance): the
+  caller can fall back to `ai_edge_litert`.
 - `Graph(model)`: `run(inputs)` runs the main subgraph (`IF` runs the others) with each operator's
   constants prepared once; shapes follow the actual inputs, so a resizable input (the
-  melspectrogram model's) needs no resize step.
-- `RowStream(graph)`: the same graph as a stream along axis 1 for a chain of row-local operators
-  (`step(x, shift)` recomputes only the last rows each operator's output gains when `x` is the
-  previous input moved `shift` rows up); `None` when the graph is not such a chain.
+  melspectrogram model's) needs no resize step. A convolution whose filters are a windowed DFT's
+  (the melspectrogram's) runs as an FFT.
+- `RowStream.of(graph, stride)`: the same graph as a stream along axis 1 for a chain of
+  row-local operators (`step(x, shift)` recomputes only the rows that the `shift` new rows at
+  the end of `x` reach); `None` when the graph is not such a chain.
 
 Results agree with the TFLite interpreter to float32 rounding (`tests/test_tflite.py` runs every
-model in `models/` through both).
+model in `models/`, and each operator on small models, through both).
 """
 
 from __future__ import annotations
