@@ -758,11 +758,17 @@ def _pad_same(
         return x
     pads = [(0, 0)]
     for size, k, s, d in zip(x.shape[1:3], kernel, stride, dilation, strict=True):
-        out = -(-size // s)
-        total = max((out - 1) * s + (k - 1) * d + 1 - size, 0)
-        pads.append((total // 2, total - total // 2))
+        pads.append(_same(size, k, s, d)[1:])
     pads.append((0, 0))
     return np.pad(x, pads, constant_values=value)
+
+
+def _same(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int, int]:
+    """(output size, padding before, padding after) of TFLite's SAME padding along one axis
+    (the odd one goes after)."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+    return out, total // 2, total - total // 2
 
 
 def _windows(
@@ -790,9 +796,7 @@ def _patches(
     (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
     n, h, w, c = x.shape
     if padding == "SAME":
-        ho, wo = -(-h // sh), -(-w // sw)
-        top = max((ho - 1) * sh + (kh - 1) * dh + 1 - h, 0) // 2
-        left = max((wo - 1) * sw + (kw - 1) * dw + 1 - w, 0) // 2
+        (ho, top, _), (wo, left, _) = _same(h, kh, sh, dh), _same(w, kw, sw, dw)
     else:
         ho, wo = (h - (kh - 1) * dh - 1) // sh + 1, (w - (kw - 1) * dw - 1) // sw + 1
         top = left = 0
