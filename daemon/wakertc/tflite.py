@@ -465,38 +465,55 @@ class Graph:
     def _op_squeeze(self, op: Operator, consts: list[Array | None], where: str) -> Any:
         dims = op.options.vector(0, "i4") if op.options is not None else None
         axes = tuple(int(d) for d in dims) if dims is not None and len(dims) else None
-        return (lambda xs: [np.squeeze(xs[0], axis=axes)]), None
+        return (lambda xs: [xs[0].squeeze(axes)]), None
 
     def _op_expand_dims(self, op: Operator, consts: list[Array | None], where: str) -> Any:
         axis = consts[1]
         if axis is None:
             raise Unsupported(f"{where}: a run-time axis is not supported")
         a = int(axis.reshape(-1)[0])
-        return (lambda xs: [np.expand_dims(xs[0], a)]), None
+        # an index that adds the axis (a view; IndexError past the rank), counted from the
+        # end for a negative axis as TFLite does: np.expand_dims's checks cost 10 times more
+        at = (slice(None),) * a + (None,) if a >= 0 else (..., None) + (slice(None),) * (-a - 1)
+        return (lambda xs: [xs[0][at]]), None
 
     def _op_transpose(self, op: Operator, consts: list[Array | None], where: str) -> Any:
         perm = consts[1]
         if perm is None:
             raise Unsupported(f"{where}: a run-time permutation is not supported")
         p = tuple(int(n) for n in perm)
-        return (lambda xs: [np.transpose(xs[0], p)]), None  # a view: readers copy if they must
+        return (lambda xs: [xs[0].transpose(p)]), None  # a view: readers copy if they must
 
-    def _reduce(self, op: Operator, consts: list[Array | None], where: str, fn: Any) -> Any:
+    def _reduce(
+        self, op: Operator, consts: list[Array | None], where: str, fn: np.ufunc, mean: bool = False
+    ) -> Any:
         axis = consts[1]
         if axis is None:
             raise Unsupported(f"{where}: run-time axes are not supported")
         axes = tuple(sorted({int(n) for n in axis.reshape(-1)}))  # TFLite allows repeats
         keep = bool(op.options.scalar(0, "b")) if op.options is not None else False
-        return (lambda xs: [np.asarray(fn(xs[0], axis=axes, keepdims=keep))]), None
+        # the ufuncs' own reductions: np.mean and np.max add microseconds of checks in Python
+        if not mean:
+            return (lambda xs: [np.asarray(fn.reduce(xs[0], axes, keepdims=keep))]), None
+
+        def average(xs: list[Array]) -> list[Array]:
+            x = xs[0]
+            count = 1
+            for a in axes:
+                count *= x.shape[a]
+            # as np.mean does it: the float32 sum, divided by the count
+            return [np.asarray(fn.reduce(x, axes, keepdims=keep) / x.dtype.type(count))]
+
+        return average, None
 
     def _op_mean(self, op: Operator, consts: list[Array | None], where: str) -> Any:
-        return self._reduce(op, consts, where, np.mean)
+        return self._reduce(op, consts, where, np.add, mean=True)
 
     def _op_sum(self, op: Operator, consts: list[Array | None], where: str) -> Any:
-        return self._reduce(op, consts, where, np.sum)
+        return self._reduce(op, consts, where, np.add)
 
     def _op_reduce_max(self, op: Operator, consts: list[Array | None], where: str) -> Any:
-        return self._reduce(op, consts, where, np.max)
+        return self._reduce(op, consts, where, np.maximum)
 
     def _op_pad(self, op: Operator, consts: list[Array | None], where: str) -> Any:
         pads = consts[1]
@@ -619,7 +636,11 @@ class Graph:
                 spectrum = last[3]  # the real part's convolution reads the same frames
             else:
                 rows = np.ascontiguousarray(x[..., 0]).reshape(n * h, w)
-                frames = np.lib.stride_tricks.sliding_window_view(rows, size, axis=1)[:, ::stride]
+                step = rows.itemsize
+                # the frames as a view of the rows (sliding_window_view's checks cost more)
+                frames = np.ndarray(
+                    (n * h, wo, size), rows.dtype, rows, 0, (w * step, stride * step, step)
+                )
                 spectrum = np.fft.rfft(frames * window, axis=-1)
                 self._spectrum = (x, window, stride, spectrum)
             # rfft gives sum(x cos) - i sum(x sin): a sine filter's sum is minus the imaginary part
@@ -756,11 +777,16 @@ def _pad_same(
     """`x` (NHWC) padded as TFLite's SAME padding does (the extra row or column at the end)."""
     if padding == "VALID":
         return x
-    pads = [(0, 0)]
-    for size, k, s, d in zip(x.shape[1:3], kernel, stride, dilation, strict=True):
-        pads.append(_same(size, k, s, d)[1:])
-    pads.append((0, 0))
-    return np.pad(x, pads, constant_values=value)
+    (_, top, bottom), (_, left, right) = (
+        _same(size, k, s, d)
+        for size, k, s, d in zip(x.shape[1:3], kernel, stride, dilation, strict=True)
+    )
+    if top == bottom == left == right == 0:
+        return x  # (the embedding model's poolings: nothing to add)
+    n, h, w, c = x.shape
+    out = np.full((n, top + h + bottom, left + w + right, c), value, x.dtype)
+    out[:, top : top + h, left : left + w] = x  # np.pad costs ten times that here
+    return out
 
 
 def _same(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int, int]:
