@@ -31,7 +31,7 @@ import tomllib
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import numpy as np
 from gpiozero.pins.mock import MockFactory, MockPWMPin
@@ -169,6 +169,25 @@ class Spoken:
     done: asyncio.Future[None]
 
 
+class CountingLoop:
+    """An event loop (the running one by default), counting the hand-offs from other threads
+    that wake it (`call_soon_threadsafe`), each as it runs."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.loop = loop or asyncio.get_running_loop()
+        self.wakes = 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.loop, name)
+
+    def call_soon_threadsafe(self, func: Callable[..., object], *args: object) -> object:
+        def counted() -> None:  # counted as it runs: with what it delivers
+            self.wakes += 1
+            func(*args)
+
+        return self.loop.call_soon_threadsafe(counted)
+
+
 class ChainMic(AudioBackend):
     """The file backend, plus test audio mixed into the microphone while the daemon runs.
 
@@ -191,6 +210,8 @@ class ChainMic(AudioBackend):
         # A soak of hundreds of conversations keeps no history: it would look like a leak.
         self._keep_history = keep_history
         self.frames_heard = 0
+        self.loop: CountingLoop | None = None
+        """The loop the backend hands frames to, counting its wakes (set by `start`)."""
         self.file.on_render = self._rendered
         self.on_error = None
         self._daemon_render: Any = None
@@ -230,13 +251,17 @@ class ChainMic(AudioBackend):
 
     def start(self, loop: asyncio.AbstractEventLoop, on_frame: Any) -> None:
         self._on_frame = on_frame
-        self.file.start(loop, self._frame)
+        self.loop = CountingLoop(loop)
+        self.file.start(cast(asyncio.AbstractEventLoop, self.loop), self._frame)
 
     def play(self, samples: np.ndarray) -> None:
         self.file.play(samples)
 
     def clear_playback(self) -> None:
         self.file.clear_playback()
+
+    def gather_frames(self, n: int) -> None:
+        self.file.gather_frames(n)
 
     def set_volume(self, gain: float) -> bool:
         return self.file.set_volume(gain)

@@ -13,10 +13,12 @@ import time
 import wave
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pytest
 
+from chain import CountingLoop
 from pulse import PulseRig, pulse_rig  # noqa: F401  (fixture)
 from wakertc.audio import (
     CAPTURE_RATE,
@@ -177,6 +179,37 @@ async def test_file_backend_paces_capture_in_real_time_on_the_loop_thread(tmp_pa
     audio = np.concatenate([f for f, _, _ in frames[:fed]])
     assert peak_hz(audio[1600:14400], CAPTURE_RATE) == pytest.approx(1000, abs=2)
     assert not np.concatenate([f for f, _, _ in frames[fed:]]).any()  # silence after the end
+
+
+async def test_file_backend_gathers_frames_when_asked_losing_none(tmp_path: Path):
+    # 25 frames of a ramp at 16 kHz (no conversion): each sample says where it was captured
+    ramp = np.arange(25 * FRAME_SAMPLES) % 30000
+    backend = FileBackend(write_wav(tmp_path / "in.wav", [ramp], CAPTURE_RATE))
+    loop = CountingLoop()
+    frames: list[np.ndarray] = []
+    group = 4
+
+    def on_frame(frame: np.ndarray) -> None:  # asking as the daemon does, after each frame
+        frames.append(frame)
+        backend.gather_frames(group - len(frames) % group)
+
+    backend.gather_frames(group)
+    backend.start(cast(asyncio.AbstractEventLoop, loop), on_frame)
+    try:
+        await asyncio.wait_for(backend.wait_input_finished(), 3)
+        # every frame is in, the last one (25 = 6 x 4 + 1) with the end of the file
+        assert np.array_equal(np.concatenate(frames), ramp)
+        # six groups of four, the last frame, the end of the file (fewer if the loop was slow)
+        assert loop.wakes <= 6 + 2
+        group = 1  # a conversation: each frame as it comes again
+        wakes = loop.wakes  # (the first hand-off after it may bring frames gathered before)
+        await wait_for(lambda: loop.wakes > wakes, 1)
+        wakes, count = loop.wakes, len(frames)
+        await wait_for(lambda: len(frames) >= count + 8, 1)
+        # (a loop busy elsewhere takes the frames that came meanwhile in one wake)
+        assert loop.wakes - wakes > (len(frames) - count) / 2
+    finally:
+        backend.close()
 
 
 async def test_file_backend_plays_in_real_time_and_writes_what_was_played(tmp_path: Path):
@@ -424,6 +457,36 @@ async def test_microphone_tone_arrives_as_16khz_frames(
     assert peak_hz(sounding, CAPTURE_RATE) == pytest.approx(1000, abs=4)
     assert rms(sounding) == pytest.approx(16000 / np.sqrt(2), rel=0.05)
     assert level_at(sounding, CAPTURE_RATE, 440) < 0.01
+
+
+@pytest.mark.pulse
+async def test_microphone_frames_come_four_at_a_time_when_gathered(
+    pulse_rig: PulseRig,  # noqa: F811
+    tmp_path: Path,
+):
+    wav = write_wav(tmp_path / "mic.wav", [tone(1000, 1.0, 48000)], 48000)
+    backend = PyAudioBackend(pulse_rig.audio_config())
+    loop = CountingLoop()
+    frames: list[np.ndarray] = []
+
+    def on_frame(frame: np.ndarray) -> None:  # asking as the daemon does, after each frame
+        frames.append(frame)
+        backend.gather_frames(4 - len(frames) % 4)
+
+    backend.gather_frames(4)
+    backend.start(cast(asyncio.AbstractEventLoop, loop), on_frame)
+    try:
+        player = pulse_rig.play_into_mic(wav)
+        await asyncio.to_thread(player.wait, 10)
+        await asyncio.sleep(0.2)
+    finally:
+        backend.close()
+
+    # one wake of the loop per four frames (fewer when it was slow to take them)
+    assert len(frames) >= 4 * loop.wakes and loop.wakes > 1.0 / 0.08 * 0.8
+    sounding = loudest(np.concatenate(frames), CAPTURE_RATE // 2)  # in order, none lost
+    assert peak_hz(sounding, CAPTURE_RATE) == pytest.approx(1000, abs=4)
+    assert rms(sounding) == pytest.approx(16000 / np.sqrt(2), rel=0.05)
 
 
 @pytest.mark.pulse

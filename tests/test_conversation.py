@@ -95,6 +95,38 @@ async def test_button_starts_and_ends_a_conversation(tmp_path, models_dir):
         assert chain.daemon.last_detection is None  # no wake word was involved
 
 
+async def test_the_loop_wakes_per_wake_word_chunk_while_idle_and_per_frame_in_a_conversation(
+    tmp_path, models_dir
+):
+    """Listening for the wake word, the microphone's frames come to the loop four at a time
+    (one wake-word chunk: the loop's wakes cost CPU); in a conversation each as it comes."""
+    async with run_chain(tmp_path, models_dir, reply="tone") as chain:
+        mic = chain.mic
+        assert mic.loop is not None
+
+        async def count(seconds: float) -> tuple[int, int]:
+            # (from 0.3 s on: the detector's reset as listening begins moves its chunks)
+            await asyncio.sleep(0.3)
+            frames, wakes = mic.frames_heard, mic.loop.wakes
+            await asyncio.sleep(seconds)
+            return mic.frames_heard - frames, mic.loop.wakes - wakes
+
+        frames, wakes = await count(1.0)
+        assert frames >= 40 and wakes <= frames / 4 + 1, (frames, wakes)
+        await chain.press()
+        await chain.expect(Phase.WAKE, Phase.CONNECTING, Phase.LISTENING)
+        spoken = chain.mic.speak(clip(QUESTION))
+        frames, wakes = await count(1.0)
+        # each as it comes (a loop busy with the call takes the ones that came meanwhile at once)
+        assert frames >= 40 and wakes > frames / 2, (frames, wakes)
+        await chain.expect(Phase.THINKING, Phase.SPEAKING, Phase.LISTENING)
+        assert chain.received_ratio(spoken) >= 0.95
+        await chain.press()
+        await chain.expect(Phase.IDLE)
+        frames, wakes = await count(1.0)
+        assert frames >= 40 and wakes <= frames / 4 + 1, (frames, wakes)
+
+
 async def test_follow_up_turn_without_the_wake_word(tmp_path, models_dir):
     """After the reply, a second question without the wake word is answered in the same session."""
     said = make_default_input(tmp_path / "in.wav")

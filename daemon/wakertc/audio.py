@@ -6,7 +6,10 @@ rate and channel count they have; `soxr` streaming resamplers (state kept across
 both ways.
 
 Threads. Capture runs in PortAudio's callback thread (or the file backend's pacing thread); it only
-converts and hands each frame to asyncio with `loop.call_soon_threadsafe`, the one hand-off place.
+converts and hands each frame to asyncio with `loop.call_soon_threadsafe`, the one hand-off place
+(`_LoopHandoff`). While the daemon only listens for its wake word it asks for frames a few at a
+time (`gather_frames`): each wake of the loop costs about as much as the wake word's 80 ms of
+work, and the detector cannot use a frame before its chunk is whole anyway.
 Playback runs in its own thread that pulls 20 ms blocks from a queue and writes them to the device,
 silence included: the output stream stays open while the daemon runs so that `on_render` (the echo
 canceller's reference) is continuous and aligned with what the speaker plays, and so no
@@ -128,6 +131,12 @@ class AudioBackend(abc.ABC):
     def set_volume(self, gain: float) -> bool:
         """Change the playback gain (0..2) for audio queued from now on; False if not possible."""
         return False
+
+    def gather_frames(self, n: int) -> None:
+        """Hand the next capture frames to `on_frame` once `n` more have come (in one turn of
+        the loop, in order), and after them each as it comes, the default, until asked again.
+        On the loop thread, counted from the frames `on_frame` has had."""
+        return None  # (a backend that cannot gather hands each frame over as it comes)
 
 
 # --- conversion ---------------------------------------------------------------------------------
@@ -732,6 +741,47 @@ class _LoopHandoff:
         self._backend = backend
         self._what = what
         self.loop: asyncio.AbstractEventLoop | None = None
+        self._frames: collections.deque[Int16Array] = collections.deque()
+        """Capture frames not yet handed to `on_frame` (appended by the capture thread, taken
+        on the loop's)."""
+        self._waking = False
+        """A hand-off of `_frames` is on its way to the loop: later frames go with it."""
+        self._captured = 0
+        """Frames captured (capture thread)."""
+        self._processed = 0
+        """Frames handed to `on_frame` (loop thread)."""
+        self._due = 0
+        """Hand over once this many frames are captured (set on the loop thread)."""
+
+    def gather(self, n: int) -> None:
+        """Wake the loop once the frame `n` after those it has processed is captured (on the
+        loop thread: counted from there, a request made between the frames of one hand-off
+        means the same frame as one made after them)."""
+        self._due = self._processed + max(1, n)
+
+    def frame(self, on_frame: FrameCallback, frame: Int16Array) -> bool:
+        """Hand a capture frame to `on_frame`, with the ones gathered before it once it is the
+        one due; False once the loop is gone."""
+        self._frames.append(frame)
+        self._captured += 1
+        if self._captured < self._due:
+            return self.loop is not None
+        return self.flush(on_frame)
+
+    def flush(self, on_frame: FrameCallback) -> bool:
+        """Hand over the frames gathered so far, if any: one wake of the loop, unless one is
+        already on its way (a busy loop then takes them all at once); False once it is gone."""
+        if self._waking or not self._frames:
+            return self.loop is not None
+        self._waking = True
+        return self.call(self._hand_over, on_frame)
+
+    def _hand_over(self, on_frame: FrameCallback) -> None:
+        self._waking = False  # (first: a frame captured meanwhile wakes the loop again)
+        frames = self._frames
+        for _ in range(len(frames)):
+            self._processed += 1
+            on_frame(frames.popleft())
 
     def call(self, func: Callable[..., object], *args: object) -> bool:
         """Schedule `func(*args)` on the loop; False once the loop is gone."""
@@ -867,6 +917,9 @@ class FileBackend(_QueuedPlayback, AudioBackend):
         """Return once every frame of the input file has been passed to `on_frame`."""
         await self._input_done.wait()
 
+    def gather_frames(self, n: int) -> None:
+        self._handoff.gather(n)
+
     def start(self, loop: asyncio.AbstractEventLoop, on_frame: FrameCallback) -> None:
         """Start the capture and playback pacing threads."""
         if self._threads or self._closed:
@@ -920,12 +973,14 @@ class FileBackend(_QueuedPlayback, AudioBackend):
                     pending.extend(self._next_file_frames())
                 if not pending and not finish_sent:
                     # queued behind the last file frame's on_frame call, so it runs after it
-                    finish_sent = self._handoff.call(self._finish_input)
+                    finish_sent = self._handoff.flush(on_frame) and self._handoff.call(
+                        self._finish_input
+                    )
                 n += 1
                 if self._stop.wait(max(0.0, t0 + n * _BLOCK_S - time.monotonic())):
                     return
                 frame = pending.popleft() if pending else silence.copy()
-                if not self._handoff.call(on_frame, frame):
+                if not self._handoff.frame(on_frame, frame):
                     return
         except Exception as exc:
             self._handoff.error(AudioDeviceError(f"reading {self.input_file} failed: {exc}"))
@@ -1102,6 +1157,9 @@ class PyAudioBackend(_QueuedPlayback, AudioBackend):
         _check_format(self._pa, dev, "output", rate, channels)
         return rate, channels
 
+    def gather_frames(self, n: int) -> None:
+        self._handoff.gather(n)
+
     def start(self, loop: asyncio.AbstractEventLoop, on_frame: FrameCallback) -> None:
         """Open both streams and start capture and the playback thread."""
         pyaudio = self._pyaudio
@@ -1183,7 +1241,7 @@ class PyAudioBackend(_QueuedPlayback, AudioBackend):
             return None, pyaudio.paComplete
         try:
             for frame in self._converter.push(np.frombuffer(data, np.int16)):
-                if not self._handoff.call(self._on_frame, frame):
+                if not self._handoff.frame(self._on_frame, frame):
                     return None, pyaudio.paComplete
         except Exception as exc:
             self._handoff.error(AudioDeviceError(f"capture conversion failed: {exc}"))

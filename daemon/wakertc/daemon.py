@@ -29,7 +29,7 @@ import httpx
 import numpy as np
 from numpy.typing import NDArray
 
-from .audio import CAPTURE_RATE, AudioBackend, AudioDeviceError, open_backend
+from .audio import CAPTURE_RATE, FRAME_SAMPLES, AudioBackend, AudioDeviceError, open_backend
 from .button import ButtonError
 from .config import Config, ConfigError, config_path, load_config, read_token
 from .keys import (
@@ -46,6 +46,7 @@ from .sounds import CueError
 from .state import Phase, PhaseMachine, Transition
 from .timers import Entry, Timers
 from .verifier import verifier_path
+from .wakeword import CHUNK_SAMPLES as WAKE_CHUNK_SAMPLES
 from .wakeword import Detection, WakeWordDetector, WakeWordError
 
 if TYPE_CHECKING:
@@ -243,6 +244,7 @@ class Daemon:
         if not self._audio_flowing.is_set():
             self._audio_flowing.set()
         if self._muted:
+            self._pace_capture()
             return  # privacy: nothing is analysed while muted
         conversation = self._conversation
         heard = frame
@@ -259,6 +261,21 @@ class Daemon:
             conversation.push_mic(frame)
         for detection in self.detector.process(heard):
             self._on_detection(detection)
+        self._pace_capture()
+
+    def _pace_capture(self) -> None:
+        """Frames as they come during a conversation. Else as many at a time as the wake-word
+        detector lacks for its next chunk (it runs once per four frames, and each wake of the
+        loop costs about as much CPU as its work does): none later than it could use them."""
+        if self._audio is None:
+            return
+        if self._conversation is not None:
+            gather = 1
+        elif self._muted:  # (nothing is analysed)
+            gather = WAKE_CHUNK_SAMPLES // FRAME_SAMPLES
+        else:
+            gather = -(-self.detector.wanted // FRAME_SAMPLES)
+        self._audio.gather_frames(gather)
 
     def _play_cue(self, samples: NDArray[np.int16]) -> None:
         if self._audio is not None:
@@ -556,6 +573,7 @@ class Daemon:
             for frame in self._preroll:
                 conversation.push_mic(frame)
         self._conversation = conversation
+        self._pace_capture()
         try:
             try:
                 ending = await conversation.run()

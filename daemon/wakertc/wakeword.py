@@ -409,6 +409,12 @@ class WakeWordDetector:
         """Seconds of audio processed (whole chunks) since start or `reset()`."""
         return self._chunks * CHUNK_SAMPLES / SAMPLE_RATE
 
+    @property
+    def wanted(self) -> int:
+        """Samples the chunk being gathered still lacks: `process` runs no model until they
+        have come."""
+        return CHUNK_SAMPLES - len(self._pending)
+
     def reset(self) -> None:
         """Forget all audio heard so far, so that nothing from before can fire."""
         self._front.reset()
