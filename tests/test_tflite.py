@@ -334,6 +334,14 @@ OPERATORS: list[tuple[str, str, list[tuple[int, ...]], list[Any], tuple[int, ...
         ("Pool2DOptions", dict(padding=0, strideW=2, strideH=2, filterWidth=3, filterHeight=3)),
     ),
     (
+        "max pool SAME 1x2 stride 2 (the embedding model's: nothing to pad)",
+        "MAX_POOL_2D",
+        [(1, 3, 8, 2)],
+        [],
+        (1, 3, 4, 2),
+        ("Pool2DOptions", dict(padding=0, strideW=2, strideH=1, filterWidth=2, filterHeight=1)),
+    ),
+    (
         "max pool VALID 2x2 tiles, odd height, RELU",
         "MAX_POOL_2D",
         [(1, 7, 6, 2)],
@@ -445,6 +453,16 @@ OPERATORS: list[tuple[str, str, list[tuple[int, ...]], list[Any], tuple[int, ...
     ("squeeze", "SQUEEZE", [(2, 1, 3)], [], (2, 3), ("SqueezeOptions", dict(squeezeDims=[1]))),
     ("transpose", "TRANSPOSE", [(2, 3, 4)], [np.array([0, 2, 1], I32)], (2, 4, 3), None),
     ("expand dims", "EXPAND_DIMS", [(2, 3)], [np.array(1, I32)], (2, 1, 3), None),
+    ("expand dims, last", "EXPAND_DIMS", [(2, 3)], [np.array(-1, I32)], (2, 3, 1), None),
+    (
+        "expand dims, first from the end",
+        "EXPAND_DIMS",
+        [(2, 3)],
+        [np.array(-3, I32)],
+        (1, 2, 3),
+        None,
+    ),
+    ("squeeze, every 1", "SQUEEZE", [(1, 2, 1, 3)], [], (2, 3), None),
     (
         "add, broadcast, RELU",
         "ADD",
