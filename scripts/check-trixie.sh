@@ -23,6 +23,7 @@ source "$src/scripts/debroot.sh"
 FAST=(
     tests/test_config.py                 # config parsing and its errors
     tests/test_wakeword.py               # detection on the real models; parity with stock openwakeword
+    tests/test_tflite.py                 # wakertc's interpreter against ai-edge-litert, op by op
     tests/test_emulator_http.py          # the emulator's HTTP API (aiohttp, aiortc peers)
     tests/test_companion_server.py       # key minting, the companion's HTTP server
     tests/test_keys.py                   # key renewal
