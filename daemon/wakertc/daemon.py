@@ -1,6 +1,7 @@
 """The device daemon: wires audio, wake word, button, LEDs and conversations together.
 
-Data flow (all on the event loop thread; audio threads hand frames over in `audio.py`)::
+Data flow (all on the event loop thread; audio threads hand frames over in `audio.py`, a wake-word
+chunk's worth at a time while no conversation is open: `_pace_capture`)::
 
     microphone --frame--> [mute gate] --> [echo canceller, in conversations] --> preroll ring
                                      |--> wake-word detector --> start / barge in
