@@ -27,7 +27,9 @@ server and the device buffering alone cost (`daemon_adds_ms`: the difference of 
 two capture streams' 20 ms periods fall at different phases, fixed per stream, so a click waits
 for them differently: on the microphone side that difference moves by up to ~15 ms between runs.
 The details split each figure at the daemon's audio backend (taps on the real backend): device
-side and WebRTC side.
+side and WebRTC side. Wire to speaker's also show, click by click (`per_click`), what each click's
+chunk found queued ahead of it in the playback queue at `play()`, and the rest of its way out
+(the device's buffer and the audio server).
 
 Formats: the figures are for the formats the daemon chooses itself (what a config that leaves
 them unset gets: 16 kHz capture, the server resampling); the full run also forces the sinks'
@@ -43,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import contextlib
 import json
 import logging
@@ -54,7 +57,7 @@ import threading
 import time
 import wave
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +128,9 @@ class TappedBackend(PyAudioBackend):
         super().__init__(*args, **kwargs)
         self.frames: list[tuple[float, NDArray[np.int16]]] = []
         self.played: list[tuple[float, NDArray[np.int16]]] = []
+        self.queued: list[tuple[float, float]] = []
+        """(when, seconds queued ahead of it) at each `play`: what a chunk waits behind in the
+        playback queue, before the device and the audio server."""
 
     def start(self, loop: asyncio.AbstractEventLoop, on_frame: FrameCallback) -> None:
         """Start the real backend with a frame callback that notes each frame first."""
@@ -137,7 +143,9 @@ class TappedBackend(PyAudioBackend):
 
     def play(self, samples: NDArray[np.int16]) -> None:
         """Note the chunk, then queue it as the real backend does."""
-        self.played.append((time.monotonic(), samples.copy()))
+        now = time.monotonic()
+        self.queued.append((now, self.playback_queued_s))
+        self.played.append((now, samples.copy()))
         super().play(samples)
 
 
@@ -483,6 +491,8 @@ class Direction:
     reference: list[float]
     parts: dict[str, list[float]]
     lost: dict[str, int]
+    per_click: dict[str, list[float]] = field(default_factory=dict)
+    """A split of a part worth seeing click by click (it moves by turn)."""
 
     def details(self) -> dict[str, Any]:
         """p50/p90 of everything, for a figure."""
@@ -498,6 +508,7 @@ class Direction:
             "reference_samples": self.reference,
             "parts": {name: summary(values) for name, values in self.parts.items()},
             "clicks_left_out": self.lost,
+            **({"per_click": self.per_click} if self.per_click else {}),
         }
 
 
@@ -553,6 +564,17 @@ def analyse(plan: Plan, recording: ProbeRecording, run: DaemonRun) -> dict[str, 
             at_speaker,
         ]
     )
+    # What each click's chunk found queued ahead of it at play(): the rest of "daemon play to
+    # speaker" is the device and the audio server (a turn of clicks shares one reply).
+    play_times = [t for t, _ in run.backend.queued]
+    queued_ahead = [
+        round(run.backend.queued[max(0, bisect.bisect_right(play_times, row[1]) - 1)][1] * 1000, 2)
+        for row in speaker_rows
+    ]
+    beyond_queue = [
+        round(total - ahead, 2)
+        for total, ahead in zip(differences_ms(speaker_rows, 2, 1), queued_ahead, strict=True)
+    ]
     measured = {
         "mic": len(mic_rows),
         "speaker": len(speaker_rows),
@@ -588,6 +610,7 @@ def analyse(plan: Plan, recording: ProbeRecording, run: DaemonRun) -> dict[str, 
             # A click ducked on the way in may be missing from the echo (the VAD's onset came
             # later), so the echo's clicks are the ones counted here.
             {"not_followed": len(sent) - len(speaker_rows)},
+            {"queued_ahead_at_play_ms": queued_ahead, "device_and_server_ms": beyond_queue},
         ),
     }
 

@@ -62,6 +62,14 @@ async def test_quick_measure_gives_plausible_figures_beside_bare_portaudio(
     # aiortc's receive jitter buffer (4 frames) is the emulator's and is left out.
     excluded = figures["mic_to_wire_ms"]["parts"]["excluded_emulator_jitter_buffer_ms"]
     assert excluded["p50"] > 50
+    # click by click, "daemon play to speaker" is what its chunk found queued ahead of it plus
+    # the rest of the way out, which takes time
+    speaker = figures["wire_to_speaker_ms"]
+    per_click = speaker["per_click"]
+    assert len(per_click["queued_ahead_at_play_ms"]) == len(per_click["device_and_server_ms"])
+    assert len(per_click["device_and_server_ms"]) == speaker["n"]
+    assert all(0 <= ms < 1000 for ms in per_click["queued_ahead_at_play_ms"]), per_click
+    assert all(0 < ms < 1000 for ms in per_click["device_and_server_ms"]), per_click
     # how the playback thread kept the device: one period, a period more for each step up
     device = figures["wire_to_speaker_ms"]["device_playback"]
     assert device["keep_periods"] == 1 + device["steps_up"], device
