@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import bisect
 import contextlib
 import json
 import logging
@@ -128,9 +127,9 @@ class TappedBackend(PyAudioBackend):
         super().__init__(*args, **kwargs)
         self.frames: list[tuple[float, NDArray[np.int16]]] = []
         self.played: list[tuple[float, NDArray[np.int16]]] = []
-        self.queued: list[tuple[float, float]] = []
-        """(when, seconds queued ahead of it) at each `play`: what a chunk waits behind in the
-        playback queue, before the device and the audio server."""
+        self.queued: list[float] = []
+        """Seconds queued ahead of each chunk of `played` when it was handed over: what it
+        waits behind in the playback queue, before the device and the audio server."""
 
     def start(self, loop: asyncio.AbstractEventLoop, on_frame: FrameCallback) -> None:
         """Start the real backend with a frame callback that notes each frame first."""
@@ -143,9 +142,8 @@ class TappedBackend(PyAudioBackend):
 
     def play(self, samples: NDArray[np.int16]) -> None:
         """Note the chunk, then queue it as the real backend does."""
-        now = time.monotonic()
-        self.queued.append((now, self.playback_queued_s))
-        self.played.append((now, samples.copy()))
+        self.queued.append(self.playback_queued_s)
+        self.played.append((time.monotonic(), samples.copy()))
         super().play(samples)
 
 
@@ -557,20 +555,16 @@ def analyse(plan: Plan, recording: ProbeRecording, run: DaemonRun) -> dict[str, 
     )
     # Stages: handed out by the emulator, handed to the daemon's backend, out of the speaker.
     sent = [timeline.sent_at(k) for k in onsets(said, 48000)]
-    speaker_rows = follow(
-        [
-            sent,
-            [played_at(k) for k in onsets(played, PLAYBACK_RATE)],
-            at_speaker,
-        ]
-    )
+    handed = onsets(played, PLAYBACK_RATE)
+    speaker_rows = follow([sent, [played_at(k) for k in handed], at_speaker])
     # What each click's chunk found queued ahead of it at play(): the rest of "daemon play to
     # speaker" is the device and the audio server (a turn of clicks shares one reply).
-    play_times = [t for t, _ in run.backend.queued]
-    queued_ahead = [
-        round(run.backend.queued[max(0, bisect.bisect_right(play_times, row[1]) - 1)][1] * 1000, 2)
-        for row in speaker_rows
-    ]
+    starts = np.cumsum([0] + [len(chunk) for _, chunk in run.backend.played])
+    queued_at = {
+        played_at(k): run.backend.queued[int(np.searchsorted(starts, k, side="right")) - 1]
+        for k in handed
+    }
+    queued_ahead = [round(queued_at[row[1]] * 1000, 2) for row in speaker_rows]
     beyond_queue = [
         round(total - ahead, 2)
         for total, ahead in zip(differences_ms(speaker_rows, 2, 1), queued_ahead, strict=True)
