@@ -316,3 +316,24 @@ def test_a_deep_queue_is_still_cleared_at_once():
     head, audible = queue.pull(_BLOCK)  # the next 5 ms, faded out, then silence
     assert audible and not head[FADE:].any() and abs(head[0] - audio[FRAME] / 32768) < 0.01
     assert not queue.pull(_BLOCK)[1]
+
+
+def test_a_reply_whose_first_frame_came_late_does_not_make_the_clean_path_look_lossy():
+    # a clean path learned, then a reply whose first frame comes 60 ms late (a loop busy as
+    # the reply starts) and the rest on time: that one late frame is the spread, not a loss
+    clock = Clock()
+    queue = _PlaybackQueue(1.0, FLOOR_S, clock=clock)
+    feed(queue.depth, clean(100, -10.0))
+    arrivals = [(0.06, 1)] + [(FRAME_S * i + 0.001, 1) for i in range(1, 100)]
+    _, dry, _ = play(queue, clock, speech(100), arrivals)
+    assert dry == 0
+    assert queue.target_s <= FLOOR_S + 0.06 + 0.02  # no loss allowance on top
+
+
+def test_frames_late_together_are_one_stall_not_a_loss():
+    clock = Clock()
+    queue = _PlaybackQueue(1.0, FLOOR_S, clock=clock)
+    arrivals = [(0.06, 1)] * 4 + [(FRAME_S * i + 0.001, 1) for i in range(4, 100)]
+    _, dry, _ = play(queue, clock, speech(100), arrivals)
+    assert dry == 0
+    assert queue.target_s <= FLOOR_S + 0.06 + 0.02

@@ -53,6 +53,7 @@ as any chunk can be late, or that chunk finds the queue dry. `lag_s` is how far 
 from __future__ import annotations
 
 import collections
+import itertools
 
 FLOOR_S = 0.02
 CEILING_S = 0.15
@@ -76,11 +77,13 @@ class PlayoutDepth:
         self.ceiling_s = ceiling_s
         self._received = 0.0  # seconds of audio measured so far, across streams
         self._shift = 0.0  # added to the stream position at each new stream (re-anchoring)
-        # (stream position at the chunk's start, transit, duration) of the chunks in the window
-        self._window: collections.deque[tuple[float, float, float]] = collections.deque()
+        # (stream position at the chunk's start, transit, duration, arrival time) of the chunks
+        # in the window
+        self._window: collections.deque[tuple[float, float, float, float]] = collections.deque()
+        self._stream_from = 0.0  # stream position where the current stream began
         self._earliest = 0.0  # smallest transit in the window
         self._spread = 0.0  # largest transit in the window minus `_earliest`
-        self._lossy = False  # the window shows a loss, or more than one late chunk
+        self._lossy = False  # the window shows a loss, or chunks late at more than one time
         self._last_at = -float("inf")  # when the last measured chunk arrived
 
     @property
@@ -129,17 +132,33 @@ class PlayoutDepth:
             # a new stream: this chunk counts as on time, the window keeps the path's history
             self._shift += transit - self._earliest
             transit = self._earliest
-        self._window.append((self._received, transit, seconds))
+            self._stream_from = self._received
+        elif transit < self._earliest:
+            # Earlier than any chunk in the window: this stream's first chunk, counted as on
+            # time, was late. This stream's anchor moves, and its chunks so far are that much
+            # later; the path's history is not made late by it (a reply that starts while the
+            # loop is busy would otherwise look like a lossy path for the next 4 s).
+            early = self._earliest - transit
+            self._shift -= early
+            transit = self._earliest
+            self._window = collections.deque(
+                (p, t + early if p >= self._stream_from else t, d, a) for p, t, d, a in self._window
+            )
+        self._window.append((self._received, transit, seconds, at))
         self._last_at = at
         self._received += seconds
         while self._window[0][0] < self._received - WINDOW_S:
             self._window.popleft()
-        transits = [t for _, t, _ in self._window]
+        transits = [t for _, t, _, _ in self._window]
         self._earliest = min(transits)
         self._spread = max(transits) - self._earliest
         # a chunk longer than a packet: the receive buffer held frames behind a missing one
-        durations = sorted(duration for _, _, duration in self._window)
+        durations = sorted(duration for _, _, duration, _ in self._window)
         held = durations[-1] > HELD_RATIO * durations[len(durations) // 2]
-        late = sum(t - self._earliest > TOLERANCE_S for t in transits)
-        self._lossy = held or late > 1
+        # Chunks late at more than one time: a path that delays packets now and then. Chunks
+        # that arrived late together are one stall (a loop busy for a while reads several
+        # packets at once), no sign of loss.
+        late = sorted(a for _, t, _, a in self._window if t - self._earliest > TOLERANCE_S)
+        stalls = bool(late) + sum(b - a > TOLERANCE_S for a, b in itertools.pairwise(late))
+        self._lossy = held or stalls > 1
         return continues
