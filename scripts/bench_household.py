@@ -2,7 +2,7 @@
 """Household enrolment (issue 16), measured: the verifier beside the stock openwakeword package.
 
     /work/venv-main/bin/python scripts/bench_household.py [--negative-hours 2] [--workdir DIR]
-        [--tune-only] [--test-set 1|2|3]
+        [--tune-only] [--test-set 1|2|3|4]
 
 Extends scripts/bench_wakeword.py (its mixing, its stock-package worker and its detection rule)
 with what enrolment needs. Speech comes from three Debian TTS engines: espeak-ng (`-s` words per
@@ -158,6 +158,20 @@ NEAR_MISSES_EVAL_3 = (
     "hay for jars",
     "hey Charlie",
 )
+NEAR_MISSES_EVAL_4 = (
+    "hey Carmen",
+    "hey Jacob",
+    "a jar of rice",
+    "hey Harlan",
+    "hey Maverick",
+    "hey Jared",
+    "heavy carts",
+    "hey Barker",
+    "they carved this",
+    "hey Darwin",
+    "hay in jars",
+    "hey Chaplin",
+)
 TUNE_NEGATIVE_S = 2 * 60 * 60.0
 
 
@@ -167,7 +181,8 @@ class TestSet:
     the README's first runs (looked at six times); set 2 was made afterwards, from texts and
     rates no earlier set used, so that a design chosen after looking at set 1 could be
     measured on audio it had not seen (looked at once before the verifier's veto); set 3 the
-    same again, made for the veto and first run with it."""
+    same again, made for the veto and first run with it; set 4 the same again, made for the
+    operating point's margin and first run with it."""
 
     wpm: tuple[int, ...]
     phrases: tuple[str, ...]
@@ -207,6 +222,15 @@ TEST_SETS = {
         False,
         (bw.SEED, 5),
         (128, 150, 172, 198),
+    ),
+    4: TestSet(
+        (122, 143, 158, 177, 193),
+        ("hey jarvis", "hey jarvis, turn off the lights"),
+        NEAR_MISSES_EVAL_4,
+        bw.SEED + 19,
+        False,
+        (bw.SEED, 7),
+        (124, 147, 166, 192),
     ),
 }
 CONDITIONS = (

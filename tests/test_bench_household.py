@@ -128,10 +128,10 @@ def test_tuning_simulates_the_detector(
         assert len(real) >= 3 and any(by_verifier for _, by_verifier in real), real
 
 
-NEAR_MISSES = {1: bh.NEAR_MISSES_EVAL, 2: bh.NEAR_MISSES_EVAL_2, 3: bh.NEAR_MISSES_EVAL_3}
+NEAR_MISSES = {1: bh.NEAR_MISSES_EVAL, 2: bh.NEAR_MISSES_EVAL_2, 3: bh.NEAR_MISSES_EVAL_3, 4: bh.NEAR_MISSES_EVAL_4}
 
 
-@pytest.mark.parametrize("later", [2, 3])
+@pytest.mark.parametrize("later", [2, 3, 4])
 def test_a_later_test_set_is_new_audio(later: int) -> None:
     """Each later set shares no clip (voice, words and rate) and no negative text with the
     sets before it, so a design chosen after looking at them is measured on speech it has not
