@@ -128,7 +128,12 @@ def test_tuning_simulates_the_detector(
         assert len(real) >= 3 and any(by_verifier for _, by_verifier in real), real
 
 
-NEAR_MISSES = {1: bh.NEAR_MISSES_EVAL, 2: bh.NEAR_MISSES_EVAL_2, 3: bh.NEAR_MISSES_EVAL_3, 4: bh.NEAR_MISSES_EVAL_4}
+NEAR_MISSES = {
+    1: bh.NEAR_MISSES_EVAL,
+    2: bh.NEAR_MISSES_EVAL_2,
+    3: bh.NEAR_MISSES_EVAL_3,
+    4: bh.NEAR_MISSES_EVAL_4,
+}
 
 
 @pytest.mark.parametrize("later", [2, 3, 4])
