@@ -70,19 +70,28 @@ def test_an_overlapping_split_is_refused(overlap: str) -> None:
         bh.check_split(enrolment, tuning, test, tuning_neg, test_neg)
 
 
-@pytest.mark.parametrize(("scale", "accept", "veto"), [(0.02, 0.6, 0.0), (0.002, 0.95, 0.925)])
+@pytest.mark.parametrize(
+    ("scale", "accept", "veto", "similar"),
+    [(0.02, 0.6, 0.0, 0.0), (0.002, 0.95, 0.925, 0.0), (0.02, 0.6, 0.0, 0.7)],
+)
 def test_tuning_simulates_the_detector(
-    tmp_path: Path, scale: float, accept: float, veto: float
+    tmp_path: Path, scale: float, accept: float, veto: float, similar: float
 ) -> None:
     """`simulate` over `trace` fires on the very chunks where the daemon's detector does: with
     a verifier that accepts often (random weights) so its streaks and refractory are exercised,
-    and with one less sure of itself (smaller weights: 0.85-0.93 on the phrases) whose veto
-    stops some of the base model's detections and not others."""
+    with one less sure of itself (smaller weights: 0.85-0.93 on the phrases) whose veto
+    stops some of the base model's detections and not others, and with the first verifier
+    also asking for a window like one of an enrolled "hey jarvis" (a real saying's), which
+    stops some of its acceptances and not others."""
     wake = WakeConfig(models_dir=MODELS)
     detector = WakeWordDetector(wake)
     window = detector.window(bh.bw.WORD)
     rng = np.random.default_rng(5)
     size = window * verifier_file.FEATURE_SIZE
+    enrolled_scores, enrolled = detector.trace(
+        bh.bw.WORD, synth("hey jarvis", voice="en-us", wpm=150, pad_s=1.0)
+    )
+    peak = int(np.argmax(enrolled_scores))
     word = verifier_file.WordVerifier(
         model_sha256=verifier_file.model_digest(detector.model_path(bh.bw.WORD)),
         window=window,
@@ -94,7 +103,8 @@ def test_tuning_simulates_the_detector(
         weights=(rng.standard_normal(size) * scale).astype(np.float32),
         bias=0.0,
         veto=veto,
-        people={"x": np.zeros((1, size), np.float32)},
+        people={"x": enrolled[peak - 1 : peak + 2]},
+        similar=similar,
     )
     path = tmp_path / "wakertc.verifier.json"
     verifier_file.save(path, {bh.bw.WORD: word})
@@ -110,9 +120,14 @@ def test_tuning_simulates_the_detector(
             )
         ]
     )
-    scores, probs = bh.trace(detector, loaded, audio)
-    point = bh.OperatingPoint(loaded.base_threshold, loaded.accept, loaded.confirm, loaded.veto)
-    simulated = bh.simulate(scores, probs, window, point, WakeWordConfig())
+    scores, probs, sims = bh.trace(detector, loaded, audio)
+    point = bh.OperatingPoint(
+        loaded.base_threshold, loaded.accept, loaded.confirm, loaded.veto, loaded.similar
+    )
+    simulated = bh.simulate(scores, probs, window, point, WakeWordConfig(), sims)
+    if similar:  # the similarity decided something: without it more would fire
+        unasked = bh.simulate(scores, probs, window, point, WakeWordConfig())
+        assert len(unasked) > len(simulated) > 0, (unasked, simulated)
 
     verified = WakeWordDetector(wake, path)
     assert verified.verified_words == [bh.bw.WORD]
@@ -169,13 +184,13 @@ def test_a_household_voice_among_the_devices_own_voices_is_refused_by_name(monke
         bh.check_split(enrolment, tuning, test, tuning_neg, test_neg)
 
 
-def _traced(p_base_high: float, n: int = 60) -> tuple[bh.bw.Positive, np.ndarray, np.ndarray]:
+def _traced(p_base_high: float, n: int = 60) -> bh.TracedClip:
     """A clip whose phrase (from chunk 20) scores 0.9 on chunks 30-33, where the verifier says
     `p_base_high`; nothing anywhere else."""
     scores, probs = np.zeros(n), np.zeros(n)
     scores[30:34], probs[30:34] = 0.9, p_base_high
     clip = bh.bw.Positive("v", 150, "hey jarvis", -28.0, 0, n * bh.bw.CHUNK, 20 * bh.bw.CHUNK)
-    return clip, scores, probs
+    return clip, scores, probs, np.ones(n)
 
 
 @pytest.mark.parametrize(
@@ -187,7 +202,7 @@ def test_the_veto_keeps_every_saying_the_verifier_hears_with_a_margin(
 ) -> None:
     """`choose` sets the veto as high as keeps the household's and the guests' detections at
     that level and one step above; a negative it would veto does not raise it."""
-    _, neg_scores, neg_probs = _traced(0.01, 200)
+    _, neg_scores, neg_probs, _ = _traced(0.01, 200)
     traced = bh.Traced(
         [_traced(household), _traced(0.99)], neg_scores, neg_probs, 1.0, [_traced(guest)]
     )
@@ -206,11 +221,12 @@ def test_the_veto_is_judged_clip_by_clip() -> None:
     begins ends a refractory period that hid the phrase) is no veto to choose: the count of
     clips detected would stay the same."""
 
-    def clip(fires: list[tuple[int, float]]) -> tuple[bh.bw.Positive, np.ndarray, np.ndarray]:
+    def clip(fires: list[tuple[int, float]]) -> bh.TracedClip:
         scores, probs = np.zeros(60), np.zeros(60)
         for i, p in fires:
             scores[i], probs[i] = 0.9, p
-        return bh.bw.Positive("v", 150, "hey jarvis", -28.0, 0, 60 * 1280, 20 * 1280), scores, probs
+        clip = bh.bw.Positive("v", 150, "hey jarvis", -28.0, 0, 60 * 1280, 20 * 1280)
+        return clip, scores, probs, np.ones(60)
 
     doubted = clip([(30, 0.05)])  # a saying the verifier doubts: any veto loses it
     hidden = clip([(18, 0.05), (25, 0.6)])  # a fire before the phrase hides the phrase's own
@@ -238,9 +254,15 @@ class _Scripted:
         self.warmup = _WARMUP_CHUNKS
 
     def run(
-        self, scores: np.ndarray, probs: np.ndarray, point: bh.OperatingPoint, reset_at: int = -1
+        self,
+        scores: np.ndarray,
+        probs: np.ndarray,
+        point: bh.OperatingPoint,
+        reset_at: int = -1,
+        sims: np.ndarray | None = None,
     ) -> tuple[list[int], list[float]]:
-        """(chunks that fired, times of the vetoes reported) over `scores` and `probs`."""
+        """(chunks that fired, times of the vetoes reported) over `scores`, `probs` and
+        `sims` (None: every window near enough)."""
         detector, chunk = self.detector, [0]
         detector.reset()
         self.word.score = lambda _features: float(scores[chunk[0]])
@@ -251,6 +273,8 @@ class _Scripted:
             veto=point.veto,
             window=self.window,
             probability=lambda _features: float(probs[chunk[0]]),
+            similar=point.similar,
+            similarity=lambda _features: 1.0 if sims is None else float(sims[chunk[0]]),
         )
         fired, vetoes = [], []
         for i in range(len(scores)):
@@ -264,9 +288,10 @@ class _Scripted:
 
 
 def test_simulate_is_the_detectors_rule_on_random_sequences() -> None:
-    """`simulate` and `_step` agree chunk for chunk on 100 random sequences of base scores and
-    verifier probabilities: proposals below the floor, the verifier's warm-up, streaks,
-    vetoes above and below the acceptance, and the refractory period."""
+    """`simulate` and `_step` agree chunk for chunk on 100 random sequences of base scores,
+    verifier probabilities and similarities: proposals below the floor, the verifier's warm-up,
+    streaks, windows too unlike an enrolled saying, vetoes above and below the acceptance,
+    and the refractory period."""
     scripted = _Scripted()
     rng = np.random.default_rng(7)
     vetoing = 0
@@ -275,12 +300,17 @@ def test_simulate_is_the_detectors_rule_on_random_sequences() -> None:
         scores = np.where(rng.random(n) < 0.3, rng.choice([0.001, 0.01, 0.3, 0.6, 0.9], n), 0.0)
         scores[: scripted.warmup] = 0.0  # what `trace` reports while the start-up noise fills
         probs = rng.choice([0.05, 0.3, 0.5, 0.9, 0.97, 0.99], n)
+        sims = rng.choice([0.3, 0.6, 0.8], n)
         accept = float(rng.choice([0.5, 0.95]))
         point = bh.OperatingPoint(
-            0.005, accept, int(rng.integers(1, 4)), float(rng.choice([0.0, 0.4, accept]))
+            0.005,
+            accept,
+            int(rng.integers(1, 4)),
+            float(rng.choice([0.0, 0.4, accept])),
+            float(rng.choice([0.0, 0.5, 0.7])),
         )
-        fired, vetoes = scripted.run(scores, probs, point)
-        assert fired == bh.simulate(scores, probs, scripted.window, point, WakeWordConfig())
+        fired, vetoes = scripted.run(scores, probs, point, sims=sims)
+        assert fired == bh.simulate(scores, probs, scripted.window, point, WakeWordConfig(), sims)
         vetoing += bool(vetoes)
     assert vetoing > 10  # the veto was exercised, not only the verifier's acceptance
 

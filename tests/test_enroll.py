@@ -107,8 +107,8 @@ NEAR_MISSES = (
 def test_near_misses_said_alone_by_strangers_are_not_accepted(enrolled, models_dir):
     """Short near misses, each said alone as a wake phrase is, by voices neither enrolled nor
     among enrolment's negative voices, fast, in noise: no chunk the verifier is asked about
-    reaches its acceptance, where one chunk would fire (trained with four negative voices and
-    a weak L2, one chunk of en-gb-x-rp+m3 at 165 wpm did)."""
+    reaches its acceptance (probability and similarity), where one chunk would fire (trained
+    with four negative voices and a weak L2, one chunk of en-gb-x-rp+m3 at 165 wpm did)."""
     word = verifier.load(verifier.verifier_path(enrolled))["hey_jarvis"]
     detector = WakeWordDetector(WakeConfig(models_dir=models_dir))
     accepted = []
@@ -123,8 +123,9 @@ def test_near_misses_said_alone_by_strangers_are_not_accepted(enrolled, models_d
                     scores, windows = detector.trace("hey_jarvis", speech)
                     for i in np.flatnonzero(scores >= word.base_threshold):
                         if i + 1 > word.window:
-                            p = word.probability(windows[i].reshape(word.window, -1))
-                            if p >= word.accept:
+                            window = windows[i].reshape(word.window, -1)
+                            p = word.probability(window)
+                            if p >= word.accept and word.similarity(window) >= word.similar:
                                 accepted.append((voice, wpm, snr, k, int(i), round(p, 3)))
     assert accepted == []
 
@@ -138,6 +139,7 @@ def test_enroll_list_and_file_contents(enrolled, capsys):
     entry = data["words"]["hey_jarvis"]
     assert len(entry["weights"]) == 16 * 96 and set(entry["people"]) == {"alice"}
     assert entry["veto"] == verifier.DEFAULT_VETO
+    assert entry["similar"] == verifier.DEFAULT_SIMILAR
     # the training windows: base64 float32, as many as the file says, and what training used
     alice = entry["people"]["alice"]
     raw = base64.b64decode(alice["positives"])
@@ -176,10 +178,13 @@ def test_a_version_1_file_still_works_and_is_rewritten_as_version_2_when_someone
     assert detections(config, fast_phrase(), models_dir) != []
 
 
-def _set_veto(path: Path, veto: float | None) -> None:
+def _set_veto(path: Path, veto: float | None, accept: float = 0.95) -> None:
+    """The file's veto (None: no key), at an acceptance of `accept` (a veto must be below it:
+    this test's proposals score 0.59-0.90, above the default acceptance)."""
     data = json.loads(path.read_text())
     entry = data["words"]["hey_jarvis"]
     entry.pop("veto", None)
+    entry["accept"] = accept
     if veto is not None:
         entry["veto"] = veto
     path.write_text(json.dumps(data))
@@ -195,6 +200,7 @@ def test_the_verifier_vetoes_a_base_detection_it_is_sure_of_and_detect_shows_it(
 
     config = _copy_config(enrolled, tmp_path)
     path = verifier.verifier_path(config)
+    _set_veto(path, verifier.DEFAULT_VETO)
     word = verifier.load(path)["hey_jarvis"]
     # "a jar vase": the stock model hears the phrase in it (0.99)
     speech = synth("Hey Chavez. A jar vase. Hey nervous.", voice="en-us", wpm=150, pad_s=1.0)
@@ -226,13 +232,19 @@ def test_the_verifier_vetoes_a_base_detection_it_is_sure_of_and_detect_shows_it(
     assert [d.t for d in detections(config, speech, models_dir)] == [d.t for d in stock]
 
 
-def test_the_daemon_does_not_decode_the_training_windows(enrolled, tmp_path, models_dir):
-    """The detector needs the model, not the people's windows: it loads without decoding them
-    (damaged ones do not stop it), while `enroll`, which retrains from them, reports them."""
+def test_the_daemon_decodes_the_training_windows_only_to_compare_with_them(
+    enrolled, tmp_path, models_dir, caplog
+):
+    """Without `similar` the detector needs the model, not the people's windows: it loads
+    without decoding them (damaged ones do not stop it), while `enroll`, which retrains from
+    them, reports them. With it (as `enroll` writes), the windows are what a proposal is
+    compared with: damaged ones make the file unusable, reported, and the stock model runs."""
     config = _copy_config(enrolled, tmp_path)
     path = verifier.verifier_path(config)
     data = json.loads(path.read_text())
+    assert data["words"]["hey_jarvis"]["similar"] == verifier.DEFAULT_SIMILAR > 0
     data["words"]["hey_jarvis"]["people"]["alice"]["positives"] = "not base64!"
+    data["words"]["hey_jarvis"]["similar"] = 0
     path.write_text(json.dumps(data))
     quick = verifier.load(path, training_data=False)["hey_jarvis"]
     assert list(quick.people) == ["alice"] and quick.people["alice"].size == 0
@@ -243,6 +255,14 @@ def test_the_daemon_does_not_decode_the_training_windows(enrolled, tmp_path, mod
         verifier.load(path)
     assert enroll.main(["--list", "--config", str(config)]) == 2
 
+    data["words"]["hey_jarvis"]["similar"] = verifier.DEFAULT_SIMILAR
+    path.write_text(json.dumps(data))
+    with caplog.at_level(logging.ERROR):
+        detector = WakeWordDetector(WakeConfig(models_dir=models_dir), path)
+    assert detector.verified_words == []
+    assert "people.alice.positives: not base64" in caplog.text
+    assert detections(config, fast_phrase(), models_dir) == []  # the stock model alone
+
 
 def test_detect_shows_base_score_and_verifier_decision(enrolled, tmp_path, capsys):
     from wakertc.wakeword import detect_main
@@ -252,6 +272,7 @@ def test_detect_shows_base_score_and_verifier_decision(enrolled, tmp_path, capsy
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(lines) == 1
     assert lines[0]["score"] < 0.5 and lines[0]["verifier"] >= 0.5 and lines[0]["by"] == "verifier"
+    assert lines[0]["similarity"] >= verifier.DEFAULT_SIMILAR  # the second opinion, shown
     assert detect_main([str(wav), "--config", str(enrolled), "--no-verifier"]) == 0
     assert capsys.readouterr().out == ""
 
@@ -312,6 +333,14 @@ def _veto_above_accept(entry: dict) -> None:
     entry["veto"] = round(entry["accept"] + 0.01, 2)
 
 
+def _similar_out_of_range(entry: dict) -> None:
+    entry["similar"] = -0.2
+
+
+def _similar_with_nobody(entry: dict) -> None:
+    entry["people"] = {}
+
+
 def _future_version(data: dict) -> None:
     data["version"] = 3
 
@@ -328,8 +357,10 @@ def _boolean_version(data: dict) -> None:
         (_corrupt, "feature_size: 128, but the embedding model gives 96"),
         (_other_model, "trained for another model than"),
         (_short_weights, "weights: expected a list of 1536 numbers, got 100 values"),
-        (_veto_out_of_range, "words.hey_jarvis.veto: expected a number in [0.0, 0.95], got 1.5"),
-        (_veto_above_accept, "words.hey_jarvis.veto: expected a number in [0.0, 0.95], got 0.96"),
+        (_veto_out_of_range, "words.hey_jarvis.veto: expected a number in [0.0, 0.8], got 1.5"),
+        (_veto_above_accept, "words.hey_jarvis.veto: expected a number in [0.0, 0.8], got 0.81"),
+        (_similar_out_of_range, "words.hey_jarvis.similar: expected a number in [0.0, 1.0]"),
+        (_similar_with_nobody, "words.hey_jarvis.similar: 0.7 needs enrolled windows"),
         (_future_version, "verifier format version 3, this wakertc reads versions 1, 2"),
         (_boolean_version, "verifier format version True, this wakertc reads versions 1, 2"),
     ],

@@ -40,6 +40,7 @@ from .config import Config, ConfigError, config_path, load_config
 from .verifier import (
     DEFAULT_ACCEPT,
     DEFAULT_CONFIRM,
+    DEFAULT_SIMILAR,
     DEFAULT_VETO,
     VerifierError,
     WordVerifier,
@@ -317,6 +318,7 @@ def _retrain(
         accept=DEFAULT_ACCEPT,
         confirm=DEFAULT_CONFIRM,
         veto=DEFAULT_VETO,
+        similar=DEFAULT_SIMILAR,
         mean=mean,
         scale=scale,
         weights=weights,

@@ -4,14 +4,16 @@ The stock model is trained on many synthetic voices and misses some real ones (a
 little fast scores 0.01-0.2 against a 0.5 threshold). A household hears the same few voices, so
 `wakertc enroll` trains a small logistic regression on the model's own input (the last `window`
 embeddings, 16 x 96 values) from the household's clips and from negatives. At run time the base
-model proposes: when its score reaches the verifier's lower `base_threshold`, the verifier's
-probability decides: the proposal fires once it reaches `accept` on `confirm` chunks in a row.
+model proposes: when its score reaches the verifier's lower `base_threshold`, the verifier
+decides: the proposal fires once its probability reaches `accept` on `confirm` chunks in a row,
+each chunk's window also within `similar` (cosine) of an enrolled saying's.
 A score at or above the word's own threshold fires as it always did unless the verifier is sure
 it is not the phrase (a probability below `veto`, 0.4 from `wakertc enroll`: chosen on the
 household bench's tuning set as high as keeps every saying of the household and of guests that
 the verifier hears without one, with a margin), so the verifier adds the near misses it
-recognises and takes back the stock model's false accepts it is sure of. It costs one dot
-product, and only on proposals, so the idle path stays what the three models cost.
+recognises and takes back the stock model's false accepts it is sure of. It costs a dot
+product, and one against each enrolled window (135 for five people) when the probability is
+reached, only on proposals, so the idle path stays what the three models cost.
 
 The file, `<config stem>.verifier.json` beside the config, is JSON (the model readable and
 diffable, written atomically with `atomic.write_atomic`):
@@ -20,7 +22,7 @@ diffable, written atomically with `atomic.write_atomic`):
      "words": {"hey_jarvis": {"model_sha256": ..., "window": 16, "feature_size": 96,
                               "base_threshold": 0.005, "accept": 0.95, "confirm": 1,
                               "mean": [...], "scale": [...], "weights": [...], "bias": 0.0,
-                              "veto": 0.3,
+                              "veto": 0.4, "similar": 0.7,
                               "people": {"alice": {"windows": 27, "positives": "<base64>"}}}}}
 
 `people` keeps each enrolled person's positive windows, so that enrolling someone else or
@@ -28,7 +30,8 @@ diffable, written atomically with `atomic.write_atomic`):
 little-endian float32 rows of `window x feature_size` values: ~230 KB a person enrolled with
 three clips, where version 1's number lists (still read) took ~420 KB and ~41,000 floats to
 parse. For five people that was 23 ms and a 10 MB peak at every start, against 3 ms and 2.3
-MB now, and the daemon does not decode them at all (`load(..., training_data=False)`).
+MB now. The daemon decodes them only for `similar` (`load(..., training_data=False)` skips
+them in a file without it).
 
 Errors: `VerifierError`, whose message names the file and the problem; the detector logs it and
 runs the stock model alone.
@@ -55,9 +58,10 @@ VERSION = 2
 READABLE = (1, 2)
 """Versions `load` reads: 1 kept the training windows as number lists."""
 FEATURE_SIZE = 96
-DEFAULT_ACCEPT = 0.95
+DEFAULT_ACCEPT = 0.8
 DEFAULT_CONFIRM = 1
 DEFAULT_VETO = 0.4
+DEFAULT_SIMILAR = 0.7
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -99,12 +103,50 @@ class WordVerifier:
     default, and files written before it existed) vetoes nothing."""
     people: dict[str, FloatArray] = field(default_factory=dict)
     """Per enrolled person, the positive feature windows (flattened), one row each."""
+    similar: float = 0.0
+    """Cosine similarity (of the standardised window) to the nearest enrolled saying's window,
+    at or above which an accepted probability counts: a second opinion of another kind. The
+    regression draws one plane through 1536 dimensions from a few dozen sayings, and a string
+    of near misses in a household voice can land on the phrase's side of it far from any
+    saying; the nearest saying is then plainly unlike it. 0 (files written before it) asks
+    nothing more of a proposal."""
+    _templates: FloatArray | None = field(default=None, init=False, repr=False, compare=False)
 
     def probability(self, features: FloatArray) -> float:
         """Probability that the newest `window` embeddings end the household's wake phrase."""
         x = (features[-self.window :].reshape(-1) - self.mean) / self.scale
         z = float(np.dot(x, self.weights)) + self.bias
         return 1.0 / (1.0 + math.exp(-max(min(z, 60.0), -60.0)))
+
+    def similarity(self, features: FloatArray) -> float:
+        """Cosine similarity of the newest `window` embeddings, standardised, to the nearest
+        enrolled window (-1 with nobody enrolled)."""
+        x = (features[-self.window :].reshape(-1) - self.mean) / self.scale
+        norm = float(np.linalg.norm(x))
+        templates = self.templates()
+        if norm == 0.0 or not len(templates):
+            return -1.0
+        return float(np.max(templates @ x)) / norm
+
+    def similarities(self, windows: FloatArray) -> FloatArray:
+        """`similarity` of each row of `windows` (flattened windows), for the bench's traces."""
+        x = (windows - self.mean) / self.scale
+        norms = np.linalg.norm(x, axis=1)
+        templates = self.templates()
+        if not len(templates):
+            return np.full(len(x), -1.0, np.float32)
+        best = (x @ templates.T).max(axis=1)
+        return np.where(norms > 0, best / np.maximum(norms, 1e-12), -1.0).astype(np.float32)
+
+    def templates(self) -> FloatArray:
+        """The enrolled windows standardised and scaled to unit length, one row each (made
+        once; the people must not change afterwards)."""
+        if self._templates is None:
+            rows = [r for r in self.people.values() if len(r)]
+            x = (np.concatenate(rows) - self.mean) / self.scale if rows else np.zeros((0, 1))
+            norms = np.linalg.norm(x, axis=1, keepdims=True)
+            self._templates = (x / np.maximum(norms, 1e-12)).astype(np.float32)
+        return self._templates
 
 
 def train(
@@ -185,17 +227,20 @@ def _word(entry: Any, where: str, version: int, training_data: bool) -> WordVeri
     people_raw = entry.get("people", {})
     if not isinstance(people_raw, dict):
         raise VerifierError(f"{where}.people: expected an object")
+    similar = _number(entry, "similar", where, 0.0, 1.0) if "similar" in entry else 0.0
     people: dict[str, FloatArray] = {}
     for name, person in people_raw.items():
         if not isinstance(person, dict):
             raise VerifierError(f"{where}.people.{name}: expected an object")
-        if not training_data:  # the daemon needs the names only
+        if not training_data and not similar:  # the daemon needs the names only
             people[name] = np.zeros((0, size), np.float32)
             continue
         at = f"{where}.people.{name}.positives"
         people[name] = _windows(person.get("positives"), size, at, version)
         if len(people[name]) == 0:
             raise VerifierError(f"{at}: no windows")
+    if similar and not people:
+        raise VerifierError(f"{where}.similar: {similar} needs enrolled windows, and nobody is")
     accept = _number(entry, "accept", where, 0.0, 1.0)
     # a veto above the acceptance would both veto a chunk and let its streak fire it
     veto = _number(entry, "veto", where, 0.0, accept) if "veto" in entry else 0.0
@@ -211,6 +256,7 @@ def _word(entry: Any, where: str, version: int, training_data: bool) -> WordVeri
         bias=_number(entry, "bias", where, -1e6, 1e6),
         veto=veto,
         people=people,
+        similar=similar,
     )
 
 
@@ -288,6 +334,7 @@ def save(path: Path, verifiers: dict[str, WordVerifier]) -> None:
             "weights": _rounded(v.weights),
             "bias": v.bias,
             "veto": v.veto,
+            "similar": v.similar,
             "people": {
                 person: {"windows": len(rows), "positives": _encoded(rows)}
                 for person, rows in sorted(v.people.items())

@@ -87,6 +87,9 @@ class Detection:
     """Seconds of audio fed since start or `reset()`, at the end of the chunk that fired."""
     verifier: float | None = None
     """The household verifier's probability for this proposal; None when no verifier ran."""
+    similarity: float | None = None
+    """The window's similarity to the nearest enrolled saying; None when not asked (no
+    verifier, a probability below its acceptance, or a verifier without `similar`)."""
 
 
 class _Network:
@@ -483,9 +486,15 @@ class WakeWordDetector:
                 and self._chunks > verifier.window
             ):
                 p = verifier.probability(self._front.features)
-            word.streak = (
-                word.streak + 1 if verifier and p is not None and p >= verifier.accept else 0
-            )
+            # an accepted probability also needs a window like an enrolled saying's
+            sim = None
+            if verifier is not None and p is not None and p >= verifier.accept:
+                if verifier.similar:
+                    sim = verifier.similarity(self._front.features)
+                near = sim is None or sim >= verifier.similar
+                word.streak = word.streak + 1 if near else 0
+            else:
+                word.streak = 0
             vetoed = (
                 score >= cfg.threshold
                 and verifier is not None
@@ -517,12 +526,13 @@ class WakeWordDetector:
             if accepted and ready:
                 word.pending_veto = None  # the run fired after all: no veto to report
                 word.last_fired = t
-                detections.append(Detection(cfg.name, score, t, p))
+                detections.append(Detection(cfg.name, score, t, p, sim))
                 log.info(
-                    "wake word %s (score %.3f, verifier %s, at %.2f s)",
+                    "wake word %s (score %.3f, verifier %s, similarity %s, at %.2f s)",
                     cfg.name,
                     score,
                     "-" if p is None else f"{p:.3f}",
+                    "-" if sim is None else f"{sim:.3f}",
                     t,
                 )
         return detections
@@ -615,6 +625,8 @@ def detect_main(argv: list[str]) -> int:
                 # the base score and what the household verifier made of it, to tune by
                 p = detection.verifier
                 line["verifier"] = None if p is None else round(p, 4)
+                s = detection.similarity
+                line["similarity"] = None if s is None else round(s, 4)
                 line["by"] = (
                     "base" if detection.score >= detector.threshold(detection.word) else "verifier"
                 )
