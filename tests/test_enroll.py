@@ -243,6 +243,12 @@ def test_the_daemon_decodes_the_training_windows_only_to_compare_with_them(
     path = verifier.verifier_path(config)
     data = json.loads(path.read_text())
     assert data["words"]["hey_jarvis"]["similar"] == verifier.DEFAULT_SIMILAR > 0
+    full = verifier.load(path)["hey_jarvis"]
+    quick = verifier.load(path, training_data=False)["hey_jarvis"]
+    assert list(quick.people) == ["alice"] and quick.people["alice"].size == 0  # names kept
+    assert quick.templates().shape == full.people["alice"].shape
+    window = full.people["alice"][0].reshape(16, -1)
+    assert quick.similarity(window) == pytest.approx(full.similarity(window)) == pytest.approx(1)
     data["words"]["hey_jarvis"]["people"]["alice"]["positives"] = "not base64!"
     data["words"]["hey_jarvis"]["similar"] = 0
     path.write_text(json.dumps(data))

@@ -140,7 +140,8 @@ class WordVerifier:
 
     def templates(self) -> FloatArray:
         """The enrolled windows standardised and scaled to unit length, one row each (made
-        once; the people must not change afterwards)."""
+        once; the people must not change afterwards). `load(..., training_data=False)` makes
+        them and drops the windows."""
         if self._templates is None:
             rows = [r for r in self.people.values() if len(r)]
             x = (np.concatenate(rows) - self.mean) / self.scale if rows else np.zeros((0, 1))
@@ -244,7 +245,7 @@ def _word(entry: Any, where: str, version: int, training_data: bool) -> WordVeri
     accept = _number(entry, "accept", where, 0.0, 1.0)
     # a veto above the acceptance would both veto a chunk and let its streak fire it
     veto = _number(entry, "veto", where, 0.0, accept) if "veto" in entry else 0.0
-    return WordVerifier(
+    verifier = WordVerifier(
         model_sha256=digest,
         window=window,
         base_threshold=_number(entry, "base_threshold", where, 0.0, 1.0),
@@ -258,6 +259,11 @@ def _word(entry: Any, where: str, version: int, training_data: bool) -> WordVeri
         people=people,
         similar=similar,
     )
+    if not training_data and similar:
+        # the daemon compares with the windows, made once here, and keeps only the names
+        verifier.templates()
+        verifier.people = {name: np.zeros((0, size), np.float32) for name in people}
+    return verifier
 
 
 def _windows(value: Any, size: int, where: str, version: int) -> FloatArray:
