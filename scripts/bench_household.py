@@ -582,6 +582,8 @@ def simulate(
     """Chunk indices where the daemon's detector (`WakeWordDetector._step`) fires, given each
     chunk's base score, verifier probability and similarity (None: every chunk passes);
     `point` None: the stock rule alone."""
+    if point is not None and point.similar and sims is None:
+        raise ValueError("a point that asks for similarity needs the chunks' similarities")
     chunk_s = bw.CHUNK / RATE
     floor = word.threshold if point is None else min(point.base_threshold, word.threshold)
     fired: list[int] = []
@@ -591,7 +593,7 @@ def simulate(
         i = int(i)
         score = scores[i]
         asked = point is not None and i + 1 > window and score >= point.base_threshold
-        near = sims is None or point is None or not point.similar or sims[i] >= point.similar
+        near = point is None or not point.similar or (sims is not None and sims[i] >= point.similar)
         if point is not None and asked and probs[i] >= point.accept and near:
             streak = streak + 1 if previous == i - 1 else 1
         else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import sys
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -126,7 +127,7 @@ def test_tuning_simulates_the_detector(
     )
     simulated = bh.simulate(scores, probs, window, point, WakeWordConfig(), sims)
     if similar:  # the similarity decided something: without it more would fire
-        unasked = bh.simulate(scores, probs, window, point, WakeWordConfig())
+        unasked = bh.simulate(scores, probs, window, replace(point, similar=0.0), WakeWordConfig())
         assert len(unasked) > len(simulated) > 0, (unasked, simulated)
 
     verified = WakeWordDetector(wake, path)
@@ -202,9 +203,14 @@ def test_the_veto_keeps_every_saying_the_verifier_hears_with_a_margin(
 ) -> None:
     """`choose` sets the veto as high as keeps the household's and the guests' detections at
     that level and one step above; a negative it would veto does not raise it."""
-    _, neg_scores, neg_probs, _ = _traced(0.01, 200)
+    _, neg_scores, neg_probs, neg_sims = _traced(0.01, 200)
     traced = bh.Traced(
-        [_traced(household), _traced(0.99)], neg_scores, neg_probs, 1.0, [_traced(guest)]
+        [_traced(household), _traced(0.99)],
+        neg_scores,
+        neg_probs,
+        1.0,
+        [_traced(guest)],
+        neg_sims,
     )
     size = 16 * verifier_file.FEATURE_SIZE
     zeros = np.zeros(size, np.float32)
@@ -231,13 +237,47 @@ def test_the_veto_is_judged_clip_by_clip() -> None:
     doubted = clip([(30, 0.05)])  # a saying the verifier doubts: any veto loses it
     hidden = clip([(18, 0.05), (25, 0.6)])  # a fire before the phrase hides the phrase's own
     negatives = np.zeros(200)
-    traced = bh.Traced([doubted, hidden], negatives, negatives, 1.0, [])
+    traced = bh.Traced([doubted, hidden], negatives, negatives, 1.0, [], np.ones(200))
     zeros = np.zeros(16 * verifier_file.FEATURE_SIZE, np.float32)
     word = verifier_file.WordVerifier("0" * 64, 16, 0.005, 0.95, 1, zeros, zeros, zeros, 0.0)
     some_veto = bh.OperatingPoint(0.005, 0.95, 1, veto=0.1)
     assert bh.heard(traced.clips, 16, bh.OperatingPoint(0.005, 0.95, 1)) == [True, False]
     assert bh.heard(traced.clips, 16, some_veto) == [False, True]  # the same count
     assert bh.choose(traced, word).veto == 0.0
+
+
+def _run(n: int, at: int, score: float, p: float, sim: float) -> tuple[np.ndarray, ...]:
+    """`n` chunks with a base score, probability and similarity on chunks `at`..`at` + 3."""
+    scores, probs, sims = np.zeros(n), np.zeros(n), np.zeros(n)
+    scores[at : at + 4], probs[at : at + 4], sims[at : at + 4] = score, p, sim
+    return scores, probs, sims
+
+
+def test_the_operating_point_keeps_a_margin_from_the_verifiers_own_false_accepts() -> None:
+    """Two sayings the stock model misses (base 0.3): one the verifier finds like an enrolled
+    one (similarity 0.9), one less so (0.62); a negative it rates as sure (0.9) at a
+    similarity of 0.57. At a similarity of 0.6 both sayings fire and the negative does not,
+    but 0.55, one step looser, lets the negative through: that point is on the edge, and the
+    point chosen asks for more, keeping one saying rather than both."""
+    word_like = bh.bw.Positive("v", 150, "hey jarvis", -28.0, 0, 60 * 1280, 20 * 1280)
+    clips = [(word_like, *_run(60, 30, 0.3, 0.85, sim)) for sim in (0.9, 0.62)]
+    neg_scores, neg_probs, neg_sims = _run(200, 100, 0.3, 0.9, 0.57)
+    traced = bh.Traced(clips, neg_scores, neg_probs, 1.0, [], neg_sims)
+    zeros = np.zeros(16 * verifier_file.FEATURE_SIZE, np.float32)
+    word = verifier_file.WordVerifier("0" * 64, 16, 0.005, 0.95, 1, zeros, zeros, zeros, 0.0)
+    edge = bh.OperatingPoint(0.005, 0.8, 1, similar=0.6)
+    assert bh.evaluate(traced, 16, edge) == (2, 0, 0)  # the most sayings, none of its own
+    assert bh.evaluate(traced, 16, replace(edge, similar=0.55)) == (2, 1, 1)
+    point = bh.choose(traced, word)
+    assert point.similar >= 0.65
+    assert bh.evaluate(traced, 16, point) == (1, 0, 0)
+
+
+def test_a_point_that_asks_for_similarity_needs_the_similarities() -> None:
+    scores, probs, _ = _run(60, 30, 0.3, 0.85, 0.9)
+    point = bh.OperatingPoint(0.005, 0.8, 1, similar=0.7)
+    with pytest.raises(ValueError, match="similarit"):
+        bh.simulate(scores, probs, 16, point, WakeWordConfig())
 
 
 class _Scripted:

@@ -4,6 +4,7 @@ backend), loaded by the daemon at start, bad files reported and ignored, `--remo
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import logging
 import re
@@ -249,6 +250,8 @@ def test_the_daemon_decodes_the_training_windows_only_to_compare_with_them(
     assert quick.templates().shape == full.people["alice"].shape
     window = full.people["alice"][0].reshape(16, -1)
     assert quick.similarity(window) == pytest.approx(full.similarity(window)) == pytest.approx(1)
+    with pytest.raises(verifier.VerifierError, match="no enrolled windows"):
+        dataclasses.replace(quick, accept=0.9).similarity(window)  # a copy has none to compare
     data["words"]["hey_jarvis"]["people"]["alice"]["positives"] = "not base64!"
     data["words"]["hey_jarvis"]["similar"] = 0
     path.write_text(json.dumps(data))

@@ -144,6 +144,8 @@ class WordVerifier:
         them and drops the windows."""
         if self._templates is None:
             rows = [r for r in self.people.values() if len(r)]
+            if self.similar and not rows:  # e.g. a copy of a verifier loaded without them
+                raise VerifierError("no enrolled windows to compare with")
             x = (np.concatenate(rows) - self.mean) / self.scale if rows else np.zeros((0, 1))
             norms = np.linalg.norm(x, axis=1, keepdims=True)
             self._templates = (x / np.maximum(norms, 1e-12)).astype(np.float32)
