@@ -182,8 +182,8 @@ class TestSet:
     the README's first runs (looked at six times); set 2 was made afterwards, from texts and
     rates no earlier set used, so that a design chosen after looking at set 1 could be
     measured on audio it had not seen (looked at once before the verifier's veto); set 3 the
-    same again, made for the veto and first run with it; set 4 the same again, made for the
-    operating point's margin and first run with it."""
+    same again, made for the veto and first run with it; set 4 the same again, made before the
+    verifier's similarity and the operating point's margin and first run with them."""
 
     wpm: tuple[int, ...]
     phrases: tuple[str, ...]
