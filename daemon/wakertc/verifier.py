@@ -121,15 +121,10 @@ class WordVerifier:
     def similarity(self, features: FloatArray) -> float:
         """Cosine similarity of the newest `window` embeddings, standardised, to the nearest
         enrolled window (-1 with nobody enrolled)."""
-        x = (features[-self.window :].reshape(-1) - self.mean) / self.scale
-        norm = float(np.linalg.norm(x))
-        templates = self.templates()
-        if norm == 0.0 or not len(templates):
-            return -1.0
-        return float(np.max(templates @ x)) / norm
+        return float(self.similarities(features[-self.window :].reshape(1, -1))[0])
 
     def similarities(self, windows: FloatArray) -> FloatArray:
-        """`similarity` of each row of `windows` (flattened windows), for the bench's traces."""
+        """`similarity` of each row of `windows` (flattened windows)."""
         x = (windows - self.mean) / self.scale
         norms = np.linalg.norm(x, axis=1)
         templates = self.templates()
